@@ -1,0 +1,48 @@
+"""Alembic environment: runs revisions on the connection DMS hands over, or on DMS_DATABASE_URL.
+
+`dms db upgrade` passes a live connection in `config.attributes["connection"]`; the plain `alembic` command
+(with the repository's alembic.ini) falls back to the deployment in DMS_DATA_DIR.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import context
+
+import dms.migrate  # noqa: F401  (registers the DuckDB implementation of alembic's DDL operations)
+from dms.schema import control_metadata
+
+config = context.config
+
+
+def _run(connection: sa.Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=control_metadata(),
+        include_schemas=True,
+        include_name=_include_name,
+        compare_type=True,
+        transaction_per_migration=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _include_name(name: str | None, type_: str, parent_names: dict[str, str | None]) -> bool:
+    # Only the namespaces DMS owns take part in autogenerate comparisons.
+    if type_ == "schema":
+        from dms.schema import CONTROL_NAMESPACES
+
+        return name in CONTROL_NAMESPACES
+    return True
+
+
+connection = config.attributes.get("connection")
+if connection is not None:
+    _run(connection)
+else:
+    from dms.deployment import Deployment
+
+    with Deployment.open().engine().connect() as conn:
+        _run(conn)
+        conn.commit()

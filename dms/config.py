@@ -75,10 +75,14 @@ class DeploymentConfig(BaseModel):
         default=None, description="Control database URL of an external deployment (DMS_DATABASE_URL wins)."
     )
     database_name: str = Field(
-        default="dms", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", description="Control database name (embedded)."
+        default="dms",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
+        description="Control database name (embedded).",
     )
     shards: list[ShardConfig] = Field(default_factory=list, description="Catalog shards, in placement order.")
-    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC), description="When `dms init` ran.")
+    created_at: datetime = Field(
+        default_factory=lambda: datetime.now(UTC), description="When `dms init` ran."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DeploymentConfig:

@@ -22,7 +22,9 @@ def run_demo(data_dir: Path | None, echo: Callable[[str], None] = print) -> Depl
         deployment = Deployment.open(data_dir)
         echo(f"Reusing the deployment in {deployment.data_dir}")
     for label, before, after in migrate.upgrade(deployment):
-        echo(f"  {label}: schema {'unchanged at ' + (after or 'base') if before == after else f'{before or 'base'} -> {after}'}")
+        echo(
+            f"  {label}: schema {'unchanged at ' + (after or 'base') if before == after else f'{before or 'base'} -> {after}'}"
+        )
     echo(f"Control database: {deployment.describe_control()}")
     with deployment.connect() as conn:
         for namespace, tables, rows in _namespaces(conn):
@@ -33,7 +35,9 @@ def run_demo(data_dir: Path | None, echo: Callable[[str], None] = print) -> Depl
                 "WHERE proname LIKE 'scisql\\_%' OR proname LIKE 'ivo\\_%'"
             )
         ).scalar_one()
-        echo(f"  {functions} SQL functions (scisql_*, ivo_*), e.g. SELECT ivo_healpix_index(10, 266.4, -29.0)")
+        echo(
+            f"  {functions} SQL functions (scisql_*, ivo_*), e.g. SELECT ivo_healpix_index(10, 266.4, -29.0)"
+        )
     for shard in deployment.shards():
         echo(f"Shard {shard.name}: {shard.kind} at {shard.location()}")
     echo("Try: dms status | dms db current | dms --help")

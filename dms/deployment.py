@@ -87,7 +87,9 @@ class Deployment:
         data_dir = (data_dir or default_data_dir()).expanduser().resolve()
         config_path = data_dir / CONFIG_FILE
         if not config_path.exists():
-            raise DeploymentError(f"no deployment in {data_dir} (no {CONFIG_FILE}); create one with `dms init`")
+            raise DeploymentError(
+                f"no deployment in {data_dir} (no {CONFIG_FILE}); create one with `dms init`"
+            )
         return cls(data_dir, load_config(config_path))
 
     # ---- the control database ------------------------------------------------------------------------

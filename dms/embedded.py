@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from dms.errors import DeploymentError
 log = logging.getLogger(__name__)
 
 PGDATA_DIR = "postgres"
+
+# pgserver asks platformdirs for a runtime directory at import; without XDG_RUNTIME_DIR (containers, CI)
+# platformdirs warns and falls back to /tmp/runtime-UID, which is what we want anyway.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 
 @dataclass(frozen=True)

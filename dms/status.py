@@ -53,7 +53,12 @@ def collect(deployment: Deployment) -> DeploymentStatus:
     embedded = deployment.embedded
     server = "external" if embedded is None else ("running" if embedded.is_running() else "stopped")
     control = DatabaseStatus(
-        "control", "postgres", deployment.describe_control(), False, head=head[CONTROL], expected_version=SCHEMA_VERSION
+        "control",
+        "postgres",
+        deployment.describe_control(),
+        False,
+        head=head[CONTROL],
+        expected_version=SCHEMA_VERSION,
     )
     if server != "stopped":
         _inspect(control, deployment.engine, postgres=True)
@@ -62,7 +67,12 @@ def collect(deployment: Deployment) -> DeploymentStatus:
     shards = []
     for shard in deployment.shards():
         status = DatabaseStatus(
-            shard.name, shard.kind, shard.location(), False, head=head[SHARD], expected_version=SHARD_SCHEMA_VERSION
+            shard.name,
+            shard.kind,
+            shard.location(),
+            False,
+            head=head[SHARD],
+            expected_version=SHARD_SCHEMA_VERSION,
         )
         _inspect(status, shard.engine, postgres=shard.kind == "postgres")
         shards.append(status)
@@ -92,9 +102,13 @@ def _inspect(status: DatabaseStatus, engine_factory: object, *, postgres: bool) 
                         )
                     ).scalar_one()
                 else:
-                    status.server_version = "DuckDB " + str(conn.execute(sa.text("SELECT version()")).scalar_one())
+                    status.server_version = "DuckDB " + str(
+                        conn.execute(sa.text("SELECT version()")).scalar_one()
+                    )
                     status.tables = conn.execute(
-                        sa.text("SELECT count(*) FROM information_schema.tables WHERE table_schema <> 'information_schema'")
+                        sa.text(
+                            "SELECT count(*) FROM information_schema.tables WHERE table_schema <> 'information_schema'"
+                        )
                     ).scalar_one()
         finally:
             engine.dispose()

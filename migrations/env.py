@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import sqlalchemy as sa
 from alembic import context
 
@@ -22,10 +24,26 @@ def _run(connection: sa.Connection) -> None:
         include_schemas=True,
         include_name=_include_name,
         compare_type=True,
+        render_item=_render_item,
         transaction_per_migration=True,
     )
     with context.begin_transaction():
         context.run_migrations()
+
+
+def _render_item(type_: str, obj: object, autogen_context: object) -> str | bool:
+    """Render Felis column types as their PostgreSQL variant alone: DMS runs on PostgreSQL only, and the
+    MySQL/SQLite variants Felis attaches would bloat every generated revision."""
+    variants = getattr(obj, "_variant_mapping", None)
+    if type_ != "type" or not variants:
+        return False
+    from alembic.autogenerate.render import _repr_type
+
+    if "postgresql" in variants:
+        return str(_repr_type(variants["postgresql"], autogen_context))
+    plain = copy.copy(obj)
+    plain._variant_mapping = {}  # type: ignore[attr-defined]
+    return str(_repr_type(plain, autogen_context))
 
 
 def _include_name(name: str | None, type_: str, parent_names: dict[str, str | None]) -> bool:

@@ -11,24 +11,16 @@ from alembic import op
 
 from dms import udfs
 
-
-def _duckdb_drop_sql() -> str:
-    return udfs.duckdb_drop_sql()
-
-
-_INSTALL: dict[str, Callable[[], str]] = {
-    "postgresql": udfs.postgres_install_sql,
-    "duckdb": lambda: udfs.duckdb_install_sql(temporary=False),
-}
-_DROP: dict[str, Callable[[], str]] = {
-    "postgresql": udfs.postgres_drop_sql,
-    "duckdb": _duckdb_drop_sql,
+# dialect name -> (install script, drop script); looked up when a revision runs.
+_SCRIPTS: dict[str, tuple[Callable[[], str], Callable[[], str]]] = {
+    "postgresql": (lambda: udfs.postgres_install_sql(), lambda: udfs.postgres_drop_sql()),
+    "duckdb": (lambda: udfs.duckdb_install_sql(temporary=False), lambda: udfs.duckdb_drop_sql()),
 }
 
 
 def install_udfs() -> None:
-    op.execute(_INSTALL[op.get_bind().dialect.name]())
+    op.execute(_SCRIPTS[op.get_bind().dialect.name][0]())
 
 
 def drop_udfs() -> None:
-    op.execute(_DROP[op.get_bind().dialect.name]())
+    op.execute(_SCRIPTS[op.get_bind().dialect.name][1]())

@@ -13,6 +13,7 @@ from click.testing import CliRunner, Result
 
 from dms.cli import main
 from dms.deployment import Deployment
+from dms.embedded import PGDATA_DIR, EmbeddedServer
 
 
 def dms(*args: str, data_dir: Path | None = None, env: dict[str, str] | None = None) -> Result:
@@ -26,8 +27,7 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     """A fresh deployment directory; any embedded server started in it is stopped afterwards."""
     path = tmp_path / "dep"
     yield path
-    if (path / "deployment.yaml").exists():
-        Deployment.open(path).stop()
+    EmbeddedServer(path / PGDATA_DIR).stop()
 
 
 def test_init_creates_an_embedded_deployment(data_dir: Path) -> None:

@@ -1,0 +1,216 @@
+"""Migrations on real databases: every database to head in one command, down to base and back, no drift."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from click.testing import CliRunner, Result
+
+from dms import migrate
+from dms.cli import main
+from dms.config import ShardConfig
+from dms.deployment import Deployment
+from dms.errors import SchemaVersionError
+from dms.schema import CONTROL_NAMESPACES, SCHEMA_VERSION, control_metadata
+
+DMS_NAMESPACES = ", ".join(f"'{n}'" for n in CONTROL_NAMESPACES)
+
+
+def dms(deployment: Deployment, *args: str) -> Result:
+    result = CliRunner().invoke(main, ["--data-dir", str(deployment.data_dir), *args], catch_exceptions=False)
+    return result
+
+
+@pytest.fixture()
+def deployment(tmp_path: Path, pg_database: str) -> Iterator[Deployment]:
+    """An embedded deployment with three shards: the default DuckDB one, a second DuckDB one, and a
+    PostgreSQL shard on another server (the session's pgserver)."""
+    dep = Deployment.create(tmp_path / "dep")
+    dep.add_shard(ShardConfig(name="wide1", kind="duckdb", path="catalog/wide1.duckdb"))
+    dep.add_shard(ShardConfig(name="pg1", kind="postgres", url=pg_database))
+    yield dep
+    dep.stop()
+
+
+def control_inventory(dep: Deployment) -> tuple[int, int, int]:
+    """(tables, scisql/ivo functions, DMS namespaces) in the control database."""
+    with dep.engine().connect() as conn:
+        tables = conn.execute(
+            sa.text(
+                f"SELECT count(*) FROM information_schema.tables WHERE table_schema IN ({DMS_NAMESPACES})"
+            )
+        ).scalar_one()
+        functions = conn.execute(
+            sa.text("SELECT count(*) FROM pg_proc WHERE proname LIKE 'scisql%' OR proname LIKE 'ivo\\_%'")
+        ).scalar_one()
+        namespaces = conn.execute(
+            sa.text(f"SELECT count(*) FROM pg_namespace WHERE nspname IN ({DMS_NAMESPACES})")
+        ).scalar_one()
+    return tables, functions, namespaces
+
+
+def shard_inventory(dep: Deployment) -> dict[str, tuple[str | None, int]]:
+    """Per shard: (schema version, number of scisql/ivo functions or macros)."""
+    result = {}
+    for shard in dep.shards():
+        engine = shard.engine()
+        with engine.connect() as conn:
+            has_info = sa.inspect(conn).has_table("schema_info", schema="dms")
+            version = (
+                conn.execute(
+                    sa.text("SELECT value FROM dms.schema_info WHERE key = 'schema_version'")
+                ).scalar()
+                if has_info
+                else None
+            )
+            if shard.kind == "postgres":
+                query = "SELECT count(*) FROM pg_proc WHERE proname LIKE 'scisql%' OR proname LIKE 'ivo\\_%'"
+            else:
+                query = (
+                    "SELECT count(DISTINCT function_name) FROM duckdb_functions() "
+                    "WHERE function_name LIKE 'scisql%' OR function_name LIKE 'ivo\\_%' ESCAPE '\\'"
+                )
+            functions = conn.execute(sa.text(query)).scalar_one()
+        engine.dispose()
+        result[shard.name] = (version, functions)
+    return result
+
+
+def test_upgrade_downgrade_upgrade_every_database(deployment: Deployment) -> None:
+    heads = migrate.heads()
+    up = dms(deployment, "db", "upgrade")
+    assert up.exit_code == 0, up.output
+    assert "control: base -> c0001" in up.output
+    for name in ("shard0", "wide1", "pg1"):
+        assert f"shard {name}: base -> {heads['shard']}" in up.output
+
+    tables, functions, namespaces = control_inventory(deployment)
+    assert tables == len(control_metadata().tables) and namespaces == len(CONTROL_NAMESPACES)
+    assert functions >= 10
+    shards = shard_inventory(deployment)
+    assert all(version == "1.0.0" and n >= 10 for version, n in shards.values()), shards
+
+    current = dms(deployment, "db", "current")
+    assert current.exit_code == 0
+    assert current.output.count("(head)") == 4, current.output
+
+    again = dms(deployment, "db", "upgrade")
+    assert again.output.count("unchanged") == 4
+
+    down = dms(deployment, "db", "downgrade", "base")
+    assert down.exit_code == 0, down.output
+    assert control_inventory(deployment) == (0, 0, 0)
+    assert all(v == (None, 0) for v in shard_inventory(deployment).values()), shard_inventory(deployment)
+    assert dms(deployment, "db", "current").output.count(": base") == 4
+
+    up_again = dms(deployment, "db", "upgrade")
+    assert up_again.exit_code == 0, up_again.output
+    assert control_inventory(deployment) == (tables, functions, namespaces)
+    assert shard_inventory(deployment) == shards
+
+
+def test_migrated_database_matches_felis_definitions(deployment: Deployment) -> None:
+    migrate.upgrade(deployment)
+    from dms.migrations.versions.control import c0001_control_tables as c0001
+
+    extra_indexes = {s.split(" INDEX ", 1)[1].split()[0] for s in c0001.EXTRA_INDEXES}
+    with deployment.engine().connect() as conn:
+        context = MigrationContext.configure(
+            conn,
+            opts={
+                "include_schemas": True,
+                "compare_type": True,
+                "include_name": lambda name, kind, parents: (
+                    name in CONTROL_NAMESPACES if kind == "schema" else True
+                ),
+            },
+        )
+        differences = compare_metadata(context, control_metadata())
+    drift = [d for d in differences if not _explained(d, extra_indexes)]
+    assert drift == []
+    assert len(differences) - len(drift) == len(extra_indexes) + 2  # the two folded ConsDB constraints
+
+
+def _explained(difference: Any, extra_indexes: set[str]) -> bool:
+    """Differences that are not drift: indexes Felis cannot express (added by the revision on purpose), and
+    UNIQUE constraints identical to the primary key, which PostgreSQL folds into the key."""
+    kind, obj = difference[0], difference[1]
+    if kind == "remove_index" and obj.name in extra_indexes:
+        return True
+    if kind == "add_constraint" and isinstance(obj, sa.UniqueConstraint):
+        return {c.name for c in obj.columns} == {c.name for c in obj.table.primary_key.columns}
+    return False
+
+
+def test_data_survives_a_repeated_upgrade(deployment: Deployment) -> None:
+    migrate.upgrade(deployment)
+    with deployment.engine().begin() as conn:
+        conn.execute(
+            sa.text("INSERT INTO dms.qc_metric (name, unit, description) VALUES ('psf_fwhm', 'arcsec', 'x')")
+        )
+    migrate.upgrade(deployment)
+    with deployment.connect() as conn:
+        assert (
+            conn.execute(sa.text("SELECT unit FROM dms.qc_metric WHERE name = 'psf_fwhm'")).scalar_one()
+            == "arcsec"
+        )
+
+
+@pytest.mark.parametrize(
+    ("recorded", "expected_words"),
+    [
+        ("0.9.0", ["0.9.0", SCHEMA_VERSION, "dms db upgrade"]),
+        ("99.0.0", ["99.0.0", SCHEMA_VERSION, "newer DMS"]),
+    ],
+)
+def test_unknown_schema_version_is_refused_naming_both(
+    deployment: Deployment, recorded: str, expected_words: list[str]
+) -> None:
+    migrate.upgrade(deployment)
+    with deployment.engine().begin() as conn:
+        conn.execute(
+            sa.text("UPDATE dms.schema_info SET value = :v WHERE key = 'schema_version'"), {"v": recorded}
+        )
+    with pytest.raises(SchemaVersionError) as caught, deployment.connect():
+        pass
+    assert caught.value.found == recorded and caught.value.expected == SCHEMA_VERSION
+    assert all(word in str(caught.value) for word in expected_words)
+    result = dms(deployment, "demo")
+    assert result.exit_code == 1 and recorded in result.output and SCHEMA_VERSION in result.output
+
+
+def test_unmigrated_database_is_refused(deployment: Deployment) -> None:
+    with pytest.raises(SchemaVersionError, match=r"no DMS schema.*dms db upgrade"), deployment.connect():
+        pass
+
+
+def test_unknown_revision_is_a_clear_error(deployment: Deployment) -> None:
+    result = dms(deployment, "db", "upgrade", "zz9999")
+    assert result.exit_code == 1 and "unknown revision 'zz9999'" in result.output
+
+
+def test_database_at_an_unknown_revision_is_reported(deployment: Deployment) -> None:
+    migrate.upgrade(deployment)
+    with deployment.engine().begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = 'c9999'"))
+    result = dms(deployment, "db", "upgrade")
+    assert result.exit_code == 1
+    assert "control" in result.output and "c9999" in result.output
+
+
+def test_duckdb_connections_get_the_udfs_without_migrations() -> None:
+    import healpy
+
+    from dms.udfs import register_duckdb
+
+    conn = duckdb.connect()
+    register_duckdb(conn)
+    expected = int(healpy.ang2pix(2**12, 266.4, -29.0, nest=True, lonlat=True))
+    assert conn.execute("SELECT ivo_healpix_index(12, 266.4, -29.0)").fetchone() == (expected,)

@@ -22,7 +22,6 @@ from sqlalchemy.exc import ArgumentError
 from dms.errors import ConfigError
 
 CONFIG_FILE = "deployment.yaml"
-CONFIG_FORMAT = 1
 ENV_DATA_DIR = "DMS_DATA_DIR"
 ENV_DATABASE_URL = "DMS_DATABASE_URL"
 
@@ -66,7 +65,7 @@ class DeploymentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: Literal[1] = Field(default=CONFIG_FORMAT, description="Version of this file's layout.")
+    format: Literal[1] = Field(default=1, description="Version of this file's layout.")
     mode: Literal["embedded", "external"] = Field(
         description="'embedded': a PostgreSQL server run by DMS inside the data directory; "
         "'external': an existing PostgreSQL server named by database_url or DMS_DATABASE_URL."

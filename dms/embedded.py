@@ -45,6 +45,9 @@ class EmbeddedServer:
         import pgserver
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        if not self.is_running():
+            # pgserver caches one handle per data directory and process; after a stop that handle is stale.
+            pgserver.PostgresServer._instances.pop(self.pgdata.expanduser().resolve(), None)
         try:
             server = pgserver.get_server(self.pgdata, cleanup_mode=None)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError, AssertionError) as exc:
@@ -67,7 +70,7 @@ class EmbeddedServer:
         """Stop the server if it runs; return whether it was running."""
         if not self.is_running():
             return False
-        from pgserver._commands import pg_ctl
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # generated at import
 
         user = "pgserver" if _running_as_root() else None
         try:

@@ -59,6 +59,7 @@ def alembic_config(branch: str) -> Config:
     root = importlib.resources.files("dms.migrations")
     cfg = Config()
     cfg.set_main_option("script_location", str(root))
+    cfg.set_main_option("path_separator", "os")
     cfg.set_main_option("version_locations", str(root / "versions" / branch))
     return cfg
 

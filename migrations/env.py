@@ -7,9 +7,12 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import MutableMapping
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 
 import dms.migrate  # noqa: F401  (registers the DuckDB implementation of alembic's DDL operations)
 from dms.schema import control_metadata
@@ -31,7 +34,7 @@ def _run(connection: sa.Connection) -> None:
         context.run_migrations()
 
 
-def _render_item(type_: str, obj: object, autogen_context: object) -> str | bool:
+def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     """Render Felis column types as their PostgreSQL variant alone: DMS runs on PostgreSQL only, and the
     MySQL/SQLite variants Felis attaches would bloat every generated revision."""
     variants = getattr(obj, "_variant_mapping", None)
@@ -42,11 +45,11 @@ def _render_item(type_: str, obj: object, autogen_context: object) -> str | bool
     if "postgresql" in variants:
         return str(_repr_type(variants["postgresql"], autogen_context))
     plain = copy.copy(obj)
-    plain._variant_mapping = {}  # type: ignore[attr-defined]
+    plain._variant_mapping = {}
     return str(_repr_type(plain, autogen_context))
 
 
-def _include_name(name: str | None, type_: str, parent_names: dict[str, str | None]) -> bool:
+def _include_name(name: str | None, type_: str, parent_names: MutableMapping[Any, str | None]) -> bool:
     # Only the namespaces DMS owns take part in autogenerate comparisons.
     if type_ == "schema":
         from dms.schema import CONTROL_NAMESPACES

@@ -41,7 +41,8 @@ class ShardConfig(BaseModel):
 
     name: ShardName
     kind: Literal["postgres", "duckdb"] = Field(
-        description="Storage engine: 'postgres' for narrow, updated tables; 'duckdb' for wide tables (DuckDB/Parquet)."
+        description="Storage engine: 'postgres' for narrow, updated tables; "
+        "'duckdb' for wide tables (DuckDB/Parquet)."
     )
     url: str | None = Field(default=None, description="PostgreSQL URL of a 'postgres' shard.")
     path: str | None = Field(

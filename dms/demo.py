@@ -22,9 +22,8 @@ def run_demo(data_dir: Path | None, echo: Callable[[str], None] = print) -> Depl
         deployment = Deployment.open(data_dir)
         echo(f"Reusing the deployment in {deployment.data_dir}")
     for label, before, after in migrate.upgrade(deployment):
-        echo(
-            f"  {label}: schema {'unchanged at ' + (after or 'base') if before == after else f'{before or 'base'} -> {after}'}"
-        )
+        change = f"unchanged at {after or 'base'}" if before == after else f"{before or 'base'} -> {after}"
+        echo(f"  {label}: schema {change}")
     echo(f"Control database: {deployment.describe_control()}")
     with deployment.connect() as conn:
         for namespace, tables, rows in _namespaces(conn):

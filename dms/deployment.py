@@ -128,9 +128,8 @@ class Deployment:
                 pass
         except psycopg.Error as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DeploymentError(
-                f"cannot connect to the control database {mask_password(url.render_as_string(False))}: {reason}"
-            ) from exc
+            shown = mask_password(url.render_as_string(hide_password=False))
+            raise DeploymentError(f"cannot connect to the control database {shown}: {reason}") from exc
 
     @contextmanager
     def connect(self, *, check_schema: bool = True) -> Iterator[sa.Connection]:

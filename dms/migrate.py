@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import duckdb
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -152,6 +152,12 @@ def _apply(
                 action(cfg, spec)
         except CommandError as exc:
             raise MigrationError(f"{target.label}: {exc}") from exc
+        except (sa.exc.SQLAlchemyError, duckdb.Error) as exc:
+            first_line = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise MigrationError(
+                f"{target.label}: migrating to {spec} failed and was rolled back "
+                f"(still at {before or 'base'}): {first_line}"
+            ) from exc
         finally:
             cfg.attributes.pop("connection", None)
         after = _current(target)

@@ -81,7 +81,8 @@ def backend_for(config: ShardConfig, data_dir: Path) -> ShardBackend:
     try:
         cls = _BACKENDS[config.kind]
     except KeyError:
+        known = ", ".join(sorted(_BACKENDS))
         raise ShardError(
-            f"shard {config.name!r} has unknown kind {config.kind!r}; known kinds: {', '.join(sorted(_BACKENDS))}"
+            f"shard {config.name!r} has unknown kind {config.kind!r}; known kinds: {known}"
         ) from None
     return cls(config, data_dir)

@@ -93,7 +93,8 @@ def _inspect(status: DatabaseStatus, engine_factory: object, *, postgres: bool) 
                 if postgres:
                     status.server_version = conn.execute(sa.text("SHOW server_version")).scalar_one()
                     status.extensions = dict(
-                        conn.execute(sa.text("SELECT extname, extversion FROM pg_extension")).tuples().all()
+                        (row[0], row[1])
+                        for row in conn.execute(sa.text("SELECT extname, extversion FROM pg_extension"))
                     )
                     status.tables = conn.execute(
                         sa.text(
@@ -107,7 +108,8 @@ def _inspect(status: DatabaseStatus, engine_factory: object, *, postgres: bool) 
                     )
                     status.tables = conn.execute(
                         sa.text(
-                            "SELECT count(*) FROM information_schema.tables WHERE table_schema <> 'information_schema'"
+                            "SELECT count(*) FROM information_schema.tables "
+                            "WHERE table_schema <> 'information_schema'"
                         )
                     ).scalar_one()
         finally:

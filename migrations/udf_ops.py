@@ -11,10 +11,10 @@ from alembic import op
 
 from dms import udfs
 
-# dialect name -> (install script, drop script); looked up when a revision runs.
+# dialect name -> (install script, drop script)
 _SCRIPTS: dict[str, tuple[Callable[[], str], Callable[[], str]]] = {
-    "postgresql": (lambda: udfs.postgres_install_sql(), lambda: udfs.postgres_drop_sql()),
-    "duckdb": (lambda: udfs.duckdb_install_sql(temporary=False), lambda: udfs.duckdb_drop_sql()),
+    "postgresql": (udfs.postgres_install_sql, udfs.postgres_drop_sql),
+    "duckdb": (lambda: udfs.duckdb_install_sql(temporary=False), udfs.duckdb_drop_sql),
 }
 
 

@@ -145,7 +145,8 @@ def _explained(difference: Any, extra_indexes: set[str]) -> bool:
     if kind == "remove_index" and obj.name in extra_indexes:
         return True
     if kind == "add_constraint" and isinstance(obj, sa.UniqueConstraint):
-        return {c.name for c in obj.columns} == {c.name for c in obj.table.primary_key.columns}
+        table = control_metadata().tables[f"{obj.table.schema}.{obj.table.name}"]
+        return {c.name for c in obj.columns} == {c.name for c in table.primary_key.columns}
     return False
 
 
@@ -214,3 +215,15 @@ def test_duckdb_connections_get_the_udfs_without_migrations() -> None:
     register_duckdb(conn)
     expected = int(healpy.ang2pix(2**12, 266.4, -29.0, nest=True, lonlat=True))
     assert conn.execute("SELECT ivo_healpix_index(12, 266.4, -29.0)").fetchone() == (expected,)
+
+
+def test_failed_migration_is_rolled_back_with_a_clear_error(deployment: Deployment) -> None:
+    # A table squatting on a name the first revision creates makes it fail half-way.
+    with deployment.engine().begin() as conn:
+        conn.execute(sa.text("CREATE SCHEMA efd_lsstcam"))
+        conn.execute(sa.text("CREATE TABLE efd_lsstcam.exposure_efd (squatter int)"))
+    result = dms(deployment, "db", "upgrade")
+    assert result.exit_code == 1
+    assert "control: migrating to head failed and was rolled back (still at base)" in result.output
+    assert "exposure_efd" in result.output and "Traceback" not in result.output
+    assert control_inventory(deployment)[0] == 1  # only the squatter: nothing half-created

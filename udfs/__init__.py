@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FUNCTIONS",
     "MAX_POLYGON_VERTICES",
+    "duckdb_drop_sql",
     "duckdb_install_sql",
     "install_postgres",
     "postgres_drop_sql",
@@ -97,23 +98,35 @@ def install_postgres(conn: psycopg.Connection[Any]) -> None:
 
 
 def _polygon_macro(vertices: int) -> str:
-    """One arity of the DuckDB ``scisql_s2PtInCPoly`` macro: the point, then ``vertices`` pairs."""
-    lon = [f"v{i}_ra" for i in range(1, vertices + 1)]
-    lat = [f"v{i}_dec" for i in range(1, vertices + 1)]
-    unit = [(f"_dms_sc_x({a}, {b})", f"_dms_sc_y({a}, {b})", f"_dms_sc_z({b})") for a, b in zip(lon, lat)]
-    point = "_dms_sc_x(ra, dec), _dms_sc_y(ra, dec), _dms_sc_z(dec)"
-    vsum = ", ".join(" + ".join(u[k] for u in unit) for k in range(3))
+    """One overload of the DuckDB ``scisql_s2PtInCPoly`` macro: the point, then ``vertices`` pairs.
 
-    def edge(start: str, i: int) -> str:
-        return f"_dms_rcross_dot({start}, {', '.join(unit[i])}, {', '.join(unit[(i + 1) % vertices])})"
-
-    valid = " AND ".join(["_dms_valid_sc(ra, dec)", *(f"_dms_valid_sc({a}, {b})" for a, b in zip(lon, lat))])
-    inside = " AND ".join(f"{edge(point, i)} >= 0" for i in range(vertices))
-    inside_flipped = " AND ".join(f"{edge(point, i)} <= 0" for i in range(vertices))
-    params = ", ".join(["ra", "dec", *(f"{a}, {b}" for a, b in zip(lon, lat))])
+    The test is the PL/pgSQL loop of ``udfs/postgres/10_geometry.sql`` unrolled: the vertex sum is
+    added in vertex order, it orients the polygon through the first edge, and every edge test must
+    pass (all ``>= 0``, or all ``<= 0`` for clockwise vertices).
+    """
+    pairs = [(f"v{i}_ra", f"v{i}_dec") for i in range(1, vertices + 1)]
+    params = ", ".join(["ra DOUBLE", "dec DOUBLE", *(f"{lon} DOUBLE, {lat} DOUBLE" for lon, lat in pairs)])
+    valid = " AND ".join(f"_dms_valid_sc({lon}, {lat})" for lon, lat in [("ra", "dec"), *pairs])
+    vsum = ", ".join(
+        " + ".join(
+            f"_dms_sc_{axis}({lon}, {lat})" if axis != "z" else f"_dms_sc_z({lat})" for lon, lat in pairs
+        )
+        for axis in "xyz"
+    )
+    (lon1, lat1), (lon2, lat2) = pairs[0], pairs[1]
+    first_edge = (
+        f"_dms_sc_x({lon1}, {lat1}), _dms_sc_y({lon1}, {lat1}), _dms_sc_z({lat1}), "
+        f"_dms_sc_x({lon2}, {lat2}), _dms_sc_y({lon2}, {lat2}), _dms_sc_z({lat2})"
+    )
+    edges = [
+        f"_dms_cpoly_edge(ra, dec, {a}, {b}, {c}, {d})"
+        for (a, b), (c, d) in zip(pairs, pairs[1:] + pairs[:1], strict=True)
+    ]
     return (
-        f"({params}) AS CASE WHEN {valid} THEN (CASE WHEN {edge(vsum, 0)} < 0\n"
-        f"    THEN {inside_flipped}\n    ELSE {inside} END)::INTEGER END"
+        f"({params}) AS CASE WHEN {valid}\n"
+        f"    THEN (CASE WHEN _dms_rcross_dot({vsum}, {first_edge}) < 0\n"
+        f"        THEN {' AND '.join(f'{e} <= 0' for e in edges)}\n"
+        f"        ELSE {' AND '.join(f'{e} >= 0' for e in edges)} END)::INTEGER END"
     )
 
 
@@ -135,6 +148,12 @@ def duckdb_install_sql(temporary: bool) -> str:
             r"^CREATE OR REPLACE MACRO ", "CREATE OR REPLACE TEMP MACRO ", script, flags=re.MULTILINE
         )
     return script
+
+
+def duckdb_drop_sql() -> str:
+    """The script that drops every stored macro :func:`duckdb_install_sql` creates, dependents first."""
+    names = re.findall(r"^CREATE OR REPLACE MACRO (\w+)", duckdb_install_sql(temporary=False), re.MULTILINE)
+    return "".join(f"DROP MACRO IF EXISTS {name};\n" for name in reversed(dict.fromkeys(names)))
 
 
 def register_duckdb(conn: duckdb.DuckDBPyConnection, *, temporary: bool = True) -> None:

@@ -52,23 +52,21 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN sin(lat * '0.017453292519943295'::float8);
 
 -- Angular separation in degrees from the sines and cosines of the latitudes and of the longitude
--- difference: Vincenty's formula, accurate for tiny and for near-antipodal separations alike
--- (the haversine form scisql uses loses about half the digits near 180 degrees).
-CREATE OR REPLACE FUNCTION _dms_vincenty(num1 double precision, num2 double precision, den double precision)
-RETURNS double precision
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN least('180'::float8, '57.29577951308232'::float8 * atan2(sqrt(num1 * num1 + num2 * num2), den));
-
+-- difference: Vincenty's formula atan2(|n|, d), accurate for tiny and for near-antipodal separations
+-- alike (the haversine form scisql uses loses about half the digits near 180 degrees). The two
+-- components of n are written out twice instead of passed to a helper: PostgreSQL only inlines a
+-- function whose arguments used more than once are cheap (at most 10 operators), and a function
+-- that is not inlined costs a call per row.
 CREATE OR REPLACE FUNCTION _dms_angsep_sc(
     slat1 double precision, clat1 double precision,
     slat2 double precision, clat2 double precision,
     sdlon double precision, cdlon double precision)
 RETURNS double precision
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN _dms_vincenty(
-    clat2 * sdlon,
-    clat1 * slat2 - slat1 * clat2 * cdlon,
-    slat1 * slat2 + clat1 * clat2 * cdlon);
+RETURN least('180'::float8, '57.29577951308232'::float8 * atan2(
+    sqrt((clat2 * sdlon) * (clat2 * sdlon)
+        + (clat1 * slat2 - slat1 * clat2 * cdlon) * (clat1 * slat2 - slat1 * clat2 * cdlon)),
+    slat1 * slat2 + clat1 * clat2 * cdlon));
 
 -- Angular separation in degrees of two positions given in degrees; no input validation.
 CREATE OR REPLACE FUNCTION _dms_angsep(
@@ -113,4 +111,7 @@ END;
 CREATE OR REPLACE FUNCTION _dms_hypot(a double precision, b double precision)
 RETURNS double precision
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN _dms_hypot_ordered(greatest(abs(a), abs(b)), least(abs(a), abs(b)));
+RETURN CASE
+    WHEN abs(a) >= abs(b) THEN _dms_hypot_ordered(abs(a), abs(b))
+    ELSE _dms_hypot_ordered(abs(b), abs(a))
+END;

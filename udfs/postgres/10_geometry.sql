@@ -33,7 +33,10 @@
 --   * s2PtInEllipse also requires the point to lie in the hemisphere centered on the ellipse:
 --     scisql's projection test maps points near the antipode of the center inside as well;
 --   * a degenerate ellipse with a zero minor axis contains nothing (as scisql's 1/0 arithmetic ends up
---     doing), without dividing by zero.
+--     doing), without dividing by zero;
+--   * s2PtInCPoly: PostgreSQL takes the vertices as VARIADIC double precision[] (so an array can be
+--     passed as scisql_s2PtInCPoly(ra, dec, VARIADIC coords)); a wrong count raises SQLSTATE 22023.
+--     DuckDB has one macro overload per vertex count (3 to 20); another count is a binder error.
 --
 -- Beyond the supported domain: inputs for which a double product or quotient underflows to zero or
 -- overflows (nonzero angles below about 1e-150 degrees, magnitudes near 1e300) make PostgreSQL raise
@@ -58,13 +61,15 @@ RETURN CASE
         THEN (_dms_angsep(point_ra, point_dec, center_ra, center_dec) <= radius)::integer
 END;
 
--- lon, lo, hi already reduced to [0, 360); lo > hi is a range wrapping through 0.
+-- Whether longitude lon lies in [lo, hi] after all three are reduced to [0, 360); a reduced lo
+-- greater than the reduced hi is a range wrapping through 0.
 CREATE OR REPLACE FUNCTION _dms_lon_in_range(lon double precision, lo double precision, hi double precision)
 RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE
-    WHEN lo <= hi THEN (lon >= lo AND lon <= hi)::integer
-    ELSE (lon >= lo OR lon <= hi)::integer
+    WHEN _dms_angred(lo) <= _dms_angred(hi)
+        THEN (_dms_angred(lon) >= _dms_angred(lo) AND _dms_angred(lon) <= _dms_angred(hi))::integer
+    ELSE (_dms_angred(lon) >= _dms_angred(lo) OR _dms_angred(lon) <= _dms_angred(hi))::integer
 END;
 
 CREATE OR REPLACE FUNCTION scisql_s2PtInBox(
@@ -80,41 +85,71 @@ RETURN CASE
     THEN CASE
         WHEN dec_min > dec_max OR point_dec < dec_min OR point_dec > dec_max THEN 0
         WHEN ra_max - ra_min >= 360 THEN 1
-        ELSE _dms_lon_in_range(_dms_angred(point_ra), _dms_angred(ra_min), _dms_angred(ra_max))
+        ELSE _dms_lon_in_range(point_ra, ra_min, ra_max)
     END
 END;
 
--- Ellipse test on (x, y): the point's offsets along the major and minor axes, and zc: the cosine of
--- its angular distance from the center. Axis lengths in radians.
-CREATE OR REPLACE FUNCTION _dms_ellipse_xy(
-    x double precision, y double precision, zc double precision,
-    major double precision, minor double precision)
-RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN (zc > 0 AND x * x * (1 / (major * major)) + y * y * (1 / (minor * minor)) <= 1)::integer;
-
--- (xne, yne): the point in the (north, east) basis at the center; rotate by the position angle.
-CREATE OR REPLACE FUNCTION _dms_ellipse_ne(
-    xne double precision, yne double precision, zc double precision,
-    sin_pa double precision, cos_pa double precision,
-    major double precision, minor double precision)
-RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN _dms_ellipse_xy(sin_pa * yne + cos_pa * xne, cos_pa * yne - sin_pa * xne, zc, major, minor);
-
-CREATE OR REPLACE FUNCTION _dms_ellipse_v(
+-- The point's unit vector v in the (north, east, center) basis at the ellipse center: components
+-- along north (xne) and east (yne), and zc = v . center, the cosine of the distance to the center.
+CREATE OR REPLACE FUNCTION _dms_ellipse_xne(
     vx double precision, vy double precision, vz double precision,
-    sin_lon double precision, cos_lon double precision,
-    sin_lat double precision, cos_lat double precision,
-    sin_pa double precision, cos_pa double precision,
-    major double precision, minor double precision)
+    sin_lon double precision, cos_lon double precision, sin_lat double precision, cos_lat double precision)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN cos_lat * vz - sin_lat * (sin_lon * vy + cos_lon * vx);
+
+CREATE OR REPLACE FUNCTION _dms_ellipse_yne(
+    vx double precision, vy double precision, sin_lon double precision, cos_lon double precision)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN cos_lon * vy - sin_lon * vx;
+
+CREATE OR REPLACE FUNCTION _dms_ellipse_zc(
+    vx double precision, vy double precision, vz double precision,
+    sin_lon double precision, cos_lon double precision, sin_lat double precision, cos_lat double precision)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN sin_lat * vz + cos_lat * (cos_lon * vx + sin_lon * vy);
+
+-- Offsets of the point along the major (x) and minor (y) axes: (xne, yne) rotated by the position
+-- angle (east of north).
+CREATE OR REPLACE FUNCTION _dms_ellipse_x(
+    vx double precision, vy double precision, vz double precision,
+    sin_lon double precision, cos_lon double precision, sin_lat double precision, cos_lat double precision,
+    sin_pa double precision, cos_pa double precision)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN sin_pa * _dms_ellipse_yne(vx, vy, sin_lon, cos_lon)
+    + cos_pa * _dms_ellipse_xne(vx, vy, vz, sin_lon, cos_lon, sin_lat, cos_lat);
+
+CREATE OR REPLACE FUNCTION _dms_ellipse_y(
+    vx double precision, vy double precision, vz double precision,
+    sin_lon double precision, cos_lon double precision, sin_lat double precision, cos_lat double precision,
+    sin_pa double precision, cos_pa double precision)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN cos_pa * _dms_ellipse_yne(vx, vy, sin_lon, cos_lon)
+    - sin_pa * _dms_ellipse_xne(vx, vy, vz, sin_lon, cos_lon, sin_lat, cos_lat);
+
+-- scisql's test x^2 / M^2 + y^2 / m^2 <= 1 (M, m: semi-axes in radians), restricted to the
+-- hemisphere around the center. Every helper is called with this function's parameters, which
+-- keeps all of them inlinable.
+CREATE OR REPLACE FUNCTION _dms_ellipse_contains(
+    vx double precision, vy double precision, vz double precision,
+    sin_lon double precision, cos_lon double precision, sin_lat double precision, cos_lat double precision,
+    sin_pa double precision, cos_pa double precision, major double precision, minor double precision)
 RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN _dms_ellipse_ne(
-    cos_lat * vz - sin_lat * (sin_lon * vy + cos_lon * vx),
-    cos_lon * vy - sin_lon * vx,
-    sin_lat * vz + cos_lat * (cos_lon * vx + sin_lon * vy),
-    sin_pa, cos_pa, major, minor);
+RETURN (
+    _dms_ellipse_zc(vx, vy, vz, sin_lon, cos_lon, sin_lat, cos_lat) > 0
+    AND _dms_ellipse_x(vx, vy, vz, sin_lon, cos_lon, sin_lat, cos_lat, sin_pa, cos_pa)
+        * _dms_ellipse_x(vx, vy, vz, sin_lon, cos_lon, sin_lat, cos_lat, sin_pa, cos_pa)
+        * (1 / (major * major))
+    + _dms_ellipse_y(vx, vy, vz, sin_lon, cos_lon, sin_lat, cos_lat, sin_pa, cos_pa)
+        * _dms_ellipse_y(vx, vy, vz, sin_lon, cos_lon, sin_lat, cos_lat, sin_pa, cos_pa)
+        * (1 / (minor * minor))
+    <= 1
+)::integer;
 
 CREATE OR REPLACE FUNCTION scisql_s2PtInEllipse(
     point_ra double precision, point_dec double precision,
@@ -130,7 +165,7 @@ RETURN CASE
         AND semi_major_arcsec <= 36000
     THEN CASE
         WHEN semi_minor_arcsec = 0 THEN 0
-        ELSE _dms_ellipse_v(
+        ELSE _dms_ellipse_contains(
             _dms_sc_x(point_ra, point_dec), _dms_sc_y(point_ra, point_dec), _dms_sc_z(point_dec),
             sin(center_ra * '0.017453292519943295'::float8), cos(center_ra * '0.017453292519943295'::float8),
             sin(center_dec * '0.017453292519943295'::float8), cos(center_dec * '0.017453292519943295'::float8),
@@ -152,47 +187,54 @@ RETURN px * ((y2 + y1) * (z2 - z1) - (z2 + z1) * (y2 - y1))
     + py * ((z2 + z1) * (x2 - x1) - (x2 + x1) * (z2 - z1))
     + pz * ((x2 + x1) * (y2 - y1) - (y2 + y1) * (x2 - x1));
 
--- Convex polygon test for the unit vector p; verts holds (lon, lat) pairs in degrees, already
--- validated. Not inlinable (it iterates over the array), but planned once per query.
-CREATE OR REPLACE FUNCTION _dms_cpoly_contains(
-    px double precision, py double precision, pz double precision, verts double precision[])
-RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN (
-    WITH v AS (
-        SELECT i, _dms_sc_x(verts[2 * i - 1], verts[2 * i]) AS x,
-               _dms_sc_y(verts[2 * i - 1], verts[2 * i]) AS y,
-               _dms_sc_z(verts[2 * i]) AS z
-        FROM generate_series(1, cardinality(verts) / 2) AS i
-    ),
-    edge AS (
-        SELECT a.i, a.x AS x1, a.y AS y1, a.z AS z1, b.x AS x2, b.y AS y2, b.z AS z2
-        FROM v AS a JOIN v AS b ON b.i = mod(a.i, cardinality(verts) / 2) + 1
-    ),
-    orientation AS (
-        -- Clockwise vertices give (sum of vertices) . e_1 < 0: then every edge test flips.
-        SELECT _dms_rcross_dot(s.x, s.y, s.z, e.x1, e.y1, e.z1, e.x2, e.y2, e.z2) < 0 AS flipped
-        FROM (SELECT sum(x) AS x, sum(y) AS y, sum(z) AS z FROM v) AS s, edge AS e
-        WHERE e.i = 1
-    )
-    SELECT bool_and(CASE WHEN o.flipped THEN d.p_dot_e <= 0 ELSE d.p_dot_e >= 0 END)
-    FROM orientation AS o,
-         (SELECT _dms_rcross_dot(px, py, pz, x1, y1, z1, x2, y2, z2) AS p_dot_e FROM edge) AS d
-);
-
+-- scisql_s2PtInCPoly takes a variable number of vertices, so on PostgreSQL it is VARIADIC and
+-- iterates over them in PL/pgSQL (about 1-2 microseconds per row for a quadrilateral). The edge
+-- test is the same expression as the one in DuckDB's macros, term for term.
 CREATE OR REPLACE FUNCTION scisql_s2PtInCPoly(
     point_ra double precision, point_dec double precision, VARIADIC verts double precision[])
 RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE
-    WHEN cardinality(verts) < 6 OR cardinality(verts) > 40 OR mod(cardinality(verts), 2) <> 0
-        THEN _dms_raise(
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    n constant integer := cardinality(verts) / 2;
+    vx double precision[];
+    vy double precision[];
+    vz double precision[];
+    sx double precision := 0;  -- sum of the vertices, added in order
+    sy double precision := 0;
+    sz double precision := 0;
+    flipped boolean;
+    d double precision;
+BEGIN
+    IF cardinality(verts) < 6 OR cardinality(verts) > 40 OR mod(cardinality(verts), 2) <> 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE =
             'scisql_s2PtInCPoly expects 3 to 20 vertices, i.e. 6 to 40 coordinates (lon, lat pairs) '
-            || 'after the point; got ' || cardinality(verts) || ' coordinates', '22023')::integer
-    WHEN _dms_valid_sc(point_ra, point_dec) AND (
-        SELECT bool_and(coalesce(_dms_valid_sc(verts[2 * i - 1], verts[2 * i]), false))
-        FROM generate_series(1, cardinality(verts) / 2) AS i)
-    THEN _dms_cpoly_contains(
-        _dms_sc_x(point_ra, point_dec), _dms_sc_y(point_ra, point_dec), _dms_sc_z(point_dec), verts
-    )::integer
-END;
+            || 'after the point; got ' || cardinality(verts)::text || ' coordinates';
+    END IF;
+    IF _dms_valid_sc(point_ra, point_dec) IS NOT TRUE OR n IS NULL THEN
+        RETURN NULL;
+    END IF;
+    FOR i IN 1..n LOOP
+        IF _dms_valid_sc(verts[2 * i - 1], verts[2 * i]) IS NOT TRUE THEN
+            RETURN NULL;
+        END IF;
+        vx[i] := _dms_sc_x(verts[2 * i - 1], verts[2 * i]);
+        vy[i] := _dms_sc_y(verts[2 * i - 1], verts[2 * i]);
+        vz[i] := _dms_sc_z(verts[2 * i]);
+        sx := sx + vx[i];
+        sy := sy + vy[i];
+        sz := sz + vz[i];
+    END LOOP;
+    -- Clockwise vertices give (sum of vertices) . e_1 < 0: then every edge test flips.
+    flipped := _dms_rcross_dot(sx, sy, sz, vx[1], vy[1], vz[1], vx[2], vy[2], vz[2]) < 0;
+    FOR i IN 1..n LOOP
+        d := _dms_rcross_dot(
+            _dms_sc_x(point_ra, point_dec), _dms_sc_y(point_ra, point_dec), _dms_sc_z(point_dec),
+            vx[i], vy[i], vz[i], vx[mod(i, n) + 1], vy[mod(i, n) + 1], vz[mod(i, n) + 1]);
+        IF (flipped AND d > 0) OR (NOT flipped AND d < 0) THEN
+            RETURN 0;
+        END IF;
+    END LOOP;
+    RETURN 1;
+END
+$$;

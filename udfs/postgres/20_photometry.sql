@@ -122,15 +122,24 @@ END;
 CREATE OR REPLACE FUNCTION scisql_dnToAbMag(dn double precision, flux_mag0 double precision)
 RETURNS double precision
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN scisql_fluxToAbMag(scisql_dnToFlux(dn, flux_mag0));
+RETURN CASE
+    WHEN _dms_finite(dn) AND _dms_finite(flux_mag0) AND dn > 0 AND flux_mag0 > 0
+        THEN '-2.5'::float8 * log10('3.630780547701013425e-20'::float8 * dn / flux_mag0) - '48.6'::float8
+END;
 
 CREATE OR REPLACE FUNCTION scisql_dnToAbMagSigma(
     dn double precision, dn_sigma double precision,
     flux_mag0 double precision, flux_mag0_sigma double precision)
 RETURNS double precision
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN scisql_fluxToAbMagSigma(
-    scisql_dnToFlux(dn, flux_mag0), scisql_dnToFluxSigma(dn, dn_sigma, flux_mag0, flux_mag0_sigma));
+RETURN CASE
+    WHEN _dms_finite(dn) AND _dms_finite(dn_sigma) AND _dms_finite(flux_mag0) AND _dms_finite(flux_mag0_sigma)
+        AND dn > 0 AND flux_mag0 > 0 AND dn_sigma >= 0 AND flux_mag0_sigma >= 0
+        THEN '1.085736204758129569'::float8
+            * ('3.630780547701013425e-20'::float8 * _dms_hypot(dn * flux_mag0_sigma, dn_sigma * flux_mag0)
+                / (flux_mag0 * flux_mag0))
+            / ('3.630780547701013425e-20'::float8 * dn / flux_mag0)
+END;
 
 CREATE OR REPLACE FUNCTION scisql_fluxToDn(flux double precision, flux_mag0 double precision)
 RETURNS double precision
@@ -154,12 +163,25 @@ END;
 CREATE OR REPLACE FUNCTION scisql_abMagToDn(mag double precision, flux_mag0 double precision)
 RETURNS double precision
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN scisql_fluxToDn(scisql_abMagToFlux(mag), flux_mag0);
+RETURN CASE
+    WHEN _dms_finite(mag) AND '-0.4'::float8 * (mag + '48.6'::float8) BETWEEN -307 AND 308
+        AND _dms_finite(flux_mag0) AND flux_mag0 > 0
+        THEN power('10'::float8, '-0.4'::float8 * (mag + '48.6'::float8)) * flux_mag0
+            / '3.630780547701013425e-20'::float8
+END;
 
 CREATE OR REPLACE FUNCTION scisql_abMagToDnSigma(
     mag double precision, mag_sigma double precision,
     flux_mag0 double precision, flux_mag0_sigma double precision)
 RETURNS double precision
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN scisql_fluxToDnSigma(
-    scisql_abMagToFlux(mag), scisql_abMagToFluxSigma(mag, mag_sigma), flux_mag0, flux_mag0_sigma);
+RETURN CASE
+    WHEN _dms_finite(mag) AND '-0.4'::float8 * (mag + '48.6'::float8) BETWEEN -307 AND 308
+        AND _dms_finite(mag_sigma) AND _dms_finite(flux_mag0) AND _dms_finite(flux_mag0_sigma)
+        AND mag_sigma >= 0 AND flux_mag0 > 0 AND flux_mag0_sigma >= 0
+        THEN _dms_hypot(
+            power('10'::float8, '-0.4'::float8 * (mag + '48.6'::float8)) * flux_mag0_sigma,
+            flux_mag0 * (mag_sigma * power('10'::float8, '-0.4'::float8 * (mag + '48.6'::float8))
+                * '0.9210340371976182736'::float8))
+            / '3.630780547701013425e-20'::float8
+END;

@@ -31,22 +31,28 @@ CREATE OR REPLACE FUNCTION _dms_hpx_utab()
 RETURNS bigint[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN ARRAY[
-    0, 1, 4, 5, 16, 17, 20, 21, 64, 65, 68, 69, 80, 81, 84, 85,
-    256, 257, 260, 261, 272, 273, 276, 277, 320, 321, 324, 325, 336, 337, 340, 341,
-    1024, 1025, 1028, 1029, 1040, 1041, 1044, 1045, 1088, 1089, 1092, 1093, 1104, 1105, 1108, 1109,
-    1280, 1281, 1284, 1285, 1296, 1297, 1300, 1301, 1344, 1345, 1348, 1349, 1360, 1361, 1364, 1365,
-    4096, 4097, 4100, 4101, 4112, 4113, 4116, 4117, 4160, 4161, 4164, 4165, 4176, 4177, 4180, 4181,
-    4352, 4353, 4356, 4357, 4368, 4369, 4372, 4373, 4416, 4417, 4420, 4421, 4432, 4433, 4436, 4437,
-    5120, 5121, 5124, 5125, 5136, 5137, 5140, 5141, 5184, 5185, 5188, 5189, 5200, 5201, 5204, 5205,
-    5376, 5377, 5380, 5381, 5392, 5393, 5396, 5397, 5440, 5441, 5444, 5445, 5456, 5457, 5460, 5461,
-    16384, 16385, 16388, 16389, 16400, 16401, 16404, 16405, 16448, 16449, 16452, 16453, 16464, 16465, 16468, 16469,
-    16640, 16641, 16644, 16645, 16656, 16657, 16660, 16661, 16704, 16705, 16708, 16709, 16720, 16721, 16724, 16725,
-    17408, 17409, 17412, 17413, 17424, 17425, 17428, 17429, 17472, 17473, 17476, 17477, 17488, 17489, 17492, 17493,
-    17664, 17665, 17668, 17669, 17680, 17681, 17684, 17685, 17728, 17729, 17732, 17733, 17744, 17745, 17748, 17749,
-    20480, 20481, 20484, 20485, 20496, 20497, 20500, 20501, 20544, 20545, 20548, 20549, 20560, 20561, 20564, 20565,
-    20736, 20737, 20740, 20741, 20752, 20753, 20756, 20757, 20800, 20801, 20804, 20805, 20816, 20817, 20820, 20821,
-    21504, 21505, 21508, 21509, 21520, 21521, 21524, 21525, 21568, 21569, 21572, 21573, 21584, 21585, 21588, 21589,
-    21760, 21761, 21764, 21765, 21776, 21777, 21780, 21781, 21824, 21825, 21828, 21829, 21840, 21841, 21844, 21845
+    0, 1, 4, 5, 16, 17, 20, 21, 64, 65, 68, 69,
+    80, 81, 84, 85, 256, 257, 260, 261, 272, 273, 276, 277,
+    320, 321, 324, 325, 336, 337, 340, 341, 1024, 1025, 1028, 1029,
+    1040, 1041, 1044, 1045, 1088, 1089, 1092, 1093, 1104, 1105, 1108, 1109,
+    1280, 1281, 1284, 1285, 1296, 1297, 1300, 1301, 1344, 1345, 1348, 1349,
+    1360, 1361, 1364, 1365, 4096, 4097, 4100, 4101, 4112, 4113, 4116, 4117,
+    4160, 4161, 4164, 4165, 4176, 4177, 4180, 4181, 4352, 4353, 4356, 4357,
+    4368, 4369, 4372, 4373, 4416, 4417, 4420, 4421, 4432, 4433, 4436, 4437,
+    5120, 5121, 5124, 5125, 5136, 5137, 5140, 5141, 5184, 5185, 5188, 5189,
+    5200, 5201, 5204, 5205, 5376, 5377, 5380, 5381, 5392, 5393, 5396, 5397,
+    5440, 5441, 5444, 5445, 5456, 5457, 5460, 5461, 16384, 16385, 16388, 16389,
+    16400, 16401, 16404, 16405, 16448, 16449, 16452, 16453, 16464, 16465, 16468, 16469,
+    16640, 16641, 16644, 16645, 16656, 16657, 16660, 16661, 16704, 16705, 16708, 16709,
+    16720, 16721, 16724, 16725, 17408, 17409, 17412, 17413, 17424, 17425, 17428, 17429,
+    17472, 17473, 17476, 17477, 17488, 17489, 17492, 17493, 17664, 17665, 17668, 17669,
+    17680, 17681, 17684, 17685, 17728, 17729, 17732, 17733, 17744, 17745, 17748, 17749,
+    20480, 20481, 20484, 20485, 20496, 20497, 20500, 20501, 20544, 20545, 20548, 20549,
+    20560, 20561, 20564, 20565, 20736, 20737, 20740, 20741, 20752, 20753, 20756, 20757,
+    20800, 20801, 20804, 20805, 20816, 20817, 20820, 20821, 21504, 21505, 21508, 21509,
+    21520, 21521, 21524, 21525, 21568, 21569, 21572, 21573, 21584, 21585, 21588, 21589,
+    21760, 21761, 21764, 21765, 21776, 21777, 21780, 21781, 21824, 21825, 21828, 21829,
+    21840, 21841, 21844, 21845
 ]::bigint[];
 
 -- Interleaves a zero bit above each bit of v (0 <= v < 2^29), as healpix_cxx spread_bits<int64>.
@@ -73,82 +79,57 @@ RETURN CASE
     ELSE v - 4 * floor(v / 4)
 END;
 
--- Equatorial region, from the indices of the ascending (jp) and descending (jm) edge lines.
-CREATE OR REPLACE FUNCTION _dms_hpx_equatorial_face(hpx_order integer, jp bigint, jm bigint)
-RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN _dms_hpx_xyf2nest(
-    hpx_order,
-    jm & ((1::bigint << hpx_order) - 1),
-    (1::bigint << hpx_order) - (jp & ((1::bigint << hpx_order) - 1)) - 1,
-    CASE
-        WHEN jp >> hpx_order = jm >> hpx_order THEN (jp >> hpx_order) | 4
-        WHEN jp >> hpx_order < jm >> hpx_order THEN jp >> hpx_order
-        ELSE (jm >> hpx_order) + 8
-    END);
-
-CREATE OR REPLACE FUNCTION _dms_hpx_equatorial(hpx_order integer, z double precision, tt double precision)
-RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN _dms_hpx_equatorial_face(
-    hpx_order,
-    floor((1::bigint << hpx_order)::float8 * ('0.5'::float8 + tt)
-        - (1::bigint << hpx_order)::float8 * (z * '0.75'::float8))::bigint,
-    floor((1::bigint << hpx_order)::float8 * ('0.5'::float8 + tt)
-        + (1::bigint << hpx_order)::float8 * (z * '0.75'::float8))::bigint);
-
--- Polar caps, from the face (ntt) and the edge-line indices (jp, jm), already capped at nside - 1.
-CREATE OR REPLACE FUNCTION _dms_hpx_polar_face(
-    hpx_order integer, z double precision, ntt bigint, jp bigint, jm bigint)
-RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE
-    WHEN z >= 0 THEN _dms_hpx_xyf2nest(
-        hpx_order, (1::bigint << hpx_order) - jm - 1, (1::bigint << hpx_order) - jp - 1, ntt)
-    ELSE _dms_hpx_xyf2nest(hpx_order, jp, jm, ntt + 8)
-END;
-
-CREATE OR REPLACE FUNCTION _dms_hpx_polar_t(
-    hpx_order integer, z double precision, ntt double precision, tp double precision, tmp double precision)
-RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN _dms_hpx_polar_face(
-    hpx_order, z, ntt::bigint,
-    least(floor(tp * tmp), ((1::bigint << hpx_order) - 1)::float8)::bigint,
-    least(floor(('1'::float8 - tp) * tmp), ((1::bigint << hpx_order) - 1)::float8)::bigint);
-
-CREATE OR REPLACE FUNCTION _dms_hpx_polar(
-    hpx_order integer, z double precision, tt double precision, sth double precision, have_sth boolean)
-RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN _dms_hpx_polar_t(
-    hpx_order, z,
-    least('3'::float8, floor(tt)),
-    tt - least('3'::float8, floor(tt)),
-    CASE
-        WHEN abs(z) < '0.99'::float8 OR NOT have_sth
-            THEN (1::bigint << hpx_order)::float8 * sqrt('3'::float8 * ('1'::float8 - abs(z)))
-        ELSE (1::bigint << hpx_order)::float8 * sth / sqrt(('1'::float8 + abs(z)) / '3'::float8)
-    END);
-
-CREATE OR REPLACE FUNCTION _dms_hpx_loc2pix(
-    hpx_order integer, z double precision, tt double precision, sth double precision, have_sth boolean)
-RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE
-    WHEN abs(z) <= '2'::float8 / '3'::float8 THEN _dms_hpx_equatorial(hpx_order, z, tt)
-    ELSE _dms_hpx_polar(hpx_order, z, tt, sth, have_sth)
-END;
-
+-- loc2pix and the pointing-dependent choices of ang2pix, for a colatitude theta and a longitude phi
+-- in radians. PL/pgSQL because the algorithm reuses its intermediate values many times: as inlinable
+-- SQL it would expand into several hundred duplicated operators per row, and as nested
+-- non-inlined SQL functions PostgreSQL would re-plan the inner functions on every call. This
+-- function costs about 1 microsecond per row; the SQL helpers it calls are inlined into it.
 CREATE OR REPLACE FUNCTION _dms_hpx_ang2pix(hpx_order integer, theta double precision, phi double precision)
 RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN _dms_hpx_loc2pix(
-    hpx_order,
-    cos(theta),
-    _dms_hpx_fmodulo4(phi * '0.6366197723675813430755350534900574'::float8),
-    sin(theta),
-    theta < '0.01'::float8 OR theta > '3.14159'::float8 - '0.01'::float8);
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+DECLARE
+    nside constant bigint := 1::bigint << hpx_order;
+    z constant double precision := cos(theta);
+    za constant double precision := abs(z);
+    tt constant double precision := _dms_hpx_fmodulo4(phi * '0.6366197723675813430755350534900574'::float8);
+    temp1 double precision;
+    temp2 double precision;
+    tp double precision;
+    tmp double precision;
+    ntt bigint;
+    jp bigint;
+    jm bigint;
+    ifp bigint;
+    ifm bigint;
+BEGIN
+    IF za <= '2'::float8 / '3'::float8 THEN  -- equatorial region
+        temp1 := nside::float8 * ('0.5'::float8 + tt);
+        temp2 := nside::float8 * (z * '0.75'::float8);
+        jp := floor(temp1 - temp2)::bigint;  -- index of the ascending edge line
+        jm := floor(temp1 + temp2)::bigint;  -- index of the descending edge line
+        ifp := jp >> hpx_order;
+        ifm := jm >> hpx_order;
+        RETURN _dms_hpx_xyf2nest(
+            hpx_order, jm & (nside - 1), nside - (jp & (nside - 1)) - 1,
+            CASE WHEN ifp = ifm THEN ifp | 4 WHEN ifp < ifm THEN ifp ELSE ifm + 8 END);
+    END IF;
+    -- polar caps
+    ntt := least(3, floor(tt))::bigint;
+    tp := tt - ntt::float8;
+    IF za < '0.99'::float8 OR NOT (theta < '0.01'::float8 OR theta > '3.14159'::float8 - '0.01'::float8) THEN
+        tmp := nside::float8 * sqrt('3'::float8 * ('1'::float8 - za));
+    ELSE  -- healpix_cxx's have_sth branch: sin(theta) is more accurate than 1 - |z| near the poles
+        tmp := nside::float8 * sin(theta) / sqrt(('1'::float8 + za) / '3'::float8);
+    END IF;
+    jp := least(floor(tp * tmp), (nside - 1)::float8)::bigint;
+    jm := least(floor(('1'::float8 - tp) * tmp), (nside - 1)::float8)::bigint;
+    IF z >= 0 THEN
+        RETURN _dms_hpx_xyf2nest(hpx_order, nside - jm - 1, nside - jp - 1, ntt);
+    END IF;
+    RETURN _dms_hpx_xyf2nest(hpx_order, jp, jm, ntt + 8);
+END
+$$;
 
 CREATE OR REPLACE FUNCTION ivo_healpix_index(
     hpx_order integer, point_ra double precision, point_dec double precision)
@@ -157,9 +138,9 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE
     WHEN (hpx_order IS NOT NULL AND _dms_finite(point_ra) AND _dms_finite(point_dec)) IS NOT TRUE THEN NULL
     WHEN hpx_order < 0 OR hpx_order > 29 THEN _dms_raise(
-        'ivo_healpix_index: order must be an integer from 0 to 29, got ' || hpx_order, '22023')
+        'ivo_healpix_index: order must be an integer from 0 to 29, got ' || hpx_order::text, '22023')
     WHEN point_dec < -90 OR point_dec > 90 THEN _dms_raise(
-        'ivo_healpix_index: dec must be within [-90, 90] degrees, got ' || point_dec, '22003')
+        'ivo_healpix_index: dec must be within [-90, 90] degrees, got ' || point_dec::text, '22003')
     ELSE _dms_hpx_ang2pix(
         hpx_order,
         '1.5707963267948966'::float8 - point_dec * '0.017453292519943295'::float8,

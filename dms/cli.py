@@ -31,8 +31,28 @@ def _friendly_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_DATA_DIR_KEY = "dms.data_dir"
+
+
+def _remember_data_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        ctx.meta[_DATA_DIR_KEY] = value
+
+
+def data_dir_option(func: F) -> F:
+    """`--data-dir` after the command name too (`dms init --data-dir DIR`), as well as before it."""
+    return click.option(
+        "--data-dir",
+        "command_data_dir",
+        type=click.Path(file_okay=False),
+        expose_value=False,
+        callback=_remember_data_dir,
+        help="Deployment directory (same as `dms --data-dir`).",
+    )(func)
+
+
 def _data_dir(ctx: click.Context) -> Path | None:
-    value = ctx.find_root().params.get("data_dir")
+    value = ctx.meta.get(_DATA_DIR_KEY) or ctx.find_root().params.get("data_dir")
     return Path(value) if value else None
 
 
@@ -68,6 +88,7 @@ def main(data_dir: str | None, verbose: int) -> None:
     "default: an embedded PostgreSQL inside the data directory.",
 )
 @click.option("--exist-ok", is_flag=True, help="Succeed without changes if a deployment already exists.")
+@data_dir_option
 @click.pass_context
 @_friendly_errors
 def init(ctx: click.Context, database_url: str | None, exist_ok: bool) -> None:
@@ -91,6 +112,7 @@ def init(ctx: click.Context, database_url: str | None, exist_ok: bool) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@data_dir_option
 @click.pass_context
 @_friendly_errors
 def status(ctx: click.Context, as_json: bool) -> None:
@@ -122,6 +144,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command()
+@data_dir_option
 @click.pass_context
 @_friendly_errors
 def start(ctx: click.Context) -> None:
@@ -135,6 +158,7 @@ def start(ctx: click.Context) -> None:
 
 
 @main.command()
+@data_dir_option
 @click.pass_context
 @_friendly_errors
 def stop(ctx: click.Context) -> None:
@@ -156,6 +180,7 @@ def _print_moves(results: list[tuple[str, str | None, str | None]]) -> None:
 
 @db.command()
 @click.argument("revision", default="head")
+@data_dir_option
 @click.pass_context
 @_friendly_errors
 def upgrade(ctx: click.Context, revision: str) -> None:
@@ -167,6 +192,7 @@ def upgrade(ctx: click.Context, revision: str) -> None:
 
 @db.command()
 @click.argument("revision")
+@data_dir_option
 @click.pass_context
 @_friendly_errors
 def downgrade(ctx: click.Context, revision: str) -> None:
@@ -177,6 +203,7 @@ def downgrade(ctx: click.Context, revision: str) -> None:
 
 
 @db.command()
+@data_dir_option
 @click.pass_context
 @_friendly_errors
 def current(ctx: click.Context) -> None:
@@ -194,6 +221,7 @@ def current(ctx: click.Context) -> None:
 @click.option("-m", "--message", required=True, help="What the revision does.")
 @click.option("--branch", type=click.Choice(["control", "shard"]), default="control", show_default=True)
 @click.option("--empty", is_flag=True, help="Write an empty revision instead of autogenerating operations.")
+@data_dir_option
 @click.pass_context
 @_friendly_errors
 def revision(ctx: click.Context, message: str, branch: str, empty: bool) -> None:
@@ -219,6 +247,7 @@ def shard() -> None:
     metavar="PATH",
     help="A DuckDB/Parquet shard in this file (relative: in the data dir).",
 )
+@data_dir_option
 @click.pass_context
 @_friendly_errors
 def shard_add(ctx: click.Context, name: str, url: str | None, path: str | None) -> None:
@@ -234,6 +263,7 @@ def shard_add(ctx: click.Context, name: str, url: str | None, path: str | None) 
 
 
 @shard.command("list")
+@data_dir_option
 @click.pass_context
 @_friendly_errors
 def shard_list(ctx: click.Context) -> None:
@@ -243,6 +273,7 @@ def shard_list(ctx: click.Context) -> None:
 
 
 @main.command()
+@data_dir_option
 @click.pass_context
 @_friendly_errors
 def demo(ctx: click.Context) -> None:

@@ -42,7 +42,11 @@ class DeploymentStatus:
     shards: list[DatabaseStatus]
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        result = asdict(self)
+        result["control"]["up_to_date"] = self.control.up_to_date
+        for shard, shard_dict in zip(self.shards, result["shards"], strict=True):
+            shard_dict["up_to_date"] = shard.up_to_date
+        return result
 
 
 def collect(deployment: Deployment) -> DeploymentStatus:
@@ -91,7 +95,9 @@ def _inspect(status: DatabaseStatus, engine_factory: object, *, postgres: bool) 
                 status.revision = current[0] if current else None
                 status.schema_version = read_schema_version(conn)
                 if postgres:
-                    status.server_version = conn.execute(sa.text("SHOW server_version")).scalar_one()
+                    status.server_version = (
+                        "PostgreSQL " + conn.execute(sa.text("SHOW server_version")).scalar_one()
+                    )
                     status.extensions = dict(
                         (row[0], row[1])
                         for row in conn.execute(sa.text("SELECT extname, extversion FROM pg_extension"))

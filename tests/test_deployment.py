@@ -31,7 +31,8 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_init_creates_an_embedded_deployment(data_dir: Path) -> None:
-    result = dms("init", data_dir=data_dir, env={"DMS_DATABASE_URL": ""})
+    # `--data-dir` after the command name, as `dms init [--data-dir DIR]` is usually written.
+    result = CliRunner().invoke(main, ["init", "--data-dir", str(data_dir)], env={"DMS_DATABASE_URL": ""})
     assert result.exit_code == 0, result.output
     assert "Created an embedded deployment" in result.output
     deployment = Deployment.open(data_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,14 @@ def test_upgrade_downgrade_upgrade_every_database(deployment: Deployment) -> Non
     current = dms(deployment, "db", "current")
     assert current.exit_code == 0
     assert current.output.count("(head)") == 4, current.output
+    report = json.loads(dms(deployment, "status", "--json").output)
+    assert report["server"] == "running" and report["control"]["up_to_date"] is True
+    assert report["control"]["extensions"]["vector"]  # pgvector enabled on the embedded server
+    assert {s["name"]: s["up_to_date"] for s in report["shards"]} == {
+        "shard0": True,
+        "wide1": True,
+        "pg1": True,
+    }
 
     again = dms(deployment, "db", "upgrade")
     assert again.output.count("unchanged") == 4

@@ -76,3 +76,41 @@ def test_every_command_has_help(path: tuple[str, ...]) -> None:
     result = CliRunner().invoke(main, [*path, "--help"])
     assert result.exit_code == 0
     assert "Usage: " in result.output and len(result.output.splitlines()) > 3
+
+
+def sql_examples() -> list[tuple[str, str]]:
+    """(query, expected) from the README's ```sql block: `SELECT ...;   -- expected: comment`."""
+    block = re.search(r"```sql\n(.*?)```", README, re.S)
+    assert block
+    examples = []
+    for line in block.group(1).splitlines():
+        query, _, comment = line.partition("--")
+        examples.append((query.strip().rstrip(";"), comment.split(":", 1)[0].strip()))
+    return examples
+
+
+@pytest.mark.parametrize("backend", ["postgres", "duckdb"])
+def test_sql_examples_give_the_values_written(backend: str, pg_conn: object) -> None:
+    import duckdb
+    import psycopg
+
+    from dms.udfs import install_postgres, register_duckdb
+
+    if backend == "postgres":
+        assert isinstance(pg_conn, psycopg.Connection)
+        install_postgres(pg_conn)
+        run = lambda query: pg_conn.execute(query).fetchone()[0]  # noqa: E731
+    else:
+        duck = duckdb.connect()
+        register_duckdb(duck)
+        run = lambda query: duck.execute(query).fetchone()[0]  # noqa: E731
+    examples = sql_examples()
+    assert len(examples) >= 4
+    for query, expected in examples:
+        value = run(query)
+        if expected == "NULL":
+            assert value is None, query
+        elif expected.endswith("..."):
+            assert str(value).startswith(expected[:-3]), (query, value)
+        else:
+            assert value == pytest.approx(float(expected), rel=1e-12, abs=1e-12), (query, value)

@@ -100,6 +100,8 @@ STRATEGY = {
 @pytest.mark.parametrize("function", sorted(REFERENCE))
 def test_photometry_matches_scisql_formulas(backend: UDFBackend, function: str) -> None:
     reference, kinds = REFERENCE[function]
+    # A magnitude near 0 is the difference of two ~48.6 terms, so it is only absolutely accurate.
+    abs_tolerance = 1e-12 if function.endswith("AbMag") else 0.0
     rows = st.lists(st.tuples(*(STRATEGY[k] for k in kinds)), min_size=1, max_size=60)
 
     @settings(deadline=None, max_examples=25)
@@ -114,7 +116,7 @@ def test_photometry_matches_scisql_formulas(backend: UDFBackend, function: str) 
             if expected is None:
                 assert value is None, (args, value)
             else:
-                assert value == pytest.approx(expected, rel=1e-13, abs=0), args
+                assert value == pytest.approx(expected, rel=1e-13, abs=abs_tolerance), args
 
     check()
 

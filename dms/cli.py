@@ -141,6 +141,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
             f"  {db.server_version}; {db.tables} tables"
             + (f"; extensions: {extensions}" if extensions else "")
         )
+        if db.kind == "postgres" and db.schema_version and "vector" not in db.extensions:
+            click.echo(
+                "  pgvector: not installed on this server (vector columns and similarity search need it)"
+            )
 
 
 @main.command()

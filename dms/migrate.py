@@ -20,6 +20,7 @@ from alembic.ddl.postgresql import PostgresqlImpl
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
+from tqdm import tqdm
 
 from dms.deployment import Deployment
 from dms.errors import DMSError
@@ -139,7 +140,8 @@ def _apply(
     if not any(specs.values()):
         raise MigrationError(f"unknown revision {revision!r}; see `dms db current` for the heads")
     results = []
-    for target in plan:
+    # A bar across databases: a deployment may have many shards (shown only on a terminal).
+    for target in tqdm(plan, desc="databases", unit="db", disable=None, leave=False):
         spec = specs[target.branch]
         if spec is None:
             continue

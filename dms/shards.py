@@ -7,6 +7,8 @@ branches on the kind.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
@@ -45,6 +47,19 @@ class ShardBackend(ABC):
 
     def engine(self) -> sa.Engine:
         return sa.create_engine(self.sqlalchemy_url(), poolclass=sa.pool.NullPool)
+
+    @contextmanager
+    def connect(self) -> Iterator[sa.Connection]:
+        """A connection to the shard, whose schema version is checked first."""
+        from dms.schema import SHARD_SCHEMA_VERSION, check_schema_version
+
+        engine = self.engine()
+        try:
+            with engine.connect() as conn:
+                check_schema_version(conn, f"shard {self.name!r}", SHARD_SCHEMA_VERSION)
+                yield conn
+        finally:
+            engine.dispose()
 
 
 class PostgresShard(ShardBackend):

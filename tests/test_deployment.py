@@ -174,6 +174,14 @@ def test_external_deployment_through_database_url(tmp_path: Path, external_url: 
     with psycopg.connect(external_url) as conn:
         version = conn.execute("SELECT value FROM dms.schema_info WHERE key = 'schema_version'").fetchone()
         assert version is not None and version[0] == "1.0.0"
+        has_pgvector = conn.execute(
+            "SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'"
+        ).fetchone()
+        recorded = conn.execute("SELECT value FROM dms.schema_info WHERE key = 'extension.vector'").fetchone()
+    if has_pgvector == (0,):  # e.g. Debian's PostgreSQL 15, which has no pgvector package
+        assert recorded == ("unavailable",) and "pgvector: not installed on this server" in status.output
+    else:
+        assert recorded == ("created",) and "vector" in status.output
     downgraded = dms("db", "downgrade", "base", data_dir=data_dir, env=env)
     assert downgraded.exit_code == 0, downgraded.output
     with psycopg.connect(external_url) as conn:

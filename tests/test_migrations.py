@@ -236,3 +236,16 @@ def test_failed_migration_is_rolled_back_with_a_clear_error(deployment: Deployme
     assert "control: migrating to head failed and was rolled back (still at base)" in result.output
     assert "exposure_efd" in result.output and "Traceback" not in result.output
     assert control_inventory(deployment)[0] == 1  # only the squatter: nothing half-created
+
+
+def test_shard_connections_check_the_shard_schema_version(deployment: Deployment) -> None:
+    shard = next(s for s in deployment.shards() if s.name == "wide1")
+    with pytest.raises(SchemaVersionError, match=r"shard 'wide1' has no DMS schema"), shard.connect():
+        pass
+    migrate.upgrade(deployment)
+    with shard.connect() as conn:
+        assert conn.execute(sa.text("SELECT scisql_angSep(0, 0, 0, 1)")).scalar_one() == pytest.approx(1.0)
+    with shard.engine().begin() as conn:
+        conn.execute(sa.text("UPDATE dms.schema_info SET value = '7.0.0' WHERE key = 'schema_version'"))
+    with pytest.raises(SchemaVersionError, match=r"7\.0\.0.*1\.0\.0"), shard.connect():
+        pass

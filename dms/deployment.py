@@ -117,30 +117,33 @@ class Deployment:
     def engine(self) -> sa.Engine:
         """The control database engine (one pool per Deployment object)."""
         if self._engine is None:
-            self._engine = sa.create_engine(self.control_url(), pool_pre_ping=True)
+            self._engine = sa.create_engine(
+                self.control_url(), pool_pre_ping=True, connect_args={"connect_timeout": 10}
+            )
         return self._engine
 
     def check_connection(self) -> None:
         """Connect once to the control database, raising DeploymentError with the reason if it fails."""
-        url = self.control_url()
-        try:
-            with psycopg.connect(_libpq(url), connect_timeout=10):
-                pass
-        except psycopg.Error as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            shown = mask_password(url.render_as_string(hide_password=False))
-            raise DeploymentError(f"cannot connect to the control database {shown}: {reason}") from exc
+        with self._open_connection():
+            pass
 
     @contextmanager
     def connect(self, *, check_schema: bool = True) -> Iterator[sa.Connection]:
-        """A connection to the control database, whose schema version is checked first."""
-        self.check_connection()
-        with self.engine().connect() as conn:
+        """A pooled connection to the control database, whose schema version is checked first."""
+        with self._open_connection() as conn:
             if check_schema:
                 from dms.schema import check_schema_version
 
                 check_schema_version(conn, "the control database")
             yield conn
+
+    def _open_connection(self) -> sa.Connection:
+        try:
+            return self.engine().connect()
+        except sa.exc.OperationalError as exc:
+            raise DeploymentError(
+                f"cannot connect to the control database {self.describe_control()}: {first_line(exc)}"
+            ) from exc
 
     def dispose(self) -> None:
         if self._engine is not None:
@@ -178,9 +181,10 @@ class Deployment:
         return self.embedded.stop() if self.embedded is not None else False
 
 
-def _libpq(url: sa.URL) -> str:
-    """A libpq connection string for psycopg from a SQLAlchemy URL."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+def first_line(exc: BaseException) -> str:
+    """The first line of a database error's message (drivers append hints and context below it)."""
+    message = str(getattr(exc, "orig", None) or exc).strip()
+    return message.splitlines()[0] if message else type(exc).__name__
 
 
 def _ensure_writable(data_dir: Path) -> None:

@@ -22,7 +22,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from tqdm import tqdm
 
-from dms.deployment import Deployment
+from dms.deployment import Deployment, first_line
 from dms.errors import DMSError
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,13 @@ def downgrade(deployment: Deployment, revision: str) -> list[tuple[str, str | No
 
 def current(deployment: Deployment) -> list[tuple[str, str | None]]:
     """The revision each database is at (None: not migrated)."""
-    return [(t.label, _current(t)) for t in targets(deployment)]
+    result = []
+    for target in targets(deployment):
+        try:
+            result.append((target.label, _current(target)))
+        except (sa.exc.OperationalError, duckdb.Error) as exc:
+            raise MigrationError(f"{target.label}: cannot connect: {first_line(exc)}") from exc
+    return result
 
 
 def heads() -> dict[str, str]:
@@ -146,23 +152,24 @@ def _apply(
         if spec is None:
             continue
         cfg = alembic_config(target.branch)
-        before = _current(target)
-        engine = target.engine_factory()
         try:
-            with engine.begin() as conn:
+            before = _current(target)
+        except (sa.exc.OperationalError, duckdb.Error) as exc:
+            raise MigrationError(f"{target.label}: cannot connect: {first_line(exc)}") from exc
+        try:
+            with target.engine_factory().begin() as conn:
                 cfg.attributes["connection"] = conn
                 action(cfg, spec)
+            after = _current(target)
         except CommandError as exc:
             raise MigrationError(f"{target.label}: {exc}") from exc
         except (sa.exc.SQLAlchemyError, duckdb.Error) as exc:
-            first_line = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             raise MigrationError(
                 f"{target.label}: migrating to {spec} failed and was rolled back "
-                f"(still at {before or 'base'}): {first_line}"
+                f"(still at {before or 'base'}): {first_line(exc)}"
             ) from exc
         finally:
             cfg.attributes.pop("connection", None)
-        after = _current(target)
         log.info("%s: %s -> %s", target.label, before or "base", after or "base")
         results.append((target.label, before, after))
     return results

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import sqlalchemy as sa
 
-from dms.deployment import Deployment
+from dms.deployment import Deployment, first_line
 from dms.errors import DMSError
 from dms.schema import SCHEMA_VERSION, SHARD_SCHEMA_VERSION, read_schema_version
 
@@ -83,11 +84,11 @@ def collect(deployment: Deployment) -> DeploymentStatus:
     return DeploymentStatus(str(deployment.data_dir), deployment.config.mode, server, control, shards)
 
 
-def _inspect(status: DatabaseStatus, engine_factory: object, *, postgres: bool) -> None:
+def _inspect(status: DatabaseStatus, engine_factory: Callable[[], sa.Engine], *, postgres: bool) -> None:
     from alembic.runtime.migration import MigrationContext
 
     try:
-        engine = engine_factory()  # type: ignore[operator]
+        engine = engine_factory()
         try:
             with engine.connect() as conn:
                 status.reachable = True
@@ -121,4 +122,4 @@ def _inspect(status: DatabaseStatus, engine_factory: object, *, postgres: bool) 
         finally:
             engine.dispose()
     except (sa.exc.SQLAlchemyError, DMSError, OSError) as exc:
-        status.error = str(exc).strip().splitlines()[0]
+        status.error = first_line(exc)

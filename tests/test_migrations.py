@@ -249,3 +249,15 @@ def test_shard_connections_check_the_shard_schema_version(deployment: Deployment
         conn.execute(sa.text("UPDATE dms.schema_info SET value = '7.0.0' WHERE key = 'schema_version'"))
     with pytest.raises(SchemaVersionError, match=r"7\.0\.0.*1\.0\.0"), shard.connect():
         pass
+
+
+def test_unreachable_shard_is_named_and_the_rest_is_kept(deployment: Deployment) -> None:
+    deployment.add_shard(ShardConfig(name="gone", kind="postgres", url="postgresql://postgres@127.0.0.1:1/x"))
+    result = dms(deployment, "db", "upgrade")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "shard gone: cannot connect" in result.output
+    assert control_inventory(deployment)[0] == len(control_metadata().tables)  # databases before it migrated
+    current = dms(deployment, "db", "current")
+    assert current.exit_code == 1 and "shard gone: cannot connect" in current.output
+    status = dms(deployment, "status")
+    assert status.exit_code == 0 and "unreachable" in status.output

@@ -85,13 +85,7 @@ def downgrade(deployment: Deployment, revision: str) -> list[tuple[str, str | No
 
 def current(deployment: Deployment) -> list[tuple[str, str | None]]:
     """The revision each database is at (None: not migrated)."""
-    result = []
-    for target in targets(deployment):
-        try:
-            result.append((target.label, _current(target)))
-        except (sa.exc.OperationalError, duckdb.Error) as exc:
-            raise MigrationError(f"{target.label}: cannot connect: {first_line(exc)}") from exc
-    return result
+    return [(target.label, _current(target.label, target.engine_factory())) for target in targets(deployment)]
 
 
 def heads() -> dict[str, str]:
@@ -152,15 +146,13 @@ def _apply(
         if spec is None:
             continue
         cfg = alembic_config(target.branch)
+        engine = target.engine_factory()
+        before = _current(target.label, engine)
         try:
-            before = _current(target)
-        except (sa.exc.OperationalError, duckdb.Error) as exc:
-            raise MigrationError(f"{target.label}: cannot connect: {first_line(exc)}") from exc
-        try:
-            with target.engine_factory().begin() as conn:
+            with engine.begin() as conn:
                 cfg.attributes["connection"] = conn
                 action(cfg, spec)
-            after = _current(target)
+            after = _current(target.label, engine)
         except CommandError as exc:
             raise MigrationError(f"{target.label}: {exc}") from exc
         except (sa.exc.SQLAlchemyError, duckdb.Error) as exc:
@@ -187,11 +179,11 @@ def _branch_revision(branch: str, revision: str) -> str | None:
     return None if found is None else found.revision
 
 
-def _current(target: Target) -> str | None:
-    engine = target.engine_factory()
+def _current(label: str, engine: sa.Engine) -> str | None:
+    """The revision a database is at (None: not migrated), or MigrationError if it cannot be reached."""
     try:
         with engine.connect() as conn:
             heads = MigrationContext.configure(conn).get_current_heads()
-    finally:
-        engine.dispose()
+    except (sa.exc.OperationalError, duckdb.Error) as exc:
+        raise MigrationError(f"{label}: cannot connect: {first_line(exc)}") from exc
     return heads[0] if heads else None

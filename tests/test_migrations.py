@@ -19,7 +19,7 @@ from dms.cli import main
 from dms.config import ShardConfig
 from dms.deployment import Deployment
 from dms.errors import SchemaVersionError
-from dms.schema import CONTROL_NAMESPACES, SCHEMA_VERSION, control_metadata
+from dms.schema import CONTROL_NAMESPACES, SCHEMA_VERSION, control_metadata, schema_info_rows
 
 DMS_NAMESPACES = ", ".join(f"'{n}'" for n in CONTROL_NAMESPACES)
 
@@ -142,6 +142,9 @@ def test_migrated_database_matches_felis_definitions(deployment: Deployment) -> 
             },
         )
         differences = compare_metadata(context, control_metadata())
+        recorded = {k: v for k, v in conn.execute(sa.text("SELECT key, value FROM dms.schema_info"))}
+    # The versions recorded at head are those of the Felis definitions installed with this DMS.
+    assert {k: v for k, v in recorded.items() if k != "extension.vector"} == schema_info_rows()
     drift = [d for d in differences if not _explained(d, extra_indexes)]
     assert drift == []
     assert len(differences) - len(drift) == len(extra_indexes) + 2  # the two folded ConsDB constraints

@@ -287,5 +287,11 @@ def demo(ctx: click.Context) -> None:
     run_demo(_data_dir(ctx), echo=click.echo)
 
 
+from dms.cli_catalog import load, query, tables  # noqa: E402  (the commands use the helpers above)
+
+main.add_command(load)
+main.add_command(tables)
+main.add_command(query)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,225 @@
+"""`dms load`, `dms tables` and `dms query`: the partitioned catalog from the command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from dms.cli import _friendly_errors, _open, data_dir_option
+
+
+@click.command()
+@click.argument("table")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--create", "create", is_flag=True, help="Register TABLE from the first file's columns.")
+@click.option(
+    "--role",
+    type=click.Choice(["director", "child", "replicated"]),
+    default="director",
+    show_default=True,
+    help="With --create: how the table is distributed.",
+)
+@click.option("--ra", help="With --create: column of right ascension (degrees, ICRS).")
+@click.option("--dec", help="With --create: column of declination (degrees, ICRS).")
+@click.option("--id", "id_column", help="With --create: unique object id column of a director table.")
+@click.option("--director", help="With --create --role child: the director table.")
+@click.option("--director-key", help="With --create --role child: column holding the director's id.")
+@click.option(
+    "--chunk-order",
+    type=click.IntRange(0, 13),
+    default=3,
+    show_default=True,
+    help="With --create: HEALPix order of the chunks (the coarsest, with adaptive splitting).",
+)
+@click.option(
+    "--max-chunk-rows",
+    type=click.IntRange(min=1),
+    default=1_000_000,
+    show_default=True,
+    help="With --create: split chunks holding more rows than this (0 = fixed order).",
+)
+@click.option("--fixed-order", is_flag=True, help="With --create: no adaptive splitting.")
+@click.option(
+    "--overlap",
+    "overlap_arcsec",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="With --create: overlap margin of a director table, arcsec.",
+)
+@click.option(
+    "--storage",
+    type=click.Choice(["duckdb", "postgres"]),
+    help="With --create: kind of shard holding the table (default: the first shard's kind).",
+)
+@click.option("--like", help="With --create: use the chunk layout of this director table (for crossmatches).")
+@click.option("--description", help="With --create: what the table holds.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@data_dir_option
+@click.pass_context
+@_friendly_errors
+def load(
+    ctx: click.Context,
+    table: str,
+    files: tuple[Path, ...],
+    create: bool,
+    role: str,
+    ra: str | None,
+    dec: str | None,
+    id_column: str | None,
+    director: str | None,
+    director_key: str | None,
+    chunk_order: int,
+    max_chunk_rows: int,
+    fixed_order: bool,
+    overlap_arcsec: float,
+    storage: str | None,
+    like: str | None,
+    description: str | None,
+    quiet: bool,
+) -> None:
+    """Load Parquet, CSV/TSV, FITS or VOTable FILES into catalog TABLE.
+
+    Loading the same files twice changes nothing; an interrupted load resumes when run again; queries see a
+    load only when it is complete.
+    """
+    from dms.loaders.catalog import TableOptions, load_files
+
+    options = None
+    if create:
+        options = TableOptions(
+            role=role,
+            ra=ra,
+            dec=dec,
+            id=id_column,
+            director=director,
+            director_key=director_key,
+            chunk_order=chunk_order,
+            max_chunk_rows=None if fixed_order else max_chunk_rows,
+            overlap_arcsec=overlap_arcsec,
+            storage=storage,
+            like=like,
+            description=description,
+        )
+    deployment = _open(ctx)
+    result = load_files(deployment, table, list(files), create=options, progress=not quiet)
+    if result.skipped:
+        click.echo(
+            f"{result.table}: these files were already loaded (load {result.load_id}); nothing changed"
+        )
+        return
+    rate = result.rows / result.seconds if result.seconds else 0.0
+    click.echo(
+        f"{result.table}: loaded {result.rows:,} rows into {result.chunks} chunks "
+        f"(+{result.overlap_rows:,} overlap rows) in {result.seconds:.1f} s ({rate:,.0f} rows/s), load {result.load_id}"
+    )
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@data_dir_option
+@click.pass_context
+@_friendly_errors
+def tables(ctx: click.Context, as_json: bool) -> None:
+    """List catalog tables with their row counts and partitioning."""
+    import json
+
+    import sqlalchemy as sa
+
+    deployment = _open(ctx)
+    with deployment.connect() as conn:
+        rows = (
+            conn.execute(
+                sa.text(
+                    "SELECT t.name, t.role, t.storage_kind, t.row_count, t.chunk_order, t.overlap_arcsec, "
+                    "t.director_table, (SELECT count(*) FROM dms.chunk c WHERE c.table_name = t.name AND "
+                    "c.row_count > 0) AS chunks, (SELECT count(*) FROM dms.catalog_column c "
+                    "WHERE c.table_name = t.name) AS columns FROM dms.catalog_table t ORDER BY t.name"
+                )
+            )
+            .mappings()
+            .all()
+        )
+    if as_json:
+        click.echo(json.dumps([dict(r) for r in rows], indent=2))
+        return
+    if not rows:
+        click.echo(
+            "no catalog tables; load one with `dms load --create NAME FILE --ra COL --dec COL --id COL`"
+        )
+        return
+    click.echo(
+        f"{'table':<28} {'role':<10} {'storage':<8} {'rows':>12} {'cols':>5} {'chunks':>6}  partitioning"
+    )
+    for r in rows:
+        if r["role"] == "replicated":
+            how = "replicated to every shard"
+        elif r["role"] == "child":
+            how = f"placed by {r['director_table']}"
+        else:
+            how = f'HEALPix order {r["chunk_order"]}+, overlap {r["overlap_arcsec"]:g}"'
+        click.echo(
+            f"{r['name']:<28} {r['role']:<10} {r['storage_kind']:<8} {r['row_count']:>12,} {r['columns']:>5} "
+            f"{r['chunks']:>6}  {how}"
+        )
+
+
+@click.command()
+@click.argument("sql")
+@click.option("--lang", type=click.Choice(["sql", "adql"]), default="sql", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "json", "parquet", "votable", "table"]),
+    default="table",
+    show_default=True,
+    help="Output format (parquet and votable need --output).",
+)
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write the result to this file.")
+@click.option(
+    "--max-rows",
+    type=click.IntRange(min=0),
+    default=100_000,
+    show_default=True,
+    help="Result-size cap; a larger result is cut and reported as such.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.001),
+    default=600.0,
+    show_default=True,
+    help="Seconds before the query is cancelled.",
+)
+@click.option(
+    "--explain", is_flag=True, help="Show the plan (chunks, shards, per-shard SQL) instead of running."
+)
+@data_dir_option
+@click.pass_context
+@_friendly_errors
+def query(
+    ctx: click.Context,
+    sql: str,
+    lang: str,
+    fmt: str,
+    output: Path | None,
+    max_rows: int,
+    timeout: float,
+    explain: bool,
+) -> None:
+    """Run a SQL or ADQL query over the catalog."""
+    from dms.query.engine import QueryEngine
+    from dms.query.output import write_result
+
+    engine = QueryEngine(_open(ctx))
+    try:
+        if explain:
+            click.echo(engine.explain(sql, lang=lang))
+            return
+        result = engine.execute(sql, lang=lang, max_rows=max_rows, timeout=timeout)
+    finally:
+        engine.close()
+    write_result(result, fmt, output or sys.stdout)
+    if result.overflow:
+        click.echo(f"result cut at {max_rows:,} rows (--max-rows); more rows matched", err=True)

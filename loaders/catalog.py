@@ -1,0 +1,501 @@
+"""`dms load`: files into a partitioned (or replicated) catalog table on the shards.
+
+A load reads the files, checks them against the table's columns, computes `_healpix_29`, assigns chunks
+(and overlap copies for director tables), writes each shard's part, and then, in one control-database
+transaction, registers chunks, replicas, files and row counts and marks the load committed. Queries only
+see committed loads, so a load is all-or-nothing as they see it. The checksum of the inputs makes a
+repeated load a no-op; a crashed load is resumed (its finished Parquet files are kept) by running it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from tqdm import tqdm
+
+from dms.deployment import Deployment
+from dms.errors import DMSError
+from dms.loaders.partition import ChunkLayout, adaptive_layout, healpix_29, nuniq, overlap_rows
+from dms.loaders.readers import file_checksum, read_catalog_file
+from dms.query.shard_store import ChunkFile, ShardStore, store_for
+from dms.schema.catalog import (
+    CatalogError,
+    CatalogTable,
+    Column,
+    column_type_name,
+    find_table,
+    get_table,
+    qualified_name,
+    register_table,
+)
+from dms.schema.catalog import chunks as registered_chunks
+
+log = logging.getLogger(__name__)
+
+
+class LoadError(DMSError):
+    """A load that cannot proceed; nothing it started is visible."""
+
+
+@dataclass
+class TableOptions:
+    """How `dms load --create` defines a new table from a file's columns."""
+
+    role: str = "director"
+    ra: str | None = None
+    dec: str | None = None
+    id: str | None = None
+    director: str | None = None
+    director_key: str | None = None
+    chunk_order: int = 3
+    max_chunk_rows: int | None = 1_000_000
+    overlap_arcsec: float = 60.0
+    storage: str | None = None
+    like: str | None = None
+    description: str | None = None
+    units: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LoadResult:
+    table: str
+    load_id: int | None
+    rows: int
+    overlap_rows: int = 0
+    chunks: int = 0
+    skipped: bool = False
+    seconds: float = 0.0
+
+
+def load_files(
+    deployment: Deployment,
+    name: str,
+    paths: list[Path],
+    *,
+    create: TableOptions | None = None,
+    progress: bool = True,
+) -> LoadResult:
+    """Load files into a catalog table (creating it from the first file's columns when `create` is given)."""
+    started = time.perf_counter()
+    name = qualified_name(name)
+    bar = tqdm(total=4 + len(paths), desc=f"load {name}", unit="step", disable=not progress, leave=False)
+    engine = deployment.engine()
+    with engine.connect() as lock_conn:
+        lock_conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key(name)})
+        try:
+            data = _read_all(paths, bar)
+            table = _ensure_table(deployment, name, data, create)
+            data = _conform(table, data)
+            checksum = file_checksum(paths, json.dumps([name, table.role], sort_keys=True))
+            load_id, state = _begin_load(deployment, table, checksum, paths)
+            if state == "committed":
+                bar.close()
+                return LoadResult(name, load_id, 0, skipped=True, seconds=time.perf_counter() - started)
+            result = _load(deployment, table, load_id, data, bar)
+            result.seconds = time.perf_counter() - started
+            return result
+        finally:
+            lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(name)})
+            lock_conn.commit()
+            bar.close()
+
+
+def _lock_key(name: str) -> int:
+    return zlib.crc32(f"dms.load:{name}".encode()) - 2**31
+
+
+def _read_all(paths: list[Path], bar: tqdm) -> pa.Table:
+    if not paths:
+        raise LoadError("no files to load")
+    tables = []
+    for path in paths:
+        tables.append(read_catalog_file(path))
+        bar.update()
+    first = tables[0]
+    for path, table in zip(paths[1:], tables[1:], strict=True):
+        if [n.lower() for n in table.column_names] != [n.lower() for n in first.column_names]:
+            raise LoadError(
+                f"{path} has columns {table.column_names}, unlike {paths[0]} ({first.column_names})"
+            )
+    return pa.concat_tables(
+        [t.rename_columns(first.column_names) for t in tables], promote_options="permissive"
+    )
+
+
+def _ensure_table(
+    deployment: Deployment, name: str, data: pa.Table, create: TableOptions | None
+) -> CatalogTable:
+    with deployment.connect() as conn:
+        existing = find_table(conn, name)
+        if existing is not None:
+            return existing
+        if create is None:
+            raise CatalogError(
+                f"no catalog table {name!r}: create it with `dms load --create {name} FILE ...`"
+            )
+        table = _define_table(deployment, conn, name, data, create)
+        register_table(conn, table)
+        conn.commit()
+        return get_table(conn, name)
+
+
+def _define_table(
+    deployment: Deployment, conn: sa.Connection, name: str, data: pa.Table, options: TableOptions
+) -> CatalogTable:
+    columns = []
+    for column_field in data.schema:
+        try:
+            datatype = column_type_name(column_field.type)
+        except CatalogError as exc:
+            raise LoadError(f"column {column_field.name!r}: {exc}") from None
+        columns.append(Column(column_field.name, datatype, unit=options.units.get(column_field.name)))
+    by_lower = {c.name.lower(): c.name for c in columns}
+
+    def pick(option: str | None, what: str, required: bool) -> str | None:
+        if option is None:
+            if required:
+                raise LoadError(f"a {options.role} table needs --{what} naming a column of the file")
+            return None
+        if option.lower() not in by_lower:
+            raise LoadError(
+                f"--{what} {option!r} is not a column of the file; it has {sorted(by_lower.values())}"
+            )
+        return by_lower[option.lower()]
+
+    if options.role not in ("director", "child", "replicated"):
+        raise LoadError(f"role {options.role!r} is not one of director, child, replicated")
+    director = options.role == "director"
+    child = options.role == "child"
+    storage = options.storage or deployment.shards()[0].kind
+    if storage not in {s.kind for s in deployment.shards()}:
+        raise LoadError(f"no {storage} shard in this deployment; add one with `dms shard add`")
+    director_table = None
+    chunk_order: int | None = options.chunk_order if options.role != "replicated" else None
+    max_rows = options.max_chunk_rows if director else None
+    if child:
+        if options.director is None:
+            raise LoadError("a child table needs --director naming its director table")
+        parent = get_table(conn, qualified_name(options.director))
+        if parent.role != "director":
+            raise LoadError(f"{parent.name} is a {parent.role} table, not a director")
+        director_table, chunk_order, storage = parent.name, parent.chunk_order, parent.storage_kind
+    if options.like is not None:
+        like = get_table(conn, qualified_name(options.like))
+        chunk_order, max_rows = like.chunk_order, None  # the layout is copied at the first load
+    return CatalogTable(
+        name=name,
+        role=options.role,
+        columns=tuple(columns),
+        storage_kind=storage,
+        chunk_order=chunk_order,
+        max_chunk_rows=max_rows,
+        overlap_arcsec=options.overlap_arcsec if director else 0.0,
+        id_column=pick(options.id, "id", director),
+        ra_column=pick(options.ra, "ra", director),
+        dec_column=pick(options.dec, "dec", director),
+        director_table=director_table,
+        director_key_column=pick(options.director_key, "director-key", child),
+        description=options.description or (f"layout like {options.like}" if options.like else None),
+    )
+
+
+def _conform(table: CatalogTable, data: pa.Table) -> pa.Table:
+    """The file's columns in the table's order and types, or an error naming what does not fit."""
+    by_lower = {n.lower(): n for n in data.column_names}
+    wanted = {c.name.lower() for c in table.columns}
+    extra = sorted(n for n in data.column_names if n.lower() not in wanted)
+    missing = sorted(c.name for c in table.columns if c.name.lower() not in by_lower)
+    if extra or missing:
+        raise LoadError(
+            f"the file's columns do not match table {table.name}: "
+            + "; ".join(
+                p
+                for p in (
+                    f"unknown columns {extra}" if extra else "",
+                    f"missing columns {missing}" if missing else "",
+                )
+                if p
+            )
+        )
+    arrays = []
+    for column in table.columns:
+        values = data[by_lower[column.name.lower()]]
+        try:
+            arrays.append(values.cast(column.arrow_type, safe=True))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise LoadError(
+                f"column {column.name!r} of type {values.type} cannot be stored as {column.datatype}: "
+                f"{str(exc).splitlines()[0]}"
+            ) from None
+    return pa.Table.from_arrays(arrays, names=[c.name for c in table.columns])
+
+
+def _begin_load(
+    deployment: Deployment, table: CatalogTable, checksum: str, paths: list[Path]
+) -> tuple[int, str]:
+    with deployment.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT load_id, state FROM dms.catalog_load WHERE table_name = :t AND checksum = :c"),
+            {"t": table.name, "c": checksum},
+        ).first()
+        if row is not None:
+            if row.state == "running":
+                log.info("resuming load %s of %s", row.load_id, table.name)
+            return int(row.load_id), str(row.state)
+        load_id = conn.execute(
+            sa.text(
+                "INSERT INTO dms.catalog_load (table_name, checksum, sources, state, started_at) "
+                "VALUES (:t, :c, :s, 'running', now()) RETURNING load_id"
+            ),
+            {"t": table.name, "c": checksum, "s": "\n".join(str(p) for p in paths)},
+        ).scalar_one()
+        conn.commit()
+        return int(load_id), "running"
+
+
+def _load(deployment: Deployment, table: CatalogTable, load_id: int, data: pa.Table, bar: tqdm) -> LoadResult:
+    with deployment.connect() as conn:
+        layout, index_files = _layout_and_index(deployment, conn, table, data)
+    rows, own_chunk, index = _partition(deployment, table, data, layout, index_files)
+    bar.update()
+    shards = _stores(deployment, table)
+    placement = _placement(table, rows, shards)
+    files: dict[str, list[ChunkFile]] = {}
+    for store in shards:
+        part = rows.filter(pa.array(placement == store.name)) if len(shards) > 1 else rows
+        if table.partitioned and part.num_rows == 0:
+            continue
+        files[store.name] = store.write_load(table, load_id, part)
+        store.close()
+    bar.update()
+    index_path = _write_index(deployment, table, load_id, index) if index is not None else None
+    _commit(deployment, table, load_id, files, index_path, data.num_rows)
+    bar.update()
+    overlap = int(pc.sum(rows["_overlap"]).as_py() or 0) if table.partitioned else 0
+    chunk_count = len({(f.chunk_order, f.chunk_id) for fs in files.values() for f in fs})
+    return LoadResult(table.name, load_id, data.num_rows, overlap, chunk_count)
+
+
+def _layout_and_index(
+    deployment: Deployment, conn: sa.Connection, table: CatalogTable, data: pa.Table
+) -> tuple[ChunkLayout | None, list[Path]]:
+    if not table.partitioned:
+        return None, []
+    assert table.chunk_order is not None
+    source = table.director_table or table.name
+    if table.description and table.description.startswith("layout like "):
+        source = qualified_name(table.description.removeprefix("layout like "))
+    existing = registered_chunks(conn, source) or registered_chunks(conn, table.name)
+    layout = ChunkLayout.from_chunks(table.chunk_order, existing)
+    if not existing and table.role == "director":
+        h29 = healpix_29(
+            data[table.ra_column].to_numpy(zero_copy_only=False),
+            data[table.dec_column].to_numpy(zero_copy_only=False),
+        )
+        layout = adaptive_layout(h29, table.chunk_order, table.max_chunk_rows)
+    index_files: list[Path] = []
+    if table.role == "child":
+        assert table.director_table is not None
+        index_files = committed_index_files(deployment, conn, table.director_table)
+    return layout, index_files
+
+
+def committed_index_files(deployment: Deployment, conn: sa.Connection, table: str) -> list[Path]:
+    paths = conn.execute(
+        sa.text(
+            "SELECT index_path FROM dms.catalog_load WHERE table_name = :t AND state = 'committed' "
+            "AND index_path IS NOT NULL ORDER BY load_id"
+        ),
+        {"t": table},
+    ).scalars()
+    return [deployment.data_dir / p for p in paths]
+
+
+def _partition(
+    deployment: Deployment,
+    table: CatalogTable,
+    data: pa.Table,
+    layout: ChunkLayout | None,
+    index_files: list[Path],
+) -> tuple[pa.Table, np.ndarray, pa.Table | None]:
+    if layout is None:
+        return data, np.zeros(0, np.int64), None
+    if table.role == "child":
+        h29, chunk = _director_chunks(table, data, index_files)
+    else:
+        h29 = healpix_29(
+            data[table.ra_column].to_numpy(zero_copy_only=False),
+            data[table.dec_column].to_numpy(zero_copy_only=False),
+        )
+        orders, pixels = layout.assign(h29)
+        chunk = nuniq(orders, pixels)
+    rows = data.append_column("_healpix_29", pa.array(h29)).append_column("_chunk", pa.array(chunk))
+    rows = rows.append_column("_overlap", pa.array(np.zeros(len(h29), bool)))
+    index = None
+    if table.role == "director":
+        assert table.id_column is not None
+        ids = data[table.id_column]
+        if ids.null_count:
+            raise LoadError(f"{ids.null_count} rows have no {table.id_column}; a director's id is required")
+        index = pa.table({"id": ids.cast(pa.int64()), "chunk": chunk, "healpix_29": h29}).sort_by("id")
+        duplicates = pc.sum(pc.equal(index["id"][1:], index["id"][:-1])).as_py() if len(index) > 1 else 0
+        if duplicates:
+            raise LoadError(f"{duplicates} duplicate values of {table.id_column} in the files")
+        if table.overlap_arcsec > 0:
+            idx, o_orders, o_pixels = overlap_rows(h29, chunk, layout, table.overlap_arcsec)
+            extra = rows.take(pa.array(idx)).set_column(
+                rows.schema.get_field_index("_chunk"), "_chunk", pa.array(nuniq(o_orders, o_pixels))
+            )
+            extra = extra.set_column(
+                rows.schema.get_field_index("_overlap"), "_overlap", pa.array(np.ones(len(idx), bool))
+            )
+            rows = pa.concat_tables([rows, extra])
+    rows = rows.sort_by([("_chunk", "ascending"), ("_healpix_29", "ascending")])
+    return rows, chunk, index
+
+
+def _director_chunks(
+    table: CatalogTable, data: pa.Table, index_files: list[Path]
+) -> tuple[np.ndarray, np.ndarray]:
+    assert table.director_key_column is not None
+    if not index_files:
+        raise LoadError(f"director table {table.director_table} has no rows yet: load it before {table.name}")
+    index = pa.concat_tables([pq.read_table(p) for p in index_files]).sort_by("id")
+    ids = index["id"].to_numpy()
+    keys_arr = data[table.director_key_column]
+    if keys_arr.null_count:
+        raise LoadError(f"{keys_arr.null_count} rows have no {table.director_key_column}")
+    keys = keys_arr.cast(pa.int64()).to_numpy()
+    at = np.clip(np.searchsorted(ids, keys), 0, len(ids) - 1)
+    found = ids[at] == keys
+    if not found.all():
+        missing = keys[~found]
+        raise LoadError(
+            f"{len(missing)} rows refer to objects that are not in {table.director_table} "
+            f"(first {table.director_key_column} = {int(missing[0])})"
+        )
+    h29 = index["healpix_29"].to_numpy()[at]
+    if table.ra_column and table.dec_column:
+        h29 = healpix_29(
+            data[table.ra_column].to_numpy(zero_copy_only=False),
+            data[table.dec_column].to_numpy(zero_copy_only=False),
+        )
+    return h29, index["chunk"].to_numpy()[at]
+
+
+def _stores(deployment: Deployment, table: CatalogTable) -> list[ShardStore]:
+    stores = [store_for(s) for s in deployment.shards() if s.kind == table.storage_kind]
+    if not stores:
+        raise LoadError(f"no {table.storage_kind} shard in this deployment for {table.name}")
+    return sorted(stores, key=lambda s: s.name)
+
+
+def _placement(table: CatalogTable, rows: pa.Table, stores: list[ShardStore]) -> np.ndarray:
+    """Shard of each row: chunk NUNIQ modulo the number of shards (the same for every table, so tables with
+    the same layout, and a director and its children, have their chunks on the same shard)."""
+    names = np.array([s.name for s in stores], dtype=object)
+    if not table.partitioned:
+        return np.full(rows.num_rows, names[0], dtype=object)
+    return names[rows["_chunk"].to_numpy() % len(stores)]
+
+
+def _write_index(deployment: Deployment, table: CatalogTable, load_id: int, index: pa.Table) -> str:
+    relative = Path("catalog") / "_index" / table.schema_name / table.table_name / f"load{load_id}.parquet"
+    path = deployment.data_dir / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(index, path, row_group_size=8192, compression="lz4")
+    return str(relative)
+
+
+def _commit(
+    deployment: Deployment,
+    table: CatalogTable,
+    load_id: int,
+    files: dict[str, list[ChunkFile]],
+    index_path: str | None,
+    rows: int,
+) -> None:
+    """Make the load visible: one control-database transaction."""
+    with deployment.connect() as conn:
+        for shard in deployment.shards():
+            conn.execute(
+                sa.text(
+                    "INSERT INTO dms.shard (name, kind, state, location, registered_at, state_changed_at) "
+                    "VALUES (:n, :k, 'active', :l, now(), now()) ON CONFLICT (name) DO NOTHING"
+                ),
+                {"n": shard.name, "k": shard.kind, "l": shard.location()},
+            )
+        for shard, chunk_files in files.items():
+            for f in chunk_files:
+                if f.chunk_order >= 0:
+                    _register_chunk(conn, table, shard, f)
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO dms.chunk_file (load_id, table_name, shard, chunk_order, chunk_id, path, "
+                        "row_count, overlap_row_count) VALUES (:l, :t, :s, :o, :c, :p, :r, :v)"
+                    ),
+                    {
+                        "l": load_id,
+                        "t": table.name,
+                        "s": shard,
+                        "o": f.chunk_order,
+                        "c": f.chunk_id,
+                        "p": f.path,
+                        "r": f.row_count,
+                        "v": f.overlap_row_count,
+                    },
+                )
+        conn.execute(
+            sa.text(
+                "UPDATE dms.catalog_load SET state = 'committed', committed_at = now(), row_count = :r, "
+                "index_path = :i WHERE load_id = :l"
+            ),
+            {"r": rows, "i": index_path, "l": load_id},
+        )
+        conn.execute(
+            sa.text("UPDATE dms.catalog_table SET row_count = row_count + :r WHERE name = :t"),
+            {"r": rows, "t": table.name},
+        )
+        conn.commit()
+
+
+def _register_chunk(conn: sa.Connection, table: CatalogTable, shard: str, f: ChunkFile) -> None:
+    params = {
+        "t": table.name,
+        "o": f.chunk_order,
+        "c": f.chunk_id,
+        "r": f.row_count,
+        "v": f.overlap_row_count,
+        "s": shard,
+    }
+    conn.execute(
+        sa.text(
+            "INSERT INTO dms.chunk (table_name, chunk_order, chunk_id, healpix_29_min, healpix_29_max, "
+            "row_count, overlap_row_count, created_at, updated_at) VALUES (:t, :o, :c, "
+            "CAST(:c AS bigint) << (2 * (29 - :o)), ((CAST(:c AS bigint) + 1) << (2 * (29 - :o))) - 1, :r, :v, now(), now()) "
+            "ON CONFLICT (table_name, chunk_order, chunk_id) DO UPDATE SET "
+            "row_count = dms.chunk.row_count + :r, overlap_row_count = dms.chunk.overlap_row_count + :v, "
+            "updated_at = now()"
+        ),
+        params,
+    )
+    conn.execute(
+        sa.text(
+            "INSERT INTO dms.chunk_replica (table_name, chunk_order, chunk_id, shard, is_primary, state, "
+            "version, row_count, updated_at) VALUES (:t, :o, :c, :s, true, 'ready', 1, :r, now()) "
+            "ON CONFLICT (table_name, chunk_order, chunk_id, shard) DO UPDATE SET "
+            "row_count = coalesce(dms.chunk_replica.row_count, 0) + :r, version = dms.chunk_replica.version + 1, "
+            "updated_at = now()"
+        ),
+        params,
+    )

@@ -1,0 +1,129 @@
+"""What the engine needs to know about the catalog, read from the control database and cached.
+
+The cache is keyed by a stamp (the latest committed load and the number of tables), checked on every query
+with one cheap statement, so a committed load is seen by the next query and a running one never is.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import sqlalchemy as sa
+
+from dms.deployment import Deployment
+from dms.schema.catalog import CatalogTable, list_tables
+
+PUBLIC_CONTROL_SCHEMAS = ("ivoa", "tap_schema")
+
+
+@dataclass
+class TableChunks:
+    """The registered chunks of a table, sorted by order-29 range, and where their data is."""
+
+    orders: np.ndarray
+    pixels: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    shard: np.ndarray  # primary shard of each chunk
+    files: dict[tuple[str, int, int], list[str]] = field(default_factory=dict)  # (shard, order, pixel)
+    replicated_files: dict[str, list[str]] = field(default_factory=dict)  # shard -> files
+
+    def select(self, ranges: np.ndarray | None) -> np.ndarray:
+        """Indexes of the chunks that intersect the ranges (all when None)."""
+        if ranges is None:
+            return np.arange(len(self.lo))
+        if len(ranges) == 0 or len(self.lo) == 0:
+            return np.zeros(0, np.int64)
+        first = np.searchsorted(ranges[:, 1], self.lo, side="left")
+        hit = first < len(ranges)
+        hit[hit] = ranges[first[hit], 0] <= self.hi[hit]
+        return np.flatnonzero(hit)
+
+
+@dataclass
+class Snapshot:
+    stamp: tuple[int, int]
+    tables: dict[str, CatalogTable]
+    chunks: dict[str, TableChunks]
+    running_loads: dict[str, list[int]]
+    control_tables: dict[tuple[str, str], dict[str, str]]
+    index_files: dict[str, list[str]]
+
+
+class Registry:
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+        self._lock = threading.Lock()
+        self._snapshot: Snapshot | None = None
+
+    def snapshot(self) -> Snapshot:
+        with self.deployment.connect(check_schema=False) as conn:
+            stamp_row = conn.execute(
+                sa.text(
+                    "SELECT (SELECT coalesce(max(load_id), 0) FROM dms.catalog_load WHERE state = 'committed'), "
+                    "(SELECT count(*) FROM dms.catalog_table) + (SELECT count(*) FROM dms.catalog_load)"
+                )
+            ).one()
+            stamp = (int(stamp_row[0]), int(stamp_row[1]))
+            with self._lock:
+                if self._snapshot is not None and self._snapshot.stamp == stamp:
+                    return self._snapshot
+            snapshot = self._load(conn, stamp)
+        with self._lock:
+            self._snapshot = snapshot
+        return snapshot
+
+    def _load(self, conn: sa.Connection, stamp: tuple[int, int]) -> Snapshot:
+        tables = {t.name: t for t in list_tables(conn)}
+        chunks = {name: self._chunks(conn, name) for name, t in tables.items()}
+        running: dict[str, list[int]] = defaultdict(list)
+        index_files: dict[str, list[str]] = defaultdict(list)
+        for load_id, table, state, index_path in conn.execute(
+            sa.text("SELECT load_id, table_name, state, index_path FROM dms.catalog_load ORDER BY load_id")
+        ):
+            if state != "committed":
+                running[table].append(int(load_id))
+            elif index_path:
+                index_files[table].append(str(self.deployment.data_dir / index_path))
+        control: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+        for schema, table, column, datatype in conn.execute(
+            sa.text(
+                "SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = ANY(:s) ORDER BY table_schema, table_name, ordinal_position"
+            ),
+            {"s": list(PUBLIC_CONTROL_SCHEMAS)},
+        ):
+            control[(schema.lower(), table.lower())][column] = datatype
+        return Snapshot(stamp, tables, chunks, dict(running), dict(control), dict(index_files))
+
+    def _chunks(self, conn: sa.Connection, table: str) -> TableChunks:
+        rows = conn.execute(
+            sa.text(
+                "SELECT c.chunk_order, c.chunk_id, c.healpix_29_min, c.healpix_29_max, r.shard "
+                "FROM dms.chunk c JOIN dms.chunk_replica r USING (table_name, chunk_order, chunk_id) "
+                "WHERE c.table_name = :t AND r.is_primary ORDER BY c.healpix_29_min"
+            ),
+            {"t": table},
+        ).all()
+        result = TableChunks(
+            orders=np.array([r[0] for r in rows], np.int64),
+            pixels=np.array([r[1] for r in rows], np.int64),
+            lo=np.array([r[2] for r in rows], np.int64),
+            hi=np.array([r[3] for r in rows], np.int64),
+            shard=np.array([r[4] for r in rows], dtype=object),
+        )
+        for shard, order, pixel, path in conn.execute(
+            sa.text(
+                "SELECT f.shard, f.chunk_order, f.chunk_id, f.path FROM dms.chunk_file f JOIN dms.catalog_load l "
+                "USING (load_id) WHERE f.table_name = :t AND l.state = 'committed' ORDER BY f.load_id"
+            ),
+            {"t": table},
+        ):
+            if order < 0:
+                result.replicated_files.setdefault(shard, []).append(path)
+            else:
+                result.files.setdefault((shard, int(order), int(pixel)), []).append(path)
+        return result

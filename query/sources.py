@@ -1,0 +1,300 @@
+"""Per-shard SQL: which chunks each shard reads, and the query text it runs in its own dialect.
+
+Table references are replaced by the shard's data (Parquet files of the chosen chunks on DuckDB shards, the
+shard's table on PostgreSQL), and the chunk-locality predicates are added: primary rows are never overlap
+copies, a near-neighbour partner comes from the primary row's chunk, and the `_healpix_29` ranges of a
+spatial restriction (which let PostgreSQL use its index and DuckDB skip row groups).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlglot import exp
+
+from dms.loaders.partition import nuniq
+from dms.query.errors import QueryRefused
+from dms.query.registry import Snapshot
+from dms.query.restrict import merge_ranges
+from dms.query.shard_store import ShardStore
+from dms.query.validate import TableRef
+from dms.schema.catalog import CatalogTable
+
+MAX_RANGES = 64
+ChunkKey = tuple[int, int]
+
+_SQL_TYPES = {
+    "bool": "BOOLEAN",
+    "int8": "SMALLINT",
+    "int16": "SMALLINT",
+    "int32": "INTEGER",
+    "int64": "BIGINT",
+    "float": "REAL",
+    "double": "DOUBLE PRECISION",
+    "string": "TEXT",
+    "timestamp[us]": "TIMESTAMP",
+    "timestamp[us, tz=UTC]": "TIMESTAMPTZ",
+    "date32[day]": "DATE",
+    "binary": "BYTEA",
+}
+
+
+class ShardSql:
+    def __init__(
+        self,
+        select: exp.Select,
+        aliases: dict[str, TableRef],
+        snapshot: Snapshot,
+        roots: dict[str, str] | None = None,
+    ) -> None:
+        self.roots = roots or {}
+        self.select = select
+        self.aliases = aliases
+        self.snapshot = snapshot
+        self.overlap_aliases: set[str] = set()
+        self.ranges: dict[str, np.ndarray] = {}
+
+    # choosing chunks ------------------------------------------------------------------------------------------
+
+    def choose_chunks(
+        self, table: CatalogTable, ranges: np.ndarray | None, ids: frozenset[int] | None
+    ) -> dict[str, list[ChunkKey]]:
+        chunks = self.snapshot.chunks[table.name]
+        selected = chunks.select(ranges)
+        if ids is not None:
+            wanted = self._chunks_of_ids(table, ids)
+            uniq = nuniq(chunks.orders[selected], chunks.pixels[selected])
+            selected = selected[np.isin(uniq, np.array(sorted(wanted), np.int64))]
+        by_shard: dict[str, list[ChunkKey]] = defaultdict(list)
+        for i in selected.tolist():
+            by_shard[str(chunks.shard[i])].append((int(chunks.orders[i]), int(chunks.pixels[i])))
+        return dict(by_shard)
+
+    def _chunks_of_ids(self, table: CatalogTable, ids: frozenset[int]) -> set[int]:
+        director = table.name if table.role == "director" else table.director_table
+        files = self.snapshot.index_files.get(director or "", [])
+        if not files or not ids:
+            return set()
+        import duckdb
+
+        id_list = ", ".join(str(i) for i in sorted(ids))
+        with duckdb.connect() as conn:
+            rows = conn.execute(
+                f"SELECT DISTINCT chunk FROM read_parquet({_string_list(files)}) WHERE id IN ({id_list})"
+            ).fetchall()
+        return {int(r[0]) for r in rows}
+
+    def check_layouts(self, primary: str, chunk_sets: dict[str, list[ChunkKey]]) -> None:
+        """A near-neighbour partner table must have the primary's chunk layout on the chosen chunks."""
+        primary_table = self.aliases[primary].catalog
+        assert primary_table is not None
+        for alias in self.overlap_aliases:
+            table = self.aliases[alias].catalog
+            assert table is not None
+            if table.name == primary_table.name:
+                continue
+            partner = self.snapshot.chunks[table.name]
+            own = set(zip(partner.orders.tolist(), partner.pixels.tolist(), strict=True))
+            for shard, chunks in chunk_sets.items():
+                for order, pixel in chunks:
+                    lo, hi = pixel << 2 * (29 - order), ((pixel + 1) << 2 * (29 - order)) - 1
+                    inside = (partner.lo <= hi) & (partner.hi >= lo)
+                    if inside.any() and (order, pixel) not in own:
+                        raise QueryRefused(
+                            f"{table.name} and {primary_table.name} are partitioned into different chunks, so "
+                            f"they cannot be matched chunk by chunk; load {table.name} with "
+                            f"`--like {primary_table.name}`"
+                        )
+                    if (order, pixel) in own and partner.shard[list(own).index((order, pixel))] is None:
+                        raise QueryRefused(f"chunk {order}/{pixel} of {table.name} is not placed on {shard}")
+
+    def replicated_shard(self, stores: dict[str, ShardStore]) -> str:
+        tables = [r.catalog for r in self.aliases.values() if r.catalog is not None]
+        kind = tables[0].storage_kind
+        for name in sorted(stores):
+            if stores[name].kind == kind and all(
+                kind == "postgres" or name in self.snapshot.chunks[t.name].replicated_files for t in tables
+            ):
+                return name
+        raise QueryRefused(f"no shard holds all of {', '.join(t.name for t in tables)}")
+
+    # per-shard SQL ------------------------------------------------------------------------------------------
+
+    def shard_sql(self, template: exp.Select, shard: str, dialect: str, chunks: list[ChunkKey]) -> str:
+        query = template.copy()
+        for table in list(query.find_all(exp.Table)):
+            self._replace_table(query, table, shard, dialect, chunks)
+        return query.sql(dialect)
+
+    def local_sql(self, template: exp.Select, *, empty: bool = False) -> str:
+        """The query over empty catalog tables and the shipped small tables, for the merge database."""
+        query = template.copy()
+        for table in list(query.find_all(exp.Table)):
+            ref = self.aliases.get(table.alias_or_name)
+            if ref is not None and ref.catalog is not None:
+                table.replace(empty_relation(ref.catalog, table.alias_or_name))
+            elif ref is not None:
+                table.replace(_shipped_table(ref, table.alias_or_name))
+        return query.sql("duckdb")
+
+    def _replace_table(
+        self, query: exp.Select, table: exp.Table, shard: str, dialect: str, chunks: list[ChunkKey]
+    ) -> None:
+        alias = table.alias_or_name
+        ref = self.aliases.get(alias)
+        if ref is None:
+            return
+        join = next((j for j in query.args.get("joins") or [] if j.this is table), None)
+        if ref.catalog is None:
+            table.replace(_shipped_table(ref, alias))
+            return
+        catalog = ref.catalog
+        data = self.snapshot.chunks[catalog.name]
+        if dialect == "duckdb":
+            if catalog.partitioned:
+                files = [f for key in chunks for f in data.files.get((shard, *key), [])]
+            else:
+                files = data.replicated_files.get(shard, [])
+            if not files:
+                table.replace(empty_relation(catalog, alias))
+            else:
+                root = self.roots[shard]
+                paths = [f"{root}/{f}" for f in files]
+                table.replace(
+                    exp.Table(
+                        this=exp.Anonymous(
+                            this="read_parquet",
+                            expressions=[exp.Array(expressions=[exp.Literal.string(p) for p in paths])],
+                        ),
+                        alias=exp.TableAlias(this=exp.to_identifier(alias)),
+                    )
+                )
+        else:
+            schema, name = catalog.schema_name, catalog.table_name
+            table.set("db", exp.to_identifier(schema, quoted=True))
+            table.set("this", exp.to_identifier(name, quoted=True))
+        if catalog.partitioned:
+            self._add_chunk_predicates(query, join, alias, catalog, shard, dialect, chunks)
+
+    def _add_chunk_predicates(
+        self,
+        query: exp.Select,
+        join: exp.Join | None,
+        alias: str,
+        catalog: CatalogTable,
+        shard: str,
+        dialect: str,
+        chunks: list[ChunkKey],
+    ) -> None:
+        predicates: list[exp.Expression] = []
+        column = exp.column
+        if alias in self.overlap_aliases:
+            primary = next(
+                a
+                for a in self.aliases
+                if a not in self.overlap_aliases
+                and self.aliases[a].catalog is not None
+                and self.aliases[a].catalog.partitioned
+            )
+            predicates.append(exp.EQ(this=column("_chunk", alias), expression=column("_chunk", primary)))
+        elif catalog.role == "director":
+            predicates.append(exp.Not(this=column("_overlap", alias)))
+        ranges = self.ranges.get(alias)
+        if ranges is not None:
+            shard_ranges = np.array(
+                [[o_lo, o_hi] for o_lo, o_hi in (_chunk_range(k) for k in chunks)], np.int64
+            ).reshape(-1, 2)
+            from dms.query.restrict import intersect_ranges
+
+            clipped = intersect_ranges(merge_ranges(ranges), merge_ranges(shard_ranges))
+            predicates.append(_range_predicate(column("_healpix_29", alias), clipped))
+        elif dialect == "postgres" and alias not in self.overlap_aliases:
+            total = self.snapshot.chunks[catalog.name]
+            on_shard = int((total.shard == shard).sum())
+            if on_shard and len(chunks) < on_shard:
+                values = [exp.Literal.number(int(nuniq(o, p))) for o, p in chunks]
+                predicates.append(exp.In(this=column("_chunk", alias), expressions=values))
+        running = self.snapshot.running_loads.get(catalog.name)
+        if running and dialect == "postgres":
+            predicates.append(
+                exp.Not(
+                    this=exp.In(
+                        this=column("_load_id", alias), expressions=[exp.Literal.number(i) for i in running]
+                    )
+                )
+            )
+        if not predicates:
+            return
+        condition = exp.and_(*predicates)
+        if join is not None and join.side:  # outer joins: the condition belongs to the join
+            join.set("on", exp.and_(join.args["on"], condition) if join.args.get("on") else condition)
+        else:
+            query.where(condition, copy=False)
+
+
+def _chunk_range(key: ChunkKey) -> tuple[int, int]:
+    order, pixel = key
+    shift = 2 * (29 - order)
+    return pixel << shift, ((pixel + 1) << shift) - 1
+
+
+def _range_predicate(column: exp.Column, ranges: np.ndarray) -> exp.Expression:
+    if len(ranges) == 0:
+        return exp.false()
+    while len(ranges) > MAX_RANGES:  # merge the smallest gaps: a few more rows tested, a shorter query
+        gaps = ranges[1:, 0] - ranges[:-1, 1]
+        cut = np.sort(gaps)[len(ranges) - MAX_RANGES - 1]
+        keep = np.r_[True, gaps > cut]
+        starts = ranges[keep, 0]
+        ends = np.r_[ranges[np.flatnonzero(keep)[1:] - 1, 1], ranges[-1, 1]]
+        ranges = np.stack([starts, ends], axis=1)
+    terms = [
+        exp.Between(this=column.copy(), low=exp.Literal.number(int(lo)), high=exp.Literal.number(int(hi)))
+        for lo, hi in ranges.tolist()
+    ]
+    return exp.paren(exp.or_(*terms)) if len(terms) > 1 else terms[0]
+
+
+def _shipped_table(ref: TableRef, alias: str) -> exp.Table:
+    name = f"_up_{ref.name}" if ref.kind == "upload" else ref.name
+    return exp.Table(this=exp.to_identifier(name), alias=exp.TableAlias(this=exp.to_identifier(alias)))
+
+
+def empty_relation(table: CatalogTable, alias: str) -> exp.Expression:
+    """A typed relation with the table's columns and no rows (for shards or queries without its data)."""
+    columns = [
+        exp.alias_(
+            exp.Cast(this=exp.null(), to=exp.DataType.build(_SQL_TYPES[c.datatype])), c.name, quoted=True
+        )
+        for c in table.columns
+    ]
+    if table.partitioned:
+        columns += [
+            exp.alias_(exp.Cast(this=exp.null(), to=exp.DataType.build(t)), n)
+            for n, t in (("_healpix_29", "BIGINT"), ("_chunk", "BIGINT"), ("_overlap", "BOOLEAN"))
+        ]
+    select = exp.select(*columns).where(exp.false())
+    return exp.Subquery(this=select, alias=exp.TableAlias(this=exp.to_identifier(alias)))
+
+
+def _string_list(values: list[str]) -> str:
+    return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
+
+
+def normalize_partial(table: pa.Table) -> pa.Table:
+    """Partial results from different shard kinds in common types: exact decimals become int64 (or double)."""
+    columns = []
+    for column in table.columns:
+        if pa.types.is_decimal(column.type):
+            if column.type.scale == 0:
+                try:
+                    column = pc.cast(column, pa.int64())
+                except pa.ArrowInvalid:
+                    column = pc.cast(column, pa.float64())
+            else:
+                column = pc.cast(column, pa.float64())
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=table.column_names)

@@ -1,0 +1,244 @@
+"""The catalog registry: partitioned and replicated tables, their columns, chunks, loads and files.
+
+These rows live in the control database (dms.catalog_table, catalog_column, chunk, chunk_replica,
+catalog_load, chunk_file); this module reads and writes them for the loaders and the query engine.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+from dms.errors import DMSError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DEFAULT_SCHEMA = "catalog"
+#: Columns DMS adds to every partitioned row.
+PARTITION_COLUMNS = ("_healpix_29", "_chunk", "_overlap")
+ROLES = ("director", "child", "replicated")
+
+
+class CatalogError(DMSError):
+    """A catalog table that does not exist, or a definition that is not valid."""
+
+
+def qualified_name(name: str) -> str:
+    """`schema.table` for a table name given with or without its schema (the default schema is `catalog`)."""
+    parts = name.split(".")
+    if len(parts) == 1:
+        parts = [DEFAULT_SCHEMA, parts[0]]
+    if len(parts) != 2 or not all(NAME_PATTERN.match(p) for p in parts):
+        raise CatalogError(
+            f"table name {name!r} is not valid: use TABLE or SCHEMA.TABLE with letters, digits and underscores"
+        )
+    return ".".join(parts)
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    datatype: str
+    unit: str | None = None
+    ucd: str | None = None
+    description: str | None = None
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        return arrow_type(self.datatype)
+
+
+@dataclass(frozen=True)
+class CatalogTable:
+    """One registered catalog table and how it is distributed."""
+
+    name: str
+    role: str
+    columns: tuple[Column, ...]
+    storage_kind: str
+    chunk_order: int | None = None
+    max_chunk_rows: int | None = None
+    overlap_arcsec: float = 60.0
+    id_column: str | None = None
+    ra_column: str | None = None
+    dec_column: str | None = None
+    director_table: str | None = None
+    director_key_column: str | None = None
+    row_count: int = 0
+    description: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def schema_name(self) -> str:
+        return self.name.split(".")[0]
+
+    @property
+    def table_name(self) -> str:
+        return self.name.split(".")[1]
+
+    @property
+    def partitioned(self) -> bool:
+        return self.role != "replicated"
+
+    def column(self, name: str) -> Column:
+        for column in self.columns:
+            if column.name.lower() == name.lower():
+                return column
+        raise CatalogError(f"table {self.name} has no column {name!r}")
+
+    def arrow_schema(self, *, with_partitioning: bool = True) -> pa.Schema:
+        fields = [pa.field(c.name, c.arrow_type) for c in self.columns]
+        if with_partitioning and self.partitioned:
+            fields += [
+                pa.field("_healpix_29", pa.int64()),
+                pa.field("_chunk", pa.int64()),
+                pa.field("_overlap", pa.bool_()),
+            ]
+        return pa.schema(fields)
+
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "bool": pa.bool_(),
+    "int8": pa.int8(),
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "uint8": pa.int16(),
+    "uint16": pa.int32(),
+    "uint32": pa.int64(),
+    "float": pa.float32(),
+    "double": pa.float64(),
+    "string": pa.string(),
+    "timestamp[us]": pa.timestamp("us"),
+    "timestamp[us, tz=UTC]": pa.timestamp("us", tz="UTC"),
+    "date32[day]": pa.date32(),
+    "binary": pa.binary(),
+}
+
+
+def arrow_type(name: str) -> pa.DataType:
+    try:
+        return _ARROW_TYPES[name]
+    except KeyError:
+        raise CatalogError(
+            f"column type {name!r} is not supported; use one of {sorted(_ARROW_TYPES)}"
+        ) from None
+
+
+def column_type_name(datatype: pa.DataType) -> str:
+    """The registry name of an Arrow type a catalog column may have (unsigned types widen, large types narrow)."""
+    if pa.types.is_large_string(datatype) or pa.types.is_string(datatype):
+        return "string"
+    if pa.types.is_timestamp(datatype):
+        return "timestamp[us, tz=UTC]" if datatype.tz else "timestamp[us]"
+    if pa.types.is_uint64(datatype):
+        raise CatalogError("unsigned 64-bit columns are not supported (no SQL type holds them); cast them")
+    name = str(datatype)
+    if name == "halffloat":
+        return "float"
+    if name in _ARROW_TYPES:
+        return name
+    raise CatalogError(f"column type {datatype} is not supported; use one of {sorted(_ARROW_TYPES)}")
+
+
+# --- reading and writing the registry ---------------------------------------------------------------------
+
+
+def list_tables(conn: sa.Connection) -> list[CatalogTable]:
+    names = conn.execute(sa.text("SELECT name FROM dms.catalog_table ORDER BY name")).scalars().all()
+    return [get_table(conn, n) for n in names]
+
+
+def find_table(conn: sa.Connection, name: str) -> CatalogTable | None:
+    try:
+        return get_table(conn, qualified_name(name))
+    except CatalogError:
+        return None
+
+
+def get_table(conn: sa.Connection, name: str) -> CatalogTable:
+    row = (
+        conn.execute(sa.text("SELECT * FROM dms.catalog_table WHERE lower(name) = lower(:n)"), {"n": name})
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise CatalogError(f"no catalog table {name!r}; `dms tables` lists them")
+    columns = conn.execute(
+        sa.text(
+            "SELECT name, datatype, unit, ucd, description FROM dms.catalog_column "
+            "WHERE table_name = :n ORDER BY position"
+        ),
+        {"n": row["name"]},
+    ).all()
+    return CatalogTable(
+        name=row["name"],
+        role=row["role"],
+        columns=tuple(Column(*c) for c in columns),
+        storage_kind=row["storage_kind"],
+        chunk_order=row["chunk_order"],
+        max_chunk_rows=row["max_chunk_rows"],
+        overlap_arcsec=row["overlap_arcsec"],
+        id_column=row["id_column"],
+        ra_column=row["ra_column"],
+        dec_column=row["dec_column"],
+        director_table=row["director_table"],
+        director_key_column=row["director_key_column"],
+        row_count=row["row_count"],
+        description=row["description"],
+    )
+
+
+def register_table(conn: sa.Connection, table: CatalogTable) -> None:
+    """Insert a new table and its columns (in the caller's transaction)."""
+    conn.execute(
+        sa.text(
+            "INSERT INTO dms.catalog_table (name, role, director_table, director_key_column, id_column, "
+            "ra_column, dec_column, chunk_order, max_chunk_rows, overlap_arcsec, storage_kind, row_count, "
+            "description, created_at) VALUES (:name, :role, :director_table, :director_key_column, :id_column, "
+            ":ra_column, :dec_column, :chunk_order, :max_chunk_rows, :overlap_arcsec, :storage_kind, 0, "
+            ":description, now())"
+        ),
+        {
+            "name": table.name,
+            "role": table.role,
+            "director_table": table.director_table,
+            "director_key_column": table.director_key_column,
+            "id_column": table.id_column,
+            "ra_column": table.ra_column,
+            "dec_column": table.dec_column,
+            "chunk_order": table.chunk_order,
+            "max_chunk_rows": table.max_chunk_rows,
+            "overlap_arcsec": table.overlap_arcsec,
+            "storage_kind": table.storage_kind,
+            "description": table.description,
+        },
+    )
+    conn.execute(
+        sa.text(
+            "INSERT INTO dms.catalog_column (table_name, position, name, datatype, unit, ucd, description) "
+            "VALUES (:t, :p, :n, :d, :u, :ucd, :desc)"
+        ),
+        [
+            {
+                "t": table.name,
+                "p": i,
+                "n": c.name,
+                "d": c.datatype,
+                "u": c.unit,
+                "ucd": c.ucd,
+                "desc": c.description,
+            }
+            for i, c in enumerate(table.columns)
+        ],
+    )
+
+
+def chunks(conn: sa.Connection, table: str) -> list[tuple[int, int]]:
+    """(order, pixel) of every registered chunk of a table."""
+    rows = conn.execute(
+        sa.text("SELECT chunk_order, chunk_id FROM dms.chunk WHERE table_name = :t"), {"t": table}
+    ).all()
+    return [(int(o), int(p)) for o, p in rows]

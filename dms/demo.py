@@ -39,7 +39,12 @@ def run_demo(data_dir: Path | None, echo: Callable[[str], None] = print) -> Depl
         )
     for shard in deployment.shards():
         echo(f"Shard {shard.name}: {shard.kind} at {shard.location()}")
-    echo("Try: dms status | dms db current | dms --help")
+    from dms.loaders.demo_catalog import load_demo_catalog, show_examples
+
+    echo("Partitioned catalog (real Gaia DR3 and Hipparcos, synthetic DP1-shaped Object/Source/ForcedSource):")
+    load_demo_catalog(deployment, echo)
+    show_examples(deployment, echo)
+    echo("Try: dms tables | dms query \"SELECT ...\" | dms status | dms --help")
     return deployment
 
 

@@ -31,7 +31,7 @@ from dms.query.restrict import RestrictionFinder, intersect_ranges
 from dms.query.rewrite import PARTIALS, decompose
 from dms.query.shard_store import ShardStore, store_for
 from dms.query.sources import ShardSql, normalize_partial
-from dms.query.validate import Catalog, TableRef, bind
+from dms.query.validate import LOCAL_SCHEMA, Catalog, TableRef, bind
 
 log = logging.getLogger(__name__)
 INLINE_IN_LIMIT = 10_000
@@ -143,13 +143,13 @@ class QueryEngine:
     def _evaluate(self, query: exp.Query, run: _Run, top: bool = False) -> pa.Table:
         run.check()
         query = query.copy()
-        with_ = query.args.get("with")
+        with_ = query.args.get("with_")
         if with_ is not None:
             if with_.args.get("recursive"):
                 raise QueryRefused("recursive WITH queries are not supported")
             for cte in with_.expressions:
                 run.catalog.materialized[cte.alias_or_name.lower()] = self._evaluate(cte.this, run)
-            query.set("with", None)
+            query.set("with_", None)
         if isinstance(query, exp.SetOperation):
             return self._set_operation(query, run)
         assert isinstance(query, exp.Select)
@@ -174,7 +174,7 @@ class QueryEngine:
 
     def _materialize_subqueries(self, select: exp.Select, run: _Run) -> None:
         """Evaluate derived tables and uncorrelated subqueries first; use their results as small tables."""
-        for source in [select.args.get("from"), *(select.args.get("joins") or [])]:
+        for source in [select.args.get("from_"), *(select.args.get("joins") or [])]:
             node = source.this if source is not None else None
             if isinstance(node, exp.Subquery) and isinstance(node.this, exp.Query):
                 name = f"_m{next(run.counter)}"
@@ -215,7 +215,7 @@ class QueryEngine:
                 return exp.Tuple(expressions=[_literal(v) for v in values] or [exp.null()])
             name = f"_m{next(run.counter)}"
             run.catalog.materialized[name] = result
-            return exp.Subquery(this=exp.select("*").from_(name))
+            return exp.Subquery(this=exp.select("*").from_(f"{LOCAL_SCHEMA}.{name}"))
         if len(values) > 1:
             raise QueryRefused("a scalar subquery returned more than one row")
         return _literal(values[0] if values else None)

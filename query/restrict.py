@@ -51,6 +51,18 @@ def constant(node: exp.Expression) -> float | None:
     return None
 
 
+def integer(node: exp.Expression) -> int | None:
+    """The exact value of an integer literal (ids exceed a double's 53-bit precision), else None."""
+    if isinstance(node, exp.Paren):
+        return integer(node.this)
+    if isinstance(node, exp.Literal) and node.is_int:
+        return int(node.this)
+    if isinstance(node, exp.Neg):
+        value = integer(node.this)
+        return None if value is None else -value
+    return None
+
+
 def merge_ranges(ranges: Ranges) -> Ranges:
     if len(ranges) == 0:
         return ranges.reshape(0, 2)
@@ -266,11 +278,11 @@ class RestrictionFinder:
             return None if left is None or right is None else left | right
         if isinstance(node, exp.EQ):
             for column, value in ((node.this, node.expression), (node.expression, node.this)):
-                number = constant(value)
-                if self._is_column(column, key) and number is not None and number == int(number):
-                    return frozenset([int(number)])
+                number = integer(value)
+                if self._is_column(column, key) and number is not None:
+                    return frozenset([number])
         if isinstance(node, exp.In) and self._is_column(node.this, key) and not node.args.get("query"):
-            numbers = [constant(v) for v in node.expressions]
-            if numbers and all(n is not None and n == int(n) for n in numbers):
-                return frozenset(int(n) for n in numbers if n is not None)
+            numbers = [integer(v) for v in node.expressions]
+            if numbers and all(n is not None for n in numbers):
+                return frozenset(n for n in numbers if n is not None)
         return None

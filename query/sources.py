@@ -229,7 +229,7 @@ class ShardSql:
         if not predicates:
             return
         condition = exp.and_(*predicates)
-        if join is not None and join.side:  # outer joins: the condition belongs to the join
+        if join is not None and (join.side or join.args.get("on") is not None):  # hash-joinable in the ON
             join.set("on", exp.and_(join.args["on"], condition) if join.args.get("on") else condition)
         else:
             query.where(condition, copy=False)

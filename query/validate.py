@@ -20,6 +20,7 @@ from dms.query.errors import QueryRefused
 from dms.schema.catalog import CatalogTable
 
 UPLOAD_SCHEMA = "tap_upload"
+LOCAL_SCHEMA = "_local"  # results of subqueries and WITH queries evaluated first
 AREASPEC_FUNCTIONS = {
     "qserv_areaspec_box": "scisql_s2PtInBox",
     "qserv_areaspec_circle": "scisql_s2PtInCircle",
@@ -59,7 +60,7 @@ class Catalog:
                 c.lower(): "text" for c in data.column_names
             }
         for name, data in self.materialized.items():
-            mapping.setdefault("", {})[name.lower()] = {c.lower(): "text" for c in data.column_names}
+            mapping.setdefault(LOCAL_SCHEMA, {})[name.lower()] = {c.lower(): "text" for c in data.column_names}
         return MappingSchema(mapping, dialect="postgres")
 
 
@@ -111,11 +112,11 @@ def _qualify_table_names(query: exp.Query, catalog: Catalog) -> None:
         schema = table.db.lower() if table.db else None
         if table.catalog:
             raise QueryRefused(f"table {table.sql()} names a database; use SCHEMA.TABLE")
-        if schema is None and name in cte_names:
-            continue
-        if schema is None and name.lower() in {m.lower() for m in catalog.materialized}:
-            continue
-        if schema is None:
+        if schema is None and (name in cte_names or name in catalog.materialized):
+            schema = LOCAL_SCHEMA
+        elif schema == LOCAL_SCHEMA:
+            pass
+        elif schema is None:
             matches = [s for (s, n) in (*catalog.tables, *catalog.control) if n == name]
             if len(matches) != 1:
                 known = ", ".join(sorted(f"{s}.{n}" for (s, n) in catalog.tables))
@@ -170,7 +171,7 @@ def _aliases(query: exp.Query, catalog: Catalog) -> dict[str, TableRef]:
             refs[alias] = TableRef("upload", key[1])
         elif key in catalog.control:
             refs[alias] = TableRef("control", f"{key[0]}.{key[1]}")
-        elif not table.db:
+        elif key[0] == LOCAL_SCHEMA:
             refs[alias] = TableRef("materialized", key[1])
     return refs
 

@@ -326,7 +326,7 @@ class QueryEngine:
         try:
             for name, table in tables.items():
                 cursor.register(name, table)
-            return cursor.sql(sql).to_arrow_table()
+            return normalize_partial(cursor.sql(sql).to_arrow_table())
         except duckdb.Error as exc:
             raise QueryError(f"the query failed: {str(exc).splitlines()[0]}") from exc
         finally:

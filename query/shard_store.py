@@ -224,7 +224,7 @@ _PG_TYPES = {
     "uint8": "smallint",
     "uint16": "integer",
     "uint32": "bigint",
-    "float": "real",
+    "float": "double precision",  # exact widening: sums and averages then agree with DuckDB's
     "double": "double precision",
     "string": "text",
     "timestamp[us]": "timestamp",

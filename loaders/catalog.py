@@ -271,8 +271,8 @@ def _load(deployment: Deployment, table: CatalogTable, load_id: int, data: pa.Ta
     shards = _stores(deployment, table)
     placement = _placement(table, rows, shards)
     files: dict[str, list[ChunkFile]] = {}
-    for store in shards:
-        part = rows.filter(pa.array(placement == store.name)) if len(shards) > 1 else rows
+    for store in shards:  # replicated tables: every shard gets every row
+        part = rows.filter(pa.array(placement == store.name)) if len(shards) > 1 and table.partitioned else rows
         if table.partitioned and part.num_rows == 0:
             continue
         files[store.name] = store.write_load(table, load_id, part)

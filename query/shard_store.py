@@ -283,7 +283,7 @@ class PostgresStore(ShardStore):
         with self._connection() as conn, conn.transaction():
             created = self._create_table(conn, table)
             conn.execute(f"DELETE FROM {name} WHERE _load_id = %s", (load_id,))
-            data = rows.append_column("_load_id", pa.array([load_id] * rows.num_rows, pa.int32()))
+            data = _widen_floats(rows).append_column("_load_id", pa.array([load_id] * rows.num_rows, pa.int32()))
             buffer = io.BytesIO()
             pacsv.write_csv(data, buffer, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
             columns = ", ".join(f'"{c}"' for c in data.column_names)
@@ -472,6 +472,15 @@ def _unique_names(names: list[str]) -> list[str]:
         seen[name] = count + 1
         out.append(name if count == 0 else f"{name}_{count}")
     return out
+
+
+def _widen_floats(table: pa.Table) -> pa.Table:
+    """float32 columns as float64, so the text COPY carries each value exactly (PostgreSQL stores them as
+    double precision)."""
+    for i, column_field in enumerate(table.schema):
+        if pa.types.is_float32(column_field.type):
+            table = table.set_column(i, column_field.name, table.column(i).cast(pa.float64()))
+    return table
 
 
 def _overlap_count(table: CatalogTable, part: pa.Table) -> int:

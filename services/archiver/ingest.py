@@ -1,0 +1,119 @@
+"""`dms archive`: raw FITS files into the Data Backbone, with registry, ConsDB and ObsCore rows.
+
+Per file: open and check it with astropy (a FITS file, not truncated), translate its headers, copy it
+into the primary site's store (checksummed while copying), then in ONE transaction register the dataset
+and write the exposure dimension rows, the ConsDB exposure row (LSSTCam) and the ObsCore row. A failure
+anywhere rolls the transaction back and removes the copy, so a file is either fully archived or not at
+all; archiving it again is then a no-op (same bytes) or a conflict error (different bytes).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from astropy.io import fits
+from tqdm import tqdm
+
+from dms.services.archiver import rows
+from dms.services.archiver.errors import ArchiveError, NotFitsError
+from dms.services.archiver.metadata import ExposureMetadata, translate
+from dms.services.backbone import registry
+from dms.services.backbone.client import Backbone
+from dms.services.backbone.errors import BackboneError
+from dms.services.backbone.formats import format_for_path, format_named
+from dms.services.backbone.registry import DatasetRef
+
+log = logging.getLogger(__name__)
+
+RAW = "raw"
+RAW_DIMENSIONS = ["instrument", "exposure", "detector"]
+
+
+def raw_run(instrument: str) -> str:
+    """The RUN collection raws of an instrument are archived in (as the Butler names it)."""
+    return f"{instrument}/raw/all"
+
+
+@dataclass(frozen=True)
+class ArchiveResult:
+    """What happened to one file: archived, already archived (same bytes), or failed (with why)."""
+
+    path: Path
+    status: str  # "archived" | "unchanged" | "failed"
+    message: str
+    ref: DatasetRef | None = None
+
+
+def read_metadata(path: Path) -> ExposureMetadata:
+    """Open a raw FITS file, check it is complete, and translate its headers."""
+    if not path.is_file():
+        raise ArchiveError(f"{path}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(path, memmap=False, lazy_load_hdus=False) as hdus:
+                _check_complete(path, hdus)
+                return translate(hdus, str(path))
+    except (OSError, ValueError, IndexError) as exc:
+        raise NotFitsError(
+            f"{path}: not a readable FITS file ({exc}); raw files must be FITS (single or multi-extension)"
+        ) from exc
+
+
+def _check_complete(path: Path, hdus: fits.HDUList) -> None:
+    with open(path, "rb") as f:
+        if f.read(2) == b"\x1f\x8b":
+            return  # gzip: astropy read it whole, so a truncated file already failed to decompress
+    size = path.stat().st_size
+    last = hdus[-1].fileinfo()
+    if last is None:
+        return
+    end = int(last["datLoc"]) + int(last["datSpan"])
+    if end > size:
+        raise NotFitsError(
+            f"{path}: truncated FITS file ({size} bytes, its headers describe {end}); nothing archived"
+        )
+
+
+def archive_file(backbone: Backbone, path: Path, *, metadata: ExposureMetadata | None = None) -> ArchiveResult:
+    """Archive one raw file atomically; raises ArchiveError (or another BackboneError) on failure."""
+    path = Path(path)
+    meta = metadata or read_metadata(path)
+    fmt = format_named("fits")
+    _, suffix = format_for_path(path) if path.name.lower().endswith((".fits", ".fit", ".fits.gz", ".fits.fz")) else (fmt, ".fits")
+    stored = backbone.store().put_file(path, suffix)
+    data_id = {"instrument": meta.instrument, "exposure": meta.exposure_id, "detector": meta.detector}
+    run = raw_run(meta.instrument)
+    try:
+        with backbone.begin() as conn:
+            registry.ensure_dataset_type(conn, RAW, RAW_DIMENSIONS, "Exposure")
+            registry.ensure_run(conn, run, f"Raw {meta.instrument} images, as archived")
+            ref, created = registry.register_file(
+                conn, dataset_type=RAW, run=run, data_id=data_id, stored=stored, fmt=fmt,
+                site=backbone.site, label=str(path),
+            )
+            if created:
+                rows.write_exposure(conn, meta, str(path))
+                rows.write_obscore(conn, meta, ref, backbone.store().absolute(stored.path), run)
+    except BaseException:
+        backbone.discard_if_unreferenced(stored.path)
+        raise
+    if not created:
+        return ArchiveResult(path, "unchanged", f"{path}: already archived as {ref.id}", ref)
+    return ArchiveResult(path, "archived", f"{path}: archived as raw {registry.canonical_data_id(data_id)}", ref)
+
+
+def archive_files(backbone: Backbone, paths: Iterable[Path], *, progress: bool = False) -> list[ArchiveResult]:
+    """Archive each file on its own: a bad file is reported and the rest of the batch still archives."""
+    results = []
+    for path in tqdm(list(paths), desc="archive", unit="file", disable=not progress):
+        try:
+            results.append(archive_file(backbone, Path(path)))
+        except BackboneError as exc:
+            log.warning("%s", exc)
+            results.append(ArchiveResult(Path(path), "failed", str(exc)))
+    return results

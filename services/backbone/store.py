@@ -1,0 +1,196 @@
+"""A content-addressed file store: one per Data Backbone site.
+
+Every file is stored once, under the SHA-256 of its bytes: ``objects/ab/cd/abcd...<suffix>``. Files are
+written to ``tmp/<pid>-<uuid>.part``, flushed to disk, and renamed into place, so a path under ``objects/``
+always holds a complete file whose name is its checksum; an interrupted write leaves only a temporary file
+(removed by `clean_stale_temp` once its writer is gone). The registry, not the store, says which dataset a
+file holds: an object that no datastore record names is an orphan (see `verify`).
+
+Checksums are computed while copying (one read of the source; hashing runs in a second thread, since
+hashlib releases the GIL on large buffers), so archiving costs little more than a plain copy.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from dms.services.backbone.errors import StoreError, StoreFullError
+
+CHECKSUM_ALGORITHM = "sha256"
+CHUNK_BYTES = 8 << 20
+OBJECTS = "objects"
+TMP = "tmp"
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file in a store: its path relative to the store root, size and SHA-256 (hex)."""
+
+    path: str
+    size_bytes: int
+    checksum: str
+
+
+class Store:
+    """The files of one site, under `root`. With `fsync` (the default) every file is on disk before it
+    is renamed into place and recorded."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.fsync = fsync
+
+    def object_path(self, checksum: str, suffix: str) -> str:
+        """Where a file with this checksum and suffix lives, relative to the root."""
+        return f"{OBJECTS}/{checksum[:2]}/{checksum[2:4]}/{checksum}{suffix}"
+
+    def absolute(self, path: str) -> Path:
+        return self.root / path
+
+    def put_file(self, source: Path, suffix: str) -> StoredFile:
+        """Copy `source` into the store, computing its checksum on the way."""
+        try:
+            with open(source, "rb", buffering=0) as src:
+                return self._put_stream(src, suffix)
+        except FileNotFoundError as exc:
+            raise StoreError(f"{source}: no such file") from exc
+
+    def put_bytes(self, data: bytes, suffix: str) -> StoredFile:
+        """Store `data` (a serialized dataset)."""
+        import io
+
+        return self._put_stream(io.BytesIO(data), suffix)
+
+    def _put_stream(self, src: BinaryIO, suffix: str) -> StoredFile:
+        tmp_dir = self.root / TMP
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}.part"
+        try:
+            size, checksum = self._copy_hashing(src, tmp)
+            path = self.object_path(checksum, suffix)
+            final = self.root / path
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists() and final.stat().st_size == size:
+                tmp.unlink()  # the same bytes are already stored (content addressing)
+            else:
+                os.replace(tmp, final)
+                if self.fsync:
+                    _fsync_dir(final.parent)
+            return StoredFile(path, size, checksum)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno == errno.ENOSPC:
+                raise StoreFullError(
+                    f"store {self.root} is full (no space left on device); the partial file was removed "
+                    "and nothing was registered: free space or add storage, then retry"
+                ) from exc
+            raise StoreError(f"cannot write to store {self.root}: {exc.strerror or exc}") from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _copy_hashing(self, src: BinaryIO, dest: Path) -> tuple[int, str]:
+        """Copy src to dest in chunks, hashing each chunk in a second thread while it is written."""
+        digest = hashlib.sha256()
+        buffers = [bytearray(CHUNK_BYTES), bytearray(CHUNK_BYTES)]
+        size = 0
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            with ThreadPoolExecutor(max_workers=1) as hasher:
+                pending = None
+                turn = 0
+                while True:
+                    view = memoryview(buffers[turn])
+                    n = src.readinto(view)  # type: ignore[attr-defined]
+                    if not n:
+                        break
+                    chunk = view[:n]
+                    if pending is not None:
+                        pending.result()  # the other buffer is free again once its hash is done
+                    pending = hasher.submit(digest.update, chunk)
+                    _write_all(fd, chunk)
+                    size += n
+                    turn = 1 - turn
+                if pending is not None:
+                    pending.result()
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        return size, digest.hexdigest()
+
+    def checksum(self, path: str) -> tuple[int, str]:
+        """(size, SHA-256) of a stored file, read back from disk."""
+        digest = hashlib.sha256()
+        size = 0
+        with open(self.root / path, "rb") as f:
+            while chunk := f.read(CHUNK_BYTES):
+                digest.update(chunk)
+                size += len(chunk)
+        return size, digest.hexdigest()
+
+    def copy_to(self, path: str, other: Store) -> StoredFile:
+        """Copy one of this store's files into `other`, checksumming the bytes written."""
+        return other.put_file(self.root / path, Path(path).name[64:])  # the suffix after the checksum
+
+    def remove(self, path: str) -> None:
+        (self.root / path).unlink(missing_ok=True)
+
+    def iter_objects(self) -> Iterator[str]:
+        """Every stored file's path, relative to the root."""
+        base = self.root / OBJECTS
+        if base.exists():
+            for p in sorted(base.rglob("*")):
+                if p.is_file():
+                    yield p.relative_to(self.root).as_posix()
+
+    def clean_stale_temp(self) -> list[Path]:
+        """Remove temporary files left by writers that no longer run (killed mid-file)."""
+        removed = []
+        tmp_dir = self.root / TMP
+        for part in tmp_dir.glob("*.part") if tmp_dir.exists() else []:
+            pid = part.name.split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                part.unlink(missing_ok=True)
+                removed.append(part)
+        return removed
+
+    def temp_files(self) -> list[Path]:
+        tmp_dir = self.root / TMP
+        return sorted(tmp_dir.glob("*.part")) if tmp_dir.exists() else []
+
+    def free_bytes(self) -> int:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(self.root).free
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -287,5 +287,10 @@ def demo(ctx: click.Context) -> None:
     run_demo(_data_dir(ctx), echo=click.echo)
 
 
+from dms.cli_backbone import COMMANDS as _BACKBONE_COMMANDS  # noqa: E402  (they import main's helpers)
+
+for _command in _BACKBONE_COMMANDS:
+    main.add_command(_command)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

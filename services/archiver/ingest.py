@@ -24,7 +24,7 @@ from dms.services.archiver.metadata import ExposureMetadata, translate
 from dms.services.backbone import registry
 from dms.services.backbone.client import Backbone
 from dms.services.backbone.errors import BackboneError
-from dms.services.backbone.formats import format_for_path, format_named
+from dms.services.backbone.formats import format_named
 from dms.services.backbone.registry import DatasetRef
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,10 @@ def archive_file(backbone: Backbone, path: Path, *, metadata: ExposureMetadata |
     path = Path(path)
     meta = metadata or read_metadata(path)
     fmt = format_named("fits")
-    _, suffix = format_for_path(path) if path.name.lower().endswith((".fits", ".fit", ".fits.gz", ".fits.fz")) else (fmt, ".fits")
-    stored = backbone.store().put_file(path, suffix)
+    suffix = next((s for s in sorted(fmt.suffixes, key=len, reverse=True) if path.name.lower().endswith(s)), ".fits")
     data_id = {"instrument": meta.instrument, "exposure": meta.exposure_id, "detector": meta.detector}
     run = raw_run(meta.instrument)
+    stored = backbone.store().put_file(path, suffix, str(registry.dataset_id(RAW, run, data_id)))
     try:
         with backbone.begin() as conn:
             registry.ensure_dataset_type(conn, RAW, RAW_DIMENSIONS, "Exposure")

@@ -66,14 +66,15 @@ class Backbone:
         `dimensions` registers a new dataset type. Returns (ref, created): putting the same contents again
         is a no-op; different contents under the same data ID raise DatasetConflictError.
         """
+        tag = str(registry.dataset_id(dataset_type, run, data_id))
         if isinstance(obj, str | Path):
             path = Path(obj)
             fmt, suffix = format_for_path(path)
-            stored = self.store().put_file(path, suffix)
+            stored = self.store().put_file(path, suffix, tag)
             label = str(path)
         else:
             fmt = format_for_object(obj)
-            stored = self.store().put_bytes(fmt.write(obj), fmt.suffixes[0])
+            stored = self.store().put_bytes(fmt.write(obj), fmt.suffixes[0], tag)
             label = f"{dataset_type} object"
         return self.register(stored, fmt, dataset_type, data_id, run=run, dimensions=dimensions, label=label)
 

@@ -17,7 +17,7 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,38 +48,47 @@ class Store:
         self.root = Path(root)
         self.fsync = fsync
 
-    def object_path(self, checksum: str, suffix: str) -> str:
-        """Where a file with this checksum and suffix lives, relative to the root."""
-        return f"{OBJECTS}/{checksum[:2]}/{checksum[2:4]}/{checksum}{suffix}"
+    def object_path(self, checksum: str, tag: str, suffix: str) -> str:
+        """Where a file with this checksum lives, relative to the root; `tag` (the dataset id) keeps two
+        datasets with identical bytes in separate files, as the registry requires one dataset per file."""
+        return f"{OBJECTS}/{checksum[:2]}/{checksum[2:4]}/{checksum}-{tag}{suffix}"
 
     def absolute(self, path: str) -> Path:
         return self.root / path
 
-    def put_file(self, source: Path, suffix: str) -> StoredFile:
+    def put_file(self, source: Path, suffix: str, tag: str) -> StoredFile:
         """Copy `source` into the store, computing its checksum on the way."""
         try:
             with open(source, "rb", buffering=0) as src:
-                return self._put_stream(src, suffix)
+                return self._put_stream(src, lambda checksum: self.object_path(checksum, tag, suffix))
         except FileNotFoundError as exc:
             raise StoreError(f"{source}: no such file") from exc
 
-    def put_bytes(self, data: bytes, suffix: str) -> StoredFile:
+    def put_bytes(self, data: bytes, suffix: str, tag: str) -> StoredFile:
         """Store `data` (a serialized dataset)."""
         import io
 
-        return self._put_stream(io.BytesIO(data), suffix)
+        return self._put_stream(io.BytesIO(data), lambda checksum: self.object_path(checksum, tag, suffix))
 
-    def _put_stream(self, src: BinaryIO, suffix: str) -> StoredFile:
+    def copy_to(self, path: str, other: Store) -> StoredFile:
+        """Copy one of this store's files to the same path in `other`, checksumming the bytes written."""
+        try:
+            with open(self.root / path, "rb", buffering=0) as src:
+                return other._put_stream(src, lambda checksum: path)
+        except FileNotFoundError as exc:
+            raise StoreError(f"{self.root / path}: no such file") from exc
+
+    def _put_stream(self, src: BinaryIO, path_for: Callable[[str], str]) -> StoredFile:
         tmp_dir = self.root / TMP
         tmp_dir.mkdir(parents=True, exist_ok=True)
         tmp = tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}.part"
         try:
             size, checksum = self._copy_hashing(src, tmp)
-            path = self.object_path(checksum, suffix)
+            path = path_for(checksum)
             final = self.root / path
             final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists() and final.stat().st_size == size:
-                tmp.unlink()  # the same bytes are already stored (content addressing)
+            if final.exists() and Path(path).name.startswith(checksum) and final.stat().st_size == size:
+                tmp.unlink()  # already stored by an earlier, unregistered attempt: the same bytes
             else:
                 os.replace(tmp, final)
                 if self.fsync:
@@ -136,10 +145,6 @@ class Store:
                 digest.update(chunk)
                 size += len(chunk)
         return size, digest.hexdigest()
-
-    def copy_to(self, path: str, other: Store) -> StoredFile:
-        """Copy one of this store's files into `other`, checksumming the bytes written."""
-        return other.put_file(self.root / path, Path(path).name[64:])  # the suffix after the checksum
 
     def remove(self, path: str) -> None:
         (self.root / path).unlink(missing_ok=True)

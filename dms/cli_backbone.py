@@ -296,4 +296,54 @@ def archive(ctx: click.Context, files: tuple[Path, ...], watch_dir: Path | None,
         raise click.exceptions.Exit(1)
 
 
-COMMANDS = (backbone, archive)
+
+
+
+@click.group(invoke_without_command=True)
+@click.option("--to", "name", help="Deliver to this subscription only.")
+@data_dir_option
+@click.pass_context
+@_friendly_errors
+def distribute(ctx: click.Context, name: str | None) -> None:
+    """Deliver new data products (files, tables as Parquet, a manifest with checksums) to subscribed partners."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from dms.services.backbone.distribute import distribute as run
+
+    for delivery in run(_backbone(ctx), name):
+        click.echo(f"{delivery.subscription}: {len(delivery.delivered)} delivered "
+                   f"({delivery.bytes_delivered} bytes), {delivery.unchanged} unchanged")
+
+
+@distribute.command("subscribe")
+@click.argument("name")
+@click.argument("destination", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--type", "dataset_types", multiple=True, help="A dataset type whose files are delivered.")
+@click.option("--run", "runs", multiple=True, help="Only datasets of this run (default: every run).")
+@click.option("--table", "tables", multiple=True, help="A control database table delivered as Parquet.")
+@data_dir_option
+@click.pass_context
+@_friendly_errors
+def subscribe_(ctx: click.Context, name: str, destination: Path, dataset_types: tuple[str, ...],
+               runs: tuple[str, ...], tables: tuple[str, ...]) -> None:
+    """Subscribe partner NAME, delivering to DESTINATION."""
+    from dms.services.backbone.distribute import Subscription, subscribe
+
+    with _backbone(ctx).begin() as conn:
+        subscribe(conn, Subscription(name, destination, list(dataset_types), list(runs), list(tables)))
+    click.echo(f"subscribed {name}: run `dms distribute` to deliver")
+
+
+@distribute.command("list")
+@data_dir_option
+@click.pass_context
+@_friendly_errors
+def subscriptions(ctx: click.Context) -> None:
+    """List the subscriptions."""
+    import sqlalchemy as sa
+
+    with _backbone(ctx).begin() as conn:
+        for r in conn.execute(sa.text("SELECT * FROM dms.distribution_subscription ORDER BY name")):
+            click.echo(f"{r.name}\t{r.destination}\ttypes={','.join(r.dataset_types) or '-'}\t"
+                       f"runs={','.join(r.runs) or 'all'}\ttables={','.join(r.tables) or '-'}")
+COMMANDS = (backbone, archive, distribute)

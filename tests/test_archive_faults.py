@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
+from astropy.io import fits
 import pytest
 import sqlalchemy as sa
 from backbone_support import backbone, deployment, lsstcam_raw, module_deployment  # noqa: F401
@@ -94,20 +95,29 @@ def test_temporary_files_of_killed_writers_are_cleaned(backbone: Backbone) -> No
 
 def test_disk_full_leaves_nothing_behind(backbone: Backbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     raw = lsstcam_raw(tmp_path / "raw.fits")
-    real_write_all = store._write_all
+    real_write_all, real_copy_range = store._write_all, store._copy_range
 
     def full_after_one_block(fd: int, data: memoryview) -> None:
         real_write_all(fd, data[:2880])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
+    def full_copy(in_fd: int, out_fd: int, count: int, offset: int) -> int:
+        real_copy_range(in_fd, out_fd, 2880, offset)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    # The file system fills up after one FITS block, on either copy path (kernel copy or buffers).
     monkeypatch.setattr(store, "_write_all", full_after_one_block)
+    monkeypatch.setattr(store, "_copy_range", full_copy)
     [result] = archive_files(backbone, [raw])
     assert result.status == "failed" and "no space left on device" in result.message
     with pytest.raises(StoreFullError):
         backbone.put(raw, "raw_copy", {"instrument": "LSSTCam"}, run="r", dimensions=["instrument"])
+    with pytest.raises(StoreFullError):
+        backbone.put(fits.open(raw), "raw_object", {"instrument": "LSSTCam"}, run="r", dimensions=["instrument"])
     assert counts(backbone) == (0, 0, 0, 0)
     assert list(backbone.store().iter_objects()) == [] and backbone.store().temp_files() == []
     monkeypatch.setattr(store, "_write_all", real_write_all)
+    monkeypatch.setattr(store, "_copy_range", real_copy_range)
     assert archive_file(backbone, raw).status == "archived"  # space freed: the same file archives
 
 

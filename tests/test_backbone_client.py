@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,7 +48,7 @@ def test_parquet_and_fits_round_trip_by_data_id(backbone: Backbone) -> None:
     np.testing.assert_array_equal(back["SCI"].data, image["SCI"].data)
 
     stored = backbone.store().absolute(ref.path or "")
-    assert hashlib.sha256(stored.read_bytes()).hexdigest() == ref.checksum
+    assert ref.checksum_algorithm == "crc32c" and f"{google_crc32c.value(stored.read_bytes()):08x}" == ref.checksum
     assert Path(ref.path or "").name == f"{ref.checksum}-{ref.id}.parquet"
 
 
@@ -135,8 +136,22 @@ def test_cli_put_get_find_list(backbone: Backbone, tmp_path: Path) -> None:
     assert out.read_bytes() == source.read_bytes()
     found = runner.invoke(main, ["backbone", "find", "--type", "objectTable", "instrument=LSSTCam", "tract=42",
                                  *base])
-    assert hashlib.sha256(source.read_bytes()).hexdigest() in found.output
+    assert f"{google_crc32c.value(source.read_bytes()):08x}" in found.output
     listed = runner.invoke(main, ["backbone", "list", "tract=42", *base])
     assert listed.output.count("objectTable") == 1
     missing = runner.invoke(main, ["backbone", "get", "--type", "objectTable", "tract=1", "instrument=X", *base])
     assert missing.exit_code == 1 and "no objectTable" in missing.output
+
+
+def test_sha256_checksums_on_request_and_mixed_algorithms(deployment: object) -> None:
+    strong = Backbone(deployment, checksum="sha256")  # type: ignore[arg-type]
+    data_id = {"instrument": "LSSTCam", "tract": 9}
+    ref, _ = strong.put(table(50), "objectTable", data_id, run="r", dimensions=DIMS)
+    data = strong.store().absolute(ref.path or "").read_bytes()
+    assert ref.checksum_algorithm == "sha256" and hashlib.sha256(data).hexdigest() == ref.checksum
+    fast = Backbone(deployment)  # type: ignore[arg-type]
+    again, created = fast.put(table(50), "objectTable", data_id, run="r")  # same bytes, other algorithm
+    assert not created and again.path == ref.path and again.checksum == ref.checksum
+    with pytest.raises(DatasetConflictError):
+        fast.put(table(51), "objectTable", data_id, run="r")
+    assert sorted(fast.store().iter_objects()) == [ref.path] and verify(fast).healthy

@@ -32,7 +32,7 @@ def image_corners(hdus: Any) -> list[tuple[float, float]]:
     corners: list[tuple[float, float]] = []
     for hdu in hdus:
         shape = _image_shape(hdu)
-        if shape is None:
+        if shape is None or not _celestial_ctype(hdu.header):
             continue
         try:
             with warnings.catch_warnings():
@@ -50,6 +50,12 @@ def image_corners(hdus: Any) -> list[tuple[float, float]]:
         if np.all(np.isfinite(ra)) and np.all(np.isfinite(dec)):
             corners.extend((float(r) % 360.0, float(d)) for r, d in zip(ra, dec, strict=True))
     return corners
+
+
+def _celestial_ctype(header: Any) -> bool:
+    """Cheap test before building a WCS (slow): do the first two axes name sky coordinates?"""
+    ctypes = [str(header.get(f"CTYPE{i}", "")) for i in (1, 2)]
+    return any(c[:4] in ("RA--", "DEC-", "GLON", "GLAT", "ELON", "ELAT") for c in ctypes)
 
 
 def _image_shape(hdu: Any) -> tuple[int, int] | None:

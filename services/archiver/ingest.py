@@ -12,14 +12,16 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import sqlalchemy as sa
 from astropy.io import fits
 from tqdm import tqdm
 
 from dms.services.archiver import rows
-from dms.services.archiver.errors import ArchiveError, NotFitsError
+from dms.services.archiver.errors import ArchiveError, ExposureConflictError, NotFitsError
 from dms.services.archiver.metadata import ExposureMetadata, translate
 from dms.services.backbone import registry
 from dms.services.backbone.client import Backbone
@@ -95,25 +97,49 @@ def archive_file(backbone: Backbone, path: Path, *, metadata: ExposureMetadata |
             ref, created = registry.register_file(
                 conn, dataset_type=RAW, run=run, data_id=data_id, stored=stored, fmt=fmt,
                 site=backbone.site, label=str(path),
+                rehash=lambda algorithm: backbone.store().checksum(stored.path, algorithm)[1],
             )
             if created:
                 rows.write_exposure(conn, meta, str(path))
                 rows.write_obscore(conn, meta, ref, backbone.store().absolute(stored.path), run)
+    except sa.exc.IntegrityError as exc:  # a concurrent archiver registered a clashing exposure first
+        backbone.discard_if_unreferenced(stored.path)
+        raise ExposureConflictError(
+            f"{path}: exposure {meta.exposure_id} (obs id {meta.obs_id}) clashes with an exposure archived at "
+            f"the same time: {str(exc.orig).splitlines()[0]}; nothing archived"
+        ) from exc
     except BaseException:
         backbone.discard_if_unreferenced(stored.path)
         raise
+    if ref.path != stored.path:  # already archived under another checksum algorithm
+        backbone.discard_if_unreferenced(stored.path)
     if not created:
         return ArchiveResult(path, "unchanged", f"{path}: already archived as {ref.id}", ref)
     return ArchiveResult(path, "archived", f"{path}: archived as raw {registry.canonical_data_id(data_id)}", ref)
 
 
-def archive_files(backbone: Backbone, paths: Iterable[Path], *, progress: bool = False) -> list[ArchiveResult]:
-    """Archive each file on its own: a bad file is reported and the rest of the batch still archives."""
-    results = []
-    for path in tqdm(list(paths), desc="archive", unit="file", disable=not progress):
-        try:
-            results.append(archive_file(backbone, Path(path)))
-        except BackboneError as exc:
-            log.warning("%s", exc)
-            results.append(ArchiveResult(Path(path), "failed", str(exc)))
+def archive_files(
+    backbone: Backbone, paths: Iterable[Path], *, progress: bool = False, workers: int = 2
+) -> list[ArchiveResult]:
+    """Archive each file on its own: a bad file is reported and the rest of the batch still archives.
+
+    `workers` files are archived at once (threads: copying, hashing and the database release the GIL),
+    so one file's header parsing overlaps another's copy; results come back in the order given."""
+    files = [Path(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, tqdm(
+        total=len(files), desc="archive", unit="file", disable=not progress
+    ) as bar:
+        futures = [pool.submit(_archive_one, backbone, path) for path in files]
+        results = []
+        for future in futures:
+            results.append(future.result())
+            bar.update(1)
     return results
+
+
+def _archive_one(backbone: Backbone, path: Path) -> ArchiveResult:
+    try:
+        return archive_file(backbone, path)
+    except BackboneError as exc:
+        log.warning("%s", exc)
+        return ArchiveResult(path, "failed", str(exc))

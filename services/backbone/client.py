@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from dms.deployment import Deployment
-from dms.services.backbone import registry, sites
+from dms.services.backbone import checksums, registry, sites
 from dms.services.backbone.errors import ChecksumMismatchError, DatasetNotFoundError, StoreError
 from dms.services.backbone.formats import Format, format_for_object, format_for_path, format_named
 from dms.services.backbone.registry import DatasetRef
@@ -27,10 +26,18 @@ from dms.services.backbone.store import Store, StoredFile
 class Backbone:
     """A Data Backbone over one deployment. `site` is where `put` writes and `get` reads."""
 
-    def __init__(self, deployment: Deployment, *, site: str = sites.PRIMARY_SITE, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        deployment: Deployment,
+        *,
+        site: str = sites.PRIMARY_SITE,
+        fsync: bool = True,
+        checksum: str = checksums.DEFAULT,
+    ) -> None:
         self.deployment = deployment
         self.site = site
         self.fsync = fsync
+        self.checksum = checksum
         self._stores: dict[str, Store] = {}
         with deployment.connect() as conn:  # checks the schema version, once
             sites.ensure_default_sites(conn, deployment.data_dir)
@@ -47,7 +54,7 @@ class Backbone:
         if name not in self._stores:
             with self.begin() as conn:
                 root = sites.site(conn, name).root
-            self._stores[name] = Store(root, fsync=self.fsync)
+            self._stores[name] = Store(root, fsync=self.fsync, checksum=self.checksum)
         return self._stores[name]
 
     # ---- writing ------------------------------------------------------------------------------------
@@ -92,12 +99,13 @@ class Backbone:
         """Register a file already in this site's store; an unregistered new file is removed on error."""
         try:
             with self.begin() as conn:
+                store = self.store()
                 if dimensions is not None:
                     registry.ensure_dataset_type(conn, dataset_type, dimensions, fmt.storage_class)
                 dims = registry.dataset_type_dimensions(conn, dataset_type)
                 registry.check_data_id(dims, data_id, dataset_type)
                 registry.ensure_run(conn, run)
-                return registry.register_file(
+                ref, created = registry.register_file(
                     conn,
                     dataset_type=dataset_type,
                     run=run,
@@ -106,10 +114,14 @@ class Backbone:
                     fmt=fmt,
                     site=self.site,
                     label=label,
+                    rehash=lambda algorithm: store.checksum(stored.path, algorithm)[1],
                 )
         except BaseException:
             self.discard_if_unreferenced(stored.path)
             raise
+        if ref.path != stored.path:  # already stored under another checksum algorithm
+            self.discard_if_unreferenced(stored.path)
+        return ref, created
 
     def discard_if_unreferenced(self, path: str, site: str | None = None) -> None:
         """Remove a stored file no datastore record names (after a failed registration)."""
@@ -154,7 +166,7 @@ class Backbone:
             data = self.store().absolute(ref.path).read_bytes()
         except FileNotFoundError as exc:
             raise StoreError(f"dataset {ref.id}: file {ref.path} is missing at site {self.site!r}") from exc
-        if hashlib.sha256(data).hexdigest() != ref.checksum:
+        if checksums.of_bytes(data, ref.checksum_algorithm or checksums.DEFAULT) != ref.checksum:
             raise ChecksumMismatchError(
                 f"dataset {ref.id}: file {ref.path} at site {self.site!r} does not match its recorded "
                 "checksum (corrupted); restore it from another site's replica"

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
+from dms.services.backbone import checksums
 from dms.services.backbone.client import Backbone
 from dms.services.backbone.errors import BackboneError
 
@@ -96,14 +97,15 @@ def _deliver(backbone: Backbone, sub: Any) -> Delivery:
         datasets = _datasets(conn, sub)
     for row in datasets:
         item = f"dataset:{row.id}"
-        if delivered.get(item) == row.checksum:
+        if item in delivered:  # datasets never change: once delivered is enough
             delivery.unchanged += 1
             continue
         data = backbone.store(row.site).absolute(row.path).read_bytes()
-        if hashlib.sha256(data).hexdigest() != row.checksum:
+        if checksums.of_bytes(data, row.checksum_algorithm) != row.checksum:
             raise BackboneError(f"dataset {row.id} at {row.site} is corrupted; run `dms backbone verify`")
         target = f"datasets/{row.dataset_type}/{row.run}/{Path(row.path).name.split('-', 1)[1]}"
-        _record(backbone, delivery, sub["name"], item, destination, target, data, row.checksum)
+        sha256 = hashlib.sha256(data).hexdigest()
+        _record(backbone, delivery, sub["name"], item, destination, target, data, sha256)
     for table in sub["tables"]:
         data = _table_parquet(backbone, table)
         checksum = hashlib.sha256(data).hexdigest()
@@ -120,7 +122,7 @@ def _datasets(conn: sa.Connection, sub: Any) -> list[Any]:
         return []
     return list(conn.execute(sa.text(
         """
-        SELECT DISTINCT ON (d.id) d.id, d.dataset_type, d.run, r.site, r.path, r.checksum
+        SELECT DISTINCT ON (d.id) d.id, d.dataset_type, d.run, r.site, r.path, r.checksum, r.checksum_algorithm
         FROM dms.dataset d JOIN dms.datastore_record r ON r.dataset_id = d.id JOIN dms.site s ON s.name = r.site
         WHERE d.dataset_type = ANY(CAST(:types AS text[]))
           AND (cardinality(CAST(:runs AS text[])) = 0 OR d.run = ANY(CAST(:runs AS text[])))

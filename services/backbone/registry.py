@@ -7,8 +7,10 @@ on that id, so two archivers racing on one dataset register it once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +18,7 @@ import sqlalchemy as sa
 
 from dms.services.backbone.errors import DataIdError, DatasetConflictError
 from dms.services.backbone.formats import Format
-from dms.services.backbone.store import CHECKSUM_ALGORITHM, StoredFile
+from dms.services.backbone.store import StoredFile
 
 DATASET_NAMESPACE = uuid.UUID("5b7c0f3e-5d1a-4c8e-9a40-2f6f3d8b1c01")
 
@@ -34,6 +36,7 @@ class DatasetRef:
     size_bytes: int | None = None
     checksum: str | None = None
     file_format: str | None = None
+    checksum_algorithm: str | None = None
 
 
 def canonical_data_id(data_id: dict[str, Any]) -> str:
@@ -102,28 +105,38 @@ def register_file(
     fmt: Format,
     site: str,
     label: str,
+    rehash: Callable[[str], str] | None = None,
 ) -> tuple[DatasetRef, bool]:
     """Register `stored` as the dataset (type, run, data ID) at `site`, inside the caller's transaction.
 
     Returns (ref, created). The same bytes again return the existing dataset (created False); different
-    bytes under the same data ID raise DatasetConflictError and change nothing.
+    bytes under the same data ID raise DatasetConflictError and change nothing. `rehash(algorithm)`
+    checksums the new file with the existing record's algorithm when the two differ.
     """
     ident = dataset_id(dataset_type, run, data_id)
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": str(ident)})
     existing = conn.execute(
         sa.text(
-            "SELECT r.checksum, r.path FROM dms.dataset d LEFT JOIN dms.datastore_record r "
+            "SELECT r.checksum, r.checksum_algorithm, r.path FROM dms.dataset d LEFT JOIN dms.datastore_record r "
             "ON r.dataset_id = d.id AND r.site = :site WHERE d.id = :id"
         ),
         {"id": ident, "site": site},
     ).first()
-    ref = DatasetRef(ident, dataset_type, run, data_id, site, stored.path, stored.size_bytes, stored.checksum, fmt.name)
+    ref = DatasetRef(
+        ident, dataset_type, run, data_id, site, stored.path, stored.size_bytes, stored.checksum, fmt.name,
+        stored.algorithm,
+    )
     if existing is not None:
-        if existing.checksum == stored.checksum:
-            return ref, False
+        ours = stored.checksum
+        if existing.checksum_algorithm not in (None, stored.algorithm) and rehash is not None:
+            ours = rehash(existing.checksum_algorithm)
+        if existing.checksum == ours:
+            return dataclasses.replace(
+                ref, path=existing.path, checksum=existing.checksum, checksum_algorithm=existing.checksum_algorithm
+            ), False
         raise DatasetConflictError(
             f"{label}: {dataset_type} {canonical_data_id(data_id)} is already archived in {run} with "
-            f"different contents (sha256 {existing.checksum} there, {stored.checksum} here); nothing was "
+            f"different contents ({existing.checksum_algorithm} {existing.checksum} there, {ours} here); nothing was "
             "overwritten"
         )
     conn.execute(
@@ -149,7 +162,7 @@ def insert_record(conn: sa.Connection, ident: uuid.UUID, site: str, stored: Stor
             "path": stored.path,
             "size": stored.size_bytes,
             "sum": stored.checksum,
-            "alg": CHECKSUM_ALGORITHM,
+            "alg": stored.algorithm,
             "fmtr": fmt.formatter,
             "fmt": fmt.name,
         },
@@ -157,7 +170,8 @@ def insert_record(conn: sa.Connection, ident: uuid.UUID, site: str, stored: Stor
 
 
 _REF_COLUMNS = (
-    "d.id, d.dataset_type, d.run, d.data_id, r.site, r.path, r.size_bytes, r.checksum, r.file_format"
+    "d.id, d.dataset_type, d.run, d.data_id, r.site, r.path, r.size_bytes, r.checksum, r.file_format, "
+    "r.checksum_algorithm"
 )
 
 
@@ -172,6 +186,7 @@ def _ref(row: Any) -> DatasetRef:
         row.size_bytes,
         row.checksum,
         row.file_format,
+        row.checksum_algorithm,
     )
 
 

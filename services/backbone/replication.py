@@ -194,7 +194,8 @@ def _copy(backbone: Backbone, conn: sa.Connection, dataset_id: uuid.UUID, dest: 
     """Copy a dataset's file to `dest` from the first site with a good copy, and record it there."""
     sources = conn.execute(
         sa.text(
-            "SELECT r.site, r.path, r.size_bytes, r.checksum, r.file_format FROM dms.datastore_record r "
+            "SELECT r.site, r.path, r.size_bytes, r.checksum, r.checksum_algorithm, r.file_format "
+            "FROM dms.datastore_record r "
             "JOIN dms.site s ON s.name = r.site WHERE r.dataset_id = :d AND r.site <> :dest "
             "ORDER BY CASE s.role WHEN 'summit' THEN 1 WHEN 'base' THEN 2 WHEN 'archive' THEN 3 ELSE 4 END"
         ),
@@ -206,7 +207,7 @@ def _copy(backbone: Backbone, conn: sa.Connection, dataset_id: uuid.UUID, dest: 
     target = backbone.store(dest)
     for source in sources:
         try:
-            stored = backbone.store(source.site).copy_to(source.path, target)
+            stored = backbone.store(source.site).copy_to(source.path, target, source.checksum_algorithm)
         except (BackboneError, OSError) as exc:
             problems.append(f"from {source.site}: {exc}")
             continue

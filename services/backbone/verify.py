@@ -36,7 +36,7 @@ def verify(backbone: Backbone, site: str | None = None, *, clean: bool = False, 
     with backbone.begin() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT dataset_id, site, path, size_bytes, checksum FROM dms.datastore_record "
+                "SELECT dataset_id, site, path, size_bytes, checksum, checksum_algorithm FROM dms.datastore_record "
                 "WHERE (CAST(:s AS text) IS NULL OR site = :s) ORDER BY site, path"
             ),
             {"s": site},
@@ -47,14 +47,14 @@ def verify(backbone: Backbone, site: str | None = None, *, clean: bool = False, 
         report.checked += 1
         store = backbone.store(row.site)
         try:
-            size, checksum = store.checksum(row.path)
+            size, checksum = store.checksum(row.path, row.checksum_algorithm)
         except FileNotFoundError:
             report.missing.append((row.site, row.path))
             continue
         if size != row.size_bytes:
             report.corrupt.append((row.site, row.path, f"size {size} bytes, recorded {row.size_bytes}"))
         elif checksum != row.checksum:
-            report.corrupt.append((row.site, row.path, "sha256 differs from the recorded checksum"))
+            report.corrupt.append((row.site, row.path, f"{row.checksum_algorithm} differs from the recorded checksum"))
         else:
             report.ok += 1
             verified.append((row.dataset_id, row.site))

@@ -43,12 +43,24 @@ def write_raws(directory: Path, files: int, mb: float) -> list[Path]:
     paths = []
     for n in range(files):
         primary = fits.PrimaryHDU()
-        primary.header.update({
-            "INSTRUME": "LSSTCam", "TIMESYS": "TAI", "OBSID": f"MC_O_20250501_{n + 1:06d}", "DAYOBS": 20250501,
-            "SEQNUM": n + 1, "DATE-BEG": f"2025-05-02T01:{n // 60:02d}:{n % 60:02d}.000",
-            "DATE-END": f"2025-05-02T01:{n // 60:02d}:{n % 60:02d}.500", "EXPTIME": 0.5, "FILTER": "r_57",
-            "FILTBAND": "r", "RA": 150.0, "DEC": 2.0, "RAFTBAY": "R22", "CCDSLOT": "S11",
-        })
+        primary.header.update(
+            {
+                "INSTRUME": "LSSTCam",
+                "TIMESYS": "TAI",
+                "OBSID": f"MC_O_20250501_{n + 1:06d}",
+                "DAYOBS": 20250501,
+                "SEQNUM": n + 1,
+                "DATE-BEG": f"2025-05-02T01:{n // 60:02d}:{n % 60:02d}.000",
+                "DATE-END": f"2025-05-02T01:{n // 60:02d}:{n % 60:02d}.500",
+                "EXPTIME": 0.5,
+                "FILTER": "r_57",
+                "FILTBAND": "r",
+                "RA": 150.0,
+                "DEC": 2.0,
+                "RAFTBAY": "R22",
+                "CCDSLOT": "S11",
+            }
+        )
         amps = [fits.ImageHDU(rng.integers(0, 2**20, size=(ny, nx), dtype=np.int32)) for _ in range(16)]
         path = directory / f"raw_{n:04d}.fits"
         fits.HDUList([primary, *amps]).writeto(path)
@@ -79,17 +91,66 @@ def best(run: Callable[[], None], reset: Callable[[], None], repeats: int) -> fl
 
 def reset_backbone(deployment: Deployment) -> None:
     with deployment.engine().begin() as conn:
-        conn.execute(sa.text(
-            'TRUNCATE dms.replication_task, dms.datastore_record, dms.dataset, ivoa."ObsCore", '
-            "cdb_lsstcam.ccdexposure, cdb_lsstcam.exposure, dms.exposure CASCADE"))
+        conn.execute(
+            sa.text(
+                'TRUNCATE dms.replication_task, dms.datastore_record, dms.dataset, ivoa."ObsCore", '
+                "cdb_lsstcam.ccdexposure, cdb_lsstcam.exposure, dms.exposure CASCADE"
+            )
+        )
     shutil.rmtree(deployment.data_dir / "backbone" / "summit" / "objects", ignore_errors=True)
     shutil.rmtree(deployment.data_dir / "backbone" / "base" / "objects", ignore_errors=True)
 
 
+def run_mode(
+    deployment: Deployment, paths: list[Path], root: Path, fsync: bool, repeats: int
+) -> list[tuple[str, float, str]]:
+    """Time copy, archive (CRC32C and SHA-256) and replicate, all with or all without fsync."""
+    label = "fsync" if fsync else "no fsync"
+    copy_dir = root / "copy"
+    t_copy = best(lambda: copy_files(paths, copy_dir, fsync), lambda: shutil.rmtree(copy_dir, True), repeats)
+
+    def archive_with(backbone: Backbone) -> Callable[[], None]:
+        def run() -> None:
+            results = archive_files(backbone, paths)
+            assert all(r.status == "archived" for r in results), [r.message for r in results]
+
+        return run
+
+    strong = Backbone(deployment, fsync=fsync, checksum="sha256")
+    t_sha256 = best(archive_with(strong), lambda: reset_backbone(deployment), repeats)
+    backbone = Backbone(deployment, fsync=fsync)  # crc32c, the default
+    t_archive = best(archive_with(backbone), lambda: reset_backbone(deployment), repeats)
+    with deployment.engine().begin() as conn:
+        if not conn.execute(sa.text("SELECT 1 FROM dms.replication_policy WHERE name = 'bench'")).first():
+            add_policy(conn, Policy("bench", "base", dataset_type="raw"))
+
+    def reset_replicas() -> None:
+        with deployment.engine().begin() as conn:
+            conn.execute(sa.text("DELETE FROM dms.datastore_record WHERE site = 'base'"))
+            conn.execute(sa.text("DELETE FROM dms.replication_task"))
+        shutil.rmtree(deployment.data_dir / "backbone" / "base" / "objects", ignore_errors=True)
+
+    def run_replicate() -> None:
+        report = replicate(backbone)
+        assert report.copied == len(paths) and not report.failed
+
+    t_replicate = best(run_replicate, reset_replicas, repeats)
+    return [
+        (f"copy ({label})", t_copy, ""),
+        (f"archive ({label})", t_archive, f"{t_copy / t_archive:.0%} of copy"),
+        (f"archive sha256 ({label})", t_sha256, f"{t_copy / t_sha256:.0%} of copy"),
+        (f"replicate ({label})", t_replicate, f"{t_copy / t_replicate:.0%} of copy"),
+    ]
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--files", type=int, default=8)
-    parser.add_argument("--mb", type=float, default=64.0, help="size of each file (MB; an LSSTCam raw is ~65)")
+    parser.add_argument(
+        "--mb", type=float, default=64.0, help="size of each file (MB; an LSSTCam raw is ~65)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dms-bench-") as scratch:
@@ -101,43 +162,7 @@ def main() -> None:
         migrate.upgrade(deployment)
         rows: list[tuple[str, float, str]] = []
         for fsync in (False, True):
-            label = "fsync" if fsync else "no fsync"
-            copy_dir = root / "copy"
-            t_copy = best(lambda: copy_files(paths, copy_dir, fsync), lambda: shutil.rmtree(copy_dir, True),
-                          args.repeats)
-            strong = Backbone(deployment, fsync=fsync, checksum="sha256")
-
-            def run_archive_sha256() -> None:
-                results = archive_files(strong, paths)
-                assert all(r.status == "archived" for r in results), [r.message for r in results]
-
-            t_sha256 = best(run_archive_sha256, lambda: reset_backbone(deployment), args.repeats)
-            backbone = Backbone(deployment, fsync=fsync)  # crc32c, the default
-
-            def run_archive() -> None:
-                results = archive_files(backbone, paths)
-                assert all(r.status == "archived" for r in results), [r.message for r in results]
-
-            t_archive = best(run_archive, lambda: reset_backbone(deployment), args.repeats)
-            with deployment.engine().begin() as conn:
-                if not conn.execute(sa.text("SELECT 1 FROM dms.replication_policy WHERE name = 'bench'")).first():
-                    add_policy(conn, Policy("bench", "base", dataset_type="raw"))
-
-            def reset_replicas() -> None:
-                with deployment.engine().begin() as conn:
-                    conn.execute(sa.text("DELETE FROM dms.datastore_record WHERE site = 'base'"))
-                    conn.execute(sa.text("DELETE FROM dms.replication_task"))
-                shutil.rmtree(deployment.data_dir / "backbone" / "base" / "objects", ignore_errors=True)
-
-            def run_replicate() -> None:
-                report = replicate(backbone)
-                assert report.copied == len(paths) and not report.failed
-
-            t_replicate = best(run_replicate, reset_replicas, args.repeats)
-            rows += [(f"copy ({label})", t_copy, ""),
-                     (f"archive ({label})", t_archive, f"{t_copy / t_archive:.0%} of copy"),
-                     (f"archive sha256 ({label})", t_sha256, f"{t_copy / t_sha256:.0%} of copy"),
-                     (f"replicate ({label})", t_replicate, f"{t_copy / t_replicate:.0%} of copy")]
+            rows += run_mode(deployment, paths, root, fsync, args.repeats)
         deployment.stop()
     print(f"{args.files} files, {total_mb:.0f} MB in total, best of {args.repeats}")
     print(f"{'peer':<24}{'MB/s':>10}{'files/s':>10}  ratio")

@@ -26,7 +26,9 @@ def parse_data_id(items: tuple[str, ...]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise DMSError(f"data ID item {item!r} is not KEY=VALUE (e.g. instrument=LSSTCam exposure=1 detector=94)")
+            raise DMSError(
+                f"data ID item {item!r} is not KEY=VALUE (e.g. instrument=LSSTCam exposure=1 detector=94)"
+            )
         data_id[key] = int(value) if value.lstrip("-").isdigit() else value
     return data_id
 
@@ -49,25 +51,42 @@ def backbone() -> None:
 @data_dir_option
 @click.pass_context
 @_friendly_errors
-def put(ctx: click.Context, file: Path, dataset_type: str, run: str, dimensions: str | None,
-        data_id: tuple[str, ...], site: str | None) -> None:
+def put(
+    ctx: click.Context,
+    file: Path,
+    dataset_type: str,
+    run: str,
+    dimensions: str | None,
+    data_id: tuple[str, ...],
+    site: str | None,
+) -> None:
     """Store FILE (FITS or Parquet) as a dataset: dms backbone put FILE --type T --run R KEY=VALUE..."""
     dims = [d.strip() for d in dimensions.split(",")] if dimensions else None
-    ref, created = _backbone(ctx, site).put(file, dataset_type, parse_data_id(data_id), run=run, dimensions=dims)
+    ref, created = _backbone(ctx, site).put(
+        file, dataset_type, parse_data_id(data_id), run=run, dimensions=dims
+    )
     click.echo(f"{'stored' if created else 'unchanged (already stored)'}: {ref.id} {ref.path}")
 
 
 @backbone.command("get")
 @click.option("--type", "dataset_type", required=True, help="Dataset type.")
-@click.option("--collection", "collections", multiple=True, help="Collections to search, in order (default: all runs).")
+@click.option(
+    "--collection", "collections", multiple=True, help="Collections to search, in order (default: all runs)."
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the file here.")
 @click.argument("data_id", nargs=-1)
 @_SITE
 @data_dir_option
 @click.pass_context
 @_friendly_errors
-def get(ctx: click.Context, dataset_type: str, collections: tuple[str, ...], output: Path | None,
-        data_id: tuple[str, ...], site: str | None) -> None:
+def get(
+    ctx: click.Context,
+    dataset_type: str,
+    collections: tuple[str, ...],
+    output: Path | None,
+    data_id: tuple[str, ...],
+    site: str | None,
+) -> None:
     """Read a dataset by data ID (checksum-checked); summarise it, or write it with -o."""
     from dms.services.backbone.errors import DatasetNotFoundError
     from dms.services.backbone.formats import format_named
@@ -98,8 +117,13 @@ def get(ctx: click.Context, dataset_type: str, collections: tuple[str, ...], out
 @data_dir_option
 @click.pass_context
 @_friendly_errors
-def find(ctx: click.Context, dataset_type: str, collections: tuple[str, ...], data_id: tuple[str, ...],
-         site: str | None) -> None:
+def find(
+    ctx: click.Context,
+    dataset_type: str,
+    collections: tuple[str, ...],
+    data_id: tuple[str, ...],
+    site: str | None,
+) -> None:
     """Show where a dataset is: id, run, file path and checksum."""
     ref = _backbone(ctx, site).find(dataset_type, parse_data_id(data_id), list(collections) or None)
     if ref is None:
@@ -116,8 +140,14 @@ def find(ctx: click.Context, dataset_type: str, collections: tuple[str, ...], da
 @data_dir_option
 @click.pass_context
 @_friendly_errors
-def list_(ctx: click.Context, dataset_type: str | None, run: str | None, limit: int, where: tuple[str, ...],
-          site: str | None) -> None:
+def list_(
+    ctx: click.Context,
+    dataset_type: str | None,
+    run: str | None,
+    limit: int,
+    where: tuple[str, ...],
+    site: str | None,
+) -> None:
     """List datasets, optionally restricted by a partial data ID (KEY=VALUE...)."""
     refs = _backbone(ctx, site).list(dataset_type, run=run, where=parse_data_id(where) or None, limit=limit)
     for ref in refs:
@@ -127,7 +157,9 @@ def list_(ctx: click.Context, dataset_type: str | None, run: str | None, limit: 
 
 @backbone.command("verify")
 @_SITE
-@click.option("--clean", is_flag=True, help="Remove orphaned files (older than an hour) and stale temp files.")
+@click.option(
+    "--clean", is_flag=True, help="Remove orphaned files (older than an hour) and stale temp files."
+)
 @data_dir_option
 @click.pass_context
 @_friendly_errors
@@ -142,8 +174,10 @@ def verify_(ctx: click.Context, site: str | None, clean: bool) -> None:
         click.echo(f"MISSING {name}:{path}")
     for name, path in report.orphans:
         click.echo(f"orphan {name}:{path} (not registered{'; removed' if clean else ''})")
-    click.echo(f"checked {report.checked} files: {report.ok} ok, {len(report.corrupt)} corrupt, "
-               f"{len(report.missing)} missing, {len(report.orphans)} orphans")
+    click.echo(
+        f"checked {report.checked} files: {report.ok} ok, {len(report.corrupt)} corrupt, "
+        f"{len(report.missing)} missing, {len(report.orphans)} orphans"
+    )
     if not report.healthy:
         raise click.exceptions.Exit(1)
 
@@ -177,8 +211,15 @@ def policy() -> None:
 @data_dir_option
 @click.pass_context
 @_friendly_errors
-def policy_add(ctx: click.Context, name: str, site: str, dataset_type: str | None,
-               collection_pattern: str | None, cone: tuple[float, float, float] | None, priority: int) -> None:
+def policy_add(
+    ctx: click.Context,
+    name: str,
+    site: str,
+    dataset_type: str | None,
+    collection_pattern: str | None,
+    cone: tuple[float, float, float] | None,
+    priority: int,
+) -> None:
     """Define replication policy NAME."""
     from dms.services.backbone.replication import Policy, add_policy
 
@@ -196,14 +237,21 @@ def policy_list(ctx: click.Context) -> None:
     import sqlalchemy as sa
 
     with _backbone(ctx).begin() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT name, site, dataset_type, collection_pattern, region_ra, region_dec, region_radius, "
-            "priority, active FROM dms.replication_policy ORDER BY priority DESC, name"))
+        rows = conn.execute(
+            sa.text(
+                "SELECT name, site, dataset_type, collection_pattern, region_ra, region_dec, region_radius, "
+                "priority, active FROM dms.replication_policy ORDER BY priority DESC, name"
+            )
+        )
         for r in rows:
-            cone = f"cone({r.region_ra},{r.region_dec},{r.region_radius})" if r.region_ra is not None else "any"
-            click.echo(f"{r.name}\t-> {r.site}\ttype={r.dataset_type or 'any'}\t"
-                       f"runs={r.collection_pattern or 'any'}\tregion={cone}\tpriority={r.priority}"
-                       f"{'' if r.active else ' (inactive)'}")
+            cone = (
+                f"cone({r.region_ra},{r.region_dec},{r.region_radius})" if r.region_ra is not None else "any"
+            )
+            click.echo(
+                f"{r.name}\t-> {r.site}\ttype={r.dataset_type or 'any'}\t"
+                f"runs={r.collection_pattern or 'any'}\tregion={cone}\tpriority={r.priority}"
+                f"{'' if r.active else ' (inactive)'}"
+            )
 
 
 @backbone.command("replicate")
@@ -217,7 +265,9 @@ def replicate_(ctx: click.Context, site: str | None, max_attempts: int, no_fsync
     """Copy datasets to the sites the policies name; safe to interrupt and rerun (resumes)."""
     from dms.services.backbone.replication import replicate
 
-    report = replicate(_backbone(ctx, fsync=not no_fsync), site=site, max_attempts=max_attempts, progress=True)
+    report = replicate(
+        _backbone(ctx, fsync=not no_fsync), site=site, max_attempts=max_attempts, progress=True
+    )
     click.echo(f"copied {report.copied} files ({report.bytes_copied} bytes), {len(report.failed)} failed")
     for dataset, name, why in report.failed:
         click.echo(f"FAILED {dataset} -> {name}: {why}")
@@ -237,9 +287,13 @@ def status_(ctx: click.Context) -> None:
 
     with _backbone(ctx).begin() as conn:
         plan(conn)
-        for r in conn.execute(sa.text(
-                "SELECT s.name, count(r.dataset_id) AS n, coalesce(sum(r.size_bytes), 0) AS b FROM dms.site s "
-                "LEFT JOIN dms.datastore_record r ON r.site = s.name GROUP BY s.name ORDER BY s.name")):
+        for r in conn.execute(
+            sa.text(
+                "SELECT s.name, count(r.dataset_id) AS n, coalesce(sum(r.size_bytes), 0) AS b "
+                "FROM dms.site s "
+                "LEFT JOIN dms.datastore_record r ON r.site = s.name GROUP BY s.name ORDER BY s.name"
+            )
+        ):
             click.echo(f"site {r.name}: {r.n} files, {r.b} bytes")
         for name, state, n, size in status(conn):
             click.echo(f"replication to {name}: {n} {state} ({size} bytes)")
@@ -247,18 +301,36 @@ def status_(ctx: click.Context) -> None:
 
 @click.command()
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--watch", "watch_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Archive files as they appear in this directory (until interrupted).")
-@click.option("--catch-up", "landing", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Archive missed exposures (from the exposure log) found in this landing directory.")
+@click.option(
+    "--watch",
+    "watch_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Archive files as they appear in this directory (until interrupted).",
+)
+@click.option(
+    "--catch-up",
+    "landing",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Archive missed exposures (from the exposure log) found in this landing directory.",
+)
 @click.option("--once", is_flag=True, help="With --watch: one scan, then exit.")
-@click.option("--interval", type=float, default=1.0, show_default=True, help="With --watch: seconds between scans.")
+@click.option(
+    "--interval", type=float, default=1.0, show_default=True, help="With --watch: seconds between scans."
+)
 @click.option("--no-fsync", is_flag=True, help="Do not flush each file to disk before registering it.")
 @data_dir_option
 @click.pass_context
 @_friendly_errors
-def archive(ctx: click.Context, files: tuple[Path, ...], watch_dir: Path | None, landing: tuple[Path, ...],
-            once: bool, interval: float, no_fsync: bool) -> None:
+def archive(
+    ctx: click.Context,
+    files: tuple[Path, ...],
+    watch_dir: Path | None,
+    landing: tuple[Path, ...],
+    once: bool,
+    interval: float,
+    no_fsync: bool,
+) -> None:
     """Archive raw FITS FILES (single or multi-extension) into the Data Backbone, registry, ConsDB and
     ObsCore. Each file is atomic; bad files are reported and the rest still archive; exit 1 if any failed."""
     from dms.services.archiver.ingest import ArchiveResult, archive_files
@@ -269,7 +341,9 @@ def archive(ctx: click.Context, files: tuple[Path, ...], watch_dir: Path | None,
     results: list[ArchiveResult] = []
 
     def show(result: ArchiveResult) -> None:
-        click.echo(f"{result.status.upper() if result.status == 'failed' else result.status}: {result.message}")
+        click.echo(
+            f"{result.status.upper() if result.status == 'failed' else result.status}: {result.message}"
+        )
 
     for result in archive_files(bb, files, progress=len(files) > 1):
         show(result)
@@ -296,23 +370,22 @@ def archive(ctx: click.Context, files: tuple[Path, ...], watch_dir: Path | None,
         raise click.exceptions.Exit(1)
 
 
-
-
-
 @click.group(invoke_without_command=True)
 @click.option("--to", "name", help="Deliver to this subscription only.")
 @data_dir_option
 @click.pass_context
 @_friendly_errors
 def distribute(ctx: click.Context, name: str | None) -> None:
-    """Deliver new data products (files, tables as Parquet, a manifest with checksums) to subscribed partners."""
+    """Deliver new data products (files, tables as Parquet, a checksummed manifest) to subscribers."""
     if ctx.invoked_subcommand is not None:
         return
     from dms.services.backbone.distribute import distribute as run
 
     for delivery in run(_backbone(ctx), name):
-        click.echo(f"{delivery.subscription}: {len(delivery.delivered)} delivered "
-                   f"({delivery.bytes_delivered} bytes), {delivery.unchanged} unchanged")
+        click.echo(
+            f"{delivery.subscription}: {len(delivery.delivered)} delivered "
+            f"({delivery.bytes_delivered} bytes), {delivery.unchanged} unchanged"
+        )
 
 
 @distribute.command("subscribe")
@@ -324,8 +397,14 @@ def distribute(ctx: click.Context, name: str | None) -> None:
 @data_dir_option
 @click.pass_context
 @_friendly_errors
-def subscribe_(ctx: click.Context, name: str, destination: Path, dataset_types: tuple[str, ...],
-               runs: tuple[str, ...], tables: tuple[str, ...]) -> None:
+def subscribe_(
+    ctx: click.Context,
+    name: str,
+    destination: Path,
+    dataset_types: tuple[str, ...],
+    runs: tuple[str, ...],
+    tables: tuple[str, ...],
+) -> None:
     """Subscribe partner NAME, delivering to DESTINATION."""
     from dms.services.backbone.distribute import Subscription, subscribe
 
@@ -344,6 +423,10 @@ def subscriptions(ctx: click.Context) -> None:
 
     with _backbone(ctx).begin() as conn:
         for r in conn.execute(sa.text("SELECT * FROM dms.distribution_subscription ORDER BY name")):
-            click.echo(f"{r.name}\t{r.destination}\ttypes={','.join(r.dataset_types) or '-'}\t"
-                       f"runs={','.join(r.runs) or 'all'}\ttables={','.join(r.tables) or '-'}")
+            click.echo(
+                f"{r.name}\t{r.destination}\ttypes={','.join(r.dataset_types) or '-'}\t"
+                f"runs={','.join(r.runs) or 'all'}\ttables={','.join(r.tables) or '-'}"
+            )
+
+
 COMMANDS = (backbone, archive, distribute)

@@ -94,13 +94,33 @@ def lsstcam_raw(
     end = begin + 30 * u.s
     primary = fits.PrimaryHDU()
     cards = {
-        "INSTRUME": "LSSTCam", "TELESCOP": "Rubin:Simonyi", "TIMESYS": "TAI",
-        "OBSID": f"MC_O_{day_obs}_{seq_num:06d}", "DAYOBS": day_obs, "SEQNUM": seq_num, "CONTRLLR": "O",
-        "DATE-BEG": begin.isot, "DATE-END": end.isot, "MJD-BEG": begin.mjd, "MJD-END": end.mjd,
-        "EXPTIME": 30.0, "DARKTIME": 30.8, "FILTER": physical_filter, "FILTBAND": physical_filter[0],
-        "RA": ra, "DEC": dec, "ROTPA": 12.5, "AZSTART": 140.0, "ELSTART": 65.0, "IMGTYPE": "OBJECT",
-        "REASON": "science", "PROGRAM": "BLOCK-365", "OBJECT": "field_7", "GROUPID": f"{day_obs}T{seq_num}",
-        "RAFTBAY": raft, "CCDSLOT": slot,
+        "INSTRUME": "LSSTCam",
+        "TELESCOP": "Rubin:Simonyi",
+        "TIMESYS": "TAI",
+        "OBSID": f"MC_O_{day_obs}_{seq_num:06d}",
+        "DAYOBS": day_obs,
+        "SEQNUM": seq_num,
+        "CONTRLLR": "O",
+        "DATE-BEG": begin.isot,
+        "DATE-END": end.isot,
+        "MJD-BEG": begin.mjd,
+        "MJD-END": end.mjd,
+        "EXPTIME": 30.0,
+        "DARKTIME": 30.8,
+        "FILTER": physical_filter,
+        "FILTBAND": physical_filter[0],
+        "RA": ra,
+        "DEC": dec,
+        "ROTPA": 12.5,
+        "AZSTART": 140.0,
+        "ELSTART": 65.0,
+        "IMGTYPE": "OBJECT",
+        "REASON": "science",
+        "PROGRAM": "BLOCK-365",
+        "OBJECT": "field_7",
+        "GROUPID": f"{day_obs}T{seq_num}",
+        "RAFTBAY": raft,
+        "CCDSLOT": slot,
     }
     for key, value in cards.items():
         if key not in drop:
@@ -112,11 +132,22 @@ def lsstcam_raw(
         data = np.full(amp_shape, fill + amp, dtype=np.int32)
         hdu = fits.ImageHDU(data, name=f"Segment{amp // 8}{amp % 8}")
         column, row = amp % 8, amp // 8
-        hdu.header.update({
-            "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CUNIT1": "deg", "CUNIT2": "deg",
-            "CRVAL1": ra, "CRVAL2": dec, "CD1_1": -scale, "CD1_2": 0.0, "CD2_1": 0.0, "CD2_2": scale,
-            "CRPIX1": (4 - column) * nx + 0.5, "CRPIX2": (1 - row) * ny + 0.5,
-        })
+        hdu.header.update(
+            {
+                "CTYPE1": "RA---TAN",
+                "CTYPE2": "DEC--TAN",
+                "CUNIT1": "deg",
+                "CUNIT2": "deg",
+                "CRVAL1": ra,
+                "CRVAL2": dec,
+                "CD1_1": -scale,
+                "CD1_2": 0.0,
+                "CD2_1": 0.0,
+                "CD2_2": scale,
+                "CRPIX1": (4 - column) * nx + 0.5,
+                "CRPIX2": (1 - row) * ny + 0.5,
+            }
+        )
         hdus.append(hdu)
     fits.HDUList(hdus).writeto(path, overwrite=True)
     return path

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
-from astropy.io import fits
 import pytest
 import sqlalchemy as sa
-from backbone_support import backbone, deployment, lsstcam_raw, module_deployment  # noqa: F401
+from astropy.io import fits
+from backbone_support import lsstcam_raw
 
 from dms.deployment import Deployment
 from dms.services.archiver.ingest import archive_file, archive_files
@@ -26,6 +26,8 @@ from dms.services.backbone import Backbone, store
 from dms.services.backbone.errors import StoreFullError
 from dms.services.backbone.replication import Policy, add_policy, replicate
 from dms.services.backbone.verify import verify
+
+pytest_plugins = ["backbone_support"]  # the deployment and backbone fixtures
 
 
 def counts(backbone: Backbone) -> tuple[int, int, int, int]:
@@ -39,11 +41,17 @@ def counts(backbone: Backbone) -> tuple[int, int, int, int]:
 
 def dms_subprocess(deployment: Deployment, *args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DMS_DATABASE_URL": str(deployment.config.database_url)}
-    return subprocess.Popen([str(Path(sys.executable).parent / "dms"), "--data-dir", str(deployment.data_dir), *args],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "dms"), "--data-dir", str(deployment.data_dir), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
-def wait_for(condition: Callable[[], bool], what: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+def wait_for(
+    condition: Callable[[], bool], what: str, proc: subprocess.Popen[bytes], timeout: float = 60.0
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -55,13 +63,19 @@ def wait_for(condition: Callable[[], bool], what: str, proc: subprocess.Popen[by
 
 def blocked_on_lock(deployment: Deployment) -> bool:
     with deployment.engine().connect() as conn:
-        return bool(conn.execute(sa.text(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )).scalar_one())
+        return bool(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            ).scalar_one()
+        )
 
 
-def test_archiver_killed_between_storing_and_registering(backbone: Backbone, deployment: Deployment,
-                                                         tmp_path: Path) -> None:
+def test_archiver_killed_between_storing_and_registering(
+    backbone: Backbone, deployment: Deployment, tmp_path: Path
+) -> None:
     raw = lsstcam_raw(tmp_path / "raw.fits", amp_shape=(200, 100))
     with psycopg.connect(str(deployment.config.database_url)) as locker:
         locker.execute("LOCK TABLE dms.dataset IN ACCESS EXCLUSIVE MODE")  # registration will wait here
@@ -93,7 +107,9 @@ def test_temporary_files_of_killed_writers_are_cleaned(backbone: Backbone) -> No
     assert not stale.exists() and mine.exists()
 
 
-def test_disk_full_leaves_nothing_behind(backbone: Backbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_disk_full_leaves_nothing_behind(
+    backbone: Backbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     raw = lsstcam_raw(tmp_path / "raw.fits")
     real_write_all, real_copy_range = store._write_all, store._copy_range
 
@@ -113,7 +129,9 @@ def test_disk_full_leaves_nothing_behind(backbone: Backbone, tmp_path: Path, mon
     with pytest.raises(StoreFullError):
         backbone.put(raw, "raw_copy", {"instrument": "LSSTCam"}, run="r", dimensions=["instrument"])
     with pytest.raises(StoreFullError):
-        backbone.put(fits.open(raw), "raw_object", {"instrument": "LSSTCam"}, run="r", dimensions=["instrument"])
+        backbone.put(
+            fits.open(raw), "raw_object", {"instrument": "LSSTCam"}, run="r", dimensions=["instrument"]
+        )
     assert counts(backbone) == (0, 0, 0, 0)
     assert list(backbone.store().iter_objects()) == [] and backbone.store().temp_files() == []
     monkeypatch.setattr(store, "_write_all", real_write_all)
@@ -121,7 +139,9 @@ def test_disk_full_leaves_nothing_behind(backbone: Backbone, tmp_path: Path, mon
     assert archive_file(backbone, raw).status == "archived"  # space freed: the same file archives
 
 
-def test_replicator_killed_mid_copy_resumes(backbone: Backbone, deployment: Deployment, tmp_path: Path) -> None:
+def test_replicator_killed_mid_copy_resumes(
+    backbone: Backbone, deployment: Deployment, tmp_path: Path
+) -> None:
     archive_files(backbone, [lsstcam_raw(tmp_path / f"{n}.fits", seq_num=n) for n in range(1, 6)])
     with backbone.begin() as conn:
         add_policy(conn, Policy("to-base", "base", dataset_type="raw"))
@@ -134,8 +154,12 @@ def test_replicator_killed_mid_copy_resumes(backbone: Backbone, deployment: Depl
         proc.wait()
         locker.rollback()
     with backbone.begin() as conn:
-        states = dict(conn.execute(sa.text("SELECT state, count(*) FROM dms.replication_task GROUP BY state")).all())
-        at_base = conn.execute(sa.text("SELECT count(*) FROM dms.datastore_record WHERE site = 'base'")).scalar_one()
+        states = dict(
+            conn.execute(sa.text("SELECT state, count(*) FROM dms.replication_task GROUP BY state")).all()
+        )
+        at_base = conn.execute(
+            sa.text("SELECT count(*) FROM dms.datastore_record WHERE site = 'base'")
+        ).scalar_one()
     assert states == {"pending": 5} and at_base == 0
     assert len(verify(backbone, "base").orphans) == 1  # the copy made before the kill, unrecorded
     report = replicate(backbone)
@@ -158,6 +182,8 @@ def test_corrupted_copy_is_detected_and_not_replicated(backbone: Backbone, tmp_p
     result = replicate(backbone, max_attempts=2, retry_delay=0.01)
     assert result.copied == 1 and len(result.failed) == 1 and "corrupted" in result.failed[0][2]
     with backbone.begin() as conn:
-        failed = conn.execute(sa.text("SELECT attempts, last_error FROM dms.replication_task WHERE state = 'failed'")).one()
+        failed = conn.execute(
+            sa.text("SELECT attempts, last_error FROM dms.replication_task WHERE state = 'failed'")
+        ).one()
     assert failed.attempts == 2 and "ChecksumMismatchError" in failed.last_error
     assert verify(backbone, "archive").healthy  # the bad bytes never became a replica

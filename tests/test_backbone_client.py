@@ -13,7 +13,6 @@ import pytest
 import sqlalchemy as sa
 from astropy.io import fits
 from astropy.table import Table
-from backbone_support import backbone, deployment, module_deployment  # noqa: F401
 from click.testing import CliRunner
 
 from dms.cli import main
@@ -28,6 +27,8 @@ from dms.services.backbone.verify import verify
 
 DIMS = ["instrument", "tract"]
 
+pytest_plugins = ["backbone_support"]  # the deployment and backbone fixtures
+
 
 def table(n: int, seed: int = 0) -> pa.Table:
     rng = np.random.default_rng(seed)
@@ -36,19 +37,28 @@ def table(n: int, seed: int = 0) -> pa.Table:
 
 def test_parquet_and_fits_round_trip_by_data_id(backbone: Backbone) -> None:
     objects = table(500)
-    ref, created = backbone.put(objects, "objectTable", {"instrument": "LSSTCam", "tract": 9813},
-                                run="u/test/run1", dimensions=DIMS)
+    ref, created = backbone.put(
+        objects, "objectTable", {"instrument": "LSSTCam", "tract": 9813}, run="u/test/run1", dimensions=DIMS
+    )
     assert created and ref.file_format == "parquet"
     assert backbone.get("objectTable", {"tract": 9813, "instrument": "LSSTCam"}).equals(objects)
 
     image = fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.arange(12.0).reshape(3, 4), name="SCI")])
-    backbone.put(image, "calexp", {"instrument": "LSSTCam", "visit": 7, "detector": 94}, run="u/test/run1",
-                 dimensions=["instrument", "visit", "detector"])
+    backbone.put(
+        image,
+        "calexp",
+        {"instrument": "LSSTCam", "visit": 7, "detector": 94},
+        run="u/test/run1",
+        dimensions=["instrument", "visit", "detector"],
+    )
     back = backbone.get("calexp", {"instrument": "LSSTCam", "visit": 7, "detector": 94})
     np.testing.assert_array_equal(back["SCI"].data, image["SCI"].data)
 
     stored = backbone.store().absolute(ref.path or "")
-    assert ref.checksum_algorithm == "crc32c" and f"{google_crc32c.value(stored.read_bytes()):08x}" == ref.checksum
+    assert (
+        ref.checksum_algorithm == "crc32c"
+        and f"{google_crc32c.value(stored.read_bytes()):08x}" == ref.checksum
+    )
     assert Path(ref.path or "").name == f"{ref.checksum}-{ref.id}.parquet"
 
 
@@ -64,7 +74,7 @@ def test_same_contents_twice_is_one_dataset_and_different_contents_conflict(back
     first, created = backbone.put(table(10), "objectTable", data_id, run="r", dimensions=DIMS)
     again, created_again = backbone.put(table(10), "objectTable", data_id, run="r")
     assert created and not created_again and again.id == first.id
-    with pytest.raises(DatasetConflictError, match="different contents.*nothing was overwritten"):
+    with pytest.raises(DatasetConflictError, match=r"different contents.*nothing was overwritten"):
         backbone.put(table(11), "objectTable", data_id, run="r")
     assert backbone.get("objectTable", data_id).equals(table(10))
     assert len(backbone.list("objectTable")) == 1
@@ -85,8 +95,12 @@ def test_find_follows_chained_collections_in_order(backbone: Backbone) -> None:
     new, _ = backbone.put(table(4, seed=2), "objectTable", data_id, run="drp/v2")
     with backbone.begin() as conn:
         conn.execute(sa.text("INSERT INTO dms.collection (name, type) VALUES ('drp/latest', 'CHAINED')"))
-        conn.execute(sa.text("INSERT INTO dms.collection_chain VALUES ('drp/latest', 0, 'drp/v2'), "
-                             "('drp/latest', 1, 'drp/v1')"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO dms.collection_chain VALUES ('drp/latest', 0, 'drp/v2'), "
+                "('drp/latest', 1, 'drp/v1')"
+            )
+        )
     assert backbone.find("objectTable", data_id, ["drp/latest"]).id == new.id  # type: ignore[union-attr]
     assert backbone.find("objectTable", data_id, ["drp/v1", "drp/v2"]).id == old.id  # type: ignore[union-attr]
     assert backbone.get("objectTable", data_id, ["drp/latest"]).equals(table(4, seed=2))
@@ -96,16 +110,21 @@ def test_find_follows_chained_collections_in_order(backbone: Backbone) -> None:
 
 def test_list_by_partial_data_id(backbone: Backbone) -> None:
     for tract in (1, 2, 3):
-        backbone.put(table(tract), "objectTable", {"instrument": "LSSTCam", "tract": tract}, run="r",
-                     dimensions=DIMS)
+        backbone.put(
+            table(tract), "objectTable", {"instrument": "LSSTCam", "tract": tract}, run="r", dimensions=DIMS
+        )
     backbone.put(table(1), "objectTable", {"instrument": "LATISS", "tract": 1}, run="r")
     assert {r.data_id["tract"] for r in backbone.list(where={"instrument": "LSSTCam"})} == {1, 2, 3}
     assert len(backbone.list(where={"tract": 1})) == 2
 
 
 def test_verify_detects_corrupted_and_missing_files(backbone: Backbone, deployment: object) -> None:
-    refs = [backbone.put(table(100, seed=s), "objectTable", {"instrument": "LSSTCam", "tract": s}, run="r",
-                         dimensions=DIMS)[0] for s in range(3)]
+    refs = [
+        backbone.put(
+            table(100, seed=s), "objectTable", {"instrument": "LSSTCam", "tract": s}, run="r", dimensions=DIMS
+        )[0]
+        for s in range(3)
+    ]
     assert verify(backbone).healthy
     corrupted = backbone.store().absolute(refs[0].path or "")
     data = bytearray(corrupted.read_bytes())
@@ -113,7 +132,9 @@ def test_verify_detects_corrupted_and_missing_files(backbone: Backbone, deployme
     corrupted.write_bytes(bytes(data))
     backbone.store().absolute(refs[1].path or "").unlink()
     report = verify(backbone)
-    assert [p for _, p, _ in report.corrupt] == [refs[0].path] and [p for _, p in report.missing] == [refs[1].path]
+    assert [p for _, p, _ in report.corrupt] == [refs[0].path] and [p for _, p in report.missing] == [
+        refs[1].path
+    ]
     assert report.ok == 1 and not report.healthy
     with pytest.raises(ChecksumMismatchError, match="corrupted"):
         backbone.get("objectTable", {"instrument": "LSSTCam", "tract": 0})
@@ -126,20 +147,40 @@ def test_cli_put_get_find_list(backbone: Backbone, tmp_path: Path) -> None:
     pq.write_table(table(20), source)
     base = ["--data-dir", str(backbone.deployment.data_dir)]
     runner = CliRunner()
-    put = runner.invoke(main, ["backbone", "put", str(source), "--type", "objectTable", "--run", "r",
-                               "--dimensions", "instrument,tract", "instrument=LSSTCam", "tract=42", *base])
+    put = runner.invoke(
+        main,
+        [
+            "backbone",
+            "put",
+            str(source),
+            "--type",
+            "objectTable",
+            "--run",
+            "r",
+            "--dimensions",
+            "instrument,tract",
+            "instrument=LSSTCam",
+            "tract=42",
+            *base,
+        ],
+    )
     assert put.exit_code == 0, put.output
     out = tmp_path / "back.parquet"
-    get = runner.invoke(main, ["backbone", "get", "--type", "objectTable", "instrument=LSSTCam", "tract=42",
-                               "-o", str(out), *base])
+    get = runner.invoke(
+        main,
+        ["backbone", "get", "--type", "objectTable", "instrument=LSSTCam", "tract=42", "-o", str(out), *base],
+    )
     assert get.exit_code == 0, get.output
     assert out.read_bytes() == source.read_bytes()
-    found = runner.invoke(main, ["backbone", "find", "--type", "objectTable", "instrument=LSSTCam", "tract=42",
-                                 *base])
+    found = runner.invoke(
+        main, ["backbone", "find", "--type", "objectTable", "instrument=LSSTCam", "tract=42", *base]
+    )
     assert f"{google_crc32c.value(source.read_bytes()):08x}" in found.output
     listed = runner.invoke(main, ["backbone", "list", "tract=42", *base])
     assert listed.output.count("objectTable") == 1
-    missing = runner.invoke(main, ["backbone", "get", "--type", "objectTable", "tract=1", "instrument=X", *base])
+    missing = runner.invoke(
+        main, ["backbone", "get", "--type", "objectTable", "tract=1", "instrument=X", *base]
+    )
     assert missing.exit_code == 1 and "no objectTable" in missing.output
 
 

@@ -50,8 +50,9 @@ def record_event(conn: sa.Connection, event: ExposureEvent) -> None:
     """Log an event (a repeated event is ignored)."""
     conn.execute(
         sa.text(
-            "INSERT INTO dms.exposure_log (instrument, exposure_id, event, event_time, obs_id, physical_filter, "
-            "tracking_ra, tracking_dec, exposure_time) VALUES (:instrument, :exposure_id, :event, :event_time, "
+            "INSERT INTO dms.exposure_log (instrument, exposure_id, event, event_time, obs_id, "
+            "physical_filter, tracking_ra, tracking_dec, exposure_time) "
+            "VALUES (:instrument, :exposure_id, :event, :event_time, "
             ":obs_id, :physical_filter, :tracking_ra, :tracking_dec, :exposure_time) ON CONFLICT DO NOTHING"
         ),
         dataclasses.asdict(event),
@@ -64,7 +65,8 @@ def missed_exposures(conn: sa.Connection) -> list[Any]:
         conn.execute(
             sa.text(
                 """
-                SELECT e.instrument, e.exposure_id, e.obs_id, s.event_time AS begin_time, e.event_time AS end_time,
+                SELECT e.instrument, e.exposure_id, e.obs_id,
+                       s.event_time AS begin_time, e.event_time AS end_time,
                        coalesce(e.physical_filter, s.physical_filter) AS physical_filter,
                        coalesce(s.tracking_ra, e.tracking_ra) AS tracking_ra,
                        coalesce(s.tracking_dec, e.tracking_dec) AS tracking_dec,
@@ -73,7 +75,8 @@ def missed_exposures(conn: sa.Connection) -> list[Any]:
                 LEFT JOIN dms.exposure_log s ON s.instrument = e.instrument
                      AND s.exposure_id = e.exposure_id AND s.event = 'start'
                 WHERE e.event = 'end' AND NOT EXISTS (
-                    SELECT 1 FROM dms.dataset d WHERE d.dataset_type = 'raw' AND d.data_id @> jsonb_build_object(
+                    SELECT 1 FROM dms.dataset d WHERE d.dataset_type = 'raw'
+                    AND d.data_id @> jsonb_build_object(
                         'instrument', e.instrument, 'exposure', e.exposure_id))
                 ORDER BY e.event_time
                 """

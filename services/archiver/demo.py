@@ -45,15 +45,20 @@ def archive_samples(deployment: Deployment, echo: Callable[[str], None] = print)
         if result.status == "failed":
             echo(f"  {result.message}")
     with backbone.begin() as conn:
-        known = conn.execute(sa.text("SELECT 1 FROM dms.replication_policy WHERE name = 'raw-to-archive'")).first()
+        known = conn.execute(
+            sa.text("SELECT 1 FROM dms.replication_policy WHERE name = 'raw-to-archive'")
+        ).first()
         if known is None:
             add_policy(conn, Policy("raw-to-archive", "archive", dataset_type="raw", priority=1))
     report = replicate(backbone)
     echo(f"  replicated {report.copied} files to the archive site (`dms backbone status`)")
     with backbone.begin() as conn:
-        rows = conn.execute(sa.text(
-            'SELECT obs_id, instrument_name, s_ra, s_dec, t_min FROM ivoa."ObsCore" '
-            "WHERE dataproduct_type = 'image' ORDER BY t_min")).all()
+        rows = conn.execute(
+            sa.text(
+                'SELECT obs_id, instrument_name, s_ra, s_dec, t_min FROM ivoa."ObsCore" '
+                "WHERE dataproduct_type = 'image' ORDER BY t_min"
+            )
+        ).all()
     for row in rows:
         position = f"({row.s_ra:.4f}, {row.s_dec:.4f})" if row.s_ra is not None else "(no position)"
         echo(f"  ObsCore: {row.obs_id:<24} {row.instrument_name:<20} {position:<22} MJD {row.t_min:.5f}")

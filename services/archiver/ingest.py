@@ -81,12 +81,16 @@ def _check_complete(path: Path, hdus: fits.HDUList) -> None:
         )
 
 
-def archive_file(backbone: Backbone, path: Path, *, metadata: ExposureMetadata | None = None) -> ArchiveResult:
+def archive_file(
+    backbone: Backbone, path: Path, *, metadata: ExposureMetadata | None = None
+) -> ArchiveResult:
     """Archive one raw file atomically; raises ArchiveError (or another BackboneError) on failure."""
     path = Path(path)
     meta = metadata or read_metadata(path)
     fmt = format_named("fits")
-    suffix = next((s for s in sorted(fmt.suffixes, key=len, reverse=True) if path.name.lower().endswith(s)), ".fits")
+    suffix = next(
+        (s for s in sorted(fmt.suffixes, key=len, reverse=True) if path.name.lower().endswith(s)), ".fits"
+    )
     data_id = {"instrument": meta.instrument, "exposure": meta.exposure_id, "detector": meta.detector}
     run = raw_run(meta.instrument)
     stored = backbone.store().put_file(path, suffix, str(registry.dataset_id(RAW, run, data_id)))
@@ -95,8 +99,14 @@ def archive_file(backbone: Backbone, path: Path, *, metadata: ExposureMetadata |
             registry.ensure_dataset_type(conn, RAW, RAW_DIMENSIONS, "Exposure")
             registry.ensure_run(conn, run, f"Raw {meta.instrument} images, as archived")
             ref, created = registry.register_file(
-                conn, dataset_type=RAW, run=run, data_id=data_id, stored=stored, fmt=fmt,
-                site=backbone.site, label=str(path),
+                conn,
+                dataset_type=RAW,
+                run=run,
+                data_id=data_id,
+                stored=stored,
+                fmt=fmt,
+                site=backbone.site,
+                label=str(path),
                 rehash=lambda algorithm: backbone.store().checksum(stored.path, algorithm)[1],
             )
             if created:
@@ -105,7 +115,8 @@ def archive_file(backbone: Backbone, path: Path, *, metadata: ExposureMetadata |
     except sa.exc.IntegrityError as exc:  # a concurrent archiver registered a clashing exposure first
         backbone.discard_if_unreferenced(stored.path)
         raise ExposureConflictError(
-            f"{path}: exposure {meta.exposure_id} (obs id {meta.obs_id}) clashes with an exposure archived at "
+            f"{path}: exposure {meta.exposure_id} (obs id {meta.obs_id}) clashes with an exposure archived "
+            "at "
             f"the same time: {str(exc.orig).splitlines()[0]}; nothing archived"
         ) from exc
     except BaseException:
@@ -115,7 +126,9 @@ def archive_file(backbone: Backbone, path: Path, *, metadata: ExposureMetadata |
         backbone.discard_if_unreferenced(stored.path)
     if not created:
         return ArchiveResult(path, "unchanged", f"{path}: already archived as {ref.id}", ref)
-    return ArchiveResult(path, "archived", f"{path}: archived as raw {registry.canonical_data_id(data_id)}", ref)
+    return ArchiveResult(
+        path, "archived", f"{path}: archived as raw {registry.canonical_data_id(data_id)}", ref
+    )
 
 
 def archive_files(
@@ -126,9 +139,10 @@ def archive_files(
     `workers` files are archived at once (threads: copying, hashing and the database release the GIL),
     so one file's header parsing overlaps another's copy; results come back in the order given."""
     files = [Path(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, tqdm(
-        total=len(files), desc="archive", unit="file", disable=not progress
-    ) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+        tqdm(total=len(files), desc="archive", unit="file", disable=not progress) as bar,
+    ):
         futures = [pool.submit(_archive_one, backbone, path) for path in files]
         results = []
         for future in futures:

@@ -92,7 +92,9 @@ class Translator(Protocol):
 
 
 def _time(value: Any, scale: str, fmt: str | None = None) -> Time:
-    return Time(value, format=fmt, scale=scale.lower() if scale.lower() in ("tai", "utc", "tt") else "utc").tai
+    return Time(
+        value, format=fmt, scale=scale.lower() if scale.lower() in ("tai", "utc", "tt") else "utc"
+    ).tai
 
 
 def _float(value: Any) -> float | None:
@@ -171,7 +173,9 @@ class LsstCamTranslator:
         )
 
 
-_SCIENCE_RAFTS = [f"R{r}{c}" for r in range(5) for c in range(5) if (r, c) not in {(0, 0), (0, 4), (4, 0), (4, 4)}]
+_SCIENCE_RAFTS = [
+    f"R{r}{c}" for r in range(5) for c in range(5) if (r, c) not in {(0, 0), (0, 4), (4, 0), (4, 4)}
+]
 _SLOTS = [f"S{r}{c}" for r in range(3) for c in range(3)]
 _CORNER_SLOTS = ["SG0", "SG1", "SW0", "SW1"]
 
@@ -219,12 +223,17 @@ class GenericTranslator:
         if isinstance(seq, int) and 0 <= seq < SEQ_PER_DAY:
             seq_num = seq
         else:  # no usable sequence number: seconds since the observing day began, unique per start time
-            day_start = Time(f"{str(day_obs)[:4]}-{str(day_obs)[4:6]}-{str(day_obs)[6:]}T12:00:00", scale="utc")
-            seq_num = int(round((begin.utc - day_start).sec)) % SEQ_PER_DAY
+            day_start = Time(
+                f"{str(day_obs)[:4]}-{str(day_obs)[4:6]}-{str(day_obs)[6:]}T12:00:00", scale="utc"
+            )
+            seq_num = round((begin.utc - day_start).sec) % SEQ_PER_DAY
         obs_id = headers.get("OBSID", "ROOTNAME", "OBS_ID", "EXPID", "FILENAME")
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(instrument))[:32]
         physical_filter = _generic_filter(headers)
-        ra, dec = _float(headers.get("RA_TARG", "RA_OBJ", "OBJCTRA")), _float(headers.get("DEC_TARG", "DEC_OBJ"))
+        ra, dec = (
+            _float(headers.get("RA_TARG", "RA_OBJ", "OBJCTRA")),
+            _float(headers.get("DEC_TARG", "DEC_OBJ")),
+        )
         if ra is None and isinstance(headers.get("RA"), float):
             ra, dec = _float(headers.get("RA")), _float(headers.get("DEC"))
         return ExposureMetadata(

@@ -1,13 +1,14 @@
 """The Data Backbone client: put, get, find and list datasets by data ID, at any site.
 
-    backbone = Backbone(Deployment.open())
-    backbone.put(table, "objectTable", {"instrument": "LSSTCam", "tract": 9813}, run="u/me/test",
-                 dimensions=["instrument", "tract"])
-    table = backbone.get("objectTable", {"instrument": "LSSTCam", "tract": 9813})   # a pyarrow Table
+backbone = Backbone(Deployment.open())
+backbone.put(table, "objectTable", {"instrument": "LSSTCam", "tract": 9813}, run="u/me/test",
+             dimensions=["instrument", "tract"])
+table = backbone.get("objectTable", {"instrument": "LSSTCam", "tract": 9813})   # a pyarrow Table
 """
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -149,7 +150,8 @@ class Backbone:
         run: str | None = None,
         where: dict[str, Any] | None = None,
         limit: int | None = None,
-    ) -> list[DatasetRef]:
+    ) -> builtins.list[DatasetRef]:
+        """Datasets of a type and run matching a partial data ID (`where`), at this site."""
         with self.begin() as conn:
             return registry.list_datasets(
                 conn, site=self.site, dataset_type=dataset_type, run=run, where=where, limit=limit
@@ -173,7 +175,9 @@ class Backbone:
             )
         return data
 
-    def get(self, dataset_type: str, data_id: dict[str, Any], collections: list[str] | None = None) -> Any:
+    def get(
+        self, dataset_type: str, data_id: dict[str, Any], collections: builtins.list[str] | None = None
+    ) -> Any:
         """The dataset as a Python object: an astropy HDUList (FITS) or a pyarrow Table (Parquet)."""
         ref = self.find(dataset_type, data_id, collections)
         if ref is None:

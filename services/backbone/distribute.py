@@ -45,7 +45,9 @@ def subscribe(conn: sa.Connection, sub: Subscription) -> None:
     """Register a partner's subscription (tables are checked to exist)."""
     for table in sub.tables:
         _check_table(conn, table)
-    exists = conn.execute(sa.text("SELECT 1 FROM dms.distribution_subscription WHERE name = :n"), {"n": sub.name})
+    exists = conn.execute(
+        sa.text("SELECT 1 FROM dms.distribution_subscription WHERE name = :n"), {"n": sub.name}
+    )
     if exists.first():
         raise BackboneError(f"a subscription named {sub.name!r} already exists")
     conn.execute(
@@ -53,19 +55,29 @@ def subscribe(conn: sa.Connection, sub: Subscription) -> None:
             "INSERT INTO dms.distribution_subscription (name, destination, dataset_types, runs, tables) "
             "VALUES (:n, :d, CAST(:t AS jsonb), CAST(:r AS jsonb), CAST(:x AS jsonb))"
         ),
-        {"n": sub.name, "d": str(sub.destination.resolve()), "t": json.dumps(sub.dataset_types),
-         "r": json.dumps(sub.runs), "x": json.dumps(sub.tables)},
+        {
+            "n": sub.name,
+            "d": str(sub.destination.resolve()),
+            "t": json.dumps(sub.dataset_types),
+            "r": json.dumps(sub.runs),
+            "x": json.dumps(sub.tables),
+        },
     )
 
 
 def _check_table(conn: sa.Connection, table: str) -> None:
     schema, _, name = table.partition(".")
-    found = _TABLE_NAME.match(table) and conn.execute(
-        sa.text("SELECT 1 FROM information_schema.tables WHERE table_schema = :s AND table_name = :t"),
-        {"s": schema, "t": name},
-    ).first()
+    found = (
+        _TABLE_NAME.match(table)
+        and conn.execute(
+            sa.text("SELECT 1 FROM information_schema.tables WHERE table_schema = :s AND table_name = :t"),
+            {"s": schema, "t": name},
+        ).first()
+    )
     if not found:
-        raise BackboneError(f"unknown table {table!r}: give SCHEMA.TABLE of the control database, e.g. cdb_lsstcam.exposure")
+        raise BackboneError(
+            f"unknown table {table!r}: give SCHEMA.TABLE of the control database, e.g. cdb_lsstcam.exposure"
+        )
 
 
 @dataclass
@@ -79,9 +91,18 @@ class Delivery:
 def distribute(backbone: Backbone, name: str | None = None) -> list[Delivery]:
     """Deliver what is new to every active subscription (or only `name`)."""
     with backbone.begin() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT * FROM dms.distribution_subscription WHERE active AND (CAST(:n AS text) IS NULL OR name = :n) "
-            "ORDER BY name"), {"n": name}).mappings().all()
+        rows = (
+            conn.execute(
+                sa.text(
+                    "SELECT * FROM dms.distribution_subscription WHERE active "
+                    "AND (CAST(:n AS text) IS NULL OR name = :n) "
+                    "ORDER BY name"
+                ),
+                {"n": name},
+            )
+            .mappings()
+            .all()
+        )
     if name is not None and not rows:
         raise BackboneError(f"no active subscription named {name!r} (see `dms distribute list`)")
     return [_deliver(backbone, row) for row in rows]
@@ -92,8 +113,12 @@ def _deliver(backbone: Backbone, sub: Any) -> Delivery:
     destination = Path(sub["destination"])
     destination.mkdir(parents=True, exist_ok=True)
     with backbone.begin() as conn:
-        delivered = dict(conn.execute(sa.text(
-            "SELECT item, checksum FROM dms.distribution_item WHERE subscription = :s"), {"s": sub["name"]}).all())
+        delivered: dict[str, str] = dict(
+            conn.execute(
+                sa.text("SELECT item, checksum FROM dms.distribution_item WHERE subscription = :s"),
+                {"s": sub["name"]},
+            ).all()
+        )
         datasets = _datasets(conn, sub)
     for row in datasets:
         item = f"dataset:{row.id}"
@@ -112,7 +137,16 @@ def _deliver(backbone: Backbone, sub: Any) -> Delivery:
         if delivered.get(f"table:{table}") == checksum:
             delivery.unchanged += 1
             continue
-        _record(backbone, delivery, sub["name"], f"table:{table}", destination, f"tables/{table}.parquet", data, checksum)
+        _record(
+            backbone,
+            delivery,
+            sub["name"],
+            f"table:{table}",
+            destination,
+            f"tables/{table}.parquet",
+            data,
+            checksum,
+        )
     _write_manifest(backbone, sub["name"], destination)
     return delivery
 
@@ -120,14 +154,22 @@ def _deliver(backbone: Backbone, sub: Any) -> Delivery:
 def _datasets(conn: sa.Connection, sub: Any) -> list[Any]:
     if not sub["dataset_types"]:
         return []
-    return list(conn.execute(sa.text(
-        """
-        SELECT DISTINCT ON (d.id) d.id, d.dataset_type, d.run, r.site, r.path, r.checksum, r.checksum_algorithm
-        FROM dms.dataset d JOIN dms.datastore_record r ON r.dataset_id = d.id JOIN dms.site s ON s.name = r.site
+    return list(
+        conn.execute(
+            sa.text(
+                """
+        SELECT DISTINCT ON (d.id) d.id, d.dataset_type, d.run, r.site, r.path, r.checksum,
+               r.checksum_algorithm
+        FROM dms.dataset d JOIN dms.datastore_record r ON r.dataset_id = d.id
+        JOIN dms.site s ON s.name = r.site
         WHERE d.dataset_type = ANY(CAST(:types AS text[]))
           AND (cardinality(CAST(:runs AS text[])) = 0 OR d.run = ANY(CAST(:runs AS text[])))
         ORDER BY d.id, CASE s.role WHEN 'archive' THEN 0 ELSE 1 END
-        """), {"types": list(sub["dataset_types"]), "runs": list(sub["runs"])}))
+        """
+            ),
+            {"types": list(sub["dataset_types"]), "runs": list(sub["runs"])},
+        )
+    )
 
 
 def _table_parquet(backbone: Backbone, table: str) -> bytes:
@@ -148,33 +190,57 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, uuid.UUID | dict | list) else value
 
 
-def _record(backbone: Backbone, delivery: Delivery, sub: str, item: str, destination: Path, target: str,
-            data: bytes, checksum: str) -> None:
+def _record(
+    backbone: Backbone,
+    delivery: Delivery,
+    sub: str,
+    item: str,
+    destination: Path,
+    target: str,
+    data: bytes,
+    checksum: str,
+) -> None:
     path = destination / target
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     tmp.write_bytes(data)
     os.replace(tmp, path)
     with backbone.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO dms.distribution_item (subscription, item, path, checksum, size_bytes) "
-            "VALUES (:s, :i, :p, :c, :n) ON CONFLICT (subscription, item) DO UPDATE SET path = EXCLUDED.path, "
-            "checksum = EXCLUDED.checksum, size_bytes = EXCLUDED.size_bytes, delivered_at = now()"),
-            {"s": sub, "i": item, "p": target, "c": checksum, "n": len(data)})
+        conn.execute(
+            sa.text(
+                "INSERT INTO dms.distribution_item (subscription, item, path, checksum, size_bytes) "
+                "VALUES (:s, :i, :p, :c, :n) ON CONFLICT (subscription, item) DO UPDATE "
+                "SET path = EXCLUDED.path, "
+                "checksum = EXCLUDED.checksum, size_bytes = EXCLUDED.size_bytes, delivered_at = now()"
+            ),
+            {"s": sub, "i": item, "p": target, "c": checksum, "n": len(data)},
+        )
     delivery.delivered.append(item)
     delivery.bytes_delivered += len(data)
 
 
 def _write_manifest(backbone: Backbone, sub: str, destination: Path) -> None:
     with backbone.begin() as conn:
-        items = conn.execute(sa.text(
-            "SELECT item, path, checksum, size_bytes, delivered_at FROM dms.distribution_item "
-            "WHERE subscription = :s ORDER BY path"), {"s": sub}).all()
+        items = conn.execute(
+            sa.text(
+                "SELECT item, path, checksum, size_bytes, delivered_at FROM dms.distribution_item "
+                "WHERE subscription = :s ORDER BY path"
+            ),
+            {"s": sub},
+        ).all()
     manifest = {
         "subscription": sub,
         "written_at": datetime.now(UTC).isoformat(),
-        "files": [{"item": i.item, "path": i.path, "sha256": i.checksum, "size_bytes": i.size_bytes,
-                   "delivered_at": i.delivered_at.isoformat()} for i in items],
+        "files": [
+            {
+                "item": i.item,
+                "path": i.path,
+                "sha256": i.checksum,
+                "size_bytes": i.size_bytes,
+                "delivered_at": i.delivered_at.isoformat(),
+            }
+            for i in items
+        ],
     }
     tmp = destination / f".{MANIFEST}.part"
     tmp.write_text(json.dumps(manifest, indent=2))

@@ -86,13 +86,16 @@ def check_data_id(dimensions: list[str], data_id: dict[str, Any], dataset_type: 
 def ensure_run(conn: sa.Connection, run: str, doc: str | None = None) -> None:
     conn.execute(
         sa.text(
-            "INSERT INTO dms.collection (name, type, doc) VALUES (:n, 'RUN', :d) ON CONFLICT (name) DO NOTHING"
+            "INSERT INTO dms.collection (name, type, doc) VALUES (:n, 'RUN', :d) "
+            "ON CONFLICT (name) DO NOTHING"
         ),
         {"n": run, "d": doc},
     )
     kind = conn.execute(sa.text("SELECT type FROM dms.collection WHERE name = :n"), {"n": run}).scalar_one()
     if kind != "RUN":
-        raise DataIdError(f"collection {run!r} is a {kind} collection, not a RUN: datasets are written to runs")
+        raise DataIdError(
+            f"collection {run!r} is a {kind} collection, not a RUN: datasets are written to runs"
+        )
 
 
 def register_file(
@@ -117,13 +120,22 @@ def register_file(
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": str(ident)})
     existing = conn.execute(
         sa.text(
-            "SELECT r.checksum, r.checksum_algorithm, r.path FROM dms.dataset d LEFT JOIN dms.datastore_record r "
+            "SELECT r.checksum, r.checksum_algorithm, r.path FROM dms.dataset d "
+            "LEFT JOIN dms.datastore_record r "
             "ON r.dataset_id = d.id AND r.site = :site WHERE d.id = :id"
         ),
         {"id": ident, "site": site},
     ).first()
     ref = DatasetRef(
-        ident, dataset_type, run, data_id, site, stored.path, stored.size_bytes, stored.checksum, fmt.name,
+        ident,
+        dataset_type,
+        run,
+        data_id,
+        site,
+        stored.path,
+        stored.size_bytes,
+        stored.checksum,
+        fmt.name,
         stored.algorithm,
     )
     if existing is not None:
@@ -132,11 +144,15 @@ def register_file(
             ours = rehash(existing.checksum_algorithm)
         if existing.checksum == ours:
             return dataclasses.replace(
-                ref, path=existing.path, checksum=existing.checksum, checksum_algorithm=existing.checksum_algorithm
+                ref,
+                path=existing.path,
+                checksum=existing.checksum,
+                checksum_algorithm=existing.checksum_algorithm,
             ), False
         raise DatasetConflictError(
             f"{label}: {dataset_type} {canonical_data_id(data_id)} is already archived in {run} with "
-            f"different contents ({existing.checksum_algorithm} {existing.checksum} there, {ours} here); nothing was "
+            f"different contents ({existing.checksum_algorithm} {existing.checksum} there, {ours} here); "
+            "nothing was "
             "overwritten"
         )
     conn.execute(
@@ -225,13 +241,17 @@ def find(
     """The first dataset of this type and data ID along the collection search path (every run if None)."""
     if collections is None:
         collections = list(
-            conn.execute(sa.text("SELECT name FROM dms.collection WHERE type = 'RUN' ORDER BY created_at, name"))
+            conn.execute(
+                sa.text("SELECT name FROM dms.collection WHERE type = 'RUN' ORDER BY created_at, name")
+            )
             .scalars()
             .all()
         )
     for name, kind in resolve_collections(conn, collections):
-        member = "d.run = :c" if kind == "RUN" else (
-            "d.id IN (SELECT dataset_id FROM dms.tagged_dataset WHERE collection = :c)"
+        member = (
+            "d.run = :c"
+            if kind == "RUN"
+            else ("d.id IN (SELECT dataset_id FROM dms.tagged_dataset WHERE collection = :c)")
         )
         row = conn.execute(
             sa.text(

@@ -44,17 +44,28 @@ def add_policy(conn: sa.Connection, policy: Policy) -> None:
     """Define a replication policy (names are unique)."""
     known = set(conn.execute(sa.text("SELECT name FROM dms.site")).scalars())
     if policy.site not in known:
-        raise SiteError(f"policy {policy.name!r}: unknown site {policy.site!r}; sites: {', '.join(sorted(known))}")
+        raise SiteError(
+            f"policy {policy.name!r}: unknown site {policy.site!r}; sites: {', '.join(sorted(known))}"
+        )
     ra, dec, radius = policy.cone or (None, None, None)
     try:
         with conn.begin_nested():
             conn.execute(
                 sa.text(
                     "INSERT INTO dms.replication_policy (name, site, dataset_type, collection_pattern, "
-                    "region_ra, region_dec, region_radius, priority) VALUES (:n, :s, :t, :c, :ra, :dec, :r, :p)"
+                    "region_ra, region_dec, region_radius, priority) "
+                    "VALUES (:n, :s, :t, :c, :ra, :dec, :r, :p)"
                 ),
-                {"n": policy.name, "s": policy.site, "t": policy.dataset_type, "c": policy.collection_pattern,
-                 "ra": ra, "dec": dec, "r": radius, "p": policy.priority},
+                {
+                    "n": policy.name,
+                    "s": policy.site,
+                    "t": policy.dataset_type,
+                    "c": policy.collection_pattern,
+                    "ra": ra,
+                    "dec": dec,
+                    "r": radius,
+                    "p": policy.priority,
+                },
             )
     except sa.exc.IntegrityError as exc:
         raise BackboneError(
@@ -78,7 +89,8 @@ def plan(conn: sa.Connection) -> int:
             WHERE p.active
               AND (p.region_ra IS NULL
                    OR scisql_angSep(o.s_ra, o.s_dec, p.region_ra, p.region_dec) <= p.region_radius)
-              AND NOT EXISTS (SELECT 1 FROM dms.datastore_record r WHERE r.dataset_id = d.id AND r.site = p.site)
+              AND NOT EXISTS (SELECT 1 FROM dms.datastore_record r
+                              WHERE r.dataset_id = d.id AND r.site = p.site)
             GROUP BY d.id, p.site
             ON CONFLICT (dataset_id, site) DO UPDATE SET priority = GREATEST(
                 dms.replication_task.priority, EXCLUDED.priority)
@@ -126,8 +138,14 @@ def replicate(
     return report
 
 
-def _pass(backbone: Backbone, site: str | None, max_attempts: int, report: ReplicationReport, bar: Any,
-          limit: int | None) -> bool:
+def _pass(
+    backbone: Backbone,
+    site: str | None,
+    max_attempts: int,
+    report: ReplicationReport,
+    bar: Any,
+    limit: int | None,
+) -> bool:
     """One sweep over the pending tasks; each task is attempted at most once per sweep."""
     tried: set[tuple[uuid.UUID, str]] = set()
     progressed = False
@@ -146,7 +164,8 @@ def _pass(backbone: Backbone, site: str | None, max_attempts: int, report: Repli
         with backbone.begin() as conn:
             state = conn.execute(
                 sa.text(
-                    "UPDATE dms.replication_task SET attempts = attempts + 1, last_error = :e, updated_at = now(), "
+                    "UPDATE dms.replication_task SET attempts = attempts + 1, last_error = :e, "
+                    "updated_at = now(), "
                     "state = CASE WHEN attempts + 1 >= :m THEN 'failed' ELSE 'pending' END "
                     "WHERE dataset_id = :d AND site = :s RETURNING state"
                 ),

@@ -3,7 +3,8 @@
 Files are named by their checksum and their dataset's id: ``objects/ab/cd/abcd...-<dataset id><suffix>``
 (the registry keeps one dataset per file, so equal bytes of two datasets are two files). Files are
 written to ``tmp/<pid>-<uuid>.part``, flushed to disk, and renamed into place, so a path under ``objects/``
-always holds a complete file whose name starts with its checksum; an interrupted write leaves only a temporary file
+always holds a complete file whose name starts with its checksum; an interrupted write leaves only a
+temporary file
 (removed by `clean_stale_temp` once its writer is gone). The registry, not the store, says which dataset a
 file holds: an object that no datastore record names is an orphan (see `verify`).
 
@@ -189,7 +190,9 @@ def _copy_kernel(in_fd: int, out_fd: int, digest: checksums.Digest) -> tuple[int
         finally:
             hashed_size = hashed.result()
     if hashed_size != copied:
-        raise StoreError(f"the source changed while it was copied ({copied} bytes copied, {hashed_size} hashed)")
+        raise StoreError(
+            f"the source changed while it was copied ({copied} bytes copied, {hashed_size} hashed)"
+        )
     return copied, digest.hexdigest()
 
 

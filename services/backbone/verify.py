@@ -30,18 +30,25 @@ class VerifyReport:
         return not self.corrupt and not self.missing
 
 
-def verify(backbone: Backbone, site: str | None = None, *, clean: bool = False, progress: bool = False) -> VerifyReport:
+def verify(
+    backbone: Backbone, site: str | None = None, *, clean: bool = False, progress: bool = False
+) -> VerifyReport:
     """Check every file at `site` (default: every site). With `clean`, remove orphans and stale temp files."""
     report = VerifyReport()
     with backbone.begin() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT dataset_id, site, path, size_bytes, checksum, checksum_algorithm FROM dms.datastore_record "
+                "SELECT dataset_id, site, path, size_bytes, checksum, checksum_algorithm "
+                "FROM dms.datastore_record "
                 "WHERE (CAST(:s AS text) IS NULL OR site = :s) ORDER BY site, path"
             ),
             {"s": site},
         ).all()
-        names = [site] if site else list(conn.execute(sa.text("SELECT name FROM dms.site ORDER BY name")).scalars())
+        names = (
+            [site]
+            if site
+            else list(conn.execute(sa.text("SELECT name FROM dms.site ORDER BY name")).scalars())
+        )
     verified = []
     for row in tqdm(rows, desc="verify", unit="file", disable=not progress):
         report.checked += 1
@@ -54,14 +61,18 @@ def verify(backbone: Backbone, site: str | None = None, *, clean: bool = False, 
         if size != row.size_bytes:
             report.corrupt.append((row.site, row.path, f"size {size} bytes, recorded {row.size_bytes}"))
         elif checksum != row.checksum:
-            report.corrupt.append((row.site, row.path, f"{row.checksum_algorithm} differs from the recorded checksum"))
+            report.corrupt.append(
+                (row.site, row.path, f"{row.checksum_algorithm} differs from the recorded checksum")
+            )
         else:
             report.ok += 1
             verified.append((row.dataset_id, row.site))
     with backbone.begin() as conn:
         for dataset_id, name in verified:
             conn.execute(
-                sa.text("UPDATE dms.datastore_record SET verified_at = now() WHERE dataset_id = :d AND site = :s"),
+                sa.text(
+                    "UPDATE dms.datastore_record SET verified_at = now() WHERE dataset_id = :d AND site = :s"
+                ),
                 {"d": dataset_id, "s": name},
             )
     recorded = {(row.site, row.path) for row in rows}

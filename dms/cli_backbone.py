@@ -12,12 +12,17 @@ from dms.cli import _data_dir, _friendly_errors, data_dir_option
 from dms.errors import DMSError
 
 
-def _backbone(ctx: click.Context, site: str | None = None, fsync: bool = True) -> Any:
+def _backbone(
+    ctx: click.Context, site: str | None = None, fsync: bool = True, checksum: str | None = None
+) -> Any:
     from dms.deployment import Deployment
     from dms.services.backbone import Backbone
+    from dms.services.backbone.checksums import DEFAULT
     from dms.services.backbone.sites import PRIMARY_SITE
 
-    return Backbone(Deployment.open(_data_dir(ctx)), site=site or PRIMARY_SITE, fsync=fsync)
+    return Backbone(
+        Deployment.open(_data_dir(ctx)), site=site or PRIMARY_SITE, fsync=fsync, checksum=checksum or DEFAULT
+    )
 
 
 def parse_data_id(items: tuple[str, ...]) -> dict[str, Any]:
@@ -34,6 +39,13 @@ def parse_data_id(items: tuple[str, ...]) -> dict[str, Any]:
 
 
 _SITE = click.option("--site", help="Site to read from / write to (default: summit).")
+_CHECKSUM = click.option(
+    "--checksum",
+    type=click.Choice(["crc32c", "sha256"]),
+    default="crc32c",
+    show_default=True,
+    help="Checksum algorithm of the stored files.",
+)
 
 
 @click.group()
@@ -48,6 +60,7 @@ def backbone() -> None:
 @click.option("--dimensions", help="Register the dataset type with these comma-separated dimensions.")
 @click.argument("data_id", nargs=-1)
 @_SITE
+@_CHECKSUM
 @data_dir_option
 @click.pass_context
 @_friendly_errors
@@ -59,10 +72,11 @@ def put(
     dimensions: str | None,
     data_id: tuple[str, ...],
     site: str | None,
+    checksum: str,
 ) -> None:
     """Store FILE (FITS or Parquet) as a dataset: dms backbone put FILE --type T --run R KEY=VALUE..."""
     dims = [d.strip() for d in dimensions.split(",")] if dimensions else None
-    ref, created = _backbone(ctx, site).put(
+    ref, created = _backbone(ctx, site, checksum=checksum).put(
         file, dataset_type, parse_data_id(data_id), run=run, dimensions=dims
     )
     click.echo(f"{'stored' if created else 'unchanged (already stored)'}: {ref.id} {ref.path}")
@@ -173,10 +187,15 @@ def verify_(ctx: click.Context, site: str | None, clean: bool) -> None:
     for name, path in report.missing:
         click.echo(f"MISSING {name}:{path}")
     for name, path in report.orphans:
-        click.echo(f"orphan {name}:{path} (not registered{'; removed' if clean else ''})")
+        click.echo(f"orphan {name}:{path} (not registered)")
     click.echo(
         f"checked {report.checked} files: {report.ok} ok, {len(report.corrupt)} corrupt, "
         f"{len(report.missing)} missing, {len(report.orphans)} orphans"
+        + (
+            f" ({report.removed_orphans} removed, {report.removed_temp} temporary files removed)"
+            if clean
+            else ""
+        )
     )
     if not report.healthy:
         raise click.exceptions.Exit(1)
@@ -319,6 +338,7 @@ def status_(ctx: click.Context) -> None:
     "--interval", type=float, default=1.0, show_default=True, help="With --watch: seconds between scans."
 )
 @click.option("--no-fsync", is_flag=True, help="Do not flush each file to disk before registering it.")
+@_CHECKSUM
 @data_dir_option
 @click.pass_context
 @_friendly_errors
@@ -330,6 +350,7 @@ def archive(
     once: bool,
     interval: float,
     no_fsync: bool,
+    checksum: str,
 ) -> None:
     """Archive raw FITS FILES (single or multi-extension) into the Data Backbone, registry, ConsDB and
     ObsCore. Each file is atomic; bad files are reported and the rest still archive; exit 1 if any failed."""
@@ -337,7 +358,7 @@ def archive(
 
     if not files and not watch_dir and not landing:
         raise DMSError("give FILES to archive, --watch DIR or --catch-up DIR")
-    bb = _backbone(ctx, fsync=not no_fsync)
+    bb = _backbone(ctx, fsync=not no_fsync, checksum=checksum)
     results: list[ArchiveResult] = []
 
     def show(result: ArchiveResult) -> None:

@@ -103,8 +103,14 @@ def test_temporary_files_of_killed_writers_are_cleaned(backbone: Backbone) -> No
     stale.write_bytes(b"half a file")
     mine = tmp / f"{os.getpid()}-def.part"  # a live writer's file is kept
     mine.write_bytes(b"being written")
-    assert verify(backbone, clean=True).removed_temp == 1
-    assert not stale.exists() and mine.exists()
+    orphan = backbone.store().put_bytes(b"SIMPLE  =                    T", ".fits", "unregistered")
+    report = verify(backbone, clean=True)
+    assert report.removed_temp == 1 and not stale.exists() and mine.exists()
+    assert (
+        report.orphans == [("summit", orphan.path)] and report.removed_orphans == 0
+    )  # young: may be in flight
+    assert verify(backbone, clean=True, orphan_age=0).removed_orphans == 1
+    assert list(backbone.store().iter_objects()) == []
 
 
 def test_disk_full_leaves_nothing_behind(

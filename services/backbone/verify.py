@@ -6,6 +6,7 @@ write whose registration never committed) and temporary files of writers still r
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -24,6 +25,7 @@ class VerifyReport:
     missing: list[tuple[str, str]] = field(default_factory=list)
     orphans: list[tuple[str, str]] = field(default_factory=list)
     removed_temp: int = 0
+    removed_orphans: int = 0
 
     @property
     def healthy(self) -> bool:
@@ -31,9 +33,17 @@ class VerifyReport:
 
 
 def verify(
-    backbone: Backbone, site: str | None = None, *, clean: bool = False, progress: bool = False
+    backbone: Backbone,
+    site: str | None = None,
+    *,
+    clean: bool = False,
+    orphan_age: float = 3600.0,
+    progress: bool = False,
 ) -> VerifyReport:
-    """Check every file at `site` (default: every site). With `clean`, remove orphans and stale temp files."""
+    """Check every file at `site` (default: every site).
+
+    With `clean`, remove orphans older than `orphan_age` seconds (younger ones may belong to a
+    registration still in progress) and temporary files of writers that are gone."""
     report = VerifyReport()
     with backbone.begin() as conn:
         rows = conn.execute(
@@ -81,8 +91,9 @@ def verify(
         for path in store.iter_objects():
             if (name, path) not in recorded:
                 report.orphans.append((name, path))
-                if clean:
+                if clean and time.time() - store.absolute(path).stat().st_mtime >= orphan_age:
                     store.remove(path)
+                    report.removed_orphans += 1
         if clean:
             report.removed_temp += len(store.clean_stale_temp())
     return report

@@ -293,5 +293,10 @@ main.add_command(load)
 main.add_command(tables)
 main.add_command(query)
 
+from dms.cli_backbone import COMMANDS as _BACKBONE_COMMANDS  # noqa: E402  (they import main's helpers)
+
+for _command in _BACKBONE_COMMANDS:
+    main.add_command(_command)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -11,6 +11,7 @@ from dms import migrate
 from dms.deployment import Deployment
 from dms.errors import DeploymentExistsError
 from dms.schema import CONTROL_NAMESPACES
+from dms.services.archiver.demo import archive_samples
 
 
 def run_demo(data_dir: Path | None, echo: Callable[[str], None] = print) -> Deployment:
@@ -44,6 +45,7 @@ def run_demo(data_dir: Path | None, echo: Callable[[str], None] = print) -> Depl
     echo("Partitioned catalog (real Gaia DR3 and Hipparcos, synthetic DP1-shaped Object/Source/ForcedSource):")
     load_demo_catalog(deployment, echo)
     show_examples(deployment, echo)
+    archive_samples(deployment, echo)
     echo("Try: dms tables | dms query \"SELECT ...\" | dms status | dms --help")
     return deployment
 

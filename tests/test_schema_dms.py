@@ -47,6 +47,11 @@ EXPECTED_TABLES = {
     "dataset",
     "tagged_dataset",
     "datastore_record",
+    "replication_policy",
+    "replication_task",
+    "exposure_log",
+    "distribution_subscription",
+    "distribution_item",
     "efd_topic",
     "efd_sample",
     "qc_metric",
@@ -674,6 +679,9 @@ def test_column_types_follow_the_overrides(db: psycopg.Connection, felis_schema:
         ("qc_threshold", "applies_to"),
         ("qc_alarm", "data_id"),
         ("job", "parameters"),
+        ("distribution_subscription", "dataset_types"),
+        ("distribution_subscription", "runs"),
+        ("distribution_subscription", "tables"),
     }
 
 

@@ -1,0 +1,1 @@
+"""The archiver: raw FITS files into the Data Backbone (see ingest), watch mode, catch-up archiving."""

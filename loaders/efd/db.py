@@ -1,0 +1,22 @@
+"""psycopg connections to a deployment's control database (COPY and LISTEN need the driver itself)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from dms.deployment import Deployment
+
+
+def connect(deployment: Deployment, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+    """A new psycopg connection to the control database, after checking its schema version."""
+    with deployment.connect():
+        pass  # raises SchemaVersionError / DeploymentError with a clear message
+    return psycopg.connect(conninfo(deployment), autocommit=autocommit)
+
+
+def conninfo(deployment: Deployment) -> str:
+    """The libpq URI of the control database (starts the embedded server if needed)."""
+    url = deployment.control_url().set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)

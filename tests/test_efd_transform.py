@@ -265,7 +265,7 @@ def test_late_telemetry_is_transformed_again_and_reruns_are_idempotent(
 def test_polynomial_rms_of_smooth_motion_plus_jitter(
     efd_conn: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
-    """A slewing axis (large smooth trend) with micro-jitter: the residual RMS is the jitter, as numpy says."""
+    """A slewing axis (a large smooth trend) with micro-jitter: the residual RMS is the jitter."""
     setup_topic(efd_conn)
     rng = np.random.default_rng(3)
     seconds = np.arange(0, 30, 0.02)

@@ -8,16 +8,47 @@ units convert into each other when their dimensions are equal.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import astropy.units as u
+import psycopg
 import sqlalchemy as sa
 
 from dms.loaders.qc.errors import QCUnitError
 
 DEFAULT_UNITS: tuple[str, ...] = (
-    "", "%", "mag", "mmag", "dex", "arcsec", "mas", "arcmin", "deg", "rad", "pix", "s", "ms", "min", "h",
-    "d", "K", "m", "mm", "um", "nm", "Pa", "hPa", "m / s", "electron", "adu", "ct", "Hz", "W", "V", "A",
-)  # fmt: skip
+    "",
+    "%",
+    "mag",
+    "mmag",
+    "dex",
+    "arcsec",
+    "mas",
+    "arcmin",
+    "deg",
+    "rad",
+    "pix",
+    "s",
+    "ms",
+    "min",
+    "h",
+    "d",
+    "K",
+    "m",
+    "mm",
+    "um",
+    "nm",
+    "Pa",
+    "hPa",
+    "m / s",
+    "electron",
+    "adu",
+    "ct",
+    "Hz",
+    "W",
+    "V",
+    "A",
+)
 """Units registered by the migration, so common metrics work without `dms qc unit add`."""
 
 
@@ -47,20 +78,31 @@ def describe_unit(unit: str) -> UnitInfo:
     return UnitInfo(unit, scale, dimension)
 
 
-def register_units(conn: sa.Connection, units: list[str] | tuple[str, ...]) -> list[UnitInfo]:
+_INSERT = "INSERT INTO dms.qc_unit (unit, scale, dimension) VALUES (%s, %s, %s) ON CONFLICT (unit) DO NOTHING"
+
+
+def register_units(conn: psycopg.Connection[Any], units: list[str] | tuple[str, ...]) -> list[UnitInfo]:
     """Validate units with astropy and record them in dms.qc_unit (existing rows are kept)."""
     infos = [describe_unit(unit) for unit in dict.fromkeys(units)]
-    if infos:
-        conn.execute(
-            sa.text(
-                "INSERT INTO dms.qc_unit (unit, scale, dimension) VALUES (:unit, :scale, :dimension) "
-                "ON CONFLICT (unit) DO NOTHING"
-            ),
-            [{"unit": i.unit, "scale": i.scale, "dimension": i.dimension} for i in infos],
-        )
+    with conn.cursor() as cur:
+        cur.executemany(_INSERT, [(i.unit, i.scale, i.dimension) for i in infos])
     return infos
 
 
-def seed_units(conn: sa.Connection) -> None:
+def check_convertible(unit: str, to_unit: str, what: str) -> None:
+    """QCUnitError unless values in `unit` convert to `to_unit` (naming `what` needs the conversion)."""
+    a, b = describe_unit(unit), describe_unit(to_unit)
+    if a.dimension != b.dimension:
+        raise QCUnitError(
+            f"{what}: unit {unit!r} ({a.dimension or 'dimensionless'}) cannot be converted to "
+            f"{to_unit!r} ({b.dimension or 'dimensionless'})"
+        )
+
+
+def seed_units(bind: sa.Connection) -> None:
     """Register DEFAULT_UNITS (run by the migration that creates dms.qc_unit)."""
-    register_units(conn, DEFAULT_UNITS)
+    infos = [describe_unit(unit) for unit in DEFAULT_UNITS]
+    bind.execute(
+        sa.text("INSERT INTO dms.qc_unit (unit, scale, dimension) VALUES (:unit, :scale, :dimension)"),
+        [{"unit": i.unit, "scale": i.scale, "dimension": i.dimension} for i in infos],
+    )

@@ -86,7 +86,7 @@ DECLARE
     metric_unit text;
     t dms.qc_threshold%ROWTYPE;
     alarm dms.qc_alarm%ROWTYPE;
-    series jsonb := dms.qc_series(NEW.instrument, NEW.detector, NEW.production);
+    m_series jsonb := dms.qc_series(NEW.instrument, NEW.detector, NEW.production);
     value_in_threshold_unit double precision;
 BEGIN
     SELECT unit INTO metric_unit FROM dms.qc_metric WHERE name = NEW.metric;
@@ -100,7 +100,7 @@ BEGIN
     LOOP
         value_in_threshold_unit := dms.qc_convert(NEW.value, NEW.unit, t.unit);
         SELECT * INTO alarm FROM dms.qc_alarm a
-        WHERE a.threshold_id = t.threshold_id AND a.series = qc_evaluate_measurement.series
+        WHERE a.threshold_id = t.threshold_id AND a.series = m_series
           AND a.state <> 'cleared'
         FOR UPDATE;
         IF NOT dms.qc_passes(value_in_threshold_unit, t.operator, t.value) THEN
@@ -110,7 +110,7 @@ BEGIN
                 VALUES (t.threshold_id, NEW.measurement_id, t.severity,
                         format('%s = %s %s, %s requires %s %s %s', NEW.metric, NEW.value, NEW.unit, t.level,
                                t.operator, t.value, t.unit),
-                        NEW.data_id, series, NEW.measurement_id)
+                        NEW.data_id, m_series, NEW.measurement_id)
                 RETURNING * INTO alarm;
                 PERFORM dms.gateway_emit('qc_alarm_raised', dms.qc_alarm_json(alarm, t));
             ELSE

@@ -287,5 +287,11 @@ def demo(ctx: click.Context) -> None:
     run_demo(_data_dir(ctx), echo=click.echo)
 
 
+from dms.cli_efd import efd, gateway, qc  # noqa: E402  (the groups use the helpers above)
+
+for _group in (efd, qc, gateway):
+    main.add_command(_group)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -24,7 +24,7 @@ from psycopg import sql
 
 from dms.loaders.efd import sources
 from dms.loaders.efd.errors import EFDInputError
-from dms.loaders.efd.topics import Field, Topic, get_topic, register_topic
+from dms.loaders.efd.topics import Field, Topic, ensure_sample_table, get_topic, register_topic
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ def _load_topic(
                 f"{label}: unknown topic {name!r}; register it (`dms efd topic add`) or load with --create"
             )
         topic, created = register_topic(conn, name, _infer_fields(rows, label)), True
+    ensure_sample_table(conn, topic)  # topics registered before their first load have none yet
     rows = _conform(rows, topic, label)
     rows = _check_times(rows, label, unordered, now)
     first, last = pc.min(rows.column("sample_time")).as_py(), pc.max(rows.column("sample_time")).as_py()

@@ -170,7 +170,19 @@ def register_topic(
             table,
         ),
     )
-    columns = [sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(FIELD_TYPES[f.type])) for f in fields]
+    topic = Topic(name, csc or csc_of(name), kind, fields, table, retention_days)
+    ensure_sample_table(conn, topic)
+    return topic
+
+
+def ensure_sample_table(conn: psycopg.Connection[Any], topic: Topic) -> None:
+    """Create the topic's partitioned sample table if it does not exist (and record its name)."""
+    exists = conn.execute("SELECT to_regclass(%s)", (f'efd."{topic.table_name}"',)).fetchone()
+    if exists is not None and exists[0] is not None:
+        return
+    columns = [
+        sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(FIELD_TYPES[f.type])) for f in topic.fields
+    ]
     conn.execute(
         sql.SQL(
             "CREATE TABLE efd.{} (sample_time timestamptz NOT NULL, "
@@ -178,9 +190,9 @@ def register_topic(
             "private_snd_stamp double precision, "
             "private_seq_num bigint, ingested_at timestamptz NOT NULL DEFAULT now(), {}, "
             "PRIMARY KEY (sample_time, sal_index)) PARTITION BY RANGE (sample_time)"
-        ).format(sql.Identifier(table), sql.SQL(", ").join(columns))
+        ).format(sql.Identifier(topic.table_name), sql.SQL(", ").join(columns))
     )
-    return Topic(name, csc or csc_of(name), kind, fields, table, retention_days)
+    conn.execute("UPDATE dms.efd_topic SET table_name = %s WHERE name = %s", (topic.table_name, topic.name))
 
 
 def get_topic(conn: psycopg.Connection[Any], name: str) -> Topic | None:

@@ -71,7 +71,7 @@ def describe_unit(unit: str) -> UnitInfo:
     except (ValueError, TypeError, AttributeError) as exc:
         raise QCUnitError(
             f"unknown unit {unit!r}: not an astropy unit string with a fixed scale (examples: mmag, arcsec, "
-            f"deg, s, K, %, m / s, '' for dimensionless): {str(exc).splitlines()[0]}"
+            f"deg, s, K, %, m / s, '' for dimensionless): {str(exc).splitlines()[0].split('. ')[0]}"
         ) from exc
     if len(unit) > 32:
         raise QCUnitError(f"unit {unit!r} is longer than 32 characters")

@@ -417,7 +417,6 @@ def _drop_tables() -> None:
     op.drop_column("qc_alarm", "last_measurement_id", schema="dms")
     op.drop_column("qc_alarm", "occurrences", schema="dms")
     op.drop_column("qc_alarm", "series", schema="dms")
-    op.drop_column("efd_topic", "table_name", schema="dms")
     op.drop_table("efd_exposure_transform", schema="dms")
     op.drop_index("idx_efd_transform_column_topic", table_name="efd_transform_column", schema="dms")
     op.drop_table("efd_transform_column", schema="dms")
@@ -427,3 +426,9 @@ def _drop_tables() -> None:
     op.drop_index("idx_gateway_event_created_at", table_name="gateway_event", schema="dms")
     op.drop_table("gateway_event", schema="dms")
     op.drop_table("efd_transform_run", schema="dms")
+    # Topics whose samples were in the dropped schema efd go with them.
+    op.execute(
+        "DELETE FROM dms.efd_topic t WHERE t.table_name IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM dms.efd_sample s WHERE s.topic = t.name)"
+    )
+    op.drop_column("efd_topic", "table_name", schema="dms")

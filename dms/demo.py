@@ -8,6 +8,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from dms import migrate
+from dms.demo_efd import run_efd_demo
 from dms.deployment import Deployment
 from dms.errors import DeploymentExistsError
 from dms.schema import CONTROL_NAMESPACES
@@ -39,6 +40,7 @@ def run_demo(data_dir: Path | None, echo: Callable[[str], None] = print) -> Depl
         )
     for shard in deployment.shards():
         echo(f"Shard {shard.name}: {shard.kind} at {shard.location()}")
+    run_efd_demo(deployment, echo)
     echo("Try: dms status | dms db current | dms --help")
     return deployment
 

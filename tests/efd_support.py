@@ -37,7 +37,7 @@ def efd_deployment(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture()
 def efd_conn(efd_deployment: Deployment) -> Iterator[psycopg.Connection[Any]]:
     """A connection to the module's database, emptied of EFD, QC and exposure rows first."""
-    with psycopg.connect(conninfo(efd_deployment)) as conn:
+    with psycopg.connect(conninfo(efd_deployment), autocommit=True) as conn:
         reset(conn)
         yield conn
 

@@ -9,8 +9,12 @@ import psycopg
 from dms.deployment import Deployment
 
 
-def connect(deployment: Deployment, *, autocommit: bool = False) -> psycopg.Connection[Any]:
-    """A new psycopg connection to the control database, after checking its schema version."""
+def connect(deployment: Deployment, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A new psycopg connection to the control database, after checking its schema version.
+
+    Autocommit by default: every `conn.transaction()` of the EFD and QC code is then a real transaction
+    that commits on exit (in an open transaction it would only be a savepoint).
+    """
     with deployment.connect():
         pass  # raises SchemaVersionError / DeploymentError with a clear message
     return psycopg.connect(conninfo(deployment), autocommit=autocommit)

@@ -87,7 +87,8 @@ def exposures(conn: psycopg.Connection[Any], rows: int) -> pd.DataFrame:
             )
         with conn.cursor() as cur:
             cur.executemany(
-                "INSERT INTO dms.exposure (instrument, id, obs_id, physical_filter, day_obs, seq_num, exposure_time, "
+                "INSERT INTO dms.exposure (instrument, id, obs_id, physical_filter, day_obs, seq_num, "
+                "exposure_time, "
                 "timespan_begin, timespan_end) VALUES ('LSSTCam', %s, %s, 'r_57', %s, %s, 30, %s, %s)",
                 [
                     (
@@ -147,7 +148,8 @@ def bench_transform(conn: psycopg.Connection[Any], info: str, rows: int, tmp: Pa
     ingest.load_file(conn, path, topic=TOPIC)
     load_s = time.perf_counter() - start
     print(
-        f"load:       {rows:>10,} rows in {load_s:6.2f} s = {rows / load_s:>12,.0f} rows/s (Parquet -> COPY -> partitions)"
+        f"load:       {rows:>10,} rows in {load_s:6.2f} s = {rows / load_s:>12,.0f} rows/s "
+        "(Parquet -> COPY -> partitions)"
     )
     windows = exposures(conn, rows)
     outputs = [
@@ -186,12 +188,13 @@ def bench_transform(conn: psycopg.Connection[Any], info: str, rows: int, tmp: Pa
         .set_index("id")
         .sort_index()
     )
-    for name, frame in (("per-exposure", by_loop), ("groupby", by_groupby)):
+    for frame in (by_loop, by_groupby):
         np.testing.assert_allclose(
             stored.to_numpy(float), frame.sort_index()[list(COLUMNS)].to_numpy(float), rtol=1e-9
         )
     print(
-        f"transform:  {len(ids):,} exposures, {len(COLUMNS)} outputs, {in_windows:,} telemetry rows in their windows "
+        f"transform:  {len(ids):,} exposures, {len(COLUMNS)} outputs, "
+        f"{in_windows:,} telemetry rows in their windows "
         "(results equal in all three)"
     )
     table = [
@@ -204,7 +207,8 @@ def bench_transform(conn: psycopg.Connection[Any], info: str, rows: int, tmp: Pa
     for label, seconds in table:
         ratio = seconds / db_s
         print(
-            f"  {label:<45} {seconds:7.3f} s {in_windows / seconds:>13,.0f} rows/s   x{ratio:5.1f} of the procedure's time"
+            f"  {label:<45} {seconds:7.3f} s {in_windows / seconds:>13,.0f} rows/s   "
+            f"x{ratio:5.1f} of the procedure's time"
         )
 
 
@@ -213,7 +217,8 @@ def _fetch(info: str) -> pd.DataFrame:
     with psycopg.connect(info) as conn, conn.cursor() as cur:
         columns = ", ".join(f'"{f}"' for f in FIELDS)
         cur.execute(
-            f"SELECT extract(epoch FROM sample_time)::float8, sal_index, {columns} FROM {table} ORDER BY sample_time"
+            f"SELECT extract(epoch FROM sample_time)::float8, sal_index, {columns} "
+            f"FROM {table} ORDER BY sample_time"
         )
         return pd.DataFrame(cur.fetchall(), columns=["private_efdStamp", "salIndex", *FIELDS])
 
@@ -257,10 +262,12 @@ def bench_qc(conn: psycopg.Connection[Any], info: str, count: int) -> None:
     alarms = conn.execute("SELECT count(*) FROM dms.qc_alarm").fetchone()[0]
     print(f"QC:         {count} measurements, {alarms} alarms raised (each cleared by the next measurement)")
     print(
-        f"  insert -> alarm committed      p50 {1e3 * percentile(to_alarm, 50):6.2f} ms   p95 {1e3 * percentile(to_alarm, 95):6.2f} ms   (target p95 < 20 ms)"
+        f"  insert -> alarm committed      p50 {1e3 * percentile(to_alarm, 50):6.2f} ms   "
+        f"p95 {1e3 * percentile(to_alarm, 95):6.2f} ms   (target p95 < 20 ms)"
     )
     print(
-        f"  insert -> gateway subscriber   p50 {1e3 * percentile(raised, 50):6.2f} ms   p95 {1e3 * percentile(raised, 95):6.2f} ms   ({len(raised)} alarms over HTTP SSE)"
+        f"  insert -> gateway subscriber   p50 {1e3 * percentile(raised, 50):6.2f} ms   "
+        f"p95 {1e3 * percentile(raised, 95):6.2f} ms   ({len(raised)} alarms over HTTP SSE)"
     )
 
 
@@ -277,7 +284,8 @@ def main() -> int:
             info = db.conninfo(deployment)
             with psycopg.connect(info, autocommit=True) as conn:
                 print(
-                    f"PostgreSQL: {conn.execute('SHOW server_version').fetchone()[0]}  ({deployment.describe_control()})"
+                    f"PostgreSQL {conn.execute('SHOW server_version').fetchone()[0]}: "
+                    f"{deployment.describe_control()}"
                 )
                 bench_transform(conn, info, args.rows, Path(tmp))
                 bench_qc(conn, info, args.measurements)

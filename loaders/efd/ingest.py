@@ -247,25 +247,43 @@ def _check_times(rows: pa.Table, label: str, unordered: bool, now: dt.datetime) 
 
 
 def _copy_rows(conn: psycopg.Connection[Any], topic: Topic, rows: pa.Table) -> int:
-    """COPY into a staging table, then insert what is new; returns the number of rows inserted."""
+    """COPY the rows in; returns the number of rows inserted (samples already stored are skipped).
+
+    When the table holds no sample in the rows' time span (the usual case: new telemetry), COPY goes
+    straight into the partitions; otherwise through a staging table and INSERT ... ON CONFLICT DO NOTHING.
+    """
     target = sql.Identifier("efd", topic.table_name)
+    first, last = rows.column("sample_time")[0].as_py(), rows.column("sample_time")[-1].as_py()
+    overlap = conn.execute(
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE sample_time BETWEEN %s AND %s)").format(target),
+        (min(first, last), max(first, last)),
+    ).fetchone()
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in rows.column_names)
+    if overlap is not None and not overlap[0]:
+        try:
+            with conn.transaction():
+                _copy(conn, sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(target, columns), rows)
+            return rows.num_rows
+        except psycopg.errors.UniqueViolation:
+            pass  # another load stored samples of this span meanwhile: fall back to the staging table
     conn.execute("DROP TABLE IF EXISTS _efd_stage")
     conn.execute(
         sql.SQL("CREATE TEMP TABLE _efd_stage (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(target)
     )
-    columns = sql.SQL(", ").join(sql.Identifier(c) for c in rows.column_names)
-    options = pa_csv.WriteOptions(include_header=False)
-    with (
-        conn.cursor() as cur,
-        cur.copy(sql.SQL("COPY _efd_stage ({}) FROM STDIN (FORMAT csv)").format(columns)) as copy,
-    ):
-        for start in range(0, rows.num_rows, _COPY_BATCH_ROWS):
-            buffer = io.BytesIO()
-            pa_csv.write_csv(rows.slice(start, _COPY_BATCH_ROWS), buffer, options)
-            copy.write(buffer.getvalue())
+    _copy(conn, sql.SQL("COPY _efd_stage ({}) FROM STDIN (FORMAT csv)").format(columns), rows)
     result = conn.execute(
         sql.SQL("INSERT INTO {} ({}) SELECT {} FROM _efd_stage ON CONFLICT DO NOTHING").format(
             target, columns, columns
         )
     )
     return result.rowcount
+
+
+def _copy(conn: psycopg.Connection[Any], statement: sql.Composed, rows: pa.Table) -> None:
+    """Stream the rows as CSV (written by Arrow, in batches) into a COPY ... FROM STDIN."""
+    options = pa_csv.WriteOptions(include_header=False)
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        for start in range(0, rows.num_rows, _COPY_BATCH_ROWS):
+            buffer = io.BytesIO()
+            pa_csv.write_csv(rows.slice(start, _COPY_BATCH_ROWS), buffer, options)
+            copy.write(buffer.getvalue())

@@ -8,7 +8,9 @@
 --   most_recent_value: the value of the latest sample in the window (ties: the highest sal_index);
 --   rms_from_polynomial_fit: sqrt(mean(residual^2)) of the least-squares polynomial of order
 --     function_args.order (default 4) in time; NULL unless more than `order` samples have a value.
--- A window without samples gives NULL. Results go to efd_lsstcam.exposure_efd / visit1_efd (one column
+-- A window without samples gives NULL. Values below ~1e-154 in magnitude can make PostgreSQL report
+-- float underflow (it raises instead of rounding to 0, e.g. when squaring in stddev); telemetry never
+-- comes near that. Results go to efd_lsstcam.exposure_efd / visit1_efd (one column
 -- per output; a visit1 is the single-exposure visit with the exposure's id) and to their unpivoted forms
 -- (one row per output and field). Rows are upserted: re-running is idempotent.
 --

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from dms.deployment import Deployment
 from dms.loaders.efd import db, ingest, transform
-from dms.loaders.efd.topics import Field, get_topic, register_topic
+from dms.loaders.efd.topics import Field, get_topic, register_topic, table_name_for
 from dms.loaders.qc import api
 
 TOPIC = "lsst.sal.ESS.airTurbulence"
@@ -45,8 +45,8 @@ def run_efd_demo(deployment: Deployment, echo: Callable[[str], None] = print) ->
             (loaded,) = ingest.load_file(conn, _telemetry(Path(tmp) / "airTurbulence.parquet"), topic=TOPIC)
         echo(
             f"EFD: {TOPIC}: {loaded.rows:,} samples loaded ({loaded.inserted:,} new), "
-            f"in daily partitions of efd.{get_topic(conn, TOPIC).table_name}"
-        )  # type: ignore[union-attr]
+            f"in daily partitions of efd.{table_name_for(TOPIC)}"
+        )
         outputs = [
             {
                 "target_table": "exposure_efd",

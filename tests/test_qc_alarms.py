@@ -148,7 +148,7 @@ def test_bad_thresholds_and_measurements_are_clear_errors(qc: psycopg.Connection
         api.add_threshold(qc, "psf_fwhm.design", "ip_diffim.psf_fwhm", "<", 1, "arcsec", "design")
     with pytest.raises(QCUnitError, match="cannot be converted"):
         api.insert_measurement(qc, seeing(1.0, "K"))
-    with pytest.raises(QCError, match="scope exposure needs its ids"):
+    with pytest.raises(QCError, match="scope exposure needs an instrument and an exposure"):
         api.insert_measurement(qc, Measurement("ip_diffim.psf_fwhm", 1.0, scope="exposure"))
     with (
         pytest.raises(psycopg.errors.InvalidParameterValue, match="unit 'furlong' is not registered"),

@@ -16,6 +16,12 @@ OPERATORS = ("<", "<=", ">", ">=", "==", "!=")
 LEVELS = ("minimum", "design", "stretch")
 SEVERITIES = ("info", "warning", "critical")
 SCOPES = ("exposure", "visit", "detector", "production")
+_SCOPE_IDS = {
+    "exposure": "an instrument and an exposure",
+    "visit": "an instrument and a visit",
+    "detector": "an instrument, a detector and an exposure or visit",
+    "production": "a production",
+}
 
 
 @dataclass(frozen=True)
@@ -175,7 +181,8 @@ def insert_measurement(conn: psycopg.Connection[Any], m: Measurement) -> int:
             ).fetchone()
     except psycopg.errors.CheckViolation as exc:
         raise QCError(
-            f"measurement of {m.metric}: {exc.diag.message_primary} (scope {m.scope} needs its ids)"
+            f"measurement of {m.metric}: scope {m.scope} needs {_SCOPE_IDS[m.scope]} "
+            f"({exc.diag.constraint_name or exc.diag.message_primary})"
         ) from exc
     except psycopg.errors.ForeignKeyViolation as exc:
         raise QCError(

@@ -139,7 +139,8 @@ def best_of(runs: int, fn: Any) -> tuple[float, Any]:
     return best, result
 
 
-def bench_transform(conn: psycopg.Connection[Any], info: str, rows: int, tmp: Path) -> None:
+def load(conn: psycopg.Connection[Any], rows: int, tmp: Path) -> pd.DataFrame:
+    """Register the topic and load `rows` samples, printing the load rate; returns the samples."""
     path = tmp / "telemetry.parquet"
     samples = telemetry(rows, path)
     with conn.transaction():
@@ -151,6 +152,17 @@ def bench_transform(conn: psycopg.Connection[Any], info: str, rows: int, tmp: Pa
         f"load:       {rows:>10,} rows in {load_s:6.2f} s = {rows / load_s:>12,.0f} rows/s "
         "(Parquet -> COPY -> partitions)"
     )
+    conn.execute("ANALYZE efd.lsst_sal_ess_airturbulence")
+    return samples
+
+
+def stored_outputs(conn: psycopg.Connection[Any]) -> pd.DataFrame:
+    rows = conn.execute(f"SELECT exposure_id, {', '.join(COLUMNS)} FROM efd_lsstcam.exposure_efd").fetchall()
+    return pd.DataFrame(rows, columns=["id", *COLUMNS]).set_index("id").sort_index()
+
+
+def bench_transform(conn: psycopg.Connection[Any], info: str, rows: int, tmp: Path) -> None:
+    samples = load(conn, rows, tmp)
     windows = exposures(conn, rows)
     outputs = [
         {
@@ -165,7 +177,6 @@ def bench_transform(conn: psycopg.Connection[Any], info: str, rows: int, tmp: Pa
         for c, (fn, f) in COLUMNS.items()
     ]
     transform.configure(conn, transform.parse_outputs(outputs, "benchmark"))
-    conn.execute("ANALYZE efd.lsst_sal_ess_airturbulence")
     ids = [int(i) for i in windows.id]
     in_windows = int(
         sum(
@@ -178,16 +189,7 @@ def bench_transform(conn: psycopg.Connection[Any], info: str, rows: int, tmp: Pa
     fetch_s, fetched = best_of(1, lambda: _fetch(info))
     loop_s, by_loop = best_of(1, lambda: pandas_per_exposure(fetched, windows))
     vec_s, by_groupby = best_of(3, lambda: pandas_vectorised(fetched, windows))
-    stored = (
-        pd.DataFrame(
-            conn.execute(
-                f"SELECT exposure_id, {', '.join(COLUMNS)} FROM efd_lsstcam.exposure_efd"
-            ).fetchall(),
-            columns=["id", *COLUMNS],
-        )
-        .set_index("id")
-        .sort_index()
-    )
+    stored = stored_outputs(conn)
     for frame in (by_loop, by_groupby):
         np.testing.assert_allclose(
             stored.to_numpy(float), frame.sort_index()[list(COLUMNS)].to_numpy(float), rtol=1e-9

@@ -298,5 +298,11 @@ from dms.cli_backbone import COMMANDS as _BACKBONE_COMMANDS  # noqa: E402  (they
 for _command in _BACKBONE_COMMANDS:
     main.add_command(_command)
 
+from dms.cli_efd import efd, gateway, qc  # noqa: E402  (the groups use the helpers above)
+
+for _group in (efd, qc, gateway):
+    main.add_command(_group)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -8,6 +8,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from dms import migrate
+from dms.demo_efd import run_efd_demo
 from dms.deployment import Deployment
 from dms.errors import DeploymentExistsError
 from dms.schema import CONTROL_NAMESPACES
@@ -46,6 +47,7 @@ def run_demo(data_dir: Path | None, echo: Callable[[str], None] = print) -> Depl
     load_demo_catalog(deployment, echo)
     show_examples(deployment, echo)
     archive_samples(deployment, echo)
+    run_efd_demo(deployment, echo)
     echo("Try: dms tables | dms query \"SELECT ...\" | dms status | dms --help")
     return deployment
 

@@ -14,6 +14,7 @@ from click.testing import CliRunner, Result
 from dms.cli import main
 from dms.deployment import Deployment
 from dms.embedded import PGDATA_DIR, EmbeddedServer
+from dms.schema import SCHEMA_VERSION
 
 
 def dms(*args: str, data_dir: Path | None = None, env: dict[str, str] | None = None) -> Result:
@@ -173,7 +174,7 @@ def test_external_deployment_through_database_url(tmp_path: Path, external_url: 
     assert status.output.count("up to date") == 2  # control + default shard
     with psycopg.connect(external_url) as conn:
         version = conn.execute("SELECT value FROM dms.schema_info WHERE key = 'schema_version'").fetchone()
-        assert version is not None and version[0] == "1.0.0"
+        assert version is not None and version[0] == SCHEMA_VERSION
         has_pgvector = conn.execute(
             "SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'"
         ).fetchone()

@@ -128,8 +128,9 @@ def test_upgrade_downgrade_upgrade_every_database(deployment: Deployment) -> Non
 def test_migrated_database_matches_felis_definitions(deployment: Deployment) -> None:
     migrate.upgrade(deployment)
     from dms.migrations.versions.control import c0001_control_tables as c0001
+    from dms.migrations.versions.control import c0004_efd_qc as c0004
 
-    extra_indexes = {s.split(" INDEX ", 1)[1].split()[0] for s in c0001.EXTRA_INDEXES}
+    extra_indexes = {s.split(" INDEX ", 1)[1].split()[0] for s in c0001.EXTRA_INDEXES + c0004.EXTRA_INDEXES}
     with deployment.engine().connect() as conn:
         context = MigrationContext.configure(
             conn,

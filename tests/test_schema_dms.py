@@ -58,6 +58,12 @@ EXPECTED_TABLES = {
     "qc_measurement",
     "qc_threshold",
     "qc_alarm",
+    "efd_ingest_batch",
+    "efd_transform_column",
+    "efd_transform_run",
+    "efd_exposure_transform",
+    "qc_unit",
+    "gateway_event",
     "job",
 }
 
@@ -517,7 +523,7 @@ REJECTED: list[tuple[str, dict[str, Any], type[psycopg.Error], str]] = [
 
 def test_schema_passes_felis_strict_validation(felis_schema: Schema) -> None:
     assert felis_schema.name == "dms"
-    assert felis_schema.version == "1.0.0"
+    assert felis_schema.version == "1.1.0"
     assert {table.name for table in felis_schema.tables} == EXPECTED_TABLES
 
 
@@ -678,6 +684,10 @@ def test_column_types_follow_the_overrides(db: psycopg.Connection, felis_schema:
         ("qc_measurement", "data_id"),
         ("qc_threshold", "applies_to"),
         ("qc_alarm", "data_id"),
+        ("qc_alarm", "series"),
+        ("efd_transform_column", "fields"),
+        ("efd_transform_column", "function_args"),
+        ("gateway_event", "payload"),
         ("job", "parameters"),
         ("distribution_subscription", "dataset_types"),
         ("distribution_subscription", "runs"),

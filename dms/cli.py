@@ -287,5 +287,10 @@ def demo(ctx: click.Context) -> None:
     run_demo(_data_dir(ctx), echo=click.echo)
 
 
+from dms.cli_vo import adql, serve  # noqa: E402  (VO services: issue 5)
+
+main.add_command(adql)
+main.add_command(serve)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -66,6 +66,7 @@ ALLOWED_NODES: tuple[type[exp.Expression], ...] = (
     exp.Exists,
     exp.Any,
     exp.All,
+    exp.GroupConcat,
 )
 
 # Lower-case names of the DMS SQL functions a query may call directly.

@@ -55,13 +55,13 @@ IMAGES = [
 def publish_test_data(deployment: Deployment) -> None:
     ra, dec, mag = catalog_rows()
     with deployment.engine().begin() as conn:
-        conn.execute(sa.text("CREATE SCHEMA catalog"))
+        conn.execute(sa.text("CREATE SCHEMA survey"))
         conn.execute(
-            sa.text("CREATE TABLE catalog.obj (id bigint PRIMARY KEY, ra double precision, dec double precision, "
+            sa.text("CREATE TABLE survey.obj (id bigint PRIMARY KEY, ra double precision, dec double precision, "
                     "mag double precision, name varchar(64))")
         )
         conn.execute(
-            sa.text("INSERT INTO catalog.obj VALUES (:id, :ra, :dec, :mag, :name)"),
+            sa.text("INSERT INTO survey.obj VALUES (:id, :ra, :dec, :mag, :name)"),
             [{"id": i + 1, "ra": float(ra[i]), "dec": float(dec[i]), "mag": float(mag[i]), "name": f"star {i + 1}"}
              for i in range(N_ROWS)],
         )

@@ -333,8 +333,11 @@ def examples_document(tables: list) -> str:  # type: ignore[type-arg]
                 (
                     f"cone-{re.sub(r'[^a-z0-9]+', '-', table.name.lower())}",
                     f"A cone search on {table.name}, nearest first",
-                    f"SELECT TOP 10 *, DISTANCE(POINT({ra.name}, {dec.name}), POINT(10.0, 20.0)) AS dist FROM {table.name}\n"
-                    f"WHERE CONTAINS(POINT({ra.name}, {dec.name}), CIRCLE(10.0, 20.0, 0.5)) = 1 ORDER BY dist",
+                    f"SELECT TOP 10 {ra.name}, {dec.name}, DISTANCE(POINT('ICRS', {ra.name}, {dec.name}), "
+                    "POINT('ICRS', 10.0, 20.0)) "
+                    f"AS dist FROM {table.name}\n"
+                    f"WHERE CONTAINS(POINT('ICRS', {ra.name}, {dec.name}), CIRCLE('ICRS', 10.0, 20.0, 0.5)) = 1 "
+                    "ORDER BY dist",
                 )
             )
             break

@@ -70,9 +70,32 @@ def sync(conn: sa.Connection, extra: Sequence[Schema] = (), reader: str = "dms_r
         loader.load()
         for insert in loader.inserts:
             conn.execute(insert)
+        if schema.name == "ivoa":
+            _complete_obscore(conn)
         quoted = conn.dialect.identifier_preparer.quote(schema.name)
         conn.execute(sa.text(f"GRANT USAGE ON SCHEMA {quoted} TO {reader}"))
         conn.execute(sa.text(f"GRANT SELECT ON ALL TABLES IN SCHEMA {quoted} TO {reader}"))
+
+
+def _complete_obscore(conn: sa.Connection) -> None:
+    """ObsCore 1.1 as the standard states it: utypes carry the obscore: prefix, and the two mandatory
+    columns Rubin's table lacks (added by migration c0005) are described."""
+    conn.execute(
+        sa.text(
+            "UPDATE tap_schema.columns SET utype = 'obscore:' || utype WHERE table_name = 'ivoa.ObsCore' "
+            "AND utype IS NOT NULL AND utype NOT LIKE 'obscore:%'"
+        )
+    )
+    conn.execute(
+        sa.text(
+            "INSERT INTO tap_schema.columns (table_name, column_name, datatype, arraysize, size, unit, ucd, "
+            "utype, description, principal, indexed, std, column_index) VALUES "
+            "('ivoa.ObsCore', 'access_estsize', 'long', NULL, NULL, 'kbyte', 'phys.size;meta.file', "
+            "'obscore:Access.Size', 'Estimated size of the file', 0, 0, 1, 900), "
+            "('ivoa.ObsCore', 'pol_states', 'char', '64*', 64, NULL, 'meta.code;phys.polarization', "
+            "'obscore:Char.PolarizationAxis.stateList', 'Polarization states present in the data', 0, 0, 1, 901)"
+        )
+    )
 
 
 def _insert_self_description(conn: sa.Connection, manager: TableManager) -> None:

@@ -76,10 +76,10 @@ ADQL_FEATURES = {
 OUTPUT_IDS = {
     formats.VOTABLE: "ivo://ivoa.net/std/TAPRegExt#output-votable-td",
     formats.VOTABLE_B2: "ivo://ivoa.net/std/TAPRegExt#output-votable-binary2",
-    formats.CSV: "ivo://ivoa.net/std/TAPRegExt#output-csv",
-    formats.TSV: "ivo://ivoa.net/std/TAPRegExt#output-tsv",
+    formats.CSV: None,
+    formats.TSV: None,
     formats.JSON: None,
-    formats.PARQUET: "ivo://ivoa.net/std/TAPRegExt#output-parquet",
+    formats.PARQUET: None,
 }
 
 

@@ -31,28 +31,42 @@ MAX_UPLOAD_ROWS = 1_000_000
 
 
 def to_astropy(table: pa.Table) -> Table:
-    """An Arrow table as an astropy Table: nulls become masks, timestamps ISO strings, lists arrays."""
+    """An Arrow table as an astropy Table: nulls become masks, text UTF-8 bytes (VOTable char), timestamps
+    ISO strings, lists of doubles arrays (variable-length unless all rows have the same length)."""
     result = Table()
     for name, column in zip(table.column_names, table.columns, strict=True):
         kind = column.type
         values = column.to_pylist()
         mask = np.array([v is None for v in values], dtype=bool)
+        data: np.ndarray
         if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
-            data = np.array([v.isoformat() if v is not None else "" for v in values], dtype=object)
+            data = _text([v.isoformat() if v is not None else "" for v in values])
         elif pa.types.is_list(kind):
-            data = np.empty(len(values), dtype=object)
-            for i, v in enumerate(values):
-                data[i] = np.array(v if v is not None else [], dtype=float)
+            lengths = {len(v) for v in values if v is not None}
+            if len(lengths) <= 1:
+                width = lengths.pop() if lengths else 2
+                data = np.array([v if v is not None else [np.nan] * width for v in values], dtype=float)
+                data = data.reshape(len(values), width)
+            else:
+                data = np.empty(len(values), dtype=object)
+                for i, v in enumerate(values):
+                    data[i] = np.array(v if v is not None else [], dtype=float)
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            data = np.array([v if v is not None else "" for v in values], dtype=object)
+            data = _text([v if v is not None else "" for v in values])
         elif pa.types.is_boolean(kind):
             data = np.array([bool(v) for v in values], dtype=bool)
         else:
             dtype = kind.to_pandas_dtype()
             fill = 0 if np.issubdtype(dtype, np.integer) else np.nan
             data = np.array([fill if v is None else v for v in values], dtype=dtype)
-        result[name] = MaskedColumn(data, mask=mask) if mask.any() else data
+        result[name] = MaskedColumn(data, mask=mask) if mask.any() and data.ndim == 1 else data
     return result
+
+
+def _text(values: list[str]) -> np.ndarray:
+    encoded = [v.encode("utf-8") for v in values]
+    width = max((len(v) for v in encoded), default=1) or 1
+    return np.array(encoded, dtype=f"S{width}")
 
 
 def result_votable(
@@ -108,6 +122,8 @@ def _describe_fields(votable: VOTableFile, table: pa.Table, columns: Mapping[str
         meta = columns.get(arrow_field.name.lower())
         if pa.types.is_timestamp(arrow_field.type):
             vfield.xtype = "timestamp"
+        if vfield.datatype in ("char", "unicodeChar"):
+            vfield.arraysize = "*"
         if meta is None:
             continue
         if meta.ucd:
@@ -149,11 +165,9 @@ def read_upload(name: str, content: bytes) -> pa.Table:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", votable_exceptions.VOWarning)
-            table = (
-                parse(io.BytesIO(content), verify="ignore")
-                .get_first_table()
-                .to_table(use_names_over_ids=True)
-            )
+            element = parse(io.BytesIO(content), verify="ignore").get_first_table()
+            xtypes = {f.name: (f.xtype or "").lower() for f in element.fields}
+            table = element.to_table(use_names_over_ids=True)
     except Exception as exc:  # astropy raises many types for malformed XML / VOTable
         raise ServiceError(f"upload {name}: not a readable VOTable ({type(exc).__name__}: {exc})") from exc
     if len(table) > MAX_UPLOAD_ROWS:
@@ -171,6 +185,8 @@ def read_upload(name: str, content: bytes) -> pa.Table:
                 for v in values.tolist()
             ]
             array = pa.array(items, type=pa.string(), mask=mask)
+            if xtypes.get(column.name) == "timestamp":
+                array = _timestamps(column.name, array)
         elif values.ndim > 1:
             array = pa.array([list(map(float, v)) for v in values], type=pa.list_(pa.float64()), mask=mask)
         else:
@@ -178,3 +194,14 @@ def read_upload(name: str, content: bytes) -> pa.Table:
         arrays.append(array)
         names.append(column.name)
     return pa.Table.from_arrays(arrays, names=names)
+
+
+def _timestamps(name: str, array: pa.Array) -> pa.Array:
+    """An xtype=timestamp column (ISO 8601 text) as Arrow timestamps, so results keep the xtype."""
+    from datetime import datetime
+
+    try:
+        parsed = [None if not v else datetime.fromisoformat(v.replace("Z", "")) for v in array.to_pylist()]
+    except ValueError as exc:
+        raise ServiceError(f"upload column {name}: not an ISO 8601 timestamp ({exc})") from exc
+    return pa.array(parsed, type=pa.timestamp("us"))

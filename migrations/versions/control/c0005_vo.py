@@ -6,6 +6,8 @@
   a member so that it may switch to it.
 * Schema ``tap_schema`` with the TAP 1.1 tables as lsst-felis defines them (``felis.tap_schema``); their
   rows are written by ``dms.services.vo.tap_schema.sync`` from the Felis definitions.
+* ObsCore 1.1 columns that Rubin's ``ivoa.ObsCore`` (lsst-sdm-schemas) lacks but the standard requires:
+  ``access_estsize`` and ``pol_states`` (the drift test lists them as intended differences).
 * The ``adql_*`` / ``ivo_*`` functions of ``udfs/*/50_adql.sql`` (CREATE OR REPLACE of every UDF).
 
 Revision ID: c0005
@@ -27,6 +29,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 READER = "dms_reader"
+OBSCORE_EXTRA_COLUMNS = {"access_estsize": "bigint", "pol_states": "varchar(64)"}
 PUBLISHED = ("ivoa", "tap_schema")
 ADQL_FUNCTIONS = (
     "adql_area(double precision[])",
@@ -75,6 +78,8 @@ def upgrade() -> None:
         op.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {READER}")
         op.execute(f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT SELECT ON TABLES TO {READER}")
     op.execute(f"REVOKE ALL ON SCHEMA dms FROM {READER}")
+    for column, kind in OBSCORE_EXTRA_COLUMNS.items():
+        op.execute(f'ALTER TABLE ivoa."ObsCore" ADD COLUMN IF NOT EXISTS {column} {kind}')
     install_udfs()
 
 
@@ -82,6 +87,8 @@ def downgrade() -> None:
     for signature in ADQL_FUNCTIONS:
         op.execute(f"DROP FUNCTION IF EXISTS {signature}")
     op.execute("DROP SCHEMA IF EXISTS tap_schema CASCADE")
+    for column in OBSCORE_EXTRA_COLUMNS:
+        op.execute(f'ALTER TABLE ivoa."ObsCore" DROP COLUMN IF EXISTS {column}')
     for schema in PUBLISHED:
         op.execute(f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} REVOKE SELECT ON TABLES FROM {READER}")
     # The role is shared by every database of the server: drop only this database's grants, then the role

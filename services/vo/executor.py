@@ -25,6 +25,7 @@ from sqlglot import exp
 
 from dms.deployment import Deployment, first_line
 from dms.query.adql import AdqlError, AdqlSyntaxError, parse
+from dms.query.adql.functions import check_functions
 from dms.services.vo.errors import QueryCancelled, QueryError, QueryRefused, QuerySyntaxError, QueryTimeout
 
 READER_ROLE = "dms_reader"
@@ -146,6 +147,11 @@ class ControlDatabaseExecutor:
             raise QuerySyntaxError(f"SQL: {first_line(exc)}") from exc
         if len(statements) != 1 or not isinstance(statements[0], SQL_QUERY_NODES):
             raise QueryRefused("only one SELECT statement may be run")
+        try:
+            # The same functions as ADQL: server functions (set_config, pg_sleep, ...) stay out of reach.
+            check_functions(statements[0])
+        except AdqlError as exc:
+            raise QueryRefused(exc.message) from exc
         return statements[0]
 
     def _check_tables(

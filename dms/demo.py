@@ -11,6 +11,7 @@ from dms import migrate
 from dms.deployment import Deployment
 from dms.errors import DeploymentExistsError
 from dms.schema import CONTROL_NAMESPACES
+from dms.services.vo.server import demo_step as vo_demo_step
 
 
 def run_demo(data_dir: Path | None, echo: Callable[[str], None] = print) -> Deployment:
@@ -39,6 +40,7 @@ def run_demo(data_dir: Path | None, echo: Callable[[str], None] = print) -> Depl
         )
     for shard in deployment.shards():
         echo(f"Shard {shard.name}: {shard.kind} at {shard.location()}")
+    vo_demo_step(deployment, echo)
     echo("Try: dms status | dms db current | dms --help")
     return deployment
 

@@ -193,7 +193,8 @@ def test_polygon_either_orientation(backends: tuple[Backend, Backend]) -> None:
 def test_contains_on_region_values(backends: tuple[Backend, Backend]) -> None:
     rows = both(
         backends,
-        "SELECT r.rid, o.id FROM catalog.obj AS o, catalog.regions AS r WHERE CONTAINS(POINT(o.ra, o.dec), r.region) = 1",
+        "SELECT r.rid, o.id FROM catalog.obj AS o, catalog.regions AS r WHERE CONTAINS(POINT(o.ra, o.dec), "
+        "r.region) = 1",
     )
     circle = {i for rid, i in rows if rid == 1}
     polygon = {i for rid, i in rows if rid == 2}
@@ -205,7 +206,8 @@ def test_contains_on_region_values(backends: tuple[Backend, Backend]) -> None:
 def test_distance_both_forms(backends: tuple[Backend, Backend]) -> None:
     rows = both(
         backends,
-        "SELECT id, DISTANCE(POINT(ra, dec), POINT(1, 1)), DISTANCE(ra, dec, 1, 1) FROM catalog.obj ORDER BY id",
+        "SELECT id, DISTANCE(POINT(ra, dec), POINT(1, 1)), DISTANCE(ra, dec, 1, 1) FROM catalog.obj ORDER BY "
+        "id",
     )
     expected = POINTS.separation(SkyCoord(1 * u.deg, 1 * u.deg)).deg
     got = np.array([r[1] for r in sorted(rows)])
@@ -250,7 +252,8 @@ def test_area_centroid_and_coordinates(backends: tuple[Backend, Backend]) -> Non
 def test_intersects_and_contains_of_circles(backends: tuple[Backend, Backend]) -> None:
     [row] = both(
         backends,
-        "SELECT INTERSECTS(CIRCLE(0, 0, 1), CIRCLE(1.5, 0, 1)), INTERSECTS(CIRCLE(0, 0, 1), CIRCLE(2.5, 0, 1)), "
+        "SELECT INTERSECTS(CIRCLE(0, 0, 1), CIRCLE(1.5, 0, 1)), INTERSECTS(CIRCLE(0, 0, 1), CIRCLE(2.5, 0, "
+        "1)), "
         "CONTAINS(CIRCLE(0, 0, 1), CIRCLE(0.5, 0, 2)), CONTAINS(CIRCLE(0, 0, 2), CIRCLE(0.5, 0, 1))",
     )
     assert row == (1, 0, 1, 0)
@@ -288,8 +291,10 @@ def test_math_functions(backends: tuple[Backend, Backend]) -> None:
 def test_string_functions_and_ivo_udfs(backends: tuple[Backend, Backend]) -> None:
     rows = both(
         backends,
-        "SELECT id, ivo_hasword(name, 'star'), ivo_nocasematch(name, 'star%'), ivo_hashlist_has(tags, 'BLUE'), "
-        "LOWER(name), UPPER(name), name || '!' FROM catalog.obj WHERE name ILIKE '%STAR%' OR name LIKE 'gal%'",
+        "SELECT id, ivo_hasword(name, 'star'), ivo_nocasematch(name, 'star%'), ivo_hashlist_has(tags, "
+        "'BLUE'), "
+        "LOWER(name), UPPER(name), name || '!' FROM catalog.obj WHERE name ILIKE '%STAR%' OR name LIKE "
+        "'gal%'",
     )
     names = dict(zip(IDS.tolist(), NAMES, strict=True))
     tags = dict(zip(IDS.tolist(), TAGS, strict=True))
@@ -347,7 +352,8 @@ def test_with_set_operations_and_subqueries(backends: tuple[Backend, Backend]) -
 def test_cast_coalesce_case(backends: tuple[Backend, Backend]) -> None:
     rows = both(
         backends,
-        "SELECT id, CAST(id AS VARCHAR(10)), COALESCE(mag, -1), CASE WHEN mag < 12 THEN 'bright' ELSE 'faint' END, "
+        "SELECT id, CAST(id AS VARCHAR(10)), COALESCE(mag, -1), CASE WHEN mag < 12 THEN 'bright' ELSE "
+        "'faint' END, "
         "CAST(FLOOR(ra) AS INTEGER) FROM catalog.obj WHERE id < 200",
     )
     for i, text, mag, label, ra_int in rows:

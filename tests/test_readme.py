@@ -59,7 +59,7 @@ def test_quick_start_commands_run_as_written(data_dir: Path) -> None:
         assert done.returncode == 0, f"{command}: {done.stderr}"
         outputs[command] = done.stdout
     assert "Created an embedded deployment" in outputs["dms init"]
-    assert "control: base -> c0001" in outputs["dms db upgrade"]
+    assert "control: base -> c0" in outputs["dms db upgrade"]
     assert outputs["dms status"].count("up to date") == 2
     assert "Reusing the deployment" in outputs["dms demo"] and "apdb" in outputs["dms demo"]
 

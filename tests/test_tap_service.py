@@ -15,7 +15,10 @@ from astropy.coordinates import SkyCoord
 from astropy.table import Table
 from vo_support import LiveVO, live_vo  # noqa: F401
 
-CONE = "SELECT id, ra, dec FROM survey.obj WHERE CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', 10, 20, 0.5)) = 1"
+CONE = (
+    "SELECT id, ra, dec FROM survey.obj "
+    "WHERE CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', 10, 20, 0.5)) = 1"
+)
 SLOW = (
     "SELECT COUNT(*) FROM survey.obj AS a, survey.obj AS b, survey.obj AS c "
     "WHERE DISTANCE(POINT(a.ra, a.dec), POINT(b.ra, b.dec)) < c.mag"
@@ -40,7 +43,9 @@ def test_sync_cone_search_matches_astropy(tap: pyvo.dal.TAPService, live_vo: Liv
 
 
 def test_field_metadata_comes_from_tap_schema(live_vo: LiveVO) -> None:  # noqa: F811
-    body = httpx.get(f"{live_vo.url}/tap/sync", params={"LANG": "ADQL", "QUERY": "SELECT TOP 1 ra FROM survey.obj"}).text
+    body = httpx.get(
+        f"{live_vo.url}/tap/sync", params={"LANG": "ADQL", "QUERY": "SELECT TOP 1 ra FROM survey.obj"}
+    ).text
     assert 'ucd="pos.eq.ra;meta.main"' in body and 'unit="deg"' in body and "Right ascension" in body
 
 
@@ -53,7 +58,10 @@ def running_slow_queries(vo: LiveVO) -> int:
     with vo.deployment.engine().connect() as conn:
         return int(
             conn.execute(
-                sa.text("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%AS c WHERE%' AND pid <> pg_backend_pid()")
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%AS c "
+                    "WHERE%' AND pid <> pg_backend_pid()"
+                )
             ).scalar_one()
         )
 
@@ -77,11 +85,15 @@ def test_submit_then_abort_cancels_the_running_query(tap: pyvo.dal.TAPService, l
 
 def test_async_job_lifecycle_and_uws_resources(live_vo: LiveVO) -> None:  # noqa: F811
     base = f"{live_vo.url}/tap/async"
-    created = httpx.post(base, data={"LANG": "ADQL", "QUERY": "SELECT TOP 3 id FROM survey.obj", "RUNID": "r1"})
+    created = httpx.post(
+        base, data={"LANG": "ADQL", "QUERY": "SELECT TOP 3 id FROM survey.obj", "RUNID": "r1"}
+    )
     assert created.status_code == 303
     job_url = created.headers["location"]
     assert httpx.get(f"{job_url}/phase").text == "PENDING"
-    assert httpx.post(f"{job_url}/destruction", data={"DESTRUCTION": "2030-01-01T00:00:00Z"}).status_code == 303
+    assert (
+        httpx.post(f"{job_url}/destruction", data={"DESTRUCTION": "2030-01-01T00:00:00Z"}).status_code == 303
+    )
     assert httpx.get(f"{job_url}/destruction").text == "2030-01-01T00:00:00Z"
     httpx.post(f"{job_url}/phase", data={"PHASE": "RUN"})
     document = httpx.get(job_url, params={"WAIT": "10"}).text
@@ -97,7 +109,8 @@ def test_async_job_lifecycle_and_uws_resources(live_vo: LiveVO) -> None:  # noqa
 
 def test_failed_job_reports_its_error(live_vo: LiveVO) -> None:  # noqa: F811
     job_url = httpx.post(
-        f"{live_vo.url}/tap/async", data={"LANG": "ADQL", "QUERY": "SELECT nope FROM survey.obj", "PHASE": "RUN"}
+        f"{live_vo.url}/tap/async",
+        data={"LANG": "ADQL", "QUERY": "SELECT nope FROM survey.obj", "PHASE": "RUN"},
     ).headers["location"]
     document = httpx.get(job_url, params={"WAIT": "10", "PHASE": "QUEUED"}).text
     document = httpx.get(job_url, params={"WAIT": "10", "PHASE": "EXECUTING"}).text
@@ -108,7 +121,9 @@ def test_failed_job_reports_its_error(live_vo: LiveVO) -> None:  # noqa: F811
 def test_jobs_survive_a_server_restart(live_vo: LiveVO) -> None:  # noqa: F811
     from dms.services.vo.server import running_server
 
-    job_url = httpx.post(f"{live_vo.url}/tap/async", data={"LANG": "ADQL", "QUERY": "SELECT TOP 2 id FROM survey.obj"}).headers["location"]
+    job_url = httpx.post(
+        f"{live_vo.url}/tap/async", data={"LANG": "ADQL", "QUERY": "SELECT TOP 2 id FROM survey.obj"}
+    ).headers["location"]
     job_id = job_url.rsplit("/", 1)[1]
     with running_server(live_vo.deployment) as other:
         assert "<uws:phase>PENDING</uws:phase>" in httpx.get(f"{other}/tap/async/{job_id}").text
@@ -122,12 +137,16 @@ def test_upload_inline_joins_the_catalog(tap: pyvo.dal.TAPService, live_vo: Live
     )
     table = tap.search(query, uploads={"targets": targets}).to_table()
     got = {(int(a), int(b)) for a, b in zip(table["tid"], table["id"], strict=True)}
-    expected = {(1, i) for i in expected_cone(live_vo, 10, 20, 0.2)} | {(2, i) for i in expected_cone(live_vo, 11, 21, 0.2)}
+    expected = {(1, i) for i in expected_cone(live_vo, 10, 20, 0.2)} | {
+        (2, i) for i in expected_cone(live_vo, 11, 21, 0.2)
+    }
     assert got == expected and got
 
 
 def test_upload_by_url(live_vo: LiveVO) -> None:  # noqa: F811
-    url = f"{live_vo.url}/tap/sync?LANG=ADQL&QUERY=SELECT%20TOP%205%20id%20FROM%20survey.obj%20ORDER%20BY%20id"
+    url = (
+        f"{live_vo.url}/tap/sync?LANG=ADQL&QUERY=SELECT%20TOP%205%20id%20FROM%20survey.obj%20ORDER%20BY%20id"
+    )
     body = httpx.post(
         f"{live_vo.url}/tap/sync",
         data={"LANG": "ADQL", "QUERY": "SELECT COUNT(*) AS n FROM TAP_UPLOAD.ids", "UPLOAD": f"ids,{url}"},
@@ -138,7 +157,10 @@ def test_upload_by_url(live_vo: LiveVO) -> None:  # noqa: F811
 def test_maxrec_overflow_and_metadata_only(tap: pyvo.dal.TAPService, live_vo: LiveVO) -> None:  # noqa: F811
     result = tap.search("SELECT id FROM survey.obj", maxrec=7)
     assert len(result) == 7 and result.query_status == "OVERFLOW"
-    body = httpx.get(f"{live_vo.url}/tap/sync", params={"LANG": "ADQL", "QUERY": "SELECT id, ra FROM survey.obj", "MAXREC": "0"}).text
+    body = httpx.get(
+        f"{live_vo.url}/tap/sync",
+        params={"LANG": "ADQL", "QUERY": "SELECT id, ra FROM survey.obj", "MAXREC": "0"},
+    ).text
     assert "<TR>" not in body and 'name="ra"' in body and 'value="OVERFLOW"' in body
 
 
@@ -146,7 +168,11 @@ def test_maxrec_overflow_and_metadata_only(tap: pyvo.dal.TAPService, live_vo: Li
 def test_every_output_format_holds_the_rows(live_vo: LiveVO, fmt: str) -> None:  # noqa: F811
     response = httpx.get(
         f"{live_vo.url}/tap/sync",
-        params={"LANG": "ADQL", "QUERY": "SELECT id, ra FROM survey.obj WHERE id <= 4 ORDER BY id", "RESPONSEFORMAT": fmt},
+        params={
+            "LANG": "ADQL",
+            "QUERY": "SELECT id, ra FROM survey.obj WHERE id <= 4 ORDER BY id",
+            "RESPONSEFORMAT": fmt,
+        },
     )
     assert response.status_code == 200
     if fmt.startswith("votable"):
@@ -175,4 +201,10 @@ def test_tables_and_capabilities(tap: pyvo.dal.TAPService) -> None:
 
 def test_tap_schema_describes_itself(tap: pyvo.dal.TAPService) -> None:
     rows = tap.search("SELECT table_name FROM TAP_SCHEMA.tables WHERE schema_name = 'tap_schema'").to_table()
-    assert {"tap_schema.schemas", "tap_schema.tables", "tap_schema.columns", "tap_schema.keys", "tap_schema.key_columns"} <= set(rows["table_name"].tolist())
+    assert {
+        "tap_schema.schemas",
+        "tap_schema.tables",
+        "tap_schema.columns",
+        "tap_schema.keys",
+        "tap_schema.key_columns",
+    } <= set(rows["table_name"].tolist())

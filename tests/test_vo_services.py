@@ -19,15 +19,24 @@ from dms.services.vo.executor import ControlDatabaseExecutor
 
 
 def test_cone_search_matches_astropy(live_vo: LiveVO) -> None:  # noqa: F811
-    result = pyvo.dal.SCSService(f"{live_vo.url}/scs/survey.obj").search(pos=(10.5, 19.5), radius=0.3, verbosity=3)
+    result = pyvo.dal.SCSService(f"{live_vo.url}/scs/survey.obj").search(
+        pos=(10.5, 19.5), radius=0.3, verbosity=3
+    )
     table = result.to_table()
-    separation = SkyCoord(live_vo.ra, live_vo.dec, unit="deg").separation(SkyCoord(10.5, 19.5, unit="deg")).deg
+    separation = (
+        SkyCoord(live_vo.ra, live_vo.dec, unit="deg").separation(SkyCoord(10.5, 19.5, unit="deg")).deg
+    )
     assert set(table["id"].tolist()) == set((np.flatnonzero(separation <= 0.3) + 1).tolist())
     assert {"id", "ra", "dec", "mag", "name"} <= set(table.colnames)
 
 
 def test_cone_search_rejects_bad_positions(live_vo: LiveVO) -> None:  # noqa: F811
-    for params in ({"RA": "10", "DEC": "20", "SR": "-1"}, {"RA": "x", "DEC": "20", "SR": "1"}, {"RA": "10", "DEC": "95", "SR": "1"}, {"DEC": "1"}):
+    for params in (
+        {"RA": "10", "DEC": "20", "SR": "-1"},
+        {"RA": "x", "DEC": "20", "SR": "1"},
+        {"RA": "10", "DEC": "95", "SR": "1"},
+        {"DEC": "1"},
+    ):
         response = httpx.get(f"{live_vo.url}/scs/survey.obj", params=params)
         assert response.status_code == 400 and 'value="ERROR"' in response.text
     assert httpx.get(f"{live_vo.url}/scs/dms.job", params={"RA": 1, "DEC": 1, "SR": 1}).status_code == 404
@@ -47,7 +56,14 @@ def test_sia2_search_and_datalinks(live_vo: LiveVO) -> None:  # noqa: F811
 
 
 def test_sia_rejects_invalid_parameters(live_vo: LiveVO) -> None:  # noqa: F811
-    for params in ({"POS": "CIRCLE 10 20"}, {"POS": "CIRCLE 10 100 1"}, {"BAND": "abc"}, {"TIME": "5 1"}, {"CALIB": "9"}, {"POL": "Z"}):
+    for params in (
+        {"POS": "CIRCLE 10 20"},
+        {"POS": "CIRCLE 10 100 1"},
+        {"BAND": "abc"},
+        {"TIME": "5 1"},
+        {"CALIB": "9"},
+        {"POL": "Z"},
+    ):
         response = httpx.get(f"{live_vo.url}/sia/query", params=params)
         assert response.status_code == 400 and 'value="ERROR"' in response.text, params
 
@@ -86,11 +102,12 @@ def test_modifications_and_internal_tables_are_refused(live_vo: LiveVO, lang: st
 def test_upload_names_cannot_inject(live_vo: LiveVO) -> None:  # noqa: F811
     votable = (
         b'<?xml version="1.0"?><VOTABLE version="1.3" xmlns="http://www.ivoa.net/xml/VOTable/v1.3"><RESOURCE><TABLE>'
-        b'<FIELD name="a&quot;); DROP TABLE survey.obj; --" datatype="int"/><DATA><TABLEDATA><TR><TD>1</TD></TR>'
+        b'<FIELD name="a&quot;); DROP TABLE survey.obj; --" '
+        b'datatype="int"/><DATA><TABLEDATA><TR><TD>1</TD></TR>'
         b"</TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>"
     )
     before = table_count(live_vo)
-    for upload in ("t,param:f", "x;drop table survey.obj,param:f", "t\"--,param:f"):
+    for upload in ("t,param:f", "x;drop table survey.obj,param:f", 't"--,param:f'):
         response = httpx.post(
             f"{live_vo.url}/tap/sync",
             data={"LANG": "ADQL", "QUERY": "SELECT * FROM TAP_UPLOAD.t", "UPLOAD": upload},
@@ -155,7 +172,12 @@ def test_executor_timeout_and_cancel(live_vo: LiveVO) -> None:  # noqa: F811
 
 
 def test_vosi_endpoints_and_landing_page(live_vo: LiveVO) -> None:  # noqa: F811
-    for path in ("/tap/availability", "/sia/availability", "/datalink/availability", "/scs/survey.obj/availability"):
+    for path in (
+        "/tap/availability",
+        "/sia/availability",
+        "/datalink/availability",
+        "/scs/survey.obj/availability",
+    ):
         assert "<avail:available>true</avail:available>" in httpx.get(live_vo.url + path).text
     for path in ("/sia/capabilities", "/datalink/capabilities", "/scs/survey.obj/capabilities"):
         assert "vosi:capabilities" in httpx.get(live_vo.url + path).text

@@ -5,17 +5,20 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-import httpx
 import pytest
 from vo_support import LiveVO, live_vo  # noqa: F401
 
-pytestmark = pytest.mark.skipif(shutil.which("stilts") is None, reason="needs Debian's stilts (apt-get install stilts)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("stilts") is None, reason="needs Debian's stilts (apt-get install stilts)"
+)
 
 
 def test_taplint_reports_no_errors(live_vo: LiveVO) -> None:  # noqa: F811
     result = subprocess.run(
         ["stilts", "taplint", f"tapurl={live_vo.url}/tap", "report=EW", "maxrepeat=3"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     report = result.stdout
     print(report)

@@ -43,11 +43,27 @@ def catalog_rows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 IMAGES = [
-    {"obs_publisher_did": f"ivo://dms.example/image?{i}", "obs_id": f"img{i}", "s_ra": 10.0 + i, "s_dec": 20.0,
-     "s_fov": 0.5, "em_min": 5.5e-7, "em_max": 6.9e-7, "t_min": 60000.0 + i, "t_max": 60000.01 + i,
-     "calib_level": 2, "dataproduct_type": "image", "obs_collection": "test", "facility_name": "DMS",
-     "instrument_name": "cam", "access_url": f"http://files.example/img{i}.fits", "access_format": "image/fits",
-     "t_exptime": 30.0, "s_resolution": 0.7, "target_name": "field"}
+    {
+        "obs_publisher_did": f"ivo://dms.example/image?{i}",
+        "obs_id": f"img{i}",
+        "s_ra": 10.0 + i,
+        "s_dec": 20.0,
+        "s_fov": 0.5,
+        "em_min": 5.5e-7,
+        "em_max": 6.9e-7,
+        "t_min": 60000.0 + i,
+        "t_max": 60000.01 + i,
+        "calib_level": 2,
+        "dataproduct_type": "image",
+        "obs_collection": "test",
+        "facility_name": "DMS",
+        "instrument_name": "cam",
+        "access_url": f"http://files.example/img{i}.fits",
+        "access_format": "image/fits",
+        "t_exptime": 30.0,
+        "s_resolution": 0.7,
+        "target_name": "field",
+    }
     for i in range(3)
 ]
 
@@ -57,13 +73,23 @@ def publish_test_data(deployment: Deployment) -> None:
     with deployment.engine().begin() as conn:
         conn.execute(sa.text("CREATE SCHEMA survey"))
         conn.execute(
-            sa.text("CREATE TABLE survey.obj (id bigint PRIMARY KEY, ra double precision, dec double precision, "
-                    "mag double precision, name varchar(64))")
+            sa.text(
+                "CREATE TABLE survey.obj (id bigint PRIMARY KEY, ra double precision, dec double precision, "
+                "mag double precision, name varchar(64))"
+            )
         )
         conn.execute(
             sa.text("INSERT INTO survey.obj VALUES (:id, :ra, :dec, :mag, :name)"),
-            [{"id": i + 1, "ra": float(ra[i]), "dec": float(dec[i]), "mag": float(mag[i]), "name": f"star {i + 1}"}
-             for i in range(N_ROWS)],
+            [
+                {
+                    "id": i + 1,
+                    "ra": float(ra[i]),
+                    "dec": float(dec[i]),
+                    "mag": float(mag[i]),
+                    "name": f"star {i + 1}",
+                }
+                for i in range(N_ROWS)
+            ],
         )
         columns = ", ".join(IMAGES[0])
         values = ", ".join(f":{k}" for k in IMAGES[0])
@@ -78,7 +104,9 @@ def live_vo(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     admin = pg_server.get_uri()
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    deployment = Deployment.create(tmp_path_factory.mktemp("vo") / "dep", database_url=pg_server.get_uri(name))
+    deployment = Deployment.create(
+        tmp_path_factory.mktemp("vo") / "dep", database_url=pg_server.get_uri(name)
+    )
     try:
         migrate.upgrade(deployment)
         publish_test_data(deployment)

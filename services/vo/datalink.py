@@ -44,7 +44,8 @@ class DataLink:
             raise ServiceError(f"{len(ids)} IDs is more than the limit of {MAX_IDS}")
         quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in ids)
         found = self.context.executor.execute(
-            f"SELECT obs_publisher_did, access_url, access_format, obs_id FROM ivoa.ObsCore WHERE obs_publisher_did IN ({quoted})",
+            "SELECT obs_publisher_did, access_url, access_format, obs_id FROM ivoa.ObsCore WHERE "
+            f"obs_publisher_did IN ({quoted})",
             lang="adql",
             max_rows=10 * MAX_IDS,
             timeout=30,

@@ -241,7 +241,7 @@ class ControlDatabaseExecutor:
                 conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(int((timeout or 0) * 1000)))
                 with conn.cursor(name="dms_query") as cur:
                     cur.itersize = 10_000
-                    cur.execute(text)  # type: ignore[arg-type]
+                    cur.execute(text.encode())
                     rows = cur.fetchall() if max_rows is None else cur.fetchmany(max_rows + 1)
                     description = cur.description or []
         except psycopg.errors.QueryCanceled as exc:

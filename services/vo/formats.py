@@ -89,7 +89,7 @@ def render(
         return json.dumps({"metadata": metadata, "data": rows, "overflow": overflow}, default=str).encode()
     # VOParquet: Parquet whose key-value metadata carries the VOTable description of the columns.
     header = result_votable(table.slice(0, 0), columns)
-    metadata = {b"IVOA.VOTable-Parquet.version": b"1.0", b"IVOA.VOTable-Parquet.content": header}
+    vo_metadata = {b"IVOA.VOTable-Parquet.version": b"1.0", b"IVOA.VOTable-Parquet.content": header}
     sink = io.BytesIO()
-    pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata}), sink)
+    pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **vo_metadata}), sink)
     return sink.getvalue()

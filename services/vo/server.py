@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import sqlalchemy as sa
 import uvicorn
 
 from dms.deployment import Deployment
@@ -21,6 +22,16 @@ def prepare(deployment: Deployment) -> None:
     with deployment.connect() as conn:
         sync(conn)
         conn.commit()
+
+
+def demo_step(deployment: Deployment, echo: Callable[[str], None] = print) -> None:
+    """The VO step of `dms demo` (fast, idempotent): publish TAP_SCHEMA and say how to serve it."""
+    prepare(deployment)
+    with deployment.connect() as conn:
+        tables = conn.execute(sa.text("SELECT count(*) FROM tap_schema.tables")).scalar_one()
+    echo(
+        f"VO services: {tables} tables published in TAP_SCHEMA; `dms serve` serves TAP, SCS, SIA and DataLink"
+    )
 
 
 def serve_forever(deployment: Deployment, host: str, port: int, echo: Callable[[str], None] = print) -> None:

@@ -125,7 +125,11 @@ def sia_query(params: Params) -> str:
 
         any_of(name, interval)
     for name, column in STRINGS.items():
-        any_of(name, lambda v, column=column: f"{column} = '{v.replace(chr(39), chr(39) * 2)}'")
+
+        def equals(value: str, column: str = column) -> str:
+            return f"{column} = '{value.replace(chr(39), chr(39) * 2)}'"
+
+        any_of(name, equals)
 
     def calib(value: str) -> str:
         if value.strip() not in ("0", "1", "2", "3", "4"):

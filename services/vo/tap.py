@@ -18,6 +18,7 @@ from starlette.routing import Route
 from dms.services.vo import formats, vosi
 from dms.services.vo.errors import ServiceError
 from dms.services.vo.http import XML, Context, Params, error_response, guarded, read_params
+from dms.services.vo.tap_schema import Table
 from dms.services.vo.uws import JobStore
 from dms.services.vo.uws_xml import iso, job_list_xml, job_xml
 from dms.services.vo.votable import MAX_UPLOAD_BYTES, read_upload
@@ -311,7 +312,7 @@ class TapService:
         ]
 
 
-def examples_document(tables: list) -> str:  # type: ignore[type-arg]
+def examples_document(tables: list[Table]) -> str:
     """DALI examples (XHTML + RDFa), each a query that runs against what is published."""
     examples = [
         (
@@ -336,7 +337,8 @@ def examples_document(tables: list) -> str:  # type: ignore[type-arg]
                     f"SELECT TOP 10 {ra.name}, {dec.name}, DISTANCE(POINT('ICRS', {ra.name}, {dec.name}), "
                     "POINT('ICRS', 10.0, 20.0)) "
                     f"AS dist FROM {table.name}\n"
-                    f"WHERE CONTAINS(POINT('ICRS', {ra.name}, {dec.name}), CIRCLE('ICRS', 10.0, 20.0, 0.5)) = 1 "
+                    f"WHERE CONTAINS(POINT('ICRS', {ra.name}, {dec.name}), CIRCLE('ICRS', 10.0, 20.0, 0.5)) "
+                    "= 1 "
                     "ORDER BY dist",
                 )
             )

@@ -55,7 +55,8 @@ class Table:
         """The first column whose UCD is `ucd`, preferring one that is also meta.main."""
         matches = [c for c in self.columns if c.ucd and c.ucd.lower().split(";")[0] == ucd.lower()]
         main = [c for c in matches if c.ucd and "meta.main" in c.ucd.lower()]
-        return (main or matches or [None])[0]
+        found = main or matches
+        return found[0] if found else None
 
 
 def sync(conn: sa.Connection, extra: Sequence[Schema] = (), reader: str = "dms_reader") -> None:
@@ -66,7 +67,8 @@ def sync(conn: sa.Connection, extra: Sequence[Schema] = (), reader: str = "dms_r
     _insert_self_description(conn, manager)
     schemas = [felis_schema(key) for key in DEFAULT_PUBLISHED] + list(extra)
     for index, schema in enumerate(schemas, start=1):
-        loader = DataLoader(schema, manager, None, tap_schema_index=index, dry_run=True, unique_keys=True)
+        # A dry run only builds the INSERT statements, which run here, inside the caller's transaction.
+        loader = DataLoader(schema, manager, None, tap_schema_index=index, dry_run=True, unique_keys=True)  # type: ignore[arg-type]
         loader.load()
         for insert in loader.inserts:
             conn.execute(insert)
@@ -93,7 +95,8 @@ def _complete_obscore(conn: sa.Connection) -> None:
             "('ivoa.ObsCore', 'access_estsize', 'long', NULL, NULL, 'kbyte', 'phys.size;meta.file', "
             "'obscore:Access.Size', 'Estimated size of the file', 0, 0, 1, 900), "
             "('ivoa.ObsCore', 'pol_states', 'char', '64*', 64, NULL, 'meta.code;phys.polarization', "
-            "'obscore:Char.PolarizationAxis.stateList', 'Polarization states present in the data', 0, 0, 1, 901)"
+            "'obscore:Char.PolarizationAxis.stateList', 'Polarization states present in the data', 0, 0, 1, "
+            "901)"
         )
     )
 
@@ -113,7 +116,8 @@ def load_tables(conn: sa.Connection) -> list[Table]:
     tables = conn.execute(
         sa.text(
             "SELECT t.schema_name, t.table_name, t.description, t.table_type FROM tap_schema.tables t "
-            "JOIN tap_schema.schemas s USING (schema_name) ORDER BY s.schema_index, t.table_index, t.table_name"
+            "JOIN tap_schema.schemas s USING (schema_name) ORDER BY s.schema_index, t.table_index, "
+            "t.table_name"
         )
     ).all()
     columns: dict[str, list[Column]] = {}

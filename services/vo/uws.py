@@ -80,7 +80,8 @@ class JobStore:
             ids = (
                 conn.execute(
                     sa.text(
-                        "UPDATE dms.job SET phase = 'QUEUED', start_time = NULL WHERE service = :s AND phase IN ('QUEUED', 'EXECUTING') RETURNING job_id"
+                        "UPDATE dms.job SET phase = 'QUEUED', start_time = NULL WHERE service = :s AND phase "
+                        "IN ('QUEUED', 'EXECUTING') RETURNING job_id"
                     ),
                     {"s": self.service},
                 )
@@ -105,7 +106,8 @@ class JobStore:
         with self.deployment.engine().begin() as conn:
             conn.execute(
                 sa.text(
-                    "INSERT INTO dms.job (job_id, service, phase, run_id, lang, query, parameters, creation_time, "
+                    "INSERT INTO dms.job (job_id, service, phase, run_id, lang, query, parameters, "
+                    "creation_time, "
                     "destruction_time, execution_duration) VALUES (:id, :service, 'PENDING', :run_id, :lang, "
                     ":query, CAST(:parameters AS jsonb), :now, :destruction, :duration)"
                 ),
@@ -129,8 +131,10 @@ class JobStore:
         with self.deployment.engine().connect() as conn:
             row = conn.execute(
                 sa.text(
-                    "SELECT job_id, phase, run_id, owner_id, parameters, creation_time, start_time, end_time, "
-                    "destruction_time, execution_duration, error_summary, error_type, result_url, result_format, "
+                    "SELECT job_id, phase, run_id, owner_id, parameters, creation_time, start_time, "
+                    "end_time, "
+                    "destruction_time, execution_duration, error_summary, error_type, result_url, "
+                    "result_format, "
                     "row_count FROM dms.job WHERE job_id = :id AND service = :s"
                 ),
                 {"id": job_id, "s": self.service},
@@ -227,7 +231,8 @@ class JobStore:
         with self.deployment.engine().begin() as conn:
             rows = conn.execute(
                 sa.text(
-                    "DELETE FROM dms.job WHERE service = :s AND destruction_time < :now RETURNING job_id, result_url, phase"
+                    "DELETE FROM dms.job WHERE service = :s AND destruction_time < :now RETURNING job_id, "
+                    "result_url, phase"
                 ),
                 {"s": self.service, "now": _now()},
             ).all()

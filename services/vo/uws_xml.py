@@ -58,12 +58,14 @@ def job_xml(job: Job, base: str) -> str:
         f"<uws:results>{results}</uws:results>",
         error,
     ]
-    return f'<?xml version="1.0" encoding="UTF-8"?>\n<uws:job {_NAMESPACES} version="1.1">{"".join(parts)}</uws:job>\n'
+    head = f'<?xml version="1.0" encoding="UTF-8"?>\n<uws:job {_NAMESPACES} version="1.1">'
+    return f"{head}{''.join(parts)}</uws:job>\n"
 
 
 def job_list_xml(jobs: list[Job], base: str) -> str:
     refs = "".join(
-        f'<uws:jobref id={quoteattr(j.job_id)} xlink:type="simple" xlink:href={quoteattr(base + "/" + j.job_id)}>'
+        f'<uws:jobref id={quoteattr(j.job_id)} xlink:type="simple" '
+        f"xlink:href={quoteattr(base + '/' + j.job_id)}>"
         f"{_element('phase', j.phase)}{_element('runId', j.run_id) if j.run_id else ''}"
         f"{_element('ownerId', j.owner_id)}{_element('creationTime', iso(j.creation_time))}</uws:jobref>"
         for j in jobs

@@ -11,7 +11,8 @@ from dms.services.vo.tap_schema import Column, Table
 CAPABILITIES_HEAD = (
     '<?xml version="1.0" encoding="UTF-8"?>\n'
     '<vosi:capabilities xmlns:vosi="http://www.ivoa.net/xml/VOSICapabilities/v1.0" '
-    'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:vr="http://www.ivoa.net/xml/VOResource/v1.0" '
+    'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+    'xmlns:vr="http://www.ivoa.net/xml/VOResource/v1.0" '
     'xmlns:vs="http://www.ivoa.net/xml/VODataService/v1.1" xmlns:tr="http://www.ivoa.net/xml/TAPRegExt/v1.0">\n'
 )
 
@@ -30,7 +31,7 @@ GEOMETRY = (
     "COORD2",
     "COORDSYS",
 )
-ADQL_FEATURES = {
+ADQL_FEATURES: dict[str, list[tuple[str, str | None]]] = {
     "ivo://ivoa.net/std/TAPRegExt#features-adqlgeo": [(g, None) for g in GEOMETRY],
     "ivo://ivoa.net/std/TAPRegExt#features-adql-string": [("LOWER", None), ("ILIKE", None)],
     "ivo://ivoa.net/std/TAPRegExt#features-adql-offset": [("OFFSET", None)],
@@ -119,7 +120,8 @@ def tap_capabilities(base: str, *, upload_limit: int, default_rows: int, hard_ro
     )
     return (
         CAPABILITIES_HEAD + '<capability standardID="ivo://ivoa.net/std/TAP" xsi:type="tr:TableAccess">'
-        f'<interface xsi:type="vs:ParamHTTP" role="std" version="1.1"><accessURL use="base">{escape(base)}/tap</accessURL></interface>'
+        '<interface xsi:type="vs:ParamHTTP" role="std" version="1.1"><accessURL '
+        f'use="base">{escape(base)}/tap</accessURL></interface>'
         '<dataModel ivo-id="ivo://ivoa.net/std/ObsCore#core-1.1">ObsCore-1.1</dataModel>'
         '<language><name>ADQL</name><version ivo-id="ivo://ivoa.net/std/ADQL#v2.0">2.0</version>'
         '<version ivo-id="ivo://ivoa.net/std/ADQL#v2.1">2.1</version>'
@@ -131,7 +133,8 @@ def tap_capabilities(base: str, *, upload_limit: int, default_rows: int, hard_ro
         '<uploadMethod ivo-id="ivo://ivoa.net/std/TAPRegExt#upload-https"/>'
         "<retentionPeriod><default>604800</default><hard>604800</hard></retentionPeriod>"
         "<executionDuration><default>600</default><hard>3600</hard></executionDuration>"
-        f'<outputLimit><default unit="row">{default_rows}</default><hard unit="row">{hard_rows}</hard></outputLimit>'
+        f'<outputLimit><default unit="row">{default_rows}</default><hard '
+        f'unit="row">{hard_rows}</hard></outputLimit>'
         f'<uploadLimit><hard unit="byte">{upload_limit}</hard></uploadLimit>'
         "</capability>\n" + vosi_capabilities(base, "tap", examples=True) + "</vosi:capabilities>\n"
     )
@@ -177,7 +180,8 @@ def _column_xml(column: Column) -> str:
     )
     return (
         f"<column><name>{escape(column.name)}</name>{optional}"
-        f'<dataType xsi:type="vs:VOTableType"{arraysize}{xtype}>{escape(column.datatype)}</dataType>{flags}</column>'
+        "<dataType "
+        f'xsi:type="vs:VOTableType"{arraysize}{xtype}>{escape(column.datatype)}</dataType>{flags}</column>'
     )
 
 
@@ -196,11 +200,13 @@ def _table_xml(
         for _, source, target, pairs in keys
         if source == table.name and detail
     )
-    return f'<table type="{escape(table.table_type)}"><name>{escape(table.name)}</name>{description}{columns}{foreign}</table>'
+    head = f'<table type="{escape(table.table_type)}"><name>{escape(table.name)}</name>'
+    return f"{head}{description}{columns}{foreign}</table>"
 
 
 _TABLESET_NS = (
-    'xmlns:vosi="http://www.ivoa.net/xml/VOSITables/v1.0" xmlns:vs="http://www.ivoa.net/xml/VODataService/v1.1" '
+    'xmlns:vosi="http://www.ivoa.net/xml/VOSITables/v1.0" '
+    'xmlns:vs="http://www.ivoa.net/xml/VODataService/v1.1" '
     'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
 )
 

@@ -105,7 +105,8 @@ def result_votable(
             '<RESOURCE type="meta" utype="adhoc:service">'
             '<PARAM name="standardID" datatype="char" arraysize="*" value="ivo://ivoa.net/std/DataLink#links-1.1"/>'
             f'<PARAM name="accessURL" datatype="char" arraysize="*" value={quoteattr(datalink[1])}/>'
-            '<GROUP name="inputParams"><PARAM name="ID" datatype="char" arraysize="*" value="" ref="datalink_id"/>'
+            '<GROUP name="inputParams"><PARAM name="ID" datatype="char" arraysize="*" value="" '
+            'ref="datalink_id"/>'
             "</GROUP></RESOURCE>\n"
         ).encode()
         at = document.rfind(b"</VOTABLE>")
@@ -141,7 +142,8 @@ def _describe_fields(votable: VOTableFile, table: pa.Table, columns: Mapping[str
 def error_votable(message: str) -> bytes:
     """A DALI error document."""
     return (
-        f'<?xml version="1.0" encoding="UTF-8"?>\n<VOTABLE version="{VOTABLE_VERSION}" xmlns="{VOTABLE_NS}">\n'
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<VOTABLE version="{VOTABLE_VERSION}" '
+        f'xmlns="{VOTABLE_NS}">\n'
         f'<RESOURCE type="results">\n<INFO name="QUERY_STATUS" value="ERROR">{escape(message)}</INFO>\n'
         "</RESOURCE>\n</VOTABLE>\n"
     ).encode()
@@ -151,7 +153,8 @@ def info_votable(infos: Mapping[str, str], params: Mapping[str, str] | None = No
     """A VOTable holding INFOs only (e.g. a service's self-description for FORMAT=METADATA)."""
     body = "".join(f"<INFO name={quoteattr(k)} value={quoteattr(v)}/>\n" for k, v in infos.items())
     return (
-        f'<?xml version="1.0" encoding="UTF-8"?>\n<VOTABLE version="{VOTABLE_VERSION}" xmlns="{VOTABLE_NS}">\n'
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<VOTABLE version="{VOTABLE_VERSION}" '
+        f'xmlns="{VOTABLE_NS}">\n'
         f'<RESOURCE type="results">\n{body}</RESOURCE>\n</VOTABLE>\n'
     ).encode()
 

@@ -13,7 +13,7 @@ import pyvo
 import sqlalchemy as sa
 from astropy.coordinates import SkyCoord
 from astropy.table import Table
-from vo_support import LiveVO, live_vo  # noqa: F401
+from vo_support import LiveVO, live_vo_fixture  # noqa: F401 (the live_vo fixture)
 
 CONE = (
     "SELECT id, ra, dec FROM survey.obj "
@@ -31,25 +31,25 @@ def expected_cone(vo: LiveVO, ra: float = 10, dec: float = 20, radius: float = 0
 
 
 @pytest.fixture(scope="module")
-def tap(live_vo: LiveVO) -> pyvo.dal.TAPService:  # noqa: F811
+def tap(live_vo: LiveVO) -> pyvo.dal.TAPService:
     return pyvo.dal.TAPService(f"{live_vo.url}/tap")
 
 
-def test_sync_cone_search_matches_astropy(tap: pyvo.dal.TAPService, live_vo: LiveVO) -> None:  # noqa: F811
+def test_sync_cone_search_matches_astropy(tap: pyvo.dal.TAPService, live_vo: LiveVO) -> None:
     table = tap.search(CONE).to_table()
     assert set(table["id"].tolist()) == expected_cone(live_vo)
     assert table["ra"].unit == "deg"
     assert len(table) > 10
 
 
-def test_field_metadata_comes_from_tap_schema(live_vo: LiveVO) -> None:  # noqa: F811
+def test_field_metadata_comes_from_tap_schema(live_vo: LiveVO) -> None:
     body = httpx.get(
         f"{live_vo.url}/tap/sync", params={"LANG": "ADQL", "QUERY": "SELECT TOP 1 ra FROM survey.obj"}
     ).text
     assert 'ucd="pos.eq.ra;meta.main"' in body and 'unit="deg"' in body and "Right ascension" in body
 
 
-def test_run_async_gives_the_sync_answer(tap: pyvo.dal.TAPService, live_vo: LiveVO) -> None:  # noqa: F811
+def test_run_async_gives_the_sync_answer(tap: pyvo.dal.TAPService, live_vo: LiveVO) -> None:
     table = tap.run_async(CONE).to_table()
     assert set(table["id"].tolist()) == expected_cone(live_vo)
 
@@ -66,7 +66,7 @@ def running_slow_queries(vo: LiveVO) -> int:
         )
 
 
-def test_submit_then_abort_cancels_the_running_query(tap: pyvo.dal.TAPService, live_vo: LiveVO) -> None:  # noqa: F811
+def test_submit_then_abort_cancels_the_running_query(tap: pyvo.dal.TAPService, live_vo: LiveVO) -> None:
     job = tap.submit_job(SLOW)
     job.run()
     deadline = time.monotonic() + 20
@@ -83,7 +83,7 @@ def test_submit_then_abort_cancels_the_running_query(tap: pyvo.dal.TAPService, l
     job.delete()
 
 
-def test_async_job_lifecycle_and_uws_resources(live_vo: LiveVO) -> None:  # noqa: F811
+def test_async_job_lifecycle_and_uws_resources(live_vo: LiveVO) -> None:
     base = f"{live_vo.url}/tap/async"
     created = httpx.post(
         base, data={"LANG": "ADQL", "QUERY": "SELECT TOP 3 id FROM survey.obj", "RUNID": "r1"}
@@ -107,7 +107,7 @@ def test_async_job_lifecycle_and_uws_resources(live_vo: LiveVO) -> None:  # noqa
     assert httpx.get(job_url).status_code == 404
 
 
-def test_failed_job_reports_its_error(live_vo: LiveVO) -> None:  # noqa: F811
+def test_failed_job_reports_its_error(live_vo: LiveVO) -> None:
     job_url = httpx.post(
         f"{live_vo.url}/tap/async",
         data={"LANG": "ADQL", "QUERY": "SELECT nope FROM survey.obj", "PHASE": "RUN"},
@@ -118,7 +118,7 @@ def test_failed_job_reports_its_error(live_vo: LiveVO) -> None:  # noqa: F811
     assert 'value="ERROR"' in httpx.get(f"{job_url}/error").text
 
 
-def test_jobs_survive_a_server_restart(live_vo: LiveVO) -> None:  # noqa: F811
+def test_jobs_survive_a_server_restart(live_vo: LiveVO) -> None:
     from dms.services.vo.server import running_server
 
     job_url = httpx.post(
@@ -129,7 +129,7 @@ def test_jobs_survive_a_server_restart(live_vo: LiveVO) -> None:  # noqa: F811
         assert "<uws:phase>PENDING</uws:phase>" in httpx.get(f"{other}/tap/async/{job_id}").text
 
 
-def test_upload_inline_joins_the_catalog(tap: pyvo.dal.TAPService, live_vo: LiveVO) -> None:  # noqa: F811
+def test_upload_inline_joins_the_catalog(tap: pyvo.dal.TAPService, live_vo: LiveVO) -> None:
     targets = Table({"tid": [1, 2], "tra": [10.0, 11.0], "tdec": [20.0, 21.0]})
     query = (
         "SELECT t.tid, o.id FROM TAP_UPLOAD.targets AS t JOIN survey.obj AS o "
@@ -143,7 +143,7 @@ def test_upload_inline_joins_the_catalog(tap: pyvo.dal.TAPService, live_vo: Live
     assert got == expected and got
 
 
-def test_upload_by_url(live_vo: LiveVO) -> None:  # noqa: F811
+def test_upload_by_url(live_vo: LiveVO) -> None:
     url = (
         f"{live_vo.url}/tap/sync?LANG=ADQL&QUERY=SELECT%20TOP%205%20id%20FROM%20survey.obj%20ORDER%20BY%20id"
     )
@@ -154,7 +154,7 @@ def test_upload_by_url(live_vo: LiveVO) -> None:  # noqa: F811
     assert Table.read(io.BytesIO(body), format="votable")["n"][0] == 5
 
 
-def test_maxrec_overflow_and_metadata_only(tap: pyvo.dal.TAPService, live_vo: LiveVO) -> None:  # noqa: F811
+def test_maxrec_overflow_and_metadata_only(tap: pyvo.dal.TAPService, live_vo: LiveVO) -> None:
     result = tap.search("SELECT id FROM survey.obj", maxrec=7)
     assert len(result) == 7 and result.query_status == "OVERFLOW"
     body = httpx.get(
@@ -165,7 +165,7 @@ def test_maxrec_overflow_and_metadata_only(tap: pyvo.dal.TAPService, live_vo: Li
 
 
 @pytest.mark.parametrize("fmt", ["votable", "votable/b2", "csv", "tsv", "json", "parquet"])
-def test_every_output_format_holds_the_rows(live_vo: LiveVO, fmt: str) -> None:  # noqa: F811
+def test_every_output_format_holds_the_rows(live_vo: LiveVO, fmt: str) -> None:
     response = httpx.get(
         f"{live_vo.url}/tap/sync",
         params={

@@ -12,13 +12,13 @@ import pyvo
 import sqlalchemy as sa
 from astropy.coordinates import SkyCoord
 from astropy.time import Time
-from vo_support import LiveVO, live_vo  # noqa: F401
+from vo_support import LiveVO, live_vo_fixture  # noqa: F401 (the live_vo fixture)
 
 from dms.services.vo.errors import QueryCancelled, QueryRefused, QueryTimeout
 from dms.services.vo.executor import ControlDatabaseExecutor
 
 
-def test_cone_search_matches_astropy(live_vo: LiveVO) -> None:  # noqa: F811
+def test_cone_search_matches_astropy(live_vo: LiveVO) -> None:
     result = pyvo.dal.SCSService(f"{live_vo.url}/scs/survey.obj").search(
         pos=(10.5, 19.5), radius=0.3, verbosity=3
     )
@@ -30,7 +30,7 @@ def test_cone_search_matches_astropy(live_vo: LiveVO) -> None:  # noqa: F811
     assert {"id", "ra", "dec", "mag", "name"} <= set(table.colnames)
 
 
-def test_cone_search_rejects_bad_positions(live_vo: LiveVO) -> None:  # noqa: F811
+def test_cone_search_rejects_bad_positions(live_vo: LiveVO) -> None:
     for params in (
         {"RA": "10", "DEC": "20", "SR": "-1"},
         {"RA": "x", "DEC": "20", "SR": "1"},
@@ -42,7 +42,7 @@ def test_cone_search_rejects_bad_positions(live_vo: LiveVO) -> None:  # noqa: F8
     assert httpx.get(f"{live_vo.url}/scs/dms.job", params={"RA": 1, "DEC": 1, "SR": 1}).status_code == 404
 
 
-def test_sia2_search_and_datalinks(live_vo: LiveVO) -> None:  # noqa: F811
+def test_sia2_search_and_datalinks(live_vo: LiveVO) -> None:
     sia = pyvo.dal.SIA2Service(f"{live_vo.url}/sia")
     results = sia.search(pos=(11.0, 20.0, 0.3))
     assert [r["obs_id"] for r in results] == ["img1"]  # s_fov/2 = 0.25 widens the circle to 0.55
@@ -55,7 +55,7 @@ def test_sia2_search_and_datalinks(live_vo: LiveVO) -> None:  # noqa: F811
     assert [link.access_url for link in this] == ["http://files.example/img1.fits"]
 
 
-def test_sia_rejects_invalid_parameters(live_vo: LiveVO) -> None:  # noqa: F811
+def test_sia_rejects_invalid_parameters(live_vo: LiveVO) -> None:
     for params in (
         {"POS": "CIRCLE 10 20"},
         {"POS": "CIRCLE 10 100 1"},
@@ -68,7 +68,7 @@ def test_sia_rejects_invalid_parameters(live_vo: LiveVO) -> None:  # noqa: F811
         assert response.status_code == 400 and 'value="ERROR"' in response.text, params
 
 
-def test_datalink_unknown_id_is_a_fault_row(live_vo: LiveVO) -> None:  # noqa: F811
+def test_datalink_unknown_id_is_a_fault_row(live_vo: LiveVO) -> None:
     body = httpx.get(f"{live_vo.url}/datalink", params={"ID": "ivo://nowhere"}).text
     assert "NotFoundFault" in body
 
@@ -92,14 +92,14 @@ def table_count(vo: LiveVO) -> int:
         ("ADQL", "SELECT * FROM survey.obj WHERE name = '' ; DROP TABLE survey.obj; --'"),
     ],
 )
-def test_modifications_and_internal_tables_are_refused(live_vo: LiveVO, lang: str, query: str) -> None:  # noqa: F811
+def test_modifications_and_internal_tables_are_refused(live_vo: LiveVO, lang: str, query: str) -> None:
     before = table_count(live_vo)
     response = httpx.post(f"{live_vo.url}/tap/sync", data={"LANG": lang, "QUERY": query})
     assert response.status_code == 400 and 'value="ERROR"' in response.text
     assert table_count(live_vo) == before
 
 
-def test_upload_names_cannot_inject(live_vo: LiveVO) -> None:  # noqa: F811
+def test_upload_names_cannot_inject(live_vo: LiveVO) -> None:
     votable = (
         b'<?xml version="1.0"?><VOTABLE version="1.3" xmlns="http://www.ivoa.net/xml/VOTable/v1.3"><RESOURCE><TABLE>'
         b'<FIELD name="a&quot;); DROP TABLE survey.obj; --" '
@@ -130,13 +130,13 @@ def test_upload_names_cannot_inject(live_vo: LiveVO) -> None:  # noqa: F811
         {"LANG": "ADQL", "QUERY": "SELECT * FROM TAP_UPLOAD.t", "UPLOAD": "t,param:missing"},
     ],
 )
-def test_bad_requests_get_an_error_document(live_vo: LiveVO, data: dict[str, str]) -> None:  # noqa: F811
+def test_bad_requests_get_an_error_document(live_vo: LiveVO, data: dict[str, str]) -> None:
     response = httpx.post(f"{live_vo.url}/tap/sync", data=data)
     assert response.status_code == 400
     assert 'value="ERROR"' in response.text and "Traceback" not in response.text
 
 
-def test_malformed_and_huge_uploads_are_refused(live_vo: LiveVO) -> None:  # noqa: F811
+def test_malformed_and_huge_uploads_are_refused(live_vo: LiveVO) -> None:
     from dms.services.vo.votable import MAX_UPLOAD_BYTES
 
     for content in (b"<VOTABLE><oops", b"x" * (MAX_UPLOAD_BYTES + 10)):
@@ -148,7 +148,7 @@ def test_malformed_and_huge_uploads_are_refused(live_vo: LiveVO) -> None:  # noq
         assert response.status_code == 400 and 'value="ERROR"' in response.text
 
 
-def test_reader_role_cannot_see_internal_tables(live_vo: LiveVO) -> None:  # noqa: F811
+def test_reader_role_cannot_see_internal_tables(live_vo: LiveVO) -> None:
     url = live_vo.deployment.control_url().set(drivername="postgresql").render_as_string(False)
     with psycopg.connect(url) as conn:
         conn.execute("SET ROLE dms_reader")
@@ -156,7 +156,7 @@ def test_reader_role_cannot_see_internal_tables(live_vo: LiveVO) -> None:  # noq
             conn.execute("SELECT * FROM dms.job")
 
 
-def test_executor_timeout_and_cancel(live_vo: LiveVO) -> None:  # noqa: F811
+def test_executor_timeout_and_cancel(live_vo: LiveVO) -> None:
     executor = ControlDatabaseExecutor(live_vo.deployment)
     slow = "SELECT COUNT(*) FROM survey.obj AS a, survey.obj AS b, survey.obj AS c WHERE a.id + b.id > c.id"
     with pytest.raises(QueryTimeout):
@@ -171,7 +171,7 @@ def test_executor_timeout_and_cancel(live_vo: LiveVO) -> None:  # noqa: F811
     assert result.table["id"].to_pylist() == [1, 2, 3, 4, 5] and result.overflow
 
 
-def test_vosi_endpoints_and_landing_page(live_vo: LiveVO) -> None:  # noqa: F811
+def test_vosi_endpoints_and_landing_page(live_vo: LiveVO) -> None:
     for path in (
         "/tap/availability",
         "/sia/availability",

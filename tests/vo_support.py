@@ -98,8 +98,8 @@ def publish_test_data(deployment: Deployment) -> None:
         sync(conn, extra=[schema])
 
 
-@pytest.fixture(scope="module")
-def live_vo(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveVO]:
+@pytest.fixture(scope="module", name="live_vo")
+def live_vo_fixture(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveVO]:
     name = f"vo_{uuid.uuid4().hex[:12]}"
     admin = pg_server.get_uri()
     with psycopg.connect(admin, autocommit=True) as conn:

@@ -86,11 +86,11 @@ def upgrade() -> None:
 def downgrade() -> None:
     for signature in ADQL_FUNCTIONS:
         op.execute(f"DROP FUNCTION IF EXISTS {signature}")
+    for schema in PUBLISHED:
+        op.execute(f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} REVOKE SELECT ON TABLES FROM {READER}")
     op.execute("DROP SCHEMA IF EXISTS tap_schema CASCADE")
     for column in OBSCORE_EXTRA_COLUMNS:
         op.execute(f'ALTER TABLE ivoa."ObsCore" DROP COLUMN IF EXISTS {column}')
-    for schema in PUBLISHED:
-        op.execute(f"ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} REVOKE SELECT ON TABLES FROM {READER}")
     # The role is shared by every database of the server: drop only this database's grants, then the role
     # itself if no other database still uses it.
     op.execute(f"DROP OWNED BY {READER}")

@@ -118,7 +118,9 @@ def main() -> None:
     port = free_port()
     env = {**os.environ, "DMS_DATA_DIR": str(data_dir)}
     server = subprocess.Popen(
-        [sys.executable, "-m", "dms.cli", "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL
+        [str(Path(sys.executable).parent / "dms"), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:

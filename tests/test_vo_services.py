@@ -184,3 +184,15 @@ def test_vosi_endpoints_and_landing_page(live_vo: LiveVO) -> None:
     page = httpx.get(live_vo.url + "/").text
     assert "/scs/survey.obj" in page and "/tap" in page and "/sia/query" in page
     assert httpx.get(live_vo.url + "/no/such/thing").status_code == 404
+
+
+def test_republishing_keeps_other_published_schemas(live_vo: LiveVO) -> None:
+    from dms.services.vo.server import prepare
+
+    def published() -> list[str]:
+        with live_vo.deployment.engine().connect() as conn:
+            return sorted(conn.execute(sa.text("SELECT table_name FROM tap_schema.tables")).scalars())
+
+    before = published()
+    prepare(live_vo.deployment)  # what `dms serve` does at start: ivoa and tap_schema again
+    assert published() == before and "survey.obj" in before

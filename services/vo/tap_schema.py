@@ -60,13 +60,16 @@ class Table:
 
 
 def sync(conn: sa.Connection, extra: Sequence[Schema] = (), reader: str = "dms_reader") -> None:
-    """Rewrite TAP_SCHEMA for the default published schemas plus `extra` (in the caller's transaction)."""
+    """Rewrite the TAP_SCHEMA rows of the default published schemas, TAP_SCHEMA itself and `extra`, in the
+    caller's transaction; schemas published earlier by other callers (user catalogs) are kept."""
     manager = TableManager(engine_url="postgresql://", schema_name=TAP_SCHEMA)
-    for name in reversed(_TABLES):
-        conn.execute(manager[name].delete())
-    _insert_self_description(conn, manager)
     schemas = [felis_schema(key) for key in DEFAULT_PUBLISHED] + list(extra)
-    for index, schema in enumerate(schemas, start=1):
+    _forget(conn, [TAP_SCHEMA, *(s.name for s in schemas)])
+    _insert_self_description(conn, manager)
+    start = 1 + (
+        conn.execute(sa.text("SELECT coalesce(max(schema_index), 0) FROM tap_schema.schemas")).scalar_one()
+    )
+    for index, schema in enumerate(schemas, start=start):
         # A dry run only builds the INSERT statements, which run here, inside the caller's transaction.
         loader = DataLoader(schema, manager, None, tap_schema_index=index, dry_run=True, unique_keys=True)  # type: ignore[arg-type]
         loader.load()
@@ -77,6 +80,20 @@ def sync(conn: sa.Connection, extra: Sequence[Schema] = (), reader: str = "dms_r
         quoted = conn.dialect.identifier_preparer.quote(schema.name)
         conn.execute(sa.text(f"GRANT USAGE ON SCHEMA {quoted} TO {reader}"))
         conn.execute(sa.text(f"GRANT SELECT ON ALL TABLES IN SCHEMA {quoted} TO {reader}"))
+
+
+def _forget(conn: sa.Connection, schemas: list[str]) -> None:
+    """Delete the TAP_SCHEMA rows describing `schemas` (keys first, as they reference the rest)."""
+    tables = "SELECT table_name FROM tap_schema.tables WHERE schema_name = ANY(:names)"
+    keys = f"SELECT key_id FROM tap_schema.keys WHERE from_table IN ({tables}) OR target_table IN ({tables})"
+    for statement in (
+        f"DELETE FROM tap_schema.key_columns WHERE key_id IN ({keys})",
+        f"DELETE FROM tap_schema.keys WHERE key_id IN ({keys})",
+        f"DELETE FROM tap_schema.columns WHERE table_name IN ({tables})",
+        "DELETE FROM tap_schema.tables WHERE schema_name = ANY(:names)",
+        "DELETE FROM tap_schema.schemas WHERE schema_name = ANY(:names)",
+    ):
+        conn.execute(sa.text(statement), {"names": schemas})
 
 
 def _complete_obscore(conn: sa.Connection) -> None:

@@ -277,15 +277,29 @@ def shard_list(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.option(
+    "--serve/--no-serve",
+    default=None,
+    help="End by serving the VO services on localhost:8000 [default: only when run in a terminal].",
+)
 @data_dir_option
 @click.pass_context
 @_friendly_errors
-def demo(ctx: click.Context) -> None:
+def demo(ctx: click.Context, serve: bool | None) -> None:
     """Create (or reuse) a deployment, bring it to head and show what it holds."""
     from dms.demo import run_demo
 
-    run_demo(_data_dir(ctx), echo=click.echo)
+    deployment = run_demo(_data_dir(ctx), echo=click.echo)
+    if serve or (serve is None and sys.stdout.isatty()):
+        from dms.services.vo.server import serve_demo
 
+        serve_demo(deployment, echo=click.echo)
+
+
+from dms.cli_vo import adql, serve  # noqa: E402  (VO services: issue 5)
+
+main.add_command(adql)
+main.add_command(serve)
 
 from dms.cli_catalog import load, query, tables  # noqa: E402  (the commands use the helpers above)
 

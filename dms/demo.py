@@ -13,6 +13,7 @@ from dms.deployment import Deployment
 from dms.errors import DeploymentExistsError
 from dms.schema import CONTROL_NAMESPACES
 from dms.services.archiver.demo import archive_samples
+from dms.services.vo.server import demo_step as vo_demo_step
 
 
 def run_demo(data_dir: Path | None, echo: Callable[[str], None] = print) -> Deployment:
@@ -48,6 +49,7 @@ def run_demo(data_dir: Path | None, echo: Callable[[str], None] = print) -> Depl
     show_examples(deployment, echo)
     archive_samples(deployment, echo)
     run_efd_demo(deployment, echo)
+    vo_demo_step(deployment, echo)
     echo("Try: dms tables | dms query \"SELECT ...\" | dms status | dms --help")
     return deployment
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = [
+    "ADQL_FUNCTIONS",
     "FUNCTIONS",
     "MAX_POLYGON_VERTICES",
     "duckdb_drop_sql",
@@ -58,6 +59,21 @@ FUNCTIONS: tuple[str, ...] = (
     "ivo_healpix_index",
 )
 """Public function names, as spelled by scisql and the IVOA."""
+
+ADQL_FUNCTIONS: tuple[str, ...] = (
+    "adql_area",
+    "adql_centroid",
+    "adql_contains",
+    "adql_round",
+    "adql_truncate",
+    "adql_mod",
+    "ivo_hasword",
+    "ivo_hashlist_has",
+    "ivo_interval_overlaps",
+    "ivo_to_mjd",
+    "ivo_to_jd",
+)
+"""Functions the ADQL front end (dms.query.adql) lowers ADQL to; udfs/*/50_adql.sql documents them."""
 
 MAX_POLYGON_VERTICES = 20
 """scisql_s2PtInCPoly accepts 3 to this many vertices (scisql's SCISQL_MAX_VERTS)."""

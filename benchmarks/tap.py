@@ -1,0 +1,173 @@
+"""TAP over HTTP against the same query run through the executor directly, and under 100 concurrent clients.
+
+Usage: python benchmarks/tap.py [--rows 200000] [--requests 200] [--clients 100] [--duration 60]
+
+Creates a throw-away embedded deployment, loads a synthetic catalog (survey.obj, published in TAP_SCHEMA
+from tests/data/vo_catalog.yaml), starts `dms serve` in a subprocess, and prints:
+  1. a sync TAP cone query (TOP 100 rows in a 0.1 deg cone) over HTTP: p50 / p95 latency;
+  2. the same ADQL through ControlDatabaseExecutor in-process: p50 / p95, and the HTTP overhead ratio;
+  3. CLIENTS concurrent clients issuing random small cone queries for DURATION seconds: throughput,
+     p95 and errors (target: p95 < 1 s, zero errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import sqlalchemy as sa
+from felis.datamodel import Schema
+
+from dms import migrate
+from dms.deployment import Deployment
+from dms.services.vo.executor import ControlDatabaseExecutor
+from dms.services.vo.tap_schema import sync
+
+ROOT = Path(__file__).resolve().parents[1]
+QUERY = (
+    "SELECT TOP 100 id, ra, dec, mag FROM survey.obj "
+    "WHERE CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', {ra:.4f}, {dec:.4f}, 0.1)) = 1"
+)
+
+
+def load(deployment: Deployment, rows: int) -> None:
+    rng = np.random.default_rng(1)
+    ra, dec, mag = rng.uniform(0, 20, rows), rng.uniform(-10, 10, rows), rng.uniform(12, 24, rows)
+    with deployment.engine().begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA IF EXISTS survey CASCADE"))
+        conn.execute(sa.text("CREATE SCHEMA survey"))
+        conn.execute(
+            sa.text(
+                "CREATE TABLE survey.obj (id bigint PRIMARY KEY, ra float8, dec float8, mag float8, "
+                "name text)"
+            )
+        )
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur, cur.copy("COPY survey.obj FROM STDIN") as copy:
+            for i in range(rows):
+                copy.write_row((i + 1, float(ra[i]), float(dec[i]), float(mag[i]), f"star {i + 1}"))
+        conn.execute(sa.text("CREATE INDEX ON survey.obj (dec, ra)"))
+        conn.execute(sa.text("ANALYZE survey.obj"))
+        schema = Schema.from_uri(
+            str(ROOT / "tests" / "data" / "vo_catalog.yaml"), context={"id_generation": True}
+        )
+        sync(conn, extra=[schema])
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    return float(np.percentile(samples, 50)), float(np.percentile(samples, 95))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def random_query(rng: np.random.Generator) -> str:
+    return QUERY.format(ra=rng.uniform(1, 19), dec=rng.uniform(-9, 9))
+
+
+async def crowd(url: str, clients: int, duration: float) -> tuple[int, list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+    stop = time.monotonic() + duration
+    limits = httpx.Limits(max_connections=clients)
+
+    async def client(seed: int) -> None:
+        nonlocal errors
+        rng = np.random.default_rng(seed)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+            while time.monotonic() < stop:
+                started = time.monotonic()
+                try:
+                    response = await http.get(url, params={"LANG": "ADQL", "QUERY": random_query(rng)})
+                    if response.status_code != 200 or b'value="OK"' not in response.content:
+                        errors += 1
+                except httpx.HTTPError:
+                    errors += 1
+                latencies.append(time.monotonic() - started)
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return len(latencies), latencies, errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--duration", type=float, default=60.0)
+    args = parser.parse_args()
+
+    data_dir = Path(tempfile.mkdtemp(prefix="dms-bench-tap-"))
+    deployment = Deployment.create(data_dir)
+    migrate.upgrade(deployment)
+    load(deployment, args.rows)
+    port = free_port()
+    env = {**os.environ, "DMS_DATA_DIR": str(data_dir)}
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dms"), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(f"{base}/tap/availability", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        rng = np.random.default_rng(7)
+        sync_url = f"{base}/tap/sync"
+        http_times = []
+        with httpx.Client(timeout=30) as http:
+            for _ in range(args.requests):
+                started = time.monotonic()
+                http.get(sync_url, params={"LANG": "ADQL", "QUERY": random_query(rng)}).raise_for_status()
+                http_times.append(time.monotonic() - started)
+        executor = ControlDatabaseExecutor(deployment)
+        rng = np.random.default_rng(7)
+        direct_times = []
+        for _ in range(args.requests):
+            started = time.monotonic()
+            executor.execute(random_query(rng), lang="adql", max_rows=100_000, timeout=30)
+            direct_times.append(time.monotonic() - started)
+        h50, h95 = percentiles(http_times)
+        d50, d95 = percentiles(direct_times)
+        print(
+            f"catalog: {args.rows:,} rows; query: TOP 100 in a 0.1 deg cone; "
+            f"{args.requests} sequential requests"
+        )
+        print(f"  TAP sync over HTTP : p50 {h50 * 1000:7.1f} ms   p95 {h95 * 1000:7.1f} ms")
+        print(f"  executor directly  : p50 {d50 * 1000:7.1f} ms   p95 {d95 * 1000:7.1f} ms")
+        print(f"  HTTP / direct      : p50 x{h50 / d50:.2f}   p95 x{h95 / d95:.2f}")
+        count, latencies, errors = asyncio.run(crowd(sync_url, args.clients, args.duration))
+        c50, c95 = percentiles(latencies)
+        print(f"{args.clients} concurrent clients for {args.duration:g} s:")
+        print(
+            f"  {count:,} queries, {count / args.duration:.1f} queries/s, p50 {c50 * 1000:.0f} ms, "
+            f"p95 {c95 * 1000:.0f} ms, errors {errors}"
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        deployment.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

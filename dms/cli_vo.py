@@ -1,0 +1,42 @@
+"""`dms adql translate` and `dms serve`: the command line of the VO services (issue 5)."""
+
+from __future__ import annotations
+
+import click
+
+from dms.cli import _friendly_errors, _open, data_dir_option
+
+
+@click.group()
+def adql() -> None:
+    """The ADQL 2.1 front end."""
+
+
+@adql.command("translate")
+@click.argument("query")
+@click.option(
+    "--dialect",
+    type=click.Choice(["postgres", "duckdb"]),
+    default="postgres",
+    show_default=True,
+    help="SQL dialect to write.",
+)
+@_friendly_errors
+def adql_translate(query: str, dialect: str) -> None:
+    """Print QUERY (ADQL 2.1) as PostgreSQL or DuckDB SQL; an invalid query fails naming line and column."""
+    from dms.query.adql import translate
+
+    click.echo(translate(query, dialect))
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="TCP port to listen on.")
+@data_dir_option
+@click.pass_context
+@_friendly_errors
+def serve(ctx: click.Context, host: str, port: int) -> None:
+    """Serve TAP, SCS, SIA and DataLink over HTTP (until interrupted)."""
+    from dms.services.vo.server import serve_forever
+
+    serve_forever(_open(ctx), host, port, echo=click.echo)

@@ -1,0 +1,80 @@
+"""The ASGI application of the VO services, and its HTML landing page."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from xml.sax.saxutils import escape
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from dms.deployment import Deployment
+from dms.services.vo.datalink import DataLink
+from dms.services.vo.executor import QueryExecutor, make_executor
+from dms.services.vo.http import Context, error_response
+from dms.services.vo.scs import ConeSearch, cone_tables
+from dms.services.vo.sia import ImageAccess
+from dms.services.vo.tap import TapService
+
+log = logging.getLogger(__name__)
+
+
+def make_app(deployment: Deployment, executor: QueryExecutor | None = None) -> Starlette:
+    """TAP, SCS, SIA, DataLink and their VOSI endpoints over one deployment."""
+    context = Context(deployment, executor or make_executor(deployment))
+    tap = TapService(context)
+    scs, sia, datalink = ConeSearch(context), ImageAccess(context), DataLink(context)
+
+    async def landing(request: Request) -> Response:
+        base = str(request.base_url).rstrip("/")
+        tables = await run_in_threadpool(cone_tables, context)
+        return HTMLResponse(landing_page(base, [t.name for t in tables]))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        resumed = await run_in_threadpool(tap.jobs.resume)
+        if resumed:
+            log.info("queued again %d TAP jobs left by a previous server", resumed)
+        yield
+        await run_in_threadpool(tap.jobs.shutdown)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error_response(f"no such resource: {request.url.path}", 404)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error serving %s", request.url.path, exc_info=exc)
+        return error_response(f"internal error ({type(exc).__name__}); the server log has the details", 500)
+
+    routes = [Route("/", landing, methods=["GET"]), Route("/tap", landing, methods=["GET"])]
+    routes += tap.routes() + scs.routes() + sia.routes() + datalink.routes()
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 500: server_error})
+    app.state.context = context
+    app.state.tap = tap
+    return app
+
+
+def landing_page(base: str, cone_tables: list[str]) -> str:
+    links = [
+        ("TAP 1.1 (ADQL 2.1)", f"{base}/tap", "tables, capabilities, examples, sync and async queries"),
+        ("TAP tables", f"{base}/tap/tables", "VOSI table set"),
+        ("TAP capabilities", f"{base}/tap/capabilities", "TAPRegExt"),
+        ("TAP examples", f"{base}/tap/examples", "DALI examples"),
+        ("SIA 2.0", f"{base}/sia/query", "images in ivoa.ObsCore; capabilities at /sia/capabilities"),
+        ("DataLink 1.1", f"{base}/datalink", "links of an image: ?ID=publisher DID"),
+    ]
+    links += [(f"Cone search {t}", f"{base}/scs/{t}", "RA, DEC, SR in degrees") for t in cone_tables]
+    items = "".join(
+        f'<li><a href="{escape(url)}">{escape(name)}</a>: {escape(text)}</li>' for name, url, text in links
+    )
+    return (
+        "<!DOCTYPE html><html><head><title>DMS VO services</title></head><body>"
+        f"<h1>DMS Virtual Observatory services</h1><ul>{items}</ul>"
+        f"<p>From Python: <code>pyvo.dal.TAPService('{escape(base)}/tap').search('SELECT TOP 5 * FROM "
+        "TAP_SCHEMA.tables')</code>; in TOPCAT: VO &gt; Table Access Protocol, URL "
+        f"<code>{escape(base)}/tap</code>.</p></body></html>"
+    )

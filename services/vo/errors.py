@@ -1,0 +1,51 @@
+"""Query errors as the query engine defines them (dms.query.errors), with a stand-in until it is merged.
+
+The VO services catch these at their boundary and turn them into VOTable / UWS error documents.
+"""
+
+from __future__ import annotations
+
+from dms.errors import DMSError
+
+try:  # the query engine's hierarchy, when present (issue 4)
+    from dms.query.errors import (  # type: ignore[import-not-found, unused-ignore]
+        QueryCancelled,
+        QueryError,
+        QueryRefused,
+        QuerySyntaxError,
+        QueryTimeout,
+    )
+except ImportError:  # pragma: no cover - replaced at merge
+
+    class QueryError(DMSError):  # type: ignore[no-redef]
+        """A query could not be answered."""
+
+    class QuerySyntaxError(QueryError):  # type: ignore[no-redef]
+        """The query text is invalid."""
+
+    class QueryRefused(QueryError):  # type: ignore[no-redef]
+        """The query is valid but not allowed (DDL/DML, unknown or internal table, unsupported feature)."""
+
+    class QueryTimeout(QueryError):  # type: ignore[no-redef]
+        """The query ran longer than its time limit."""
+
+    class QueryCancelled(QueryError):  # type: ignore[no-redef]
+        """The query was cancelled (e.g. a UWS job aborted)."""
+
+
+class ServiceError(DMSError):
+    """A request to a VO service has invalid parameters (HTTP 400 with a VOTable/UWS error document)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+__all__ = [
+    "QueryCancelled",
+    "QueryError",
+    "QueryRefused",
+    "QuerySyntaxError",
+    "QueryTimeout",
+    "ServiceError",
+]

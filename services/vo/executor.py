@@ -1,0 +1,298 @@
+"""What the VO services need from the query engine, and a provisional engine on the control database.
+
+The services depend only on :class:`QueryExecutor` (the signature of the query engine's
+``QueryEngine.execute``). Until the distributed engine (issue 4) is merged, :class:`ControlDatabaseExecutor`
+runs queries on the control database itself: ADQL is translated by :mod:`dms.query.adql`, tables must be
+published in TAP_SCHEMA (or uploaded), and the query runs as the read-only role ``dms_reader`` in a READ
+ONLY transaction with a statement timeout, through a server-side cursor that stops after ``max_rows + 1``
+rows. :func:`make_executor` is the one place that chooses the implementation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import psycopg
+import pyarrow as pa
+import sqlglot
+from psycopg import sql
+from sqlglot import exp
+
+from dms.deployment import Deployment, first_line
+from dms.query.adql import AdqlError, AdqlSyntaxError, parse
+from dms.query.adql.functions import check_functions
+from dms.services.vo.errors import QueryCancelled, QueryError, QueryRefused, QuerySyntaxError, QueryTimeout
+
+READER_ROLE = "dms_reader"
+UPLOAD_SCHEMA = "pg_temp"  # uploads are temporary tables: TAP_UPLOAD.x is rewritten to pg_temp.x
+UPLOAD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
+SQL_QUERY_NODES = (exp.Select, exp.Union, exp.Intersect, exp.Except)
+
+
+@dataclass
+class QueryResult:
+    """A query's rows (at most max_rows) and whether more rows existed."""
+
+    table: pa.Table
+    overflow: bool
+
+
+class QueryExecutor(Protocol):
+    """Runs one read-only query (the query engine's ``execute``)."""
+
+    def execute(
+        self,
+        query: str,
+        *,
+        lang: str = "sql",
+        max_rows: int | None = None,
+        timeout: float | None = None,
+        uploads: dict[str, pa.Table] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> QueryResult: ...
+
+
+def make_executor(deployment: Deployment) -> QueryExecutor:
+    """The executor the services use (the query engine, once merged, replaces this one line)."""
+    return ControlDatabaseExecutor(deployment)
+
+
+# PostgreSQL type OID -> Arrow type of the result column; anything else is returned as text.
+_ARROW_TYPES: dict[int, pa.DataType] = {
+    16: pa.bool_(),
+    20: pa.int64(),
+    21: pa.int16(),
+    23: pa.int32(),
+    700: pa.float32(),
+    701: pa.float64(),
+    1700: pa.float64(),
+    1114: pa.timestamp("us"),
+    1184: pa.timestamp("us", tz="UTC"),
+    1082: pa.date32(),
+    1021: pa.list_(pa.float32()),
+    1022: pa.list_(pa.float64()),
+    1007: pa.list_(pa.int32()),
+    1016: pa.list_(pa.int64()),
+}
+_PG_TYPES: dict[str, str] = {
+    "bool": "boolean",
+    "int8": "smallint",
+    "int16": "smallint",
+    "int32": "integer",
+    "int64": "bigint",
+    "uint8": "smallint",
+    "uint16": "integer",
+    "uint32": "bigint",
+    "float": "real",
+    "halffloat": "real",
+    "double": "double precision",
+    "string": "text",
+    "large_string": "text",
+    "date32[day]": "date",
+}
+
+
+class ControlDatabaseExecutor:
+    """Queries on the control database under the read-only role (thread-safe: a connection per query)."""
+
+    def __init__(self, deployment: Deployment, *, cache_seconds: float = 10.0) -> None:
+        self.deployment = deployment
+        self._conninfo = deployment.control_url().set(drivername="postgresql").render_as_string(False)
+        self._cache_seconds = cache_seconds
+        self._published: tuple[float, dict[str, tuple[str, str]], dict[str, str]] = (0.0, {}, {})
+        self._lock = threading.Lock()
+
+    def execute(
+        self,
+        query: str,
+        *,
+        lang: str = "sql",
+        max_rows: int | None = None,
+        timeout: float | None = None,
+        uploads: dict[str, pa.Table] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> QueryResult:
+        uploads = uploads or {}
+        for name in uploads:
+            if not UPLOAD_NAME.match(name):
+                raise QueryRefused(f"upload table name {name!r} is not a valid name (letters, digits, _)")
+        tables, units = self._published_tables()
+        tree = self._parse(query, lang, units)
+        self._check_tables(tree, tables, {n.lower() for n in uploads})
+        text = tree.sql(dialect="postgres", normalize_functions=False)
+        with psycopg.connect(self._conninfo, autocommit=True) as conn:
+            self._load_uploads(conn, uploads)
+            return self._run(conn, text, max_rows, timeout, cancel)
+
+    # ---- steps --------------------------------------------------------------------------------------------
+
+    def _parse(self, query: str, lang: str, units: dict[str, str]) -> exp.Expression:
+        if lang.lower() == "adql":
+            try:
+                return parse(query, unit_of=lambda c: units.get(c.name.lower()))
+            except AdqlSyntaxError as exc:
+                raise QuerySyntaxError(str(exc)) from exc
+            except AdqlError as exc:
+                raise QueryRefused(str(exc)) from exc
+        if lang.lower() not in ("sql", "postgresql"):
+            raise QueryRefused(f"unknown query language {lang!r}; valid: adql, sql")
+        try:
+            statements = [s for s in sqlglot.parse(query, read="postgres") if s is not None]
+        except sqlglot.errors.SqlglotError as exc:
+            raise QuerySyntaxError(f"SQL: {first_line(exc)}") from exc
+        if len(statements) != 1 or not isinstance(statements[0], SQL_QUERY_NODES):
+            raise QueryRefused("only one SELECT statement may be run")
+        try:
+            # The same functions as ADQL: server functions (set_config, pg_sleep, ...) stay out of reach.
+            check_functions(statements[0])
+        except AdqlError as exc:
+            raise QueryRefused(exc.message) from exc
+        return statements[0]
+
+    def _check_tables(
+        self, tree: exp.Expression, published: dict[str, tuple[str, str]], uploads: set[str]
+    ) -> None:
+        """Every table must be published in TAP_SCHEMA, an upload or a CTE.
+
+        Names are matched case-insensitively and replaced by the exact (quoted) database names, so that
+        ADQL's ``ivoa.ObsCore`` finds PostgreSQL's ``ivoa."ObsCore"``; uploads move to ``pg_temp``.
+        """
+        ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
+        for table in list(tree.find_all(exp.Table)):
+            schema, name = table.db.lower(), table.name.lower()
+            if not name:
+                raise QueryRefused(f"table function {table.sql()} is not allowed")
+            if schema == "tap_upload":
+                if name not in uploads:
+                    raise QueryRefused(
+                        f"no uploaded table {table.name!r} (uploaded: {sorted(uploads) or 'none'})"
+                    )
+                table.set("db", exp.to_identifier(UPLOAD_SCHEMA))
+                table.set("this", exp.to_identifier(name))
+                table.set("catalog", None)
+            elif not schema and name in ctes:
+                continue
+            elif f"{schema}.{name}" not in published or table.catalog:
+                raise QueryRefused(f"unknown table {table.sql()}; the tables are listed at /tap/tables")
+            else:
+                exact_schema, exact_name = published[f"{schema}.{name}"]
+                table.set("db", exp.to_identifier(exact_schema, quoted=True))
+                table.set("this", exp.to_identifier(exact_name, quoted=True))
+
+    def _published_tables(self) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+        """Published tables (lower-case schema.table -> exact schema, table) and column units (cached)."""
+        with self._lock:
+            when, tables, units = self._published
+            if time.monotonic() - when < self._cache_seconds:
+                return tables, units
+        with psycopg.connect(self._conninfo, autocommit=True) as conn:
+            tables = {
+                qualified.lower(): (schema, qualified.split(".", 1)[-1])
+                for schema, qualified in conn.execute("SELECT schema_name, table_name FROM tap_schema.tables")
+            }
+            units = {}
+            for column, unit in conn.execute(
+                "SELECT column_name, unit FROM tap_schema.columns WHERE unit IS NOT NULL AND unit <> ''"
+            ):
+                units.setdefault(column.lower().strip('"'), unit)
+        with self._lock:
+            self._published = (time.monotonic(), tables, units)
+        return tables, units
+
+    def _load_uploads(self, conn: psycopg.Connection[Any], uploads: dict[str, pa.Table]) -> None:
+        """Uploaded tables become temporary tables readable by the reader role (gone with the connection)."""
+        if not uploads:
+            return
+        for name, table in uploads.items():
+            columns = []
+            for field in table.schema:
+                if not UPLOAD_NAME.match(field.name):
+                    raise QueryRefused(f"upload {name}: column name {field.name!r} is not a valid name")
+                columns.append(
+                    sql.SQL("{} {}").format(sql.Identifier(field.name.lower()), sql.SQL(_pg_type(field.type)))
+                )
+            target = sql.Identifier(name.lower())
+            conn.execute(sql.SQL("CREATE TEMP TABLE {} ({})").format(target, sql.SQL(", ").join(columns)))
+            with conn.cursor() as cur, cur.copy(sql.SQL("COPY {} FROM STDIN").format(target)) as copy:
+                for row in zip(*(c.to_pylist() for c in table.columns), strict=True):
+                    copy.write_row(row)
+            conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(target, sql.Identifier(READER_ROLE)))
+
+    def _run(
+        self,
+        conn: psycopg.Connection[Any],
+        text: str,
+        max_rows: int | None,
+        timeout: float | None,
+        cancel: threading.Event | None,
+    ) -> QueryResult:
+        done = threading.Event()
+        if cancel is not None:
+            threading.Thread(target=_cancel_when_set, args=(conn, cancel, done), daemon=True).start()
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION READ ONLY")
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(READER_ROLE)))
+                conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(int((timeout or 0) * 1000)))
+                with conn.cursor(name="dms_query") as cur:
+                    cur.itersize = 10_000
+                    cur.execute(text.encode())
+                    rows = cur.fetchall() if max_rows is None else cur.fetchmany(max_rows + 1)
+                    description = cur.description or []
+        except psycopg.errors.QueryCanceled as exc:
+            if cancel is not None and cancel.is_set():
+                raise QueryCancelled("the query was cancelled") from exc
+            raise QueryTimeout(f"the query ran longer than its time limit of {timeout:g} s") from exc
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction) as exc:
+            raise QueryRefused(f"not allowed: {first_line(exc)}") from exc
+        except psycopg.errors.SyntaxError as exc:
+            raise QuerySyntaxError(first_line(exc)) from exc
+        except psycopg.Error as exc:
+            raise QueryError(first_line(exc)) from exc
+        finally:
+            done.set()
+        overflow = max_rows is not None and len(rows) > max_rows
+        return QueryResult(_arrow_table(description, rows[:max_rows] if overflow else rows), overflow)
+
+
+def _cancel_when_set(conn: psycopg.Connection[Any], cancel: threading.Event, done: threading.Event) -> None:
+    while not done.is_set():
+        if cancel.wait(0.05):
+            if not done.is_set():
+                conn.cancel_safe()
+            return
+
+
+def _pg_type(arrow_type: pa.DataType) -> str:
+    if pa.types.is_timestamp(arrow_type):
+        return "timestamp"
+    if pa.types.is_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type):
+        return f"{_pg_type(arrow_type.value_type)}[]"
+    return _PG_TYPES.get(str(arrow_type), "text")
+
+
+def _arrow_table(description: Any, rows: list[tuple[Any, ...]]) -> pa.Table:
+    arrays, names = [], []
+    seen: dict[str, int] = {}
+    for i, column in enumerate(description):
+        name = column.name
+        if name in seen:  # duplicate output names (SELECT a.id, b.id) stay distinct
+            seen[name] += 1
+            name = f"{name}_{seen[name]}"
+        seen.setdefault(name, 0)
+        kind = _ARROW_TYPES.get(column.type_code, pa.string())
+        values = [r[i] for r in rows]
+        if column.type_code == 1700:
+            values = [None if v is None else float(v) for v in values]
+        elif kind == pa.string():
+            values = [
+                None if v is None else v if isinstance(v, str) else json.dumps(v, default=str) for v in values
+            ]
+        arrays.append(pa.array(values, type=kind))
+        names.append(name)
+    return pa.Table.from_arrays(arrays, names=names)

@@ -1,0 +1,95 @@
+"""RESPONSEFORMAT: the output formats of TAP, SCS and SIA, and how a result is written in each."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dms.services.vo.errors import ServiceError
+from dms.services.vo.tap_schema import Column
+from dms.services.vo.votable import result_votable
+
+
+@dataclass(frozen=True)
+class Format:
+    mime: str
+    aliases: tuple[str, ...]
+    extension: str
+
+
+VOTABLE = Format(
+    "application/x-votable+xml",
+    ("votable", "votable/td", "text/xml", "application/x-votable+xml;serialization=tabledata"),
+    "xml",
+)
+VOTABLE_B2 = Format(
+    "application/x-votable+xml;serialization=BINARY2", ("votable/b2", "votable/binary2"), "xml"
+)
+CSV = Format("text/csv", ("csv", "text/csv;header=present"), "csv")
+TSV = Format("text/tab-separated-values", ("tsv",), "tsv")
+JSON = Format("application/json", ("json",), "json")
+PARQUET = Format(
+    "application/vnd.apache.parquet", ("parquet", "application/x-parquet", "vnd.apache.parquet"), "parquet"
+)
+FORMATS = (VOTABLE, VOTABLE_B2, CSV, TSV, JSON, PARQUET)
+
+
+def choose(value: str | None) -> Format:
+    """The format RESPONSEFORMAT (or FORMAT) names; default VOTable TABLEDATA."""
+    if not value:
+        return VOTABLE
+    wanted = value.strip().lower().replace(" ", "")
+    for fmt in FORMATS:
+        if wanted == fmt.mime.lower() or wanted in fmt.aliases:
+            return fmt
+    names = ", ".join(f.aliases[0] for f in FORMATS)
+    raise ServiceError(f"RESPONSEFORMAT {value!r} is not supported; valid: {names} (or their MIME types)")
+
+
+def render(
+    fmt: Format,
+    table: pa.Table,
+    columns: Mapping[str, Column] | None = None,
+    *,
+    overflow: bool = False,
+    infos: Mapping[str, str] | None = None,
+) -> bytes:
+    """The result in `fmt` (VOTable formats carry OVERFLOW; the others cannot say it)."""
+    if fmt in (VOTABLE, VOTABLE_B2):
+        serialization = "binary2" if fmt is VOTABLE_B2 else "tabledata"
+        return result_votable(table, columns, overflow=overflow, serialization=serialization, infos=infos)
+    if fmt in (CSV, TSV):
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, delimiter="," if fmt is CSV else "\t", lineterminator="\n")
+        writer.writerow(table.column_names)
+        for row in zip(*(c.to_pylist() for c in table.columns), strict=True):
+            writer.writerow(
+                ["" if v is None else " ".join(map(str, v)) if isinstance(v, list) else v for v in row]
+            )
+        return buffer.getvalue().encode()
+    if fmt is JSON:
+        metadata = []
+        for field in table.schema:
+            meta = (columns or {}).get(field.name.lower())
+            metadata.append(
+                {
+                    "name": field.name,
+                    "datatype": str(field.type),
+                    "unit": meta.unit if meta else None,
+                    "ucd": meta.ucd if meta else None,
+                }
+            )
+        rows = [list(r) for r in zip(*(c.to_pylist() for c in table.columns), strict=True)]
+        return json.dumps({"metadata": metadata, "data": rows, "overflow": overflow}, default=str).encode()
+    # VOParquet: Parquet whose key-value metadata carries the VOTable description of the columns.
+    header = result_votable(table.slice(0, 0), columns)
+    vo_metadata = {b"IVOA.VOTable-Parquet.version": b"1.0", b"IVOA.VOTable-Parquet.content": header}
+    sink = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **vo_metadata}), sink)
+    return sink.getvalue()

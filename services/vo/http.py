@@ -1,0 +1,130 @@
+"""What every VO endpoint shares: case-insensitive parameters, the service context, error responses."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dms.deployment import Deployment
+from dms.services.vo.errors import QueryError, ServiceError
+from dms.services.vo.executor import QueryExecutor
+from dms.services.vo.tap_schema import Column, Table, load_keys, load_tables
+from dms.services.vo.votable import MAX_UPLOAD_BYTES, error_votable
+
+XML = "text/xml; charset=utf-8"
+VOTABLE_MIME = "application/x-votable+xml"
+MAX_FIELD_BYTES = 1_000_000
+
+
+@dataclass
+class Params:
+    """Request parameters by upper-case name (DALI: names are case-insensitive), and uploaded files."""
+
+    values: dict[str, list[str]] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        found = self.values.get(name.upper())
+        return found[-1] if found else default
+
+    def all(self, name: str) -> list[str]:
+        return self.values.get(name.upper(), [])
+
+    def flat(self) -> dict[str, str]:
+        return {k: v[-1] for k, v in self.values.items()}
+
+
+async def read_params(request: Request) -> Params:
+    """Query string plus (for POST) the urlencoded or multipart form; files are kept by part name."""
+    params = Params()
+    for key, value in request.query_params.multi_items():
+        params.values.setdefault(key.upper(), []).append(value)
+    if request.method == "POST":
+        try:
+            form = await request.form(max_part_size=MAX_UPLOAD_BYTES + 1)
+        except Exception as exc:  # malformed multipart bodies raise several types
+            raise ServiceError(f"cannot read the request body: {exc}") from exc
+        for key, item in form.multi_items():
+            if isinstance(item, UploadFile):
+                content = await item.read(MAX_UPLOAD_BYTES + 1)
+                if len(content) > MAX_UPLOAD_BYTES:
+                    raise ServiceError(f"upload part {key!r} is larger than {MAX_UPLOAD_BYTES:,} bytes")
+                params.files[key] = content
+            else:
+                if len(item) > MAX_FIELD_BYTES:
+                    raise ServiceError(f"parameter {key} is longer than {MAX_FIELD_BYTES:,} characters")
+                params.values.setdefault(key.upper(), []).append(item)
+    return params
+
+
+def error_response(message: str, status: int = 400) -> Response:
+    return Response(error_votable(message), status_code=status, media_type=VOTABLE_MIME)
+
+
+def guarded(
+    handler: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """Turn every failure into a DALI error document: bad input 400, anything unexpected 500 (logged)."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ServiceError as exc:
+            return error_response(str(exc), exc.status)
+        except QueryError as exc:
+            return error_response(str(exc), 400)
+
+    return endpoint
+
+
+class Context:
+    """What the services share: the deployment, the executor and a cached copy of TAP_SCHEMA."""
+
+    def __init__(
+        self, deployment: Deployment, executor: QueryExecutor, *, cache_seconds: float = 10.0
+    ) -> None:
+        self.deployment = deployment
+        self.executor = executor
+        self._cache_seconds = cache_seconds
+        self._loaded = 0.0
+        self._tables: list[Table] = []
+        self._keys: list[tuple[str, str, str, list[tuple[str, str]]]] = []
+        self._lock = threading.Lock()
+
+    def _refresh(self) -> None:
+        with self._lock:
+            if time.monotonic() - self._loaded < self._cache_seconds:
+                return
+            with self.deployment.engine().connect() as conn:
+                self._tables = load_tables(conn)
+                self._keys = load_keys(conn)
+            self._loaded = time.monotonic()
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._loaded = 0.0
+
+    def tables(self) -> list[Table]:
+        self._refresh()
+        return self._tables
+
+    def keys(self) -> list[tuple[str, str, str, list[tuple[str, str]]]]:
+        self._refresh()
+        return self._keys
+
+    def table(self, name: str) -> Table | None:
+        return next((t for t in self.tables() if t.name.lower() == name.lower()), None)
+
+    def columns(self) -> dict[str, Column]:
+        """Column metadata by lower-case column name (the first published table's wins)."""
+        result: dict[str, Column] = {}
+        for table in self.tables():
+            for column in table.columns:
+                result.setdefault(column.name.lower().strip('"'), column)
+        return result

@@ -1,0 +1,376 @@
+"""TAP 1.1 at /tap: synchronous and asynchronous (UWS) queries, uploads, VOSI and examples."""
+
+from __future__ import annotations
+
+import re
+import threading
+from datetime import datetime
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import httpx
+import pyarrow as pa
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from dms.services.vo import formats, vosi
+from dms.services.vo.errors import ServiceError
+from dms.services.vo.http import XML, Context, Params, error_response, guarded, read_params
+from dms.services.vo.tap_schema import Table
+from dms.services.vo.uws import JobStore
+from dms.services.vo.uws_xml import iso, job_list_xml, job_xml
+from dms.services.vo.votable import MAX_UPLOAD_BYTES, read_upload
+
+DEFAULT_ROWS = 100_000
+HARD_ROWS = 1_000_000
+SYNC_TIMEOUT = 300.0
+LANGS = {"ADQL": "adql", "ADQL-2.0": "adql", "ADQL-2.1": "adql", "POSTGRESQL": "sql", "SQL": "sql"}
+UPLOAD_ITEM = re.compile(r"^\s*([^,]+?)\s*,\s*(\S+)\s*$")
+
+
+class TapService:
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.uploads_dir = context.deployment.data_dir / "vo" / "uploads"
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        self.jobs = JobStore(context.deployment, "tap", self._run_job)
+
+    # ---- running a query ------------------------------------------------------------------------------
+
+    def run(
+        self, params: Params, cancel: threading.Event | None, timeout: float, *, stored: bool = False
+    ) -> tuple[bytes, str, int]:
+        """Execute a TAP request's query and render the result: (document, MIME type, rows)."""
+        request = params.get("REQUEST")
+        if request is not None and request.lower() != "doquery":
+            raise ServiceError(f"REQUEST {request!r} is not supported; valid: doQuery")
+        version = params.get("VERSION")
+        if version is not None and version not in ("1.0", "1.1"):
+            raise ServiceError(f"VERSION {version!r} is not supported; valid: 1.0, 1.1")
+        lang_name = params.get("LANG")
+        if not lang_name:
+            raise ServiceError("LANG is missing; valid: ADQL, ADQL-2.0, ADQL-2.1, PostgreSQL")
+        lang = LANGS.get(lang_name.upper())
+        if lang is None:
+            raise ServiceError(
+                f"LANG {lang_name!r} is not supported; valid: ADQL, ADQL-2.0, ADQL-2.1, PostgreSQL"
+            )
+        query = params.get("QUERY")
+        if not query or not query.strip():
+            raise ServiceError("QUERY is missing")
+        fmt = formats.choose(params.get("RESPONSEFORMAT") or params.get("FORMAT"))
+        max_rows = self._maxrec(params.get("MAXREC"))
+        uploads = self._uploads(params, stored=stored)
+        result = self.context.executor.execute(
+            query, lang=lang, max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
+        )
+        columns = self.context.columns()
+        body = formats.render(fmt, result.table, columns, overflow=result.overflow)
+        return body, fmt.mime, result.table.num_rows
+
+    @staticmethod
+    def _maxrec(value: str | None) -> int:
+        if value is None or value == "":
+            return DEFAULT_ROWS
+        try:
+            rows = int(value)
+        except ValueError:
+            raise ServiceError(f"MAXREC {value!r} is not a whole number") from None
+        if rows < 0:
+            raise ServiceError(f"MAXREC {rows} is negative; give 0 (metadata only) or more")
+        return min(rows, HARD_ROWS)
+
+    def _uploads(self, params: Params, *, stored: bool) -> dict[str, pa.Table]:
+        tables: dict[str, pa.Table] = {}
+        for spec in params.all("UPLOAD"):
+            for item in filter(None, (s.strip() for s in spec.split(";"))):
+                match = UPLOAD_ITEM.match(item)
+                if match is None:
+                    raise ServiceError(f"UPLOAD {item!r} is not NAME,URI")
+                name, uri = match.groups()
+                if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,62}", name):
+                    raise ServiceError(f"UPLOAD table name {name!r} is invalid: use letters, digits and _")
+                tables[name] = read_upload(name, self._fetch(name, uri, params, stored))
+        return tables
+
+    def _fetch(self, name: str, uri: str, params: Params, stored: bool) -> bytes:
+        if uri.startswith("param:"):
+            part = uri[len("param:") :]
+            if part not in params.files:
+                raise ServiceError(f"UPLOAD {name}: no request part named {part!r}")
+            return params.files[part]
+        if stored and uri.startswith("stored:"):
+            path = self.uploads_dir / Path(uri[len("stored:") :]).name
+            if not path.is_file():
+                raise ServiceError(f"UPLOAD {name}: the stored upload is gone")
+            return path.read_bytes()
+        if uri.startswith(("http://", "https://")):
+            try:
+                with httpx.stream("GET", uri, timeout=30, follow_redirects=True) as response:
+                    response.raise_for_status()
+                    content = b""
+                    for chunk in response.iter_bytes():
+                        content += chunk
+                        if len(content) > MAX_UPLOAD_BYTES:
+                            raise ServiceError(
+                                f"UPLOAD {name}: {uri} is larger than {MAX_UPLOAD_BYTES:,} bytes"
+                            )
+                    return content
+            except httpx.HTTPError as exc:
+                raise ServiceError(f"UPLOAD {name}: cannot read {uri}: {exc}") from exc
+        raise ServiceError(f"UPLOAD {name}: URI {uri!r} is not supported; use param:PART or an http(s) URL")
+
+    def _run_job(
+        self, parameters: dict[str, str], cancel: threading.Event, timeout: float
+    ) -> tuple[bytes, str, int]:
+        return self.run(Params({k: [v] for k, v in parameters.items()}), cancel, timeout, stored=True)
+
+    def _store_inline_uploads(self, params: Params) -> None:
+        """Async jobs run later: keep inline upload parts as files and point UPLOAD at them."""
+        specs = []
+        for spec in params.all("UPLOAD"):
+            items = []
+            for item in filter(None, (s.strip() for s in spec.split(";"))):
+                match = UPLOAD_ITEM.match(item)
+                if match is None:
+                    raise ServiceError(f"UPLOAD {item!r} is not NAME,URI")
+                name, uri = match.groups()
+                if uri.startswith("stored:"):
+                    raise ServiceError(f"UPLOAD {name}: URI {uri!r} is not supported")
+                if uri.startswith("param:"):
+                    content = self._fetch(name, uri, params, False)
+                    read_upload(name, content)  # refuse a malformed document now, not when the job runs
+                    import secrets
+
+                    stored = f"{secrets.token_hex(16)}.xml"
+                    (self.uploads_dir / stored).write_bytes(content)
+                    uri = f"stored:{stored}"
+                items.append(f"{name},{uri}")
+            specs.append(";".join(items))
+        if specs:
+            params.values["UPLOAD"] = [";".join(specs)]
+
+    # ---- endpoints ------------------------------------------------------------------------------------
+
+    async def sync(self, request: Request) -> Response:
+        params = await read_params(request)
+        body, mime, _ = await run_in_threadpool(self.run, params, None, SYNC_TIMEOUT)
+        return Response(body, media_type=mime)
+
+    async def async_jobs(self, request: Request) -> Response:
+        base = _base(request) + "/tap/async"
+        params = await read_params(request)
+        if request.method == "GET":
+            phases = [p.upper() for p in params.all("PHASE")]
+            after = _parse_time(params.get("AFTER"), "AFTER") if params.get("AFTER") else None
+            last = _positive_int(params.get("LAST"), "LAST") if params.get("LAST") else None
+            jobs = await run_in_threadpool(self.jobs.list, phases or None, after, last)
+            return Response(job_list_xml(jobs, base), media_type=XML)
+        await run_in_threadpool(self._store_inline_uploads, params)
+        values = {k: v for k, v in params.flat().items() if k not in ("PHASE", "RUNID")}
+        job = await run_in_threadpool(self.jobs.create, values, params.get("RUNID"))
+        if (params.get("PHASE") or "").upper() == "RUN":
+            await run_in_threadpool(self.jobs.run, job.job_id)
+        return RedirectResponse(f"{base}/{job.job_id}", status_code=303)
+
+    async def job(self, request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        base = f"{_base(request)}/tap/async/{job_id}"
+        params = await read_params(request)
+        if request.method == "DELETE" or (params.get("ACTION") or "").upper() == "DELETE":
+            await run_in_threadpool(self.jobs.delete, job_id)
+            return RedirectResponse(f"{_base(request)}/tap/async", status_code=303)
+        if request.method == "POST":
+            raise ServiceError("POST to a job needs ACTION=DELETE")
+        wait = params.get("WAIT")
+        if wait is not None:
+            seconds = float(_positive_int(wait, "WAIT") if wait != "-1" else 120)
+            job = await run_in_threadpool(
+                self.jobs.wait, job_id, seconds, (params.get("PHASE") or "").upper() or None
+            )
+        else:
+            job = await run_in_threadpool(self.jobs.require, job_id)
+        return Response(job_xml(job, base), media_type=XML)
+
+    async def job_part(self, request: Request) -> Response:
+        job_id, part = request.path_params["job_id"], request.path_params["part"]
+        params = await read_params(request)
+        if request.method == "POST":
+            return await run_in_threadpool(self._post_part, request, job_id, part, params)
+        job = await run_in_threadpool(self.jobs.require, job_id)
+        simple = {
+            "phase": job.phase,
+            "quote": "",
+            "executionduration": str(job.execution_duration),
+            "destruction": iso(job.destruction_time) or "",
+            "owner": job.owner_id or "",
+        }
+        if part in simple:
+            return PlainTextResponse(simple[part])
+        if part == "parameters":
+            xml = job_xml(job, "")
+            start, end = (
+                xml.index("<uws:parameters>"),
+                xml.index("</uws:parameters>") + len("</uws:parameters>"),
+            )
+            namespaces = 'xmlns:uws="http://www.ivoa.net/xml/UWS/v1.0" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
+            return Response(
+                xml[start:end].replace("<uws:parameters>", f"<uws:parameters {namespaces}>", 1),
+                media_type=XML,
+            )
+        if part == "results":
+            xml = job_xml(job, f"{_base(request)}/tap/async/{job_id}")
+            start, end = xml.index("<uws:results>"), xml.index("</uws:results>") + len("</uws:results>")
+            namespaces = (
+                'xmlns:uws="http://www.ivoa.net/xml/UWS/v1.0" xmlns:xlink="http://www.w3.org/1999/xlink"'
+            )
+            return Response(
+                xml[start:end].replace("<uws:results>", f"<uws:results {namespaces}>", 1), media_type=XML
+            )
+        if part == "error":
+            if job.phase != "ERROR":
+                raise ServiceError(f"job {job_id} has no error (phase {job.phase})", status=404)
+            return error_response(job.error_summary or "error", 200)
+        raise ServiceError(f"no job resource {part!r}", status=404)
+
+    def _post_part(self, request: Request, job_id: str, part: str, params: Params) -> Response:
+        target = f"{_base(request)}/tap/async/{job_id}"
+        if part == "phase":
+            phase = (params.get("PHASE") or "").upper()
+            if phase == "RUN":
+                self.jobs.run(job_id)
+            elif phase == "ABORT":
+                self.jobs.abort(job_id)
+            else:
+                raise ServiceError(f"PHASE {phase!r} is not supported; valid: RUN, ABORT")
+        elif part == "executionduration":
+            self.jobs.set_duration(
+                job_id, _positive_int(params.get("EXECUTIONDURATION"), "EXECUTIONDURATION")
+            )
+        elif part == "destruction":
+            self.jobs.set_destruction(job_id, _parse_time(params.get("DESTRUCTION"), "DESTRUCTION"))
+        elif part == "parameters":
+            self.jobs.set_parameters(job_id, params.flat())
+        else:
+            raise ServiceError(f"job resource {part!r} cannot be changed", status=405)
+        return RedirectResponse(target, status_code=303)
+
+    async def result(self, request: Request) -> Response:
+        job = await run_in_threadpool(self.jobs.require, request.path_params["job_id"])
+        if job.phase != "COMPLETED" or not job.result_url or not Path(job.result_url).is_file():
+            raise ServiceError(f"job {job.job_id} has no result (phase {job.phase})", status=404)
+        return FileResponse(job.result_url, media_type=job.result_format or "application/octet-stream")
+
+    async def capabilities(self, request: Request) -> Response:
+        xml = vosi.tap_capabilities(
+            _base(request), upload_limit=MAX_UPLOAD_BYTES, default_rows=DEFAULT_ROWS, hard_rows=HARD_ROWS
+        )
+        return Response(xml, media_type=XML)
+
+    async def availability(self, request: Request) -> Response:
+        try:
+            await run_in_threadpool(self.context.tables)
+        except Exception as exc:  # any database failure means "not available", reported, not raised
+            return Response(
+                vosi.availability(False, f"the database cannot be reached: {type(exc).__name__}"),
+                media_type=XML,
+            )
+        return Response(vosi.availability(True, "TAP accepting queries"), media_type=XML)
+
+    async def tables(self, request: Request) -> Response:
+        params = await read_params(request)
+        detail = (params.get("DETAIL") or "max").lower() != "min"
+        tables, keys = await run_in_threadpool(lambda: (self.context.tables(), self.context.keys()))
+        return Response(vosi.tableset(tables, keys, detail), media_type=XML)
+
+    async def table(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        table = await run_in_threadpool(self.context.table, name)
+        if table is None:
+            raise ServiceError(f"no table {name!r}", status=404)
+        return Response(vosi.single_table(table, self.context.keys()), media_type=XML)
+
+    async def examples(self, request: Request) -> Response:
+        tables = await run_in_threadpool(self.context.tables)
+        return Response(examples_document(tables), media_type="application/xhtml+xml")
+
+    def routes(self) -> list[Route]:
+        both = ["GET", "POST"]
+        return [
+            Route("/tap/sync", guarded(self.sync), methods=both),
+            Route("/tap/async", guarded(self.async_jobs), methods=both),
+            Route("/tap/async/{job_id}", guarded(self.job), methods=["GET", "POST", "DELETE"]),
+            Route("/tap/async/{job_id}/results/result", guarded(self.result), methods=["GET"]),
+            Route("/tap/async/{job_id}/{part}", guarded(self.job_part), methods=both),
+            Route("/tap/capabilities", guarded(self.capabilities), methods=["GET"]),
+            Route("/tap/availability", guarded(self.availability), methods=["GET"]),
+            Route("/tap/tables", guarded(self.tables), methods=["GET"]),
+            Route("/tap/tables/{name}", guarded(self.table), methods=["GET"]),
+            Route("/tap/examples", guarded(self.examples), methods=["GET"]),
+        ]
+
+
+def examples_document(tables: list[Table]) -> str:
+    """DALI examples (XHTML + RDFa), each a query that runs against what is published."""
+    examples = [
+        (
+            "tables",
+            "The published tables",
+            "SELECT schema_name, table_name, description FROM TAP_SCHEMA.tables ORDER BY table_name",
+        ),
+        (
+            "obscore-cone",
+            "Images whose center is within 2 degrees of a position",
+            "SELECT TOP 10 obs_id, s_ra, s_dec, access_url FROM ivoa.ObsCore\n"
+            "WHERE CONTAINS(POINT('ICRS', s_ra, s_dec), CIRCLE('ICRS', 10.0, 20.0, 2.0)) = 1",
+        ),
+    ]
+    for table in tables:
+        ra, dec = table.column_with_ucd("pos.eq.ra"), table.column_with_ucd("pos.eq.dec")
+        if ra is not None and dec is not None and not table.name.lower().startswith("ivoa."):
+            examples.append(
+                (
+                    f"cone-{re.sub(r'[^a-z0-9]+', '-', table.name.lower())}",
+                    f"A cone search on {table.name}, nearest first",
+                    f"SELECT TOP 10 {ra.name}, {dec.name}, DISTANCE(POINT('ICRS', {ra.name}, {dec.name}), "
+                    "POINT('ICRS', 10.0, 20.0)) "
+                    f"AS dist FROM {table.name}\n"
+                    f"WHERE CONTAINS(POINT('ICRS', {ra.name}, {dec.name}), CIRCLE('ICRS', 10.0, 20.0, 0.5)) "
+                    "= 1 "
+                    "ORDER BY dist",
+                )
+            )
+            break
+    body = "".join(
+        f'<div typeof="example" id="{ident}" resource="#{ident}"><h2 property="name">{escape(title)}</h2>'
+        f'<pre property="query">{escape(query)}</pre></div>\n'
+        for ident, title, query in examples
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<html xmlns="http://www.w3.org/1999/xhtml">'
+        '<head><title>DMS TAP examples</title></head><body vocab="http://www.ivoa.net/rdf/examples#">'
+        f"<h1>DMS TAP examples</h1>\n{body}</body></html>\n"
+    )
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _positive_int(value: str | None, name: str) -> int:
+    try:
+        number = int(value or "")
+    except ValueError:
+        raise ServiceError(f"{name} {value!r} is not a whole number") from None
+    if number < 0:
+        raise ServiceError(f"{name} {number} is negative")
+    return number
+
+
+def _parse_time(value: str | None, name: str) -> datetime:
+    try:
+        return datetime.fromisoformat((value or "").replace("Z", "+00:00"))
+    except ValueError:
+        raise ServiceError(f"{name} {value!r} is not an ISO 8601 time, e.g. 2026-12-01T00:00:00Z") from None

@@ -113,7 +113,8 @@ def load(
     rate = result.rows / result.seconds if result.seconds else 0.0
     click.echo(
         f"{result.table}: loaded {result.rows:,} rows into {result.chunks} chunks "
-        f"(+{result.overlap_rows:,} overlap rows) in {result.seconds:.1f} s ({rate:,.0f} rows/s), load {result.load_id}"
+        f"(+{result.overlap_rows:,} overlap rows) in {result.seconds:.1f} s ({rate:,.0f} rows/s), "
+        f"load {result.load_id}"
     )
 
 

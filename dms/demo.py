@@ -44,13 +44,15 @@ def run_demo(data_dir: Path | None, echo: Callable[[str], None] = print) -> Depl
         echo(f"Shard {shard.name}: {shard.kind} at {shard.location()}")
     from dms.loaders.demo_catalog import load_demo_catalog, show_examples
 
-    echo("Partitioned catalog (real Gaia DR3 and Hipparcos, synthetic DP1-shaped Object/Source/ForcedSource):")
+    echo(
+        "Partitioned catalog (real Gaia DR3 and Hipparcos, synthetic DP1-shaped Object/Source/ForcedSource):"
+    )
     load_demo_catalog(deployment, echo)
     show_examples(deployment, echo)
     archive_samples(deployment, echo)
     run_efd_demo(deployment, echo)
     vo_demo_step(deployment, echo)
-    echo("Try: dms tables | dms query \"SELECT ...\" | dms status | dms --help")
+    echo('Try: dms tables | dms query "SELECT ..." | dms status | dms --help')
     return deployment
 
 

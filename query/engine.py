@@ -83,7 +83,7 @@ class QueryEngine:
         self._merge_udfs = False
         self._lock = threading.Lock()
 
-    # public API -----------------------------------------------------------------------------------------------
+    # public API --------------------------------------------------------------------------------
 
     def execute(
         self,
@@ -120,7 +120,7 @@ class QueryEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # evaluation -----------------------------------------------------------------------------------------------
+    # evaluation --------------------------------------------------------------------------------
 
     def _run(
         self,
@@ -266,7 +266,7 @@ class QueryEngine:
         decomposition = decompose(select, run.max_rows)
         if not partitioned:
             shard = sql_builder.replicated_shard(self.stores)
-            jobs = {shard: sql_builder.shard_sql(decomposition.shard, shard, self.stores[shard].dialect, {})}
+            jobs = {shard: sql_builder.shard_sql(decomposition.shard, shard, self.stores[shard].dialect, [])}
         else:
             join_plan = JoinAnalyzer(select, partitioned).plan()
             sql_builder.overlap_aliases = join_plan.overlap_aliases
@@ -341,7 +341,9 @@ class QueryEngine:
                 if not self._merge_udfs:
                     register_duckdb(self._merge, temporary=False)
                     self._merge_udfs = True
-        return self._merge.cursor()
+        cursor = self._merge.cursor()
+        cursor.execute("SET integer_division = true")
+        return cursor
 
 
 def _literal(value: Any) -> exp.Expression:

@@ -54,7 +54,10 @@ def _csv(table: pa.Table) -> str:
 
 def _json(table: pa.Table) -> str:
     rows = table.to_pylist()
-    return json.dumps({"columns": table.column_names, "rows": [list(r.values()) for r in rows]}, default=str) + "\n"
+    return (
+        json.dumps({"columns": table.column_names, "rows": [list(r.values()) for r in rows]}, default=str)
+        + "\n"
+    )
 
 
 def _text(table: pa.Table) -> str:

@@ -63,7 +63,8 @@ class Registry:
         with self.deployment.connect(check_schema=False) as conn:
             stamp_row = conn.execute(
                 sa.text(
-                    "SELECT (SELECT coalesce(max(load_id), 0) FROM dms.catalog_load WHERE state = 'committed'), "
+                    "SELECT (SELECT coalesce(max(load_id), 0) FROM dms.catalog_load "
+                    "WHERE state = 'committed'), "
                     "(SELECT count(*) FROM dms.catalog_table) + (SELECT count(*) FROM dms.catalog_load)"
                 )
             ).one()
@@ -117,7 +118,8 @@ class Registry:
         )
         for shard, order, pixel, path in conn.execute(
             sa.text(
-                "SELECT f.shard, f.chunk_order, f.chunk_id, f.path FROM dms.chunk_file f JOIN dms.catalog_load l "
+                "SELECT f.shard, f.chunk_order, f.chunk_id, f.path FROM dms.chunk_file f "
+                "JOIN dms.catalog_load l "
                 "USING (load_id) WHERE f.table_name = :t AND l.state = 'committed' ORDER BY f.load_id"
             ),
             {"t": table},

@@ -98,7 +98,7 @@ def pixels_to_ranges(order: int, pixels: npt.ArrayLike) -> Ranges:
 
 
 def _cover_order(radius_deg: float) -> int:
-    """An order whose pixels are about a quarter of the region's size (coverage stays a few hundred pixels)."""
+    """An order whose pixels are about a quarter of the region's size (a few hundred pixels)."""
     order = 0
     while order < MAX_COVER_ORDER and math.degrees(healpy.nside2resol(1 << (order + 1))) > radius_deg / 4:
         order += 1
@@ -133,7 +133,7 @@ def box_ranges(lon_min: float, lat_min: float, lon_max: float, lat_max: float) -
         nside, math.radians(90 - lat_max), math.radians(90 - lat_min), inclusive=True, nest=True
     )
     if width < 360.0 and len(pixels):
-        lon, lat = healpy.pix2ang(nside, pixels, nest=True, lonlat=True)
+        lon, _ = healpy.pix2ang(nside, pixels, nest=True, lonlat=True)
         pad_deg = 2.0 * math.degrees(healpy.max_pixrad(nside))
         max_abs = min(89.999, max(abs(lat_min), abs(lat_max)) + pad_deg)
         pad_lon = pad_deg / math.cos(math.radians(max_abs))
@@ -149,7 +149,9 @@ def polygon_ranges(vertices: list[tuple[float, float]]) -> Ranges | None:
     norm = np.linalg.norm(center)
     if norm == 0:
         return None
-    radius = max(math.degrees(math.acos(max(-1.0, min(1.0, float(v @ center) / norm)))) for v in vectors)
+    radius = max(
+        math.degrees(math.acos(float(np.clip(float(v @ center) / norm, -1.0, 1.0)))) for v in vectors
+    )
     order = _cover_order(radius)
     try:
         pixels = healpy.query_polygon(1 << order, vectors, inclusive=True, nest=True)

@@ -9,6 +9,7 @@ is correct (no aggregation), so a top-N query moves N rows per shard.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlglot import exp
 
@@ -88,11 +89,11 @@ def _decompose_rows(select: exp.Select, max_rows: int | None) -> Decomposition:
     shard = select.copy()
     projections = [p.copy() for p in select.expressions]
     names = [_output_name(p, i) for i, p in enumerate(projections)]
-    shard_items: list[exp.Expression] = [
+    shard_items: list[Any] = [
         exp.alias_(p.unalias() if isinstance(p, exp.Alias) else p, f"_c{i}")
         for i, p in enumerate(projections)
     ]
-    merge_order = []
+    merge_order: list[Any] = []
     for item, index in _order_targets(select):
         if index is None:
             shard_items.append(exp.alias_(item.this.copy(), f"_o{len(merge_order)}"))
@@ -209,13 +210,13 @@ class _AggregateSplitter:
             expression=exp.func("NULLIF", denominator, exp.Literal.number(0)),
         )
         if isinstance(node, exp.Stddev | exp.StddevSamp | exp.StddevPop):
-            return exp.func("SQRT", variance)
+            return exp.func("SQRT", variance)  # type: ignore[no-any-return, return-value, unused-ignore]
         return variance
 
 
 def _decompose_aggregate(select: exp.Select) -> Decomposition:
     splitter = _AggregateSplitter(select)
-    projections = [
+    projections: list[tuple[Any, str]] = [
         (p.unalias() if isinstance(p, exp.Alias) else p, _output_name(p, i))
         for i, p in enumerate(select.expressions)
     ]

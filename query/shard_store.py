@@ -169,7 +169,9 @@ class ParquetStore(ShardStore):
         with self._lock:
             if self._conn is None:
                 self._conn = duckdb.connect(str(self.database), read_only=True)
-            return self._conn.cursor()
+            cursor = self._conn.cursor()
+        cursor.execute("SET integer_division = true")  # integer / integer as in PostgreSQL and ADQL
+        return cursor
 
     def execute(
         self,
@@ -283,7 +285,9 @@ class PostgresStore(ShardStore):
         with self._connection() as conn, conn.transaction():
             created = self._create_table(conn, table)
             conn.execute(f"DELETE FROM {name} WHERE _load_id = %s", (load_id,))
-            data = _widen_floats(rows).append_column("_load_id", pa.array([load_id] * rows.num_rows, pa.int32()))
+            data = _widen_floats(rows).append_column(
+                "_load_id", pa.array([load_id] * rows.num_rows, pa.int32())
+            )
             buffer = io.BytesIO()
             pacsv.write_csv(data, buffer, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
             columns = ", ".join(f'"{c}"' for c in data.column_names)

@@ -57,7 +57,7 @@ class ShardSql:
         self.overlap_aliases: set[str] = set()
         self.ranges: dict[str, np.ndarray] = {}
 
-    # choosing chunks ------------------------------------------------------------------------------------------
+    # choosing chunks --------------------------------------------------------------------------------
 
     def choose_chunks(
         self, table: CatalogTable, ranges: np.ndarray | None, ids: frozenset[int] | None
@@ -104,7 +104,8 @@ class ShardSql:
                     inside = (partner.lo <= hi) & (partner.hi >= lo)
                     if inside.any() and (order, pixel) not in own:
                         raise QueryRefused(
-                            f"{table.name} and {primary_table.name} are partitioned into different chunks, so "
+                            f"{table.name} and {primary_table.name} are partitioned into different chunks, "
+                            "so "
                             f"they cannot be matched chunk by chunk; load {table.name} with "
                             f"`--like {primary_table.name}`"
                         )
@@ -195,9 +196,7 @@ class ShardSql:
             primary = next(
                 a
                 for a in self.aliases
-                if a not in self.overlap_aliases
-                and self.aliases[a].catalog is not None
-                and self.aliases[a].catalog.partitioned
+                if a not in self.overlap_aliases and getattr(self.aliases[a].catalog, "partitioned", False)
             )
             predicates.append(exp.EQ(this=column("_chunk", alias), expression=column("_chunk", primary)))
         elif catalog.role == "director":

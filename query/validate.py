@@ -60,8 +60,10 @@ class Catalog:
                 c.lower(): "text" for c in data.column_names
             }
         for name, data in self.materialized.items():
-            mapping.setdefault(LOCAL_SCHEMA, {})[name.lower()] = {c.lower(): "text" for c in data.column_names}
-        return MappingSchema(mapping, dialect="postgres")
+            mapping.setdefault(LOCAL_SCHEMA, {})[name.lower()] = {
+                c.lower(): "text" for c in data.column_names
+            }
+        return MappingSchema(dict(mapping), dialect="postgres")  # type: ignore[arg-type, unused-ignore]
 
 
 def _sql_type(datatype: str) -> str:

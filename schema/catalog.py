@@ -32,7 +32,7 @@ def qualified_name(name: str) -> str:
         parts = [DEFAULT_SCHEMA, parts[0]]
     if len(parts) != 2 or not all(NAME_PATTERN.match(p) for p in parts):
         raise CatalogError(
-            f"table name {name!r} is not valid: use TABLE or SCHEMA.TABLE with letters, digits and underscores"
+            f"table name {name!r} is not valid: use TABLE or SCHEMA.TABLE with letters, digits, underscores"
         )
     return ".".join(parts)
 
@@ -128,7 +128,7 @@ def arrow_type(name: str) -> pa.DataType:
 
 
 def column_type_name(datatype: pa.DataType) -> str:
-    """The registry name of an Arrow type a catalog column may have (unsigned types widen, large types narrow)."""
+    """The registry name of an Arrow type a catalog column may have (unsigned types widen)."""
     if pa.types.is_large_string(datatype) or pa.types.is_string(datatype):
         return "string"
     if pa.types.is_timestamp(datatype):
@@ -197,7 +197,8 @@ def register_table(conn: sa.Connection, table: CatalogTable) -> None:
         sa.text(
             "INSERT INTO dms.catalog_table (name, role, director_table, director_key_column, id_column, "
             "ra_column, dec_column, chunk_order, max_chunk_rows, overlap_arcsec, storage_kind, row_count, "
-            "description, created_at) VALUES (:name, :role, :director_table, :director_key_column, :id_column, "
+            "description, created_at) VALUES (:name, :role, :director_table, :director_key_column, "
+            ":id_column, "
             ":ra_column, :dec_column, :chunk_order, :max_chunk_rows, :overlap_arcsec, :storage_kind, 0, "
             ":description, now())"
         ),

@@ -33,13 +33,15 @@ def make_sample(directory: Path) -> Sample:
     rng = np.random.default_rng(7)
     ids = gaia["source_id"].to_numpy()
     parent = np.repeat(ids, 2)
-    obs = pa.table({
-        "obs_id": np.arange(len(parent), dtype=np.int64),
-        "source_id": parent,
-        "band": rng.choice(np.array(["g", "r", "i"]), len(parent)),
-        "flux": rng.lognormal(5, 1, len(parent)),
-        "visit": rng.integers(0, 50, len(parent)),
-    })
+    obs = pa.table(
+        {
+            "obs_id": np.arange(len(parent), dtype=np.int64),
+            "source_id": parent,
+            "band": rng.choice(np.array(["g", "r", "i"]), len(parent)),
+            "flux": rng.lognormal(5, 1, len(parent)),
+            "visit": rng.integers(0, 50, len(parent)),
+        }
+    )
     hip = hipparcos_table().select(["hip", "ra", "dec", "hpmag", "plx", "pmra", "pmdec"])
     bands = pa.table({"band": ["g", "r", "i", "z"], "wavelength_nm": [480.0, 620.0, 750.0, 870.0]})
     tables = {"gaia": gaia, "obs": obs, "hip": hip, "bands": bands}
@@ -48,15 +50,32 @@ def make_sample(directory: Path) -> Sample:
 
 
 def load_sample(deployment: Deployment, sample: Sample, *, chunk_order: int = 3) -> None:
-    load_files(deployment, "gaia", [sample.files["gaia"]], progress=False,
-               create=TableOptions(ra="ra", dec="dec", id="source_id", chunk_order=chunk_order,
-                                   max_chunk_rows=2_000))
-    load_files(deployment, "obs", [sample.files["obs"]], progress=False,
-               create=TableOptions(role="child", director="gaia", director_key="source_id"))
-    load_files(deployment, "hip", [sample.files["hip"]], progress=False,
-               create=TableOptions(ra="ra", dec="dec", id="hip", like="gaia"))
-    load_files(deployment, "bands", [sample.files["bands"]], progress=False,
-               create=TableOptions(role="replicated"))
+    load_files(
+        deployment,
+        "gaia",
+        [sample.files["gaia"]],
+        progress=False,
+        create=TableOptions(
+            ra="ra", dec="dec", id="source_id", chunk_order=chunk_order, max_chunk_rows=2_000
+        ),
+    )
+    load_files(
+        deployment,
+        "obs",
+        [sample.files["obs"]],
+        progress=False,
+        create=TableOptions(role="child", director="gaia", director_key="source_id"),
+    )
+    load_files(
+        deployment,
+        "hip",
+        [sample.files["hip"]],
+        progress=False,
+        create=TableOptions(ra="ra", dec="dec", id="hip", like="gaia"),
+    )
+    load_files(
+        deployment, "bands", [sample.files["bands"]], progress=False, create=TableOptions(role="replicated")
+    )
 
 
 def reference_connection(sample: Sample) -> duckdb.DuckDBPyConnection:
@@ -74,6 +93,7 @@ def reference(conn: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     duck_sql = sqlglot.transpile(sql, read="postgres", write="duckdb")[0]
     cursor = conn.cursor()
     cursor.execute("SET search_path = 'catalog,main'")
+    cursor.execute("SET integer_division = true")  # PostgreSQL semantics, as the engine uses
     return cursor.sql(duck_sql).to_arrow_table()
 
 

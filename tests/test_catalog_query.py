@@ -20,7 +20,7 @@ from dms.config import ShardConfig
 from dms.deployment import Deployment
 from dms.loaders.catalog import TableOptions, load_files
 from dms.query.engine import QueryEngine
-from dms.query.errors import QueryCancelled, QueryError, QueryRefused, QueryTimeout
+from dms.query.errors import QueryCancelled, QueryError, QueryTimeout
 from tests.catalog_fixtures import (
     Sample,
     add_postgres_shards,
@@ -47,15 +47,36 @@ def ref(sample: Sample) -> Iterator[object]:
 
 def _load(deployment: Deployment, sample: Sample, storage: str) -> None:
     files = sample.files
-    load_files(deployment, "gaia", [files["gaia"]], progress=False,
-               create=TableOptions(ra="ra", dec="dec", id="source_id", chunk_order=2, max_chunk_rows=1_500,
-                                   storage=storage))
-    load_files(deployment, "obs", [files["obs"]], progress=False,
-               create=TableOptions(role="child", director="gaia", director_key="source_id"))
-    load_files(deployment, "hip", [files["hip"]], progress=False,
-               create=TableOptions(ra="ra", dec="dec", id="hip", like="gaia", storage=storage))
-    load_files(deployment, "bands", [files["bands"]], progress=False,
-               create=TableOptions(role="replicated", storage=storage))
+    load_files(
+        deployment,
+        "gaia",
+        [files["gaia"]],
+        progress=False,
+        create=TableOptions(
+            ra="ra", dec="dec", id="source_id", chunk_order=2, max_chunk_rows=1_500, storage=storage
+        ),
+    )
+    load_files(
+        deployment,
+        "obs",
+        [files["obs"]],
+        progress=False,
+        create=TableOptions(role="child", director="gaia", director_key="source_id"),
+    )
+    load_files(
+        deployment,
+        "hip",
+        [files["hip"]],
+        progress=False,
+        create=TableOptions(ra="ra", dec="dec", id="hip", like="gaia", storage=storage),
+    )
+    load_files(
+        deployment,
+        "bands",
+        [files["bands"]],
+        progress=False,
+        create=TableOptions(role="replicated", storage=storage),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +97,9 @@ def deployments(sample: Sample, tmp_path_factory: pytest.TempPathFactory) -> Ite
     made["duckdb-3"] = three
     pg = Deployment.create(tmp_path_factory.mktemp("dp"))
     for i in range(2):
-        server = pgserver.get_server(Path(tmp_path_factory.mktemp(f"pgs{i}", numbered=True)), cleanup_mode="delete")
+        server = pgserver.get_server(
+            Path(tmp_path_factory.mktemp(f"pgs{i}", numbered=True)), cleanup_mode="delete"
+        )
         servers.append(server)
     add_postgres_shards(pg, [s.get_uri() for s in servers])
     _load(pg, sample, "postgres")
@@ -173,8 +196,10 @@ QUERIES = [
 REFUSED = [
     ("SELECT a.source_id FROM gaia a, gaia b WHERE a.ra < b.ra", "chunk by chunk"),
     ("SELECT a.source_id FROM gaia a JOIN gaia b ON scisql_angSep(a.ra, a.dec, b.ra, b.dec) < 1", "overlap"),
-    ("SELECT source_id FROM gaia g WHERE EXISTS (SELECT 1 FROM obs o WHERE o.source_id = g.source_id)",
-     "correlated"),
+    (
+        "SELECT source_id FROM gaia g WHERE EXISTS (SELECT 1 FROM obs o WHERE o.source_id = g.source_id)",
+        "correlated",
+    ),
     ("DELETE FROM gaia", "only SELECT"),
     ("SELECT 1; DROP TABLE gaia", "exactly one"),
     ("SELECT * FROM dms.catalog_table", "not a table that can be queried"),
@@ -201,8 +226,9 @@ def _ordered(sql: str) -> bool:
 
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("sql", QUERIES)
-def test_query_equals_unpartitioned_copy(engines: dict[str, QueryEngine], ref: object, config: str,
-                                         sql: str) -> None:
+def test_query_equals_unpartitioned_copy(
+    engines: dict[str, QueryEngine], ref: object, config: str, sql: str
+) -> None:
     sql, _, ref_sql = sql.partition(" -- ")
     expected = _reference_cached(ref, ref_sql or sql)
     got = engines[config].execute(sql).table
@@ -212,8 +238,9 @@ def test_query_equals_unpartitioned_copy(engines: dict[str, QueryEngine], ref: o
 
 @pytest.mark.parametrize("config", ["duckdb-1", "postgres-2"])
 @pytest.mark.parametrize(("sql", "reason"), REFUSED)
-def test_unevaluable_queries_are_refused(engines: dict[str, QueryEngine], config: str, sql: str,
-                                         reason: str) -> None:
+def test_unevaluable_queries_are_refused(
+    engines: dict[str, QueryEngine], config: str, sql: str, reason: str
+) -> None:
     with pytest.raises(QueryError, match=reason):
         engines[config].execute(sql)
 
@@ -221,16 +248,34 @@ def test_unevaluable_queries_are_refused(engines: dict[str, QueryEngine], config
 def test_nearest_neighbour_queries_actually_find_pairs(engines: dict[str, QueryEngine]) -> None:
     """The crossmatch checks above compare non-empty results."""
     result = engines["duckdb-3"].execute(
-        "SELECT h.hip, g.source_id FROM hip h JOIN gaia g ON scisql_angSep(h.ra, h.dec, g.ra, g.dec) < 0.003")
+        "SELECT h.hip, g.source_id FROM hip h JOIN gaia g ON scisql_angSep(h.ra, h.dec, g.ra, g.dec) < 0.003"
+    )
     assert result.table.num_rows > 1000
 
 
 cone = st.tuples(st.floats(0, 360), st.floats(-90, 90), st.floats(0.05, 25))
-columns = st.lists(st.sampled_from(["source_id", "ra", "dec", "phot_g_mean_mag", "mag_b"]), min_size=1,
-                   max_size=4, unique=True)
-aggregates = st.lists(st.sampled_from(["COUNT(*)", "SUM(phot_g_mean_mag)", "AVG(dec)", "MIN(ra)", "MAX(mag_c)",
-                                       "COUNT(DISTINCT floor(dec))", "COUNT(mag_b)"]), min_size=1, max_size=3,
-                      unique=True)
+columns = st.lists(
+    st.sampled_from(["source_id", "ra", "dec", "phot_g_mean_mag", "mag_b"]),
+    min_size=1,
+    max_size=4,
+    unique=True,
+)
+aggregates = st.lists(
+    st.sampled_from(
+        [
+            "COUNT(*)",
+            "SUM(phot_g_mean_mag)",
+            "AVG(dec)",
+            "MIN(ra)",
+            "MAX(mag_c)",
+            "COUNT(DISTINCT floor(dec))",
+            "COUNT(mag_b)",
+        ]
+    ),
+    min_size=1,
+    max_size=3,
+    unique=True,
+)
 
 
 @st.composite
@@ -257,7 +302,9 @@ def generated_queries(draw: st.DrawFn) -> str:
             return f"SELECT {group} AS k, {select} FROM gaia{where} GROUP BY {group}"
         return f"SELECT {select} FROM gaia{where}"
     cols = draw(columns)
-    limit = draw(st.sampled_from(["", " ORDER BY source_id LIMIT 9", " ORDER BY dec DESC, source_id LIMIT 4 OFFSET 2"]))
+    limit = draw(
+        st.sampled_from(["", " ORDER BY source_id LIMIT 9", " ORDER BY dec DESC, source_id LIMIT 4 OFFSET 2"])
+    )
     distinct = "DISTINCT " if draw(st.booleans()) and not limit else ""
     if limit and "source_id" not in cols:
         cols = [*cols, "source_id"]
@@ -267,8 +314,9 @@ def generated_queries(draw: st.DrawFn) -> str:
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-def test_generated_queries_equal_unpartitioned_copy(engines: dict[str, QueryEngine], ref: object,
-                                                    config: str) -> None:
+def test_generated_queries_equal_unpartitioned_copy(
+    engines: dict[str, QueryEngine], ref: object, config: str
+) -> None:
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(generated_queries())
     def check(sql: str) -> None:
@@ -287,8 +335,10 @@ def test_result_cap_is_reported(engines: dict[str, QueryEngine]) -> None:
 
 
 def test_timeout_and_cancel(engines: dict[str, QueryEngine]) -> None:
-    slow = ("SELECT SUM(scisql_angSep(a.ra, a.dec, b.ra, b.dec)) FROM gaia a JOIN gaia b "
-            "ON scisql_angSep(a.ra, a.dec, b.ra, b.dec) < 0.0166")
+    slow = (
+        "SELECT SUM(scisql_angSep(a.ra, a.dec, b.ra, b.dec)) FROM gaia a JOIN gaia b "
+        "ON scisql_angSep(a.ra, a.dec, b.ra, b.dec) < 0.0166"
+    )
     for config in ("duckdb-3", "postgres-2"):
         with pytest.raises(QueryTimeout):
             engines[config].execute(slow, timeout=0.02)
@@ -301,6 +351,7 @@ def test_timeout_and_cancel(engines: dict[str, QueryEngine]) -> None:
 
 def test_count_star_comes_from_the_registry(engines: dict[str, QueryEngine], sample: Sample) -> None:
     engine = engines["postgres-2"]
-    assert engine.execute("SELECT COUNT(*) AS n FROM obs").table.column(0).to_pylist() == [sample.tables["obs"].num_rows]
+    assert engine.execute("SELECT COUNT(*) AS n FROM obs").table.column(0).to_pylist() == [
+        sample.tables["obs"].num_rows
+    ]
     assert "row count" in engine.explain("SELECT COUNT(*) FROM obs")
-

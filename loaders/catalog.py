@@ -450,7 +450,7 @@ def _commit(
                     {
                         "l": load_id,
                         "t": table.name,
-                        "s": shard,
+                        "s": shard_name,
                         "o": f.chunk_order,
                         "c": f.chunk_id,
                         "p": f.path,
@@ -469,6 +469,9 @@ def _commit(
             sa.text("UPDATE dms.catalog_table SET row_count = row_count + :r WHERE name = :t"),
             {"r": rows, "t": table.name},
         )
+        from dms.services.vo.catalog_tables import publish
+
+        publish(conn)  # TAP_SCHEMA describes the table as soon as queries can see it
         conn.commit()
 
 

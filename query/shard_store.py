@@ -346,7 +346,9 @@ class PostgresStore(ShardStore):
     ) -> pa.Table:
         with self._connection() as conn:
             try:
-                return PostgresConnection.run(conn, sql, timeout=timeout, cancel=cancel, tables=tables)
+                return PostgresConnection.run(
+                    conn, sql, timeout=timeout, cancel=cancel, tables=tables, read_only=True
+                )
             except ShardQueryError as exc:
                 raise ShardQueryError(self.name, str(exc).split(": ", 1)[-1]) from exc
 

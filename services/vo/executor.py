@@ -58,8 +58,51 @@ class QueryExecutor(Protocol):
 
 
 def make_executor(deployment: Deployment) -> QueryExecutor:
-    """The executor the services use (the query engine, once merged, replaces this one line)."""
-    return ControlDatabaseExecutor(deployment)
+    """The executor the services use: catalog tables go to the distributed query engine, ObsCore and
+    TAP_SCHEMA to the control database."""
+    return RoutingExecutor(deployment)
+
+
+class RoutingExecutor:
+    """Sends a query that names a catalog table to the query engine, any other to the control database."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        from dms.query.engine import QueryEngine
+
+        self.control = ControlDatabaseExecutor(deployment)
+        self.engine = QueryEngine(deployment)
+
+    def execute(
+        self,
+        query: str,
+        *,
+        lang: str = "sql",
+        max_rows: int | None = None,
+        timeout: float | None = None,
+        uploads: dict[str, pa.Table] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> QueryResult:
+        if self._names_catalog_table(query, lang):
+            result = self.engine.execute(
+                query, lang=lang.lower(), max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
+            )
+            return QueryResult(result.table, result.overflow)
+        return self.control.execute(
+            query, lang=lang, max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
+        )
+
+    def _names_catalog_table(self, query: str, lang: str) -> bool:
+        try:
+            tree = parse(query) if lang.lower() == "adql" else sqlglot.parse_one(query, read="postgres")
+        except (AdqlError, sqlglot.errors.SqlglotError):
+            return False  # the control executor reports the error in its usual form
+        catalog = {name.lower() for name in self.engine.registry.snapshot().tables}
+        bare = {name.split(".")[1] for name in catalog}
+        for table in tree.find_all(exp.Table):
+            name = f"{table.db}.{table.name}".lower() if table.db else table.name.lower()
+            if name in catalog or (not table.db and name in bare):
+                return True
+        return False
 
 
 # PostgreSQL type OID -> Arrow type of the result column; anything else is returned as text.

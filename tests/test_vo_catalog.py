@@ -41,8 +41,13 @@ def live(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
     try:
         migrate.upgrade(deployment)
         path = write_parquet(gaia, directory / "gaia.parquet")
-        load_files(deployment, "gaia", [path], progress=False,
-                   create=TableOptions(ra="ra", dec="dec", id="source_id", chunk_order=2))
+        load_files(
+            deployment,
+            "gaia",
+            [path],
+            progress=False,
+            create=TableOptions(ra="ra", dec="dec", id="source_id", chunk_order=2),
+        )
         with running_server(deployment) as url:
             yield Live(url, gaia)
     finally:
@@ -52,9 +57,11 @@ def live(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
 
 
 def _inside(gaia: pa.Table, ra: float, dec: float, radius: float) -> set[int]:
-    separation = SkyCoord(gaia["ra"].to_numpy(), gaia["dec"].to_numpy(), unit="deg").separation(
-        SkyCoord(ra, dec, unit="deg")
-    ).deg
+    separation = (
+        SkyCoord(gaia["ra"].to_numpy(), gaia["dec"].to_numpy(), unit="deg")
+        .separation(SkyCoord(ra, dec, unit="deg"))
+        .deg
+    )
     return set(gaia["source_id"].to_numpy()[separation <= radius].tolist())
 
 
@@ -70,12 +77,14 @@ def test_adql_cone_on_the_partitioned_catalog(live: Live) -> None:
 def test_adql_aggregate_top_and_distance(live: Live) -> None:
     tap = pyvo.dal.TAPService(f"{live.url}/tap")
     top = tap.search(
-        "SELECT TOP 3 source_id, DISTANCE(POINT('ICRS', ra, dec), POINT('ICRS', 10, 10)) AS d FROM catalog.gaia "
-        "WHERE DISTANCE(POINT('ICRS', ra, dec), POINT('ICRS', 10, 10)) < 5 ORDER BY d"
+        "SELECT TOP 3 source_id, DISTANCE(POINT('ICRS', ra, dec), POINT('ICRS', 10, 10)) AS d "
+        "FROM catalog.gaia WHERE DISTANCE(POINT('ICRS', ra, dec), POINT('ICRS', 10, 10)) < 5 ORDER BY d"
     ).to_table()
-    separation = SkyCoord(live.gaia["ra"].to_numpy(), live.gaia["dec"].to_numpy(), unit="deg").separation(
-        SkyCoord(10, 10, unit="deg")
-    ).deg
+    separation = (
+        SkyCoord(live.gaia["ra"].to_numpy(), live.gaia["dec"].to_numpy(), unit="deg")
+        .separation(SkyCoord(10, 10, unit="deg"))
+        .deg
+    )
     nearest = live.gaia["source_id"].to_numpy()[np.argsort(separation)[:3]]
     assert top["source_id"].tolist() == nearest.tolist()
     count = tap.search("SELECT COUNT(*) AS n FROM catalog.gaia WHERE dec > 60").to_table()
@@ -95,6 +104,9 @@ def test_cone_search_on_a_loaded_catalog(live: Live) -> None:
 
 
 def test_bad_catalog_queries_get_a_votable_error(live: Live) -> None:
-    for query in ("SELECT nope FROM catalog.gaia", "SELECT * FROM catalog.gaia a, catalog.gaia b WHERE a.ra < b.ra"):
+    for query in (
+        "SELECT nope FROM catalog.gaia",
+        "SELECT * FROM catalog.gaia a, catalog.gaia b WHERE a.ra < b.ra",
+    ):
         response = httpx.get(f"{live.url}/tap/sync", params={"LANG": "ADQL", "QUERY": query})
         assert response.status_code == 400 and 'value="ERROR"' in response.text, query

@@ -54,6 +54,13 @@ from dms.cli import _friendly_errors, _open, data_dir_option
     type=click.Choice(["duckdb", "postgres"]),
     help="With --create: kind of shard holding the table (default: the first shard's kind).",
 )
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="With --create: shards holding each chunk; queries fail over to a replica.",
+)
 @click.option("--like", help="With --create: use the chunk layout of this director table (for crossmatches).")
 @click.option("--description", help="With --create: what the table holds.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -76,6 +83,7 @@ def load(
     fixed_order: bool,
     overlap_arcsec: float,
     storage: str | None,
+    replicas: int,
     like: str | None,
     description: str | None,
     quiet: bool,
@@ -101,6 +109,7 @@ def load(
             overlap_arcsec=overlap_arcsec,
             storage=storage,
             like=like,
+            replicas=replicas,
             description=description,
         )
     deployment = _open(ctx)

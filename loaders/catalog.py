@@ -62,6 +62,7 @@ class TableOptions:
     overlap_arcsec: float = 60.0
     storage: str | None = None
     like: str | None = None
+    replicas: int = 1
     description: str | None = None
     units: dict[str, str] = field(default_factory=dict)
 
@@ -192,9 +193,18 @@ def _define_table(
     if options.like is not None:
         like = get_table(conn, qualified_name(options.like))
         chunk_order, max_rows = like.chunk_order, None  # the layout is copied at the first load
+    shard_count = sum(1 for s in deployment.shards() if s.kind == storage)
+    replicas = options.replicas
+    if child:
+        replicas = parent.replicas
+    if not 1 <= replicas <= max(1, shard_count):
+        raise LoadError(
+            f"--replicas {replicas} needs as many {storage} shards; this deployment has {shard_count}"
+        )
     return CatalogTable(
         name=name,
         role=options.role,
+        replicas=replicas if options.role != "replicated" else 1,
         columns=tuple(columns),
         storage_kind=storage,
         chunk_order=chunk_order,
@@ -269,12 +279,12 @@ def _load(deployment: Deployment, table: CatalogTable, load_id: int, data: pa.Ta
     rows, _, index = _partition(deployment, table, data, layout, index_files)
     bar.update()
     shards = _stores(deployment, table)
-    placement = _placement(table, rows, shards)
+    chunk = rows["_chunk"].to_numpy() if table.partitioned else np.zeros(0, np.int64)
     files: dict[str, list[ChunkFile]] = {}
-    for store in shards:  # replicated tables: every shard gets every row
-        part = (
-            rows.filter(pa.array(placement == store.name)) if len(shards) > 1 and table.partitioned else rows
-        )
+    for shard_index, store in enumerate(shards):  # replicated tables: every shard gets every row
+        part = rows
+        if table.partitioned and len(shards) > 1:
+            part = rows.filter(pa.array(replica_offset(chunk, shard_index, len(shards)) < table.replicas))
         if table.partitioned and part.num_rows == 0:
             continue
         files[store.name] = store.write_load(table, load_id, part)
@@ -402,13 +412,11 @@ def _stores(deployment: Deployment, table: CatalogTable) -> list[ShardStore]:
     return sorted(stores, key=lambda s: s.name)
 
 
-def _placement(table: CatalogTable, rows: pa.Table, stores: list[ShardStore]) -> np.ndarray:
-    """Shard of each row: chunk NUNIQ modulo the number of shards (the same for every table, so tables with
-    the same layout, and a director and its children, have their chunks on the same shard)."""
-    names = np.array([s.name for s in stores], dtype=object)
-    if not table.partitioned:
-        return np.full(rows.num_rows, names[0], dtype=object)
-    return names[rows["_chunk"].to_numpy() % len(stores)]
+def replica_offset(chunk: np.ndarray | int, shard_index: int, shards: int) -> np.ndarray | int:
+    """Which copy of a chunk a shard holds: 0 for the primary (shard chunk NUNIQ mod the number of shards, the
+    same rule for every table, so a director and its children, and tables loaded --like each other, have
+    their chunks together), 1.. for the replicas on the following shards."""
+    return (shard_index - chunk) % shards
 
 
 def _write_index(deployment: Deployment, table: CatalogTable, load_id: int, index: pa.Table) -> str:
@@ -437,10 +445,13 @@ def _commit(
                 ),
                 {"n": shard.name, "k": shard.kind, "l": shard.location()},
             )
+        names = sorted(files) if not table.partitioned else [s.name for s in _stores(deployment, table)]
         for shard_name, chunk_files in files.items():
             for f in chunk_files:
                 if f.chunk_order >= 0:
-                    _register_chunk(conn, table, shard_name, f)
+                    uniq = int(nuniq(f.chunk_order, f.chunk_id))
+                    primary = replica_offset(uniq, names.index(shard_name), len(names)) == 0
+                    _register_chunk(conn, table, shard_name, f, primary)
                 conn.execute(
                     sa.text(
                         "INSERT INTO dms.chunk_file (load_id, table_name, shard, chunk_order, chunk_id, "
@@ -475,8 +486,11 @@ def _commit(
         conn.commit()
 
 
-def _register_chunk(conn: sa.Connection, table: CatalogTable, shard: str, f: ChunkFile) -> None:
+def _register_chunk(
+    conn: sa.Connection, table: CatalogTable, shard: str, f: ChunkFile, primary: bool
+) -> None:
     params = {
+        "p": primary,
         "t": table.name,
         "o": f.chunk_order,
         "c": f.chunk_id,
@@ -489,9 +503,10 @@ def _register_chunk(conn: sa.Connection, table: CatalogTable, shard: str, f: Chu
             "INSERT INTO dms.chunk (table_name, chunk_order, chunk_id, healpix_29_min, healpix_29_max, "
             "row_count, overlap_row_count, created_at, updated_at) VALUES (:t, :o, :c, "
             "CAST(:c AS bigint) << (2 * (29 - :o)), ((CAST(:c AS bigint) + 1) << (2 * (29 - :o))) - 1, "
-            ":r, :v, now(), now()) "
+            "CASE WHEN :p THEN :r ELSE 0 END, CASE WHEN :p THEN :v ELSE 0 END, now(), now()) "
             "ON CONFLICT (table_name, chunk_order, chunk_id) DO UPDATE SET "
-            "row_count = dms.chunk.row_count + :r, overlap_row_count = dms.chunk.overlap_row_count + :v, "
+            "row_count = dms.chunk.row_count + CASE WHEN :p THEN :r ELSE 0 END, "
+            "overlap_row_count = dms.chunk.overlap_row_count + CASE WHEN :p THEN :v ELSE 0 END, "
             "updated_at = now()"
         ),
         params,
@@ -499,7 +514,7 @@ def _register_chunk(conn: sa.Connection, table: CatalogTable, shard: str, f: Chu
     conn.execute(
         sa.text(
             "INSERT INTO dms.chunk_replica (table_name, chunk_order, chunk_id, shard, is_primary, state, "
-            "version, row_count, updated_at) VALUES (:t, :o, :c, :s, true, 'ready', 1, :r, now()) "
+            "version, row_count, updated_at) VALUES (:t, :o, :c, :s, :p, 'ready', 1, :r, now()) "
             "ON CONFLICT (table_name, chunk_order, chunk_id, shard) DO UPDATE SET "
             "row_count = coalesce(dms.chunk_replica.row_count, 0) + :r, "
             "version = dms.chunk_replica.version + 1, "

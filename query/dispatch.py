@@ -16,7 +16,13 @@ import pyarrow as pa
 from sqlglot import exp
 
 from dms.query.errors import QueryCancelled, QueryError, QueryTimeout
-from dms.query.shard_store import PostgresConnection, ShardCancelled, ShardQueryError, ShardStore
+from dms.query.shard_store import (
+    PostgresConnection,
+    ShardCancelled,
+    ShardQueryError,
+    ShardStore,
+    ShardUnavailable,
+)
 
 if TYPE_CHECKING:
     from dms.deployment import Deployment
@@ -55,6 +61,28 @@ def gather(futures: dict[str, Future[pa.Table]], run: _Run) -> list[pa.Table]:
             raise _translate(exc, run) from exc
         raise QueryTimeout("the query exceeded its timeout and was cancelled on every shard")
     return [futures[name].result() for name in sorted(futures)]
+
+
+def gather_each(futures: dict[str, Future[pa.Table]], run: _Run) -> dict[str, pa.Table | ShardUnavailable]:
+    """Every shard's result, or its ShardUnavailable error (for failover); other errors end the query."""
+    _, pending = wait(futures.values(), timeout=run.remaining())
+    if pending:
+        run.cancel.set()
+        for future in pending:
+            future.cancel()
+        wait(pending, timeout=5)
+        raise QueryTimeout("the query exceeded its timeout and was cancelled on every shard")
+    outcome: dict[str, pa.Table | ShardUnavailable] = {}
+    for shard, future in futures.items():
+        exc = future.exception()
+        if isinstance(exc, ShardUnavailable):
+            outcome[shard] = exc
+        elif exc is not None:
+            run.cancel.set()
+            raise _translate(exc, run) from exc
+        else:
+            outcome[shard] = future.result()
+    return outcome
 
 
 @functools.lru_cache(maxsize=16)

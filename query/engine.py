@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -285,10 +286,12 @@ class QueryEngine:
             chunk_sets = sql_builder.choose_chunks(primary, ranges, ids)
             sql_builder.check_layouts(join_plan.primary, chunk_sets)
             sql_builder.ranges = {join_plan.primary: ranges} if ranges is not None else {}
-            jobs = {
-                shard: sql_builder.shard_sql(decomposition.shard, shard, self.stores[shard].dialect, chunks)
-                for shard, chunks in chunk_sets.items()
-            }
+
+            def build(shard: str, chunks: list[tuple[int, int]]) -> str:
+                return sql_builder.shard_sql(decomposition.shard, shard, self.stores[shard].dialect, chunks)
+
+            jobs = {shard: build(shard, chunks) for shard, chunks in chunk_sets.items()}
+            replicas = run.snapshot.chunks[primary.name].replicas
             run.notes.append(
                 f"primary {primary.name} as {join_plan.primary}: "
                 f"{sum(len(c) for c in chunk_sets.values())} chunks on {len(chunk_sets)} shards"
@@ -304,7 +307,10 @@ class QueryEngine:
         run.notes.append(f"[merge] {merge_sql}")
         if run.explain_only:
             return pa.table({})
-        partials = self._dispatch(jobs, shipped, run)
+        if partitioned and self.dask_client is None:
+            partials = self._dispatch_chunks(chunk_sets, build, replicas, shipped, run)
+        else:
+            partials = self._dispatch(jobs, shipped, run)
         if not partials:
             empty_sql = sql_builder.local_sql(decomposition.shard, empty=True)
             partials = [self._run_merge(empty_sql, shipped, run)]
@@ -319,6 +325,44 @@ class QueryEngine:
             for shard, sql in jobs.items()
         }
         return dispatch.gather(futures, run)
+
+    def _dispatch_chunks(
+        self,
+        chunk_sets: dict[str, list[tuple[int, int]]],
+        build: Callable[[str, list[tuple[int, int]]], str],
+        replicas: dict[tuple[int, int], list[str]],
+        shipped: dict[str, pa.Table],
+        run: _Run,
+    ) -> list[pa.Table]:
+        """Per-shard queries; the chunks of a shard that cannot be reached are asked of their replicas."""
+        results: list[pa.Table] = []
+        failed: set[str] = set()
+        pending = chunk_sets
+        while pending:
+            futures = {
+                shard: self.pool.submit(
+                    dispatch.run_shard, self.stores[shard], build(shard, chunks), shipped, run
+                )
+                for shard, chunks in pending.items()
+            }
+            outcome = dispatch.gather_each(futures, run)
+            retry: dict[str, list[tuple[int, int]]] = {}
+            for shard, result in outcome.items():
+                if isinstance(result, pa.Table):
+                    results.append(result)
+                    continue
+                failed.add(shard)
+                log.warning("%s; trying replicas", result)
+                for chunk in pending[shard]:
+                    others = [s for s in replicas.get(chunk, []) if s not in failed and s in self.stores]
+                    if not others:
+                        raise QueryError(
+                            f"{result}; chunk {chunk[0]}/{chunk[1]} has no replica on another shard"
+                        )
+                    retry.setdefault(others[0], []).append(chunk)
+            run.notes.extend(f"failover: {len(c)} chunks to {s}" for s, c in retry.items())
+            pending = retry
+        return results
 
     def _run_merge(self, sql: str, tables: dict[str, pa.Table], run: _Run) -> pa.Table:
         run.check()

@@ -29,6 +29,7 @@ class TableChunks:
     hi: np.ndarray
     shard: np.ndarray  # primary shard of each chunk
     files: dict[tuple[str, int, int], list[str]] = field(default_factory=dict)  # (shard, order, pixel)
+    replicas: dict[tuple[int, int], list[str]] = field(default_factory=dict)  # (order, pixel) -> shards
     replicated_files: dict[str, list[str]] = field(default_factory=dict)  # shard -> files
 
     def select(self, ranges: np.ndarray | None) -> np.ndarray:
@@ -116,6 +117,14 @@ class Registry:
             hi=np.array([r[3] for r in rows], np.int64),
             shard=np.array([r[4] for r in rows], dtype=object),
         )
+        for order, pixel, shard in conn.execute(
+            sa.text(
+                "SELECT chunk_order, chunk_id, shard FROM dms.chunk_replica WHERE table_name = :t "
+                "AND state = 'ready' ORDER BY chunk_order, chunk_id, NOT is_primary, shard"
+            ),
+            {"t": table},
+        ):
+            result.replicas.setdefault((int(order), int(pixel)), []).append(str(shard))
         for shard, order, pixel, path in conn.execute(
             sa.text(
                 "SELECT f.shard, f.chunk_order, f.chunk_id, f.path FROM dms.chunk_file f "

@@ -48,6 +48,10 @@ class ShardQueryError(DMSError):
         self.shard = shard
 
 
+class ShardUnavailable(ShardQueryError):
+    """The shard cannot be reached (server down, files missing): a replica may answer instead."""
+
+
 class ShardCancelled(DMSError):
     """The per-shard query was cancelled (by the user or a timeout)."""
 
@@ -202,6 +206,8 @@ class ParquetStore(ShardStore):
             return cursor.sql(sql).to_arrow_table()
         except duckdb.InterruptException as exc:
             raise ShardCancelled(f"shard {self.name!r}: query cancelled") from exc
+        except duckdb.IOException as exc:
+            raise ShardUnavailable(self.name, str(exc).splitlines()[0]) from exc
         except duckdb.Error as exc:
             raise ShardQueryError(self.name, str(exc).splitlines()[0]) from exc
         finally:
@@ -344,13 +350,16 @@ class PostgresStore(ShardStore):
         cancel: threading.Event | None,
         tables: dict[str, pa.Table] | None = None,
     ) -> pa.Table:
-        with self._connection() as conn:
-            try:
-                return PostgresConnection.run(
-                    conn, sql, timeout=timeout, cancel=cancel, tables=tables, read_only=True
-                )
-            except ShardQueryError as exc:
-                raise ShardQueryError(self.name, str(exc).split(": ", 1)[-1]) from exc
+        try:
+            with self._connection() as conn:
+                try:
+                    return PostgresConnection.run(
+                        conn, sql, timeout=timeout, cancel=cancel, tables=tables, read_only=True
+                    )
+                except ShardQueryError as exc:
+                    raise ShardQueryError(self.name, str(exc).split(": ", 1)[-1]) from exc
+        except psycopg.OperationalError as exc:  # the server is down or unreachable
+            raise ShardUnavailable(self.name, str(exc).splitlines()[0]) from exc
 
     def close(self) -> None:
         while True:

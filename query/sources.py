@@ -210,10 +210,11 @@ class ShardSql:
 
             clipped = intersect_ranges(merge_ranges(ranges), merge_ranges(shard_ranges))
             predicates.append(_range_predicate(column("_healpix_29", alias), clipped))
-        elif dialect == "postgres" and alias not in self.overlap_aliases:
+        if dialect == "postgres" and alias not in self.overlap_aliases:
+            # a PostgreSQL shard's table also holds the replicas of other shards' chunks
             total = self.snapshot.chunks[catalog.name]
             on_shard = int((total.shard == shard).sum())
-            if on_shard and len(chunks) < on_shard:
+            if catalog.replicas > 1 or (ranges is None and on_shard and len(chunks) < on_shard):
                 values = [exp.Literal.number(int(nuniq(o, p))) for o, p in chunks]
                 predicates.append(exp.In(this=column("_chunk", alias), expressions=values))
         running = self.snapshot.running_loads.get(catalog.name)

@@ -68,6 +68,7 @@ class CatalogTable:
     director_key_column: str | None = None
     row_count: int = 0
     description: str | None = None
+    replicas: int = 1
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -188,6 +189,7 @@ def get_table(conn: sa.Connection, name: str) -> CatalogTable:
         director_key_column=row["director_key_column"],
         row_count=row["row_count"],
         description=row["description"],
+        replicas=row["replicas"],
     )
 
 
@@ -196,10 +198,12 @@ def register_table(conn: sa.Connection, table: CatalogTable) -> None:
     conn.execute(
         sa.text(
             "INSERT INTO dms.catalog_table (name, role, director_table, director_key_column, id_column, "
-            "ra_column, dec_column, chunk_order, max_chunk_rows, overlap_arcsec, storage_kind, row_count, "
+            "ra_column, dec_column, chunk_order, max_chunk_rows, overlap_arcsec, storage_kind, replicas, "
+            "row_count, "
             "description, created_at) VALUES (:name, :role, :director_table, :director_key_column, "
             ":id_column, "
-            ":ra_column, :dec_column, :chunk_order, :max_chunk_rows, :overlap_arcsec, :storage_kind, 0, "
+            ":ra_column, :dec_column, :chunk_order, :max_chunk_rows, :overlap_arcsec, :storage_kind, "
+            ":replicas, 0, "
             ":description, now())"
         ),
         {
@@ -214,6 +218,7 @@ def register_table(conn: sa.Connection, table: CatalogTable) -> None:
             "max_chunk_rows": table.max_chunk_rows,
             "overlap_arcsec": table.overlap_arcsec,
             "storage_kind": table.storage_kind,
+            "replicas": table.replicas,
             "description": table.description,
         },
     )

@@ -45,7 +45,7 @@ def ref(sample: Sample) -> Iterator[object]:
     conn.close()
 
 
-def _load(deployment: Deployment, sample: Sample, storage: str) -> None:
+def _load(deployment: Deployment, sample: Sample, storage: str, replicas: int = 1) -> None:
     files = sample.files
     load_files(
         deployment,
@@ -53,7 +53,13 @@ def _load(deployment: Deployment, sample: Sample, storage: str) -> None:
         [files["gaia"]],
         progress=False,
         create=TableOptions(
-            ra="ra", dec="dec", id="source_id", chunk_order=2, max_chunk_rows=1_500, storage=storage
+            ra="ra",
+            dec="dec",
+            id="source_id",
+            chunk_order=2,
+            max_chunk_rows=1_500,
+            storage=storage,
+            replicas=replicas,
         ),
     )
     load_files(
@@ -68,7 +74,7 @@ def _load(deployment: Deployment, sample: Sample, storage: str) -> None:
         "hip",
         [files["hip"]],
         progress=False,
-        create=TableOptions(ra="ra", dec="dec", id="hip", like="gaia", storage=storage),
+        create=TableOptions(ra="ra", dec="dec", id="hip", like="gaia", storage=storage, replicas=replicas),
     )
     load_files(
         deployment,
@@ -93,7 +99,7 @@ def deployments(sample: Sample, tmp_path_factory: pytest.TempPathFactory) -> Ite
     for name in ("shard1", "shard2"):
         three.add_shard(ShardConfig(name=name, kind="duckdb", path=f"catalog/{name}.duckdb"))
     migrate.upgrade(three)
-    _load(three, sample, "duckdb")
+    _load(three, sample, "duckdb", replicas=2)  # every chunk on two of the three shards
     made["duckdb-3"] = three
     pg = Deployment.create(tmp_path_factory.mktemp("dp"))
     for i in range(2):
@@ -102,7 +108,7 @@ def deployments(sample: Sample, tmp_path_factory: pytest.TempPathFactory) -> Ite
         )
         servers.append(server)
     add_postgres_shards(pg, [s.get_uri() for s in servers])
-    _load(pg, sample, "postgres")
+    _load(pg, sample, "postgres", replicas=2)
     made["postgres-2"] = pg
     yield made
     for deployment in made.values():
@@ -355,3 +361,19 @@ def test_count_star_comes_from_the_registry(engines: dict[str, QueryEngine], sam
         sample.tables["obs"].num_rows
     ]
     assert "row count" in engine.explain("SELECT COUNT(*) FROM obs")
+
+
+def test_queries_fail_over_to_replicas(
+    engines: dict[str, QueryEngine], deployments: dict[str, Deployment], ref: object
+) -> None:
+    """With shard1 of the three DuckDB shards gone, its chunks are read from their replicas."""
+    sql = "SELECT floor(dec / 10) AS band, COUNT(*) AS n, AVG(phot_g_mean_mag) AS m FROM gaia GROUP BY 1"
+    shard1 = deployments["duckdb-3"].data_dir / "catalog" / "shard1"
+    moved = shard1.with_name("shard1-away")
+    shard1.rename(moved)
+    try:
+        result = engines["duckdb-3"].execute(sql)
+    finally:
+        moved.rename(shard1)
+    assert canonical_rows(result.table) == canonical_rows(_reference_cached(ref, sql))  # type: ignore[arg-type]
+    assert any("failover" in note for note in result.plan)

@@ -10,12 +10,12 @@ from dms.loaders.catalog import TableOptions, load_files
 from dms.loaders.samples import dp1_like, gaia_table, hipparcos_table, write_parquet
 
 EXAMPLES = (
-    "SELECT COUNT(*) FROM gaia",
+    "SELECT COUNT(*) AS stars FROM gaia",
     "SELECT source_id, ra, dec, phot_g_mean_mag FROM gaia "
     "WHERE scisql_s2PtInCircle(ra, dec, 56.75, 24.12, 1.0) = 1 ORDER BY phot_g_mean_mag LIMIT 5",
     "SELECT h.hip, g.source_id, scisql_angSep(h.ra, h.dec, g.ra, g.dec) * 3600 AS sep_arcsec "
     "FROM hip h JOIN gaia g ON scisql_angSep(h.ra, h.dec, g.ra, g.dec) < 0.0005 "
-    "WHERE h.hpmag < 2 ORDER BY h.hpmag LIMIT 5",
+    "WHERE h.hpmag BETWEEN 9 AND 9.05 ORDER BY h.hip LIMIT 5",
     'SELECT s.band, COUNT(*) AS n, AVG(s."psfFlux") AS mean_flux FROM dp1.Object o '
     'JOIN dp1.Source s ON s."objectId" = o."objectId" WHERE o.coord_dec BETWEEN -10 AND 10 GROUP BY s.band '
     "ORDER BY s.band",

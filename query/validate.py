@@ -8,6 +8,7 @@ spelling, so shards with mixed-case column names (DP1's `objectId`) work on Post
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -19,6 +20,7 @@ from sqlglot.schema import MappingSchema
 from dms.query.errors import QueryRefused
 from dms.schema.catalog import CatalogTable
 
+SIMPLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 UPLOAD_SCHEMA = "tap_upload"
 LOCAL_SCHEMA = "_local"  # results of subqueries and WITH queries evaluated first
 AREASPEC_FUNCTIONS = {
@@ -81,6 +83,7 @@ def _sql_type(datatype: str) -> str:
 def bind(query: exp.Query, catalog: Catalog) -> tuple[exp.Query, dict[str, TableRef]]:
     """The qualified query and what each table alias refers to."""
     query = query.copy()
+    _fold_quoted_columns(query)
     _qualify_table_names(query, catalog)
     _bind_areaspec(query, catalog)
     try:
@@ -102,6 +105,16 @@ def bind(query: exp.Query, catalog: Catalog) -> tuple[exp.Query, dict[str, Table
     aliases = _aliases(bound, catalog)
     _canonical_columns(bound, aliases)
     return bound, aliases
+
+
+def _fold_quoted_columns(query: exp.Query) -> None:
+    """Catalog columns match case-insensitively, quoted or not (DP1's "objectId" and objectid are one column);
+    their catalog spelling is restored after binding."""
+    for column in query.find_all(exp.Column):
+        identifier = column.this
+        simple = isinstance(identifier, exp.Identifier) and SIMPLE_NAME.match(identifier.name)
+        if simple and identifier.quoted:
+            identifier.set("quoted", False)
 
 
 def _qualify_table_names(query: exp.Query, catalog: Catalog) -> None:

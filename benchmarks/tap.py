@@ -1,11 +1,11 @@
-"""TAP over HTTP against the same query run through the executor directly, and under 100 concurrent clients.
+"""TAP over HTTP against the same query through the query engine directly, and under 100 concurrent clients.
 
 Usage: python benchmarks/tap.py [--rows 200000] [--requests 200] [--clients 100] [--duration 60]
 
-Creates a throw-away embedded deployment, loads a synthetic catalog (survey.obj, published in TAP_SCHEMA
-from tests/data/vo_catalog.yaml), starts `dms serve` in a subprocess, and prints:
+Creates a throw-away embedded deployment, loads a synthetic catalog with `dms load` (catalog.obj, partitioned
+on HEALPix, published in TAP_SCHEMA by the load), starts `dms serve` in a subprocess, and prints:
   1. a sync TAP cone query (TOP 100 rows in a 0.1 deg cone) over HTTP: p50 / p95 latency;
-  2. the same ADQL through ControlDatabaseExecutor in-process: p50 / p95, and the HTTP overhead ratio;
+  2. the same ADQL through the query engine `dms query` uses, in-process: p50 / p95, and the HTTP overhead;
   3. CLIENTS concurrent clients issuing random small cone queries for DURATION seconds: throughput,
      p95 and errors (target: p95 < 1 s, zero errors).
 """
@@ -25,43 +25,42 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import sqlalchemy as sa
-from felis.datamodel import Schema
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dms import migrate
 from dms.deployment import Deployment
-from dms.services.vo.executor import ControlDatabaseExecutor
-from dms.services.vo.tap_schema import sync
+from dms.loaders.catalog import TableOptions, load_files
+from dms.query.engine import QueryEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY = (
-    "SELECT TOP 100 id, ra, dec, mag FROM survey.obj "
+    "SELECT TOP 100 id, ra, dec, mag FROM catalog.obj "
     "WHERE CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', {ra:.4f}, {dec:.4f}, 0.1)) = 1"
 )
 
 
-def load(deployment: Deployment, rows: int) -> None:
+def load(deployment: Deployment, rows: int, directory: Path) -> None:
     rng = np.random.default_rng(1)
     ra, dec, mag = rng.uniform(0, 20, rows), rng.uniform(-10, 10, rows), rng.uniform(12, 24, rows)
-    with deployment.engine().begin() as conn:
-        conn.execute(sa.text("DROP SCHEMA IF EXISTS survey CASCADE"))
-        conn.execute(sa.text("CREATE SCHEMA survey"))
-        conn.execute(
-            sa.text(
-                "CREATE TABLE survey.obj (id bigint PRIMARY KEY, ra float8, dec float8, mag float8, "
-                "name text)"
-            )
-        )
-        raw = conn.connection.driver_connection
-        with raw.cursor() as cur, cur.copy("COPY survey.obj FROM STDIN") as copy:
-            for i in range(rows):
-                copy.write_row((i + 1, float(ra[i]), float(dec[i]), float(mag[i]), f"star {i + 1}"))
-        conn.execute(sa.text("CREATE INDEX ON survey.obj (dec, ra)"))
-        conn.execute(sa.text("ANALYZE survey.obj"))
-        schema = Schema.from_uri(
-            str(ROOT / "tests" / "data" / "vo_catalog.yaml"), context={"id_generation": True}
-        )
-        sync(conn, extra=[schema])
+    table = pa.table(
+        {
+            "id": np.arange(1, rows + 1),
+            "ra": ra,
+            "dec": dec,
+            "mag": mag,
+            "name": [f"star {i + 1}" for i in range(rows)],
+        }
+    )
+    path = directory / "obj.parquet"
+    pq.write_table(table, path)
+    load_files(
+        deployment,
+        "obj",
+        [path],
+        create=TableOptions(ra="ra", dec="dec", id="id", chunk_order=5),
+        progress=False,
+    )
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -115,7 +114,7 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="dms-bench-tap-"))
     deployment = Deployment.create(data_dir)
     migrate.upgrade(deployment)
-    load(deployment, args.rows)
+    load(deployment, args.rows, data_dir)
     port = free_port()
     env = {**os.environ, "DMS_DATA_DIR": str(data_dir)}
     server = subprocess.Popen(
@@ -139,7 +138,7 @@ def main() -> None:
                 started = time.monotonic()
                 http.get(sync_url, params={"LANG": "ADQL", "QUERY": random_query(rng)}).raise_for_status()
                 http_times.append(time.monotonic() - started)
-        executor = ControlDatabaseExecutor(deployment)
+        executor = QueryEngine(deployment)
         rng = np.random.default_rng(7)
         direct_times = []
         for _ in range(args.requests):
@@ -153,8 +152,8 @@ def main() -> None:
             f"{args.requests} sequential requests"
         )
         print(f"  TAP sync over HTTP : p50 {h50 * 1000:7.1f} ms   p95 {h95 * 1000:7.1f} ms")
-        print(f"  executor directly  : p50 {d50 * 1000:7.1f} ms   p95 {d95 * 1000:7.1f} ms")
-        print(f"  HTTP / direct      : p50 x{h50 / d50:.2f}   p95 x{h95 / d95:.2f}")
+        print(f"  query engine       : p50 {d50 * 1000:7.1f} ms   p95 {d95 * 1000:7.1f} ms")
+        print(f"  HTTP / engine      : p50 x{h50 / d50:.2f}   p95 x{h95 / d95:.2f}")
         count, latencies, errors = asyncio.run(crowd(sync_url, args.clients, args.duration))
         c50, c95 = percentiles(latencies)
         print(f"{args.clients} concurrent clients for {args.duration:g} s:")

@@ -165,6 +165,10 @@ def overlap_rows(
     finest = max(int(layout.orders.max(initial=layout.base_order)), layout.base_order)
     order = overlap_order(margin_arcsec, finest)
     shift = 2 * (ORDER_29 - order)
+    own_orders, _ = split_nuniq(own_chunk)
+    # only rows in fine pixels on the edge of their chunk can be within the margin of another chunk
+    edge = np.flatnonzero(_on_chunk_edge(h29 >> shift, order, own_orders))
+    h29, own_chunk = h29[edge], own_chunk[edge]
     fine = h29 >> shift
     unique_fine, inverse = np.unique(fine, return_inverse=True)
     neighbours = healpy.get_all_neighbours(1 << order, unique_fine, nest=True)  # (8, n), -1 where none
@@ -185,7 +189,33 @@ def overlap_rows(
     pixels = np.concatenate(pixels_out)
     key = np.unique(np.stack([rows, nuniq(orders, pixels)]), axis=1)
     out_orders, out_pixels = split_nuniq(key[1])
-    return key[0], out_orders, out_pixels
+    return edge[key[0]], out_orders, out_pixels
+
+
+def _compact_bits(value: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """Bits 0, 2, 4, ... of each value packed together: one coordinate of a nested HEALPix index."""
+    value = value & np.uint64(0x5555555555555555)
+    for shift, mask in (
+        (1, 0x3333333333333333),
+        (2, 0x0F0F0F0F0F0F0F0F),
+        (4, 0x00FF00FF00FF00FF),
+        (8, 0x0000FFFF0000FFFF),
+        (16, 0x00000000FFFFFFFF),
+    ):
+        value = (value | (value >> np.uint64(shift))) & np.uint64(mask)
+    return value
+
+
+def _on_chunk_edge(fine: IntArray, order: int, chunk_orders: IntArray) -> npt.NDArray[np.bool_]:
+    """Whether each order-`order` pixel touches the boundary of its chunk (at `chunk_orders`): in the
+    nested scheme the pixel's low bits interleave its x and y inside the chunk; the edge is x or y at 0 or
+    max."""
+    depth = (order - chunk_orders).astype(np.int64)
+    local = (fine & ((np.int64(1) << (2 * depth)) - 1)).astype(np.uint64)
+    x = _compact_bits(local).astype(np.int64)
+    y = _compact_bits(local >> np.uint64(1)).astype(np.int64)
+    last = (np.int64(1) << depth) - 1
+    return np.asarray((x == 0) | (y == 0) | (x == last) | (y == last))
 
 
 def split_nuniq(uniq: IntArray) -> tuple[IntArray, IntArray]:

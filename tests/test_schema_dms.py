@@ -23,6 +23,8 @@ from felis.metadata import MetaDataBuilder
 from psycopg import errors, sql
 from psycopg.types.json import Jsonb
 
+from dms.schema import SCHEMA_VERSION
+
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schema" / "dms.yaml"
 
 # Every check felis offers that applies to a schema not published through TAP.
@@ -36,6 +38,9 @@ EXPECTED_TABLES = {
     "chunk",
     "chunk_replica",
     "director_index",
+    "catalog_column",
+    "catalog_load",
+    "chunk_file",
     "instrument",
     "physical_filter",
     "detector",
@@ -523,7 +528,7 @@ REJECTED: list[tuple[str, dict[str, Any], type[psycopg.Error], str]] = [
 
 def test_schema_passes_felis_strict_validation(felis_schema: Schema) -> None:
     assert felis_schema.name == "dms"
-    assert felis_schema.version == "1.1.0"
+    assert felis_schema.version == SCHEMA_VERSION
     assert {table.name for table in felis_schema.tables} == EXPECTED_TABLES
 
 

@@ -29,7 +29,7 @@ from dms.cli import _friendly_errors, _open, data_dir_option
 @click.option(
     "--chunk-order",
     type=click.IntRange(0, 13),
-    default=3,
+    default=1,
     show_default=True,
     help="With --create: HEALPix order of the chunks (the coarsest, with adaptive splitting).",
 )

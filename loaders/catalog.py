@@ -57,7 +57,7 @@ class TableOptions:
     id: str | None = None
     director: str | None = None
     director_key: str | None = None
-    chunk_order: int = 3
+    chunk_order: int = 1
     max_chunk_rows: int | None = 1_000_000
     overlap_arcsec: float = 60.0
     storage: str | None = None

@@ -271,6 +271,8 @@ class QueryEngine:
         else:
             join_plan = JoinAnalyzer(select, partitioned).plan()
             sql_builder.overlap_aliases = join_plan.overlap_aliases
+            sql_builder.primary_alias = join_plan.primary
+            sql_builder.radius = join_plan.radius
             ranges, ids = None, None
             for alias, table in partitioned.items():
                 if alias in join_plan.overlap_aliases:

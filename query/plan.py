@@ -24,6 +24,7 @@ from dms.schema.catalog import CatalogTable
 class JoinPlan:
     primary: str
     overlap_aliases: set[str] = field(default_factory=set)
+    radius: dict[str, float] = field(default_factory=dict)  # match radius (deg) of each overlap alias
 
 
 def conjuncts(node: exp.Expression | None) -> list[exp.Expression]:
@@ -137,6 +138,7 @@ class JoinAnalyzer:
         reasons = []
         for primary in sorted(aliases, key=lambda a: self.tables[a].role != "director"):
             overlap: set[str] = set()
+            radii: dict[str, float] = {}
             ok = True
             for other in aliases:
                 if other == primary or frozenset((primary, other)) in self.key_edges:
@@ -145,6 +147,7 @@ class JoinAnalyzer:
                 margin = self.tables[other].overlap_arcsec / 3600.0
                 if radius is not None and radius <= margin:
                     overlap.add(other)
+                    radii[other] = radius
                     continue
                 ok = False
                 if radius is not None:
@@ -158,7 +161,7 @@ class JoinAnalyzer:
                 break
             if ok:
                 self._check_outer_joins(overlap)
-                return JoinPlan(primary, overlap)
+                return JoinPlan(primary, overlap, radii)
         detail = reasons[0] if reasons else "the tables are not joined chunk-locally"
         raise QueryRefused(
             f"this join cannot be evaluated chunk by chunk: {detail}. Join a child table to its director on "

@@ -11,6 +11,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from dms.deployment import Deployment
@@ -52,6 +54,31 @@ class Snapshot:
     running_loads: dict[str, list[int]]
     control_tables: dict[tuple[str, str], dict[str, str]]
     index_files: dict[str, list[str]]
+    _indexes: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    _index_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def chunks_of_ids(self, director: str, ids: list[int]) -> set[int]:
+        """The chunks (NUNIQ) holding the given object ids of a director table, from its director index
+        (read once per snapshot and kept in memory as sorted arrays: a lookup is a binary search)."""
+        with self._index_lock:
+            if director not in self._indexes:
+                files = self.index_files.get(director, [])
+                if files:
+                    index = pa.concat_tables([pq.read_table(f, columns=["id", "chunk"]) for f in files])
+                    order = np.argsort(index["id"].to_numpy(), kind="stable")
+                    self._indexes[director] = (
+                        index["id"].to_numpy()[order],
+                        index["chunk"].to_numpy()[order],
+                    )
+                else:
+                    self._indexes[director] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        sorted_ids, chunk = self._indexes[director]
+        wanted = np.asarray(ids, np.int64)
+        at = np.clip(np.searchsorted(sorted_ids, wanted), 0, max(len(sorted_ids) - 1, 0))
+        if len(sorted_ids) == 0:
+            return set()
+        found = sorted_ids[at] == wanted
+        return {int(c) for c in chunk[at[found]]}
 
 
 class Registry:

@@ -55,6 +55,8 @@ class ShardSql:
         self.aliases = aliases
         self.snapshot = snapshot
         self.overlap_aliases: set[str] = set()
+        self.primary_alias: str | None = None
+        self.radius: dict[str, float] = {}
         self.ranges: dict[str, np.ndarray] = {}
 
     # choosing chunks --------------------------------------------------------------------------------
@@ -75,17 +77,7 @@ class ShardSql:
 
     def _chunks_of_ids(self, table: CatalogTable, ids: frozenset[int]) -> set[int]:
         director = table.name if table.role == "director" else table.director_table
-        files = self.snapshot.index_files.get(director or "", [])
-        if not files or not ids:
-            return set()
-        import duckdb
-
-        id_list = ", ".join(str(i) for i in sorted(ids))
-        with duckdb.connect() as conn:
-            rows = conn.execute(
-                f"SELECT DISTINCT chunk FROM read_parquet({_string_list(files)}) WHERE id IN ({id_list})"
-            ).fetchall()
-        return {int(r[0]) for r in rows}
+        return self.snapshot.chunks_of_ids(director or "", sorted(ids)) if ids else set()
 
     def check_layouts(self, primary: str, chunk_sets: dict[str, list[ChunkKey]]) -> None:
         """A near-neighbour partner table must have the primary's chunk layout on the chosen chunks."""
@@ -177,8 +169,38 @@ class ShardSql:
             schema, name = catalog.schema_name, catalog.table_name
             table.set("db", exp.to_identifier(schema, quoted=True))
             table.set("this", exp.to_identifier(name, quoted=True))
+        if alias in self.overlap_aliases:
+            self._expand_zones(query, alias, catalog)
         if catalog.partitioned:
             self._add_chunk_predicates(query, join, alias, catalog, shard, dialect, chunks)
+
+    def _expand_zones(self, query: exp.Select, alias: str, catalog: CatalogTable) -> None:
+        """A near-neighbour partner's rows, each repeated for its declination zone and the two next to it
+        (zones as tall as the match radius), so the join is a hash join on (chunk, zone) instead of a
+        comparison of every pair of rows in a chunk; each matching pair still meets exactly once."""
+        source = next(
+            t
+            for t in query.find_all(exp.Table, exp.Subquery)
+            if t.alias_or_name == alias and t.find_ancestor(exp.From, exp.Join) is not None
+        )
+        height = max(self.radius.get(alias, 0.0), 1e-9)
+        zone = _zone(exp.column(catalog.dec_column or "dec"), height)
+        zones = exp.Array(
+            expressions=[
+                exp.Sub(this=zone.copy(), expression=exp.Literal.number(1)),
+                zone.copy(),
+                exp.Add(this=zone.copy(), expression=exp.Literal.number(1)),
+            ]
+        )
+        inner = source.copy()
+        inner.set("alias", None)
+        expanded = exp.select("*", exp.alias_(exp.Anonymous(this="UNNEST", expressions=[zones]), "_zone"))
+        expanded = expanded.from_(
+            inner
+            if isinstance(inner, exp.Table)
+            else exp.Subquery(this=inner.this, alias=exp.TableAlias(this=exp.to_identifier("_inner")))
+        )
+        source.replace(exp.Subquery(this=expanded, alias=exp.TableAlias(this=exp.to_identifier(alias))))
 
     def _add_chunk_predicates(
         self,
@@ -193,12 +215,21 @@ class ShardSql:
         predicates: list[exp.Expression] = []
         column = exp.column
         if alias in self.overlap_aliases:
-            primary = next(
+            primary = self.primary_alias or next(
                 a
                 for a in self.aliases
                 if a not in self.overlap_aliases and getattr(self.aliases[a].catalog, "partitioned", False)
             )
             predicates.append(exp.EQ(this=column("_chunk", alias), expression=column("_chunk", primary)))
+            primary_table = self.aliases[primary].catalog
+            assert primary_table is not None
+            height = max(self.radius.get(alias, 0.0), 1e-9)
+            predicates.append(
+                exp.EQ(
+                    this=column("_zone", alias),
+                    expression=_zone(column(primary_table.dec_column or "dec", primary), height),
+                )
+            )
         elif catalog.role == "director":
             predicates.append(exp.Not(this=column("_overlap", alias)))
         ranges = self.ranges.get(alias)
@@ -233,6 +264,15 @@ class ShardSql:
             join.set("on", exp.and_(join.args["on"], condition) if join.args.get("on") else condition)
         else:
             query.where(condition, copy=False)
+
+
+def _zone(dec: exp.Expression, height: float) -> exp.Expression:
+    """The declination zone of a position: floor((dec + 90) / height), as a BIGINT."""
+    shifted = exp.paren(exp.Add(this=dec, expression=exp.Literal.number(90)))
+    return exp.Cast(
+        this=exp.Floor(this=exp.Div(this=shifted, expression=exp.Literal.number(repr(height)))),
+        to=exp.DataType.build("BIGINT"),
+    )
 
 
 def _chunk_range(key: ChunkKey) -> tuple[int, int]:
@@ -278,10 +318,6 @@ def empty_relation(table: CatalogTable, alias: str) -> exp.Expression:
         ]
     select = exp.select(*columns).where(exp.false())
     return exp.Subquery(this=select, alias=exp.TableAlias(this=exp.to_identifier(alias)))
-
-
-def _string_list(values: list[str]) -> str:
-    return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
 
 
 def normalize_partial(table: pa.Table) -> pa.Table:

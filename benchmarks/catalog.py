@@ -363,7 +363,7 @@ def print_report(results: dict[str, Any]) -> None:
             if best is None or not isinstance(value, float) or value == 0:
                 speeds.append("-")
             else:
-                speeds.append(f"{(best[1] / value if lower_better else value / best[1]):.2f}x")
+                speeds.append(f"{(best[1] / value if lower_better else value / best[1]):.2g}x")
         target = target_text(label, values)
         best_text = f"{best[0]} {fmt(best[1])}" if best else "-"
         print(f"{label:<20}{unit:<8}{cells}{best_text:>16}{speeds[0]:>11}{speeds[1]:>10}  {target}")

@@ -316,6 +316,8 @@ class QueryEngine:
         if not partials:
             empty_sql = sql_builder.local_sql(decomposition.shard, empty=True)
             partials = [self._run_merge(empty_sql, shipped, run)]
+        if len(partials) == 1 and not decomposition.aggregated:
+            return normalize_partial(decomposition.finish_single(partials[0]))
         merged = pa.concat_tables([normalize_partial(p) for p in partials], promote_options="permissive")
         return self._run_merge(merge_sql, {PARTIALS: merged}, run)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 from sqlglot import exp
 
 from dms.query.errors import QueryRefused
@@ -25,6 +26,16 @@ class Decomposition:
     shard: exp.Select
     merge: exp.Select
     aggregated: bool
+    names: list[str] | None = None  # output names of a row query (its shard columns are _c0, _c1, ...)
+    offset: int = 0
+    limit: int | None = None
+
+    def finish_single(self, partial: pa.Table) -> pa.Table:
+        """The merge of a row query that ran on one shard only: the shard already applied DISTINCT, ORDER BY
+        and LIMIT offset+limit, so only OFFSET, the limit and the output names remain."""
+        assert self.names is not None
+        table = partial.select([f"_c{i}" for i in range(len(self.names))]).rename_columns(self.names)
+        return table.slice(self.offset, self.limit)
 
 
 def _limit_value(select: exp.Select, key: str) -> int | None:
@@ -125,7 +136,7 @@ def _decompose_rows(select: exp.Select, max_rows: int | None) -> Decomposition:
         merge.set("limit", exp.Limit(expression=exp.Literal.number(limit)))
     if offset:
         merge.set("offset", exp.Offset(expression=exp.Literal.number(offset)))
-    return Decomposition(shard, merge, aggregated=False)
+    return Decomposition(shard, merge, aggregated=False, names=names, offset=offset or 0, limit=limit)
 
 
 class _AggregateSplitter:

@@ -31,7 +31,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from dms.errors import DMSError
-from dms.schema.catalog import CatalogTable
+from dms.schema.catalog import SQL_TYPES, CatalogTable
 from dms.shards import DuckDBShard, PostgresShard, ShardBackend
 
 log = logging.getLogger(__name__)
@@ -223,23 +223,6 @@ class ParquetStore(ShardStore):
 
 # --- PostgreSQL --------------------------------------------------------------------------------------------
 
-_PG_TYPES = {
-    "bool": "boolean",
-    "int8": "smallint",
-    "int16": "smallint",
-    "int32": "integer",
-    "int64": "bigint",
-    "uint8": "smallint",
-    "uint16": "integer",
-    "uint32": "bigint",
-    "float": "double precision",  # exact widening: sums and averages then agree with DuckDB's
-    "double": "double precision",
-    "string": "text",
-    "timestamp[us]": "timestamp",
-    "timestamp[us, tz=UTC]": "timestamptz",
-    "date32[day]": "date",
-    "binary": "bytea",
-}
 
 _ARROW_FROM_OID: dict[int, pa.DataType] = {
     16: pa.bool_(),
@@ -313,7 +296,7 @@ class PostgresStore(ShardStore):
         exists = conn.execute("SELECT to_regclass(%s)", (physical_name(table),)).fetchone()
         if exists and exists[0] is not None:
             return False
-        columns = [f'"{c.name}" {_PG_TYPES[c.datatype]}' for c in table.columns]
+        columns = [f'"{c.name}" {SQL_TYPES[c.datatype]}' for c in table.columns]
         if table.partitioned:
             columns += ["_healpix_29 bigint NOT NULL", "_chunk bigint NOT NULL", "_overlap boolean NOT NULL"]
         columns.append("_load_id integer NOT NULL")
@@ -445,7 +428,7 @@ def _temp_table(conn: psycopg.Connection, name: str, table: pa.Table) -> None:
     columns = []
     for column_field in table.schema:
         try:
-            sql_type = _PG_TYPES[column_type_name(column_field.type)]
+            sql_type = SQL_TYPES[column_type_name(column_field.type)]
         except Exception:
             sql_type = "text"
         columns.append(f'"{column_field.name}" {sql_type}')

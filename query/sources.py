@@ -21,25 +21,10 @@ from dms.query.registry import Snapshot
 from dms.query.restrict import merge_ranges
 from dms.query.shard_store import ShardStore
 from dms.query.validate import TableRef
-from dms.schema.catalog import CatalogTable
+from dms.schema.catalog import SQL_TYPES, CatalogTable
 
 MAX_RANGES = 64
 ChunkKey = tuple[int, int]
-
-_SQL_TYPES = {
-    "bool": "BOOLEAN",
-    "int8": "SMALLINT",
-    "int16": "SMALLINT",
-    "int32": "INTEGER",
-    "int64": "BIGINT",
-    "float": "REAL",
-    "double": "DOUBLE PRECISION",
-    "string": "TEXT",
-    "timestamp[us]": "TIMESTAMP",
-    "timestamp[us, tz=UTC]": "TIMESTAMPTZ",
-    "date32[day]": "DATE",
-    "binary": "BYTEA",
-}
 
 
 class ShardSql:
@@ -307,7 +292,7 @@ def empty_relation(table: CatalogTable, alias: str) -> exp.Expression:
     """A typed relation with the table's columns and no rows (for shards or queries without its data)."""
     columns = [
         exp.alias_(
-            exp.Cast(this=exp.null(), to=exp.DataType.build(_SQL_TYPES[c.datatype])), c.name, quoted=True
+            exp.Cast(this=exp.null(), to=exp.DataType.build(SQL_TYPES[c.datatype])), c.name, quoted=True
         )
         for c in table.columns
     ]

@@ -18,7 +18,7 @@ from sqlglot.optimizer.qualify import qualify
 from sqlglot.schema import MappingSchema
 
 from dms.query.errors import QueryRefused
-from dms.schema.catalog import CatalogTable
+from dms.schema.catalog import SQL_TYPES, CatalogTable
 
 SIMPLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 UPLOAD_SCHEMA = "tap_upload"
@@ -53,7 +53,7 @@ class Catalog:
         mapping: dict[str, dict[str, dict[str, str]]] = {}
         for (schema, name), table in self.tables.items():
             mapping.setdefault(schema, {})[name] = {
-                c.name.lower(): _sql_type(c.datatype) for c in table.columns
+                c.name.lower(): SQL_TYPES[c.datatype] for c in table.columns
             }
         for (schema, name), columns in self.control.items():
             mapping.setdefault(schema, {})[name] = {c.lower(): t for c, t in columns.items()}
@@ -66,18 +66,6 @@ class Catalog:
                 c.lower(): "text" for c in data.column_names
             }
         return MappingSchema(dict(mapping), dialect="postgres")  # type: ignore[arg-type, unused-ignore]
-
-
-def _sql_type(datatype: str) -> str:
-    return {
-        "double": "double",
-        "float": "real",
-        "int64": "bigint",
-        "int32": "int",
-        "int16": "smallint",
-        "bool": "boolean",
-        "string": "text",
-    }.get(datatype, "text")
 
 
 def bind(query: exp.Query, catalog: Catalog) -> tuple[exp.Query, dict[str, TableRef]]:

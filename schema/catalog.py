@@ -119,6 +119,28 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
 }
 
 
+#: SQL type of each catalog column type, as PostgreSQL shards store it and as the engine declares it (DuckDB
+#: reads the same names). float32 widens exactly to double precision, so sums and averages agree between the
+#: shard kinds.
+SQL_TYPES: dict[str, str] = {
+    "bool": "boolean",
+    "int8": "smallint",
+    "int16": "smallint",
+    "int32": "integer",
+    "int64": "bigint",
+    "uint8": "smallint",
+    "uint16": "integer",
+    "uint32": "bigint",
+    "float": "double precision",
+    "double": "double precision",
+    "string": "text",
+    "timestamp[us]": "timestamp",
+    "timestamp[us, tz=UTC]": "timestamptz",
+    "date32[day]": "date",
+    "binary": "bytea",
+}
+
+
 def arrow_type(name: str) -> pa.DataType:
     try:
         return _ARROW_TYPES[name]

@@ -83,6 +83,11 @@ class DeploymentConfig(BaseModel):
     created_at: datetime = Field(
         default_factory=lambda: datetime.now(UTC), description="When `dms init` ran."
     )
+    vo_upload_allow: list[str] = Field(
+        default_factory=list,
+        description="Hosts, addresses or CIDR networks that TAP uploads by URL may read although they are "
+        "private, loopback or link-local (by default only public addresses are fetched).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DeploymentConfig:

@@ -8,17 +8,17 @@ from datetime import datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-import httpx
 import pyarrow as pa
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from dms.services.vo import formats, vosi
+from dms.services.vo import formats, upload_fetch, vosi
 from dms.services.vo.errors import ServiceError
 from dms.services.vo.http import XML, Context, Params, error_response, guarded, read_params
 from dms.services.vo.tap_schema import Table
+from dms.services.vo.upload_fetch import AllowList
 from dms.services.vo.uws import JobStore
 from dms.services.vo.uws_xml import iso, job_list_xml, job_xml
 from dms.services.vo.votable import MAX_UPLOAD_BYTES, read_upload
@@ -107,19 +107,8 @@ class TapService:
                 raise ServiceError(f"UPLOAD {name}: the stored upload is gone")
             return path.read_bytes()
         if uri.startswith(("http://", "https://")):
-            try:
-                with httpx.stream("GET", uri, timeout=30, follow_redirects=True) as response:
-                    response.raise_for_status()
-                    content = b""
-                    for chunk in response.iter_bytes():
-                        content += chunk
-                        if len(content) > MAX_UPLOAD_BYTES:
-                            raise ServiceError(
-                                f"UPLOAD {name}: {uri} is larger than {MAX_UPLOAD_BYTES:,} bytes"
-                            )
-                    return content
-            except httpx.HTTPError as exc:
-                raise ServiceError(f"UPLOAD {name}: cannot read {uri}: {exc}") from exc
+            allow = AllowList.parse(self.context.deployment.config.vo_upload_allow)
+            return upload_fetch.fetch(name, uri, allow, max_bytes=MAX_UPLOAD_BYTES)
         raise ServiceError(f"UPLOAD {name}: URI {uri!r} is not supported; use param:PART or an http(s) URL")
 
     def _run_job(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Mapping
+from typing import NoReturn
+from xml.parsers import expat
 from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
@@ -165,12 +167,17 @@ def read_upload(name: str, content: bytes) -> pa.Table:
         raise ServiceError(
             f"upload {name}: {len(content):,} bytes is more than the limit of {MAX_UPLOAD_BYTES:,}"
         )
+    _refuse_references(name, content)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", votable_exceptions.VOWarning)
-            element = parse(io.BytesIO(content), verify="ignore").get_first_table()
+            document = parse(io.BytesIO(content), verify="ignore")
+            _check_inline(name, document)
+            element = document.get_first_table()
             xtypes = {f.name: (f.xtype or "").lower() for f in element.fields}
             table = element.to_table(use_names_over_ids=True)
+    except ServiceError:
+        raise
     except Exception as exc:  # astropy raises many types for malformed XML / VOTable
         raise ServiceError(f"upload {name}: not a readable VOTable ({type(exc).__name__}: {exc})") from exc
     if len(table) > MAX_UPLOAD_ROWS:
@@ -197,6 +204,43 @@ def read_upload(name: str, content: bytes) -> pa.Table:
         arrays.append(array)
         names.append(column.name)
     return pa.Table.from_arrays(arrays, names=names)
+
+
+def _refuse_references(name: str, content: bytes) -> None:
+    """Refuse, before astropy reads it, a document whose data lies elsewhere: astropy follows a STREAM's
+    href (file:, http:, ...) and would read server files or URLs for the client. Only inline data is
+    accepted; so are no DTDs or entities (they can name files too)."""
+
+    def refuse(message: str) -> NoReturn:
+        raise ServiceError(f"upload {name}: {message}")
+
+    def start(tag: str, attributes: dict[str, str]) -> None:
+        local = tag.rsplit(" ", 1)[-1].rsplit(":", 1)[-1].upper()
+        if local == "STREAM" and any(
+            k.rsplit(" ", 1)[-1].rsplit(":", 1)[-1].lower() == "href" for k in attributes
+        ):
+            refuse(
+                "a STREAM with an href (data outside the document) is not accepted; send the data inline "
+                "(TABLEDATA, or BINARY/BINARY2 with base64 content)"
+            )
+        if local == "FITS":
+            refuse("FITS data in a VOTable upload is not accepted; send TABLEDATA, BINARY or BINARY2")
+
+    scanner = expat.ParserCreate(namespace_separator=" ")
+    scanner.StartElementHandler = start
+    scanner.StartDoctypeDeclHandler = lambda *_: refuse("a VOTable upload may not hold a DOCTYPE")
+    scanner.EntityDeclHandler = lambda *_: refuse("a VOTable upload may not declare entities")
+    try:
+        scanner.Parse(content, True)
+    except expat.ExpatError as exc:
+        refuse(f"not a readable VOTable (malformed XML: {exc})")
+
+
+def _check_inline(name: str, document: VOTableFile) -> None:
+    """The parsed tree agrees: every table's data was inline TABLEDATA, BINARY or BINARY2."""
+    for table in document.iter_tables():
+        if table.format not in ("tabledata", "binary", "binary2"):
+            raise ServiceError(f"upload {name}: {table.format} data in a VOTable upload is not accepted")
 
 
 def _timestamps(name: str, array: pa.Array) -> pa.Array:

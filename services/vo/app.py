@@ -16,6 +16,7 @@ from starlette.routing import Route
 from dms.deployment import Deployment
 from dms.services.vo.datalink import DataLink
 from dms.services.vo.executor import QueryExecutor, make_executor
+from dms.services.vo.files import ImageFiles
 from dms.services.vo.http import Context, error_response
 from dms.services.vo.scs import ConeSearch, cone_tables
 from dms.services.vo.sia import ImageAccess
@@ -51,7 +52,7 @@ def make_app(deployment: Deployment, executor: QueryExecutor | None = None) -> S
         return error_response(f"internal error ({type(exc).__name__}); the server log has the details", 500)
 
     routes = [Route("/", landing, methods=["GET"]), Route("/tap", landing, methods=["GET"])]
-    routes += tap.routes() + scs.routes() + sia.routes() + datalink.routes()
+    routes += tap.routes() + scs.routes() + sia.routes() + datalink.routes() + ImageFiles(context).routes()
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 500: server_error})
     app.state.context = context
     app.state.tap = tap

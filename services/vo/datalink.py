@@ -1,7 +1,8 @@
 """DataLink 1.1 at /datalink: the links of an image (by its ObsCore publisher DID).
 
-Each ID gets the image file itself (#this) and, as a service link, the cone search of its footprint in
-SIA (#cutout is not offered: DMS serves whole files). An unknown ID gets a NotFoundFault row.
+Each ID gets the image file itself (#this, served at /files/{ID} when the server holds it) and, as a
+service link, the cone search of its footprint in SIA (#cutout is not offered: DMS serves whole files).
+An unknown ID gets a NotFoundFault row.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from starlette.routing import Route
 
 from dms.services.vo import vosi
 from dms.services.vo.errors import ServiceError
+from dms.services.vo.files import file_url, local_path
 from dms.services.vo.http import XML, Context, guarded, read_params
 from dms.services.vo.votable import result_votable
 
@@ -60,7 +62,7 @@ class DataLink:
             rows.append(
                 {
                     "ID": did,
-                    "access_url": image["access_url"],
+                    "access_url": _public_url(image["access_url"], base, did),
                     "semantics": "#this",
                     "description": f"the image {image['obs_id']}",
                     "content_type": image["access_format"],
@@ -106,3 +108,10 @@ class DataLink:
             Route("/datalink/capabilities", guarded(self.capabilities), methods=["GET"]),
             Route("/datalink/availability", guarded(self.availability), methods=["GET"]),
         ]
+
+
+def _public_url(url: str | None, base: str, did: str) -> str | None:
+    """A remote access URL as it is; a file of this server as its /files URL (never the server path)."""
+    if url is None:
+        return None
+    return file_url(base, did) if local_path(url) is not None else url

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -76,11 +77,25 @@ def guarded(
         try:
             return await handler(request)
         except ServiceError as exc:
-            return error_response(str(exc), exc.status)
+            return error_response(public_message(request, str(exc)), exc.status)
         except QueryError as exc:
-            return error_response(str(exc), 400)
+            return error_response(public_message(request, str(exc)), 400)
 
     return endpoint
+
+
+_SERVER_FILE = re.compile(r"(?:file://)?/[^\s\"']*\.(?:parquet|duckdb|fits|yaml|xml)\b")
+
+
+def public_message(request: Request, message: str) -> str:
+    """An error message without the server's paths (the data directory, shard stores, data files), which
+    the engine's errors may quote: clients learn what failed, not where the server keeps its data."""
+    context = getattr(request.app.state, "context", None)
+    if context is not None:
+        data_dir = context.deployment.data_dir
+        for root in sorted({str(data_dir.resolve()), str(data_dir)}, key=len, reverse=True):
+            message = message.replace(root, "<data directory>")
+    return _SERVER_FILE.sub("<server file>", message)
 
 
 class Context:

@@ -1,16 +1,26 @@
-"""Simple Cone Search 1.1 at /scs/{table} for every published table with a main position."""
+"""Simple Cone Search 1.1 at /scs/{table} for every published table with a main position, listed at /scs.
+
+Tables are named as TAP names them: schema-qualified or, where only one cone table has that name, bare;
+case-insensitively. Errors are SCS error documents (an INFO named "Error" under VOTABLE, SCS 1.03 section 3),
+so SCS clients such as pyvo report the message.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Awaitable, Callable
+from xml.sax.saxutils import escape
+
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from dms.services.vo import formats, vosi
-from dms.services.vo.errors import ServiceError
-from dms.services.vo.http import XML, Context, guarded, read_params
+from dms.services.vo.errors import QueryError, ServiceError
+from dms.services.vo.http import VOTABLE_MIME, XML, Context, public_message, read_params
 from dms.services.vo.tap_schema import Table
+from dms.services.vo.votable import cone_error_votable
 
 DEFAULT_ROWS = 10_000
 HARD_ROWS = 1_000_000
@@ -26,6 +36,60 @@ def cone_tables(context: Context) -> list[Table]:
         and t.column_with_ucd("pos.eq.dec")
         and not t.name.lower().startswith(("ivoa.", "tap_schema."))
     ]
+
+
+def find_cone_table(tables: list[Table], name: str) -> Table:
+    """The cone table `name` names: SCHEMA.TABLE, or a bare TABLE that only one schema has (any case)."""
+    wanted = name.strip().strip('"').lower()
+    found = [t for t in tables if t.name.lower() == wanted]
+    if not found and "." not in wanted:
+        found = [t for t in tables if t.name.lower().split(".", 1)[-1] == wanted]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        choices = ", ".join(t.name for t in found)
+        raise ServiceError(f"cone search {name!r} is ambiguous; name one of {choices}")
+    valid = ", ".join(t.name for t in tables) or "none"
+    raise ServiceError(f"no cone search on {name!r}; tables with positions: {valid}", status=404)
+
+
+def cone_guarded(
+    handler: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """Bad requests and failed queries as SCS error documents (with the HTTP status of the failure)."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ServiceError as exc:
+            message, status = str(exc), exc.status
+        except QueryError as exc:
+            message, status = str(exc), 400
+        document = cone_error_votable(public_message(request, message))
+        return Response(document, status_code=status, media_type=VOTABLE_MIME)
+
+    return endpoint
+
+
+def listing_page(base: str, tables: list[Table]) -> str:
+    """The /scs page: one cone search per table with a position, with its URL and description."""
+    items = "".join(
+        f'<li><a href="{escape(base)}/scs/{escape(t.name)}">{escape(t.name)}</a>: '
+        f"{escape(t.description or '')} (RA, DEC, SR in degrees; capabilities at "
+        f"<code>/scs/{escape(t.name)}/capabilities</code>)</li>"
+        for t in tables
+    )
+    return (
+        "<!DOCTYPE html><html><head><title>DMS cone searches</title></head><body>"
+        f"<h1>Simple Cone Search 1.1</h1><ul>{items or '<li>no table with a position is published</li>'}"
+        "</ul></body></html>"
+    )
+
+
+def _identifier(name: str) -> str:
+    """An ADQL identifier: bare when it is a plain lower-case name, else delimited (quotes doubled)."""
+    name = name.strip('"')
+    return name if re.fullmatch(r"[a-z_][a-z0-9_]*", name) else '"' + name.replace('"', '""') + '"'
 
 
 def _number(params_value: str | None, name: str, low: float, high: float) -> float:
@@ -45,11 +109,7 @@ class ConeSearch:
         self.context = context
 
     def _table(self, name: str) -> Table:
-        table = next((t for t in cone_tables(self.context) if t.name.lower() == name.lower()), None)
-        if table is None:
-            valid = ", ".join(t.name for t in cone_tables(self.context)) or "none"
-            raise ServiceError(f"no cone search on {name!r}; tables with positions: {valid}", status=404)
-        return table
+        return find_cone_table(cone_tables(self.context), name)
 
     def search(
         self,
@@ -84,9 +144,11 @@ class ConeSearch:
                 for c in table.columns
                 if (c.principal and level == 2) or c in (ra_col, dec_col, id_col)
             ]
-        select = ", ".join(dict.fromkeys(chosen))
+        select = ", ".join(_identifier(c) for c in dict.fromkeys(chosen))
+        source = ".".join(_identifier(part) for part in table.name.split(".", 1))
+        position = f"POINT('ICRS', {_identifier(ra_col.name)}, {_identifier(dec_col.name)})"
         query = (
-            f"SELECT {select} FROM {table.name} WHERE CONTAINS(POINT('ICRS', {ra_col.name}, {dec_col.name}), "
+            f"SELECT {select} FROM {source} WHERE CONTAINS({position}, "
             f"CIRCLE('ICRS', {ra!r}, {dec!r}, {sr!r})) = 1"
         )
         result = self.context.executor.execute(query, lang="adql", max_rows=rows, timeout=TIMEOUT)
@@ -110,8 +172,7 @@ class ConeSearch:
         return Response(body, media_type=fmt.mime)
 
     async def capabilities(self, request: Request) -> Response:
-        name = request.path_params["table"]
-        await run_in_threadpool(self._table, name)
+        name = (await run_in_threadpool(self._table, request.path_params["table"])).name
         base = str(request.base_url).rstrip("/")
         xml = vosi.service_capabilities(
             base, f"scs/{name}", "ivo://ivoa.net/std/ConeSearch", f"{base}/scs/{name}"
@@ -122,9 +183,14 @@ class ConeSearch:
         await run_in_threadpool(self._table, request.path_params["table"])
         return Response(vosi.availability(True, "cone search accepting queries"), media_type=XML)
 
+    async def listing(self, request: Request) -> Response:
+        tables = await run_in_threadpool(cone_tables, self.context)
+        return HTMLResponse(listing_page(str(request.base_url).rstrip("/"), tables))
+
     def routes(self) -> list[Route]:
         return [
-            Route("/scs/{table}/capabilities", guarded(self.capabilities), methods=["GET"]),
-            Route("/scs/{table}/availability", guarded(self.availability), methods=["GET"]),
-            Route("/scs/{table}", guarded(self.query), methods=["GET", "POST"]),
+            Route("/scs", cone_guarded(self.listing), methods=["GET"]),
+            Route("/scs/{table}/capabilities", cone_guarded(self.capabilities), methods=["GET"]),
+            Route("/scs/{table}/availability", cone_guarded(self.availability), methods=["GET"]),
+            Route("/scs/{table}", cone_guarded(self.query), methods=["GET", "POST"]),
         ]

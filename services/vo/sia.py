@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from dms.services.vo import formats, vosi
 from dms.services.vo.errors import ServiceError
+from dms.services.vo.files import public_access_urls
 from dms.services.vo.http import XML, Context, Params, guarded, read_params
 from dms.services.vo.votable import result_votable
 
@@ -165,17 +166,18 @@ class ImageAccess:
             sia_query(params), lang="adql", max_rows=min(rows, HARD_ROWS), timeout=60
         )
         columns = self.context.columns()
+        table = public_access_urls(result.table, base)
         if fmt in (formats.VOTABLE, formats.VOTABLE_B2):
             serialization = "binary2" if fmt is formats.VOTABLE_B2 else "tabledata"
             body = result_votable(
-                result.table,
+                table,
                 columns,
                 overflow=result.overflow,
                 serialization=serialization,
                 datalink=("obs_publisher_did", f"{base}/datalink"),
             )
             return body, fmt.mime
-        return formats.render(fmt, result.table, columns, overflow=result.overflow), fmt.mime
+        return formats.render(fmt, table, columns, overflow=result.overflow), fmt.mime
 
     async def query(self, request: Request) -> Response:
         params = await read_params(request)

@@ -151,6 +151,17 @@ def error_votable(message: str) -> bytes:
     ).encode()
 
 
+def cone_error_votable(message: str) -> bytes:
+    """An error document for Simple Cone Search: SCS 1.03 section 3 wants an INFO named "Error" directly
+    under VOTABLE (pyvo's SCS client looks there); the RESOURCE keeps the DALI QUERY_STATUS as well."""
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<VOTABLE version="{VOTABLE_VERSION}" '
+        f'xmlns="{VOTABLE_NS}">\n<INFO name="Error" value={quoteattr(message)}/>\n'
+        f'<RESOURCE type="results">\n<INFO name="QUERY_STATUS" value="ERROR">{escape(message)}</INFO>\n'
+        "</RESOURCE>\n</VOTABLE>\n"
+    ).encode()
+
+
 def info_votable(infos: Mapping[str, str], params: Mapping[str, str] | None = None) -> bytes:
     """A VOTable holding INFOs only (e.g. a service's self-description for FORMAT=METADATA)."""
     body = "".join(f"<INFO name={quoteattr(k)} value={quoteattr(v)}/>\n" for k, v in infos.items())

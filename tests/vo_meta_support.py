@@ -1,0 +1,86 @@
+"""A live VO server over a deployment that has everything the metadata, SCS, file and crossmatch tests need:
+the synthetic survey.obj and ObsCore rows of vo_support (two images kept as real FITS files in the data
+directory, one remote), and a Gaia sample loaded with `dms load` as catalog.gaia."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+from astropy.io import fits
+from vo_support import IMAGES, publish_test_data
+
+from dms import migrate
+from dms.deployment import Deployment
+from dms.loaders.catalog import TableOptions, load_files
+from dms.loaders.samples import gaia_table, write_parquet
+from dms.services.vo.server import running_server
+
+
+@dataclass
+class MetaVO:
+    url: str
+    deployment: Deployment
+    gaia: pa.Table
+    images: list[dict[str, Any]]
+    fits_files: dict[str, Path]  # publisher DID -> file on the server
+
+
+def _write_images(directory: Path) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+    images, files = [], {}
+    for i, image in enumerate(IMAGES):
+        row = dict(image)
+        if i < 2:
+            path = directory / f"raw {i}.fits"
+            hdu = fits.PrimaryHDU(np.arange(64, dtype=np.int16).reshape(8, 8) + i)
+            hdu.header["OBSID"] = row["obs_id"]
+            hdu.writeto(path)
+            row["access_url"] = path.resolve().as_uri()
+            files[row["obs_publisher_did"]] = path
+        images.append(row)
+    return images, files
+
+
+@pytest.fixture(scope="module")
+def meta_vo(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetaVO]:
+    name = f"vm_{uuid.uuid4().hex[:12]}"
+    admin = pg_server.get_uri()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    directory = tmp_path_factory.mktemp("vometa")
+    deployment = Deployment.create(directory / "dep", database_url=pg_server.get_uri(name))
+    gaia = gaia_table().take(pa.array(np.arange(0, 482_176, 40)))
+    try:
+        migrate.upgrade(deployment)
+        store = deployment.data_dir / "backbone" / "main"
+        store.mkdir(parents=True)
+        images, files = _write_images(store)
+        publish_test_data(deployment)
+        with deployment.engine().begin() as conn:
+            for image in images:
+                conn.execute(
+                    sa.text('UPDATE ivoa."ObsCore" SET access_url = :u WHERE obs_publisher_did = :d'),
+                    {"u": image["access_url"], "d": image["obs_publisher_did"]},
+                )
+        path = write_parquet(gaia, directory / "gaia.parquet")
+        load_files(
+            deployment,
+            "gaia",
+            [path],
+            progress=False,
+            create=TableOptions(ra="ra", dec="dec", id="source_id", chunk_order=2),
+        )
+        with running_server(deployment) as url:
+            yield MetaVO(url, deployment, gaia, images, files)
+    finally:
+        deployment.dispose()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

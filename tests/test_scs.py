@@ -11,7 +11,7 @@ import pyvo
 from astropy.coordinates import SkyCoord
 from astropy.io.votable import parse_single_table
 from pyvo.dal.exceptions import DALQueryError
-from vo_meta_support import MetaVO, meta_vo  # noqa: F401 (the meta_vo fixture)
+from vo_meta_support import MetaVO, meta_vo_fixture  # noqa: F401 (the meta_vo fixture)
 
 
 def _expected(live: MetaVO, ra: float, dec: float, radius: float) -> set[int]:

@@ -10,7 +10,7 @@ import httpx
 import pyarrow.parquet as pq
 import pyvo
 from astropy.io import fits
-from vo_meta_support import MetaVO, meta_vo  # noqa: F401 (the meta_vo fixture)
+from vo_meta_support import MetaVO, meta_vo_fixture  # noqa: F401 (the meta_vo fixture)
 
 from dms.loaders.catalog import TableOptions, load_files
 

@@ -49,8 +49,8 @@ def _write_images(directory: Path) -> tuple[list[dict[str, Any]], dict[str, Path
     return images, files
 
 
-@pytest.fixture(scope="module")
-def meta_vo(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetaVO]:
+@pytest.fixture(scope="module", name="meta_vo")
+def meta_vo_fixture(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetaVO]:
     name = f"vm_{uuid.uuid4().hex[:12]}"
     admin = pg_server.get_uri()
     with psycopg.connect(admin, autocommit=True) as conn:

@@ -16,13 +16,20 @@ from dms.errors import DMSError
 FORMATS = ("table", "csv", "json", "parquet", "votable")
 
 
+
 def write_result(result: Any, fmt: str, target: Path | IO[str]) -> None:
+    """Write `result` in `fmt`, marking a result cut at max_rows in-band where the format has a place:
+    VOTable QUERY_STATUS=OVERFLOW, JSON "overflow": true, Parquet key-value metadata IVOA.QUERY_STATUS,
+    the text table's last line. CSV has no such place: `dms query` says it on stderr (as for every format).
+    """
     table: pa.Table = result.table
+    overflow = bool(result.overflow)
     if fmt in ("parquet", "votable") and not isinstance(target, Path):
         raise DMSError(f"--format {fmt} writes a binary file: give --output FILE")
     if fmt == "parquet":
         assert isinstance(target, Path)
-        pq.write_table(table, target)
+        status = {b"IVOA.QUERY_STATUS": b"OVERFLOW" if overflow else b"OK"}
+        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **status}), target)
     elif fmt == "votable":
         from astropy.io.votable import from_table
         from astropy.table import Table
@@ -33,7 +40,7 @@ def write_result(result: Any, fmt: str, target: Path | IO[str]) -> None:
             votable.resources[0].infos.append(_overflow_info())
         votable.to_xml(str(target))
     else:
-        text = {"csv": _csv, "json": _json, "table": _text}[fmt](table)
+        text = {"csv": _csv, "json": _json, "table": _text}[fmt](table, overflow)
         if isinstance(target, Path):
             target.write_text(text)
         else:
@@ -46,27 +53,26 @@ def _overflow_info() -> Any:
     return Info(name="QUERY_STATUS", value="OVERFLOW")
 
 
-def _csv(table: pa.Table) -> str:
+def _csv(table: pa.Table, overflow: bool) -> str:
+    del overflow  # a comment line would break CSV readers; the caller reports it on stderr
     buffer = io.BytesIO()
     pacsv.write_csv(table, buffer)
     return buffer.getvalue().decode()
 
 
-def _json(table: pa.Table) -> str:
-    rows = table.to_pylist()
-    return (
-        json.dumps({"columns": table.column_names, "rows": [list(r.values()) for r in rows]}, default=str)
-        + "\n"
-    )
+def _json(table: pa.Table, overflow: bool) -> str:
+    rows = [list(r.values()) for r in table.to_pylist()]
+    return json.dumps({"columns": table.column_names, "rows": rows, "overflow": overflow}, default=str) + "\n"
 
 
-def _text(table: pa.Table) -> str:
+def _text(table: pa.Table, overflow: bool = False) -> str:
     names = table.column_names
     rows = [[_cell(v) for v in row.values()] for row in table.to_pylist()]
     widths = [max([len(n), *(len(r[i]) for r in rows)]) for i, n in enumerate(names)]
     lines = ["  ".join(n.rjust(w) for n, w in zip(names, widths, strict=True))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    cut = ", cut at --max-rows: more rows matched" if overflow else ""
+    lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''}{cut})")
     return "\n".join(lines) + "\n"
 
 

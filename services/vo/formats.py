@@ -40,6 +40,31 @@ PARQUET = Format(
 FORMATS = (VOTABLE, VOTABLE_B2, CSV, TSV, JSON, PARQUET)
 
 
+# Every result response says whether MAXREC cut it (VOTable and JSON say it in-band as well; Parquet in its
+# key-value metadata; CSV and TSV only here, as a comment line would break pandas' and astropy's readers).
+OVERFLOW_HEADER = "X-DMS-Overflow"
+PARQUET_STATUS_KEY = b"IVOA.QUERY_STATUS"
+_STORED_OVERFLOW = ";x-dms-overflow=true"
+
+
+def result_headers(overflow: bool) -> dict[str, str]:
+    """The HTTP headers of a result: X-DMS-Overflow: true when the result was cut at MAXREC."""
+    return {OVERFLOW_HEADER: "true" if overflow else "false"}
+
+
+def stored_mime(mime: str, overflow: bool) -> str:
+    """The MIME type a stored (async) result is recorded with, remembering whether it overflowed."""
+    return mime + _STORED_OVERFLOW if overflow else mime
+
+
+def served_mime(stored: str | None) -> tuple[str, bool]:
+    """(MIME type, overflow) of a stored result, as :func:`stored_mime` recorded them."""
+    mime = stored or "application/octet-stream"
+    if mime.endswith(_STORED_OVERFLOW):
+        return mime[: -len(_STORED_OVERFLOW)], True
+    return mime, False
+
+
 def choose(value: str | None) -> Format:
     """The format RESPONSEFORMAT (or FORMAT) names; default VOTable TABLEDATA."""
     if not value:
@@ -60,7 +85,8 @@ def render(
     overflow: bool = False,
     infos: Mapping[str, str] | None = None,
 ) -> bytes:
-    """The result in `fmt` (VOTable formats carry OVERFLOW; the others cannot say it)."""
+    """The result in `fmt`; VOTable and JSON carry OVERFLOW in-band, Parquet in its schema metadata
+    (IVOA.QUERY_STATUS and the embedded VOTable), CSV and TSV cannot (see :data:`OVERFLOW_HEADER`)."""
     if fmt in (VOTABLE, VOTABLE_B2):
         serialization = "binary2" if fmt is VOTABLE_B2 else "tabledata"
         return result_votable(table, columns, overflow=overflow, serialization=serialization, infos=infos)
@@ -88,8 +114,16 @@ def render(
         rows = [list(r) for r in zip(*(c.to_pylist() for c in table.columns), strict=True)]
         return json.dumps({"metadata": metadata, "data": rows, "overflow": overflow}, default=str).encode()
     # VOParquet: Parquet whose key-value metadata carries the VOTable description of the columns.
-    header = result_votable(table.slice(0, 0), columns)
-    vo_metadata = {b"IVOA.VOTable-Parquet.version": b"1.0", b"IVOA.VOTable-Parquet.content": header}
+    return parquet_bytes(table, result_votable(table.slice(0, 0), columns, overflow=overflow), overflow)
+
+
+def parquet_bytes(table: pa.Table, votable_header: bytes, overflow: bool) -> bytes:
+    """VOParquet: the table, its VOTable description and its query status in the key-value metadata."""
+    vo_metadata = {
+        b"IVOA.VOTable-Parquet.version": b"1.0",
+        b"IVOA.VOTable-Parquet.content": votable_header,
+        PARQUET_STATUS_KEY: b"OVERFLOW" if overflow else b"OK",
+    }
     sink = io.BytesIO()
     pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **vo_metadata}), sink)
     return sink.getvalue()

@@ -120,7 +120,8 @@ class ConeSearch:
         verb: str | None,
         maxrec: str | None,
         fmt_name: str | None,
-    ) -> bytes:
+    ) -> tuple[bytes, bool]:
+        """The cone's rows in the requested format, and whether MAXREC cut them."""
         table = self._table(name)
         ra = _number(ra_text, "RA", 0, 360)
         dec = _number(dec_text, "DEC", -90, 90)
@@ -153,13 +154,14 @@ class ConeSearch:
         )
         result = self.context.executor.execute(query, lang="adql", max_rows=rows, timeout=TIMEOUT)
         columns = {c.name.lower(): c for c in table.columns}
-        return formats.render(formats.choose(fmt_name), result.table, columns, overflow=result.overflow)
+        body = formats.render(formats.choose(fmt_name), result.table, columns, overflow=result.overflow)
+        return body, result.overflow
 
     async def query(self, request: Request) -> Response:
         params = await read_params(request)
         name = request.path_params["table"]
         fmt = formats.choose(params.get("RESPONSEFORMAT") or params.get("FORMAT"))
-        body = await run_in_threadpool(
+        body, overflow = await run_in_threadpool(
             self.search,
             name,
             params.get("RA"),
@@ -169,7 +171,7 @@ class ConeSearch:
             params.get("MAXREC"),
             params.get("RESPONSEFORMAT") or params.get("FORMAT"),
         )
-        return Response(body, media_type=fmt.mime)
+        return Response(body, media_type=fmt.mime, headers=formats.result_headers(overflow))
 
     async def capabilities(self, request: Request) -> Response:
         name = (await run_in_threadpool(self._table, request.path_params["table"])).name

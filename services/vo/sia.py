@@ -153,7 +153,7 @@ class ImageAccess:
     def __init__(self, context: Context) -> None:
         self.context = context
 
-    def search(self, params: Params, base: str) -> tuple[bytes, str]:
+    def search(self, params: Params, base: str) -> tuple[bytes, str, bool]:
         maxrec = params.get("MAXREC")
         try:
             rows = DEFAULT_ROWS if not maxrec else int(maxrec)
@@ -176,13 +176,13 @@ class ImageAccess:
                 serialization=serialization,
                 datalink=("obs_publisher_did", f"{base}/datalink"),
             )
-            return body, fmt.mime
-        return formats.render(fmt, table, columns, overflow=result.overflow), fmt.mime
+            return body, fmt.mime, result.overflow
+        return formats.render(fmt, table, columns, overflow=result.overflow), fmt.mime, result.overflow
 
     async def query(self, request: Request) -> Response:
         params = await read_params(request)
-        body, mime = await run_in_threadpool(self.search, params, str(request.base_url).rstrip("/"))
-        return Response(body, media_type=mime)
+        body, mime, overflow = await run_in_threadpool(self.search, params, str(request.base_url).rstrip("/"))
+        return Response(body, media_type=mime, headers=formats.result_headers(overflow))
 
     async def capabilities(self, request: Request) -> Response:
         base = str(request.base_url).rstrip("/")

@@ -41,8 +41,8 @@ class TapService:
 
     def run(
         self, params: Params, cancel: threading.Event | None, timeout: float, *, stored: bool = False
-    ) -> tuple[bytes, str, int]:
-        """Execute a TAP request's query and render the result: (document, MIME type, rows)."""
+    ) -> tuple[bytes, str, int, bool]:
+        """Execute a TAP request's query and render the result: (document, MIME type, rows, overflow)."""
         request = params.get("REQUEST")
         if request is not None and request.lower() != "doquery":
             raise ServiceError(f"REQUEST {request!r} is not supported; valid: doQuery")
@@ -68,7 +68,7 @@ class TapService:
         )
         columns = self.context.columns()
         body = formats.render(fmt, result.table, columns, overflow=result.overflow)
-        return body, fmt.mime, result.table.num_rows
+        return body, fmt.mime, result.table.num_rows, result.overflow
 
     @staticmethod
     def _maxrec(value: str | None) -> int:
@@ -114,7 +114,10 @@ class TapService:
     def _run_job(
         self, parameters: dict[str, str], cancel: threading.Event, timeout: float
     ) -> tuple[bytes, str, int]:
-        return self.run(Params({k: [v] for k, v in parameters.items()}), cancel, timeout, stored=True)
+        body, mime, rows, overflow = self.run(
+            Params({k: [v] for k, v in parameters.items()}), cancel, timeout, stored=True
+        )
+        return body, formats.stored_mime(mime, overflow), rows
 
     def _store_inline_uploads(self, params: Params) -> None:
         """Async jobs run later: keep inline upload parts as files and point UPLOAD at them."""
@@ -145,8 +148,8 @@ class TapService:
 
     async def sync(self, request: Request) -> Response:
         params = await read_params(request)
-        body, mime, _ = await run_in_threadpool(self.run, params, None, SYNC_TIMEOUT)
-        return Response(body, media_type=mime)
+        body, mime, _, overflow = await run_in_threadpool(self.run, params, None, SYNC_TIMEOUT)
+        return Response(body, media_type=mime, headers=formats.result_headers(overflow))
 
     async def async_jobs(self, request: Request) -> Response:
         base = _base(request) + "/tap/async"
@@ -250,7 +253,8 @@ class TapService:
         job = await run_in_threadpool(self.jobs.require, request.path_params["job_id"])
         if job.phase != "COMPLETED" or not job.result_url or not Path(job.result_url).is_file():
             raise ServiceError(f"job {job.job_id} has no result (phase {job.phase})", status=404)
-        return FileResponse(job.result_url, media_type=job.result_format or "application/octet-stream")
+        mime, overflow = formats.served_mime(job.result_format)
+        return FileResponse(job.result_url, media_type=mime, headers=formats.result_headers(overflow))
 
     async def capabilities(self, request: Request) -> Response:
         xml = vosi.tap_capabilities(

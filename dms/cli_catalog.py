@@ -63,6 +63,20 @@ from dms.cli import _friendly_errors, _open, data_dir_option
 )
 @click.option("--like", help="With --create: use the chunk layout of this director table (for crossmatches).")
 @click.option("--description", help="With --create: what the table holds.")
+@click.option(
+    "--unit",
+    "units",
+    multiple=True,
+    metavar="COLUMN=UNIT",
+    help="With --create: a column's VOUnit (e.g. ra=deg), over the file's own; repeatable.",
+)
+@click.option(
+    "--ucd",
+    "ucds",
+    multiple=True,
+    metavar="COLUMN=UCD",
+    help="With --create: a column's UCD (e.g. ra=pos.eq.ra), over the file's own; repeatable.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @data_dir_option
 @click.pass_context
@@ -86,6 +100,8 @@ def load(
     replicas: int,
     like: str | None,
     description: str | None,
+    units: tuple[str, ...],
+    ucds: tuple[str, ...],
     quiet: bool,
 ) -> None:
     """Load Parquet, CSV/TSV, FITS or VOTable FILES into catalog TABLE.
@@ -111,6 +127,8 @@ def load(
             like=like,
             replicas=replicas,
             description=description,
+            units=_assignments("--unit", units),
+            ucds=_assignments("--ucd", ucds),
         )
     deployment = _open(ctx)
     result = load_files(deployment, table, list(files), create=options, progress=not quiet)
@@ -233,3 +251,14 @@ def query(
     write_result(result, fmt, output or sys.stdout)
     if result.overflow:
         click.echo(f"result cut at {max_rows:,} rows (--max-rows); more rows matched", err=True)
+
+
+def _assignments(option: str, values: tuple[str, ...]) -> dict[str, str]:
+    """COLUMN=VALUE options as a mapping, or a usage error naming the malformed one."""
+    result = {}
+    for value in values:
+        column, sep, text = value.partition("=")
+        if not sep or not column.strip() or not text.strip():
+            raise click.BadParameter(f"{value!r} is not COLUMN=VALUE", param_hint=option)
+        result[column.strip()] = text.strip()
+    return result

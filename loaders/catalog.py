@@ -65,6 +65,7 @@ class TableOptions:
     replicas: int = 1
     description: str | None = None
     units: dict[str, str] = field(default_factory=dict)
+    ucds: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -159,8 +160,9 @@ def _define_table(
             datatype = column_type_name(column_field.type)
         except CatalogError as exc:
             raise LoadError(f"column {column_field.name!r}: {exc}") from None
-        columns.append(Column(column_field.name, datatype, unit=options.units.get(column_field.name)))
+        columns.append(Column(column_field.name, datatype, **_described(column_field, options)))
     by_lower = {c.name.lower(): c.name for c in columns}
+    _check_described(options, set(by_lower.values()))
 
     def pick(option: str | None, what: str, required: bool) -> str | None:
         if option is None:
@@ -217,6 +219,29 @@ def _define_table(
         director_key_column=pick(options.director_key, "director-key", child),
         description=options.description or (f"layout like {options.like}" if options.like else None),
     )
+
+
+def _described(column_field: pa.Field, options: TableOptions) -> dict[str, str | None]:
+    """A new column's unit and UCD: --unit / --ucd, else what the file says (FITS TUNIT/TUCD, VOTable
+    unit/ucd, Parquet field metadata ``unit``/``ucd``)."""
+    metadata = column_field.metadata or {}
+    unit = options.units.get(column_field.name) or metadata.get(b"unit", b"").decode() or None
+    ucd = options.ucds.get(column_field.name) or metadata.get(b"ucd", b"").decode() or None
+    return {"unit": unit, "ucd": ucd}
+
+
+def _check_described(options: TableOptions, columns: set[str]) -> None:
+    from astropy import units
+
+    for option, values in (("--unit", options.units), ("--ucd", options.ucds)):
+        unknown = sorted(set(values) - columns)
+        if unknown:
+            raise LoadError(f"{option} names {unknown}, not columns of the file; it has {sorted(columns)}")
+    for name, unit in options.units.items():
+        try:
+            units.Unit(unit, format="vounit", parse_strict="raise")
+        except ValueError as exc:
+            raise LoadError(f"--unit {name}={unit}: not a VOUnit ({exc})") from None
 
 
 def _conform(table: CatalogTable, data: pa.Table) -> pa.Table:

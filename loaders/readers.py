@@ -35,7 +35,8 @@ def _read_astropy(path: Path, fmt: str) -> pa.Table:
     from astropy.table import Table
 
     table = Table.read(path, format=fmt)
-    arrays = {}
+    ucds = _fits_ucds(path) if fmt == "fits" else {}
+    arrays, fields = {}, []
     for name in table.colnames:
         column = table[name]
         if column.ndim > 1:
@@ -48,7 +49,40 @@ def _read_astropy(path: Path, fmt: str) -> pa.Table:
             values = values.astype(values.dtype.newbyteorder("="))
         mask = np.ma.getmaskarray(data) if np.ma.is_masked(data) else None
         arrays[name] = pa.array(values, mask=mask)
-    return pa.table(arrays)
+        described = described_field(
+            name, arrays[name].type, column.unit, column.meta.get("ucd") or ucds.get(name)
+        )
+        fields.append(described)
+    return pa.table(arrays, schema=pa.schema(fields))
+
+
+def described_field(name: str, kind: pa.DataType, unit: object, ucd: object) -> pa.Field:
+    """An Arrow field carrying the file's unit and UCD as field metadata (keys ``unit`` and ``ucd``, as a
+    Parquet file may carry them too): `dms load` records them for TAP_SCHEMA."""
+    metadata = {}
+    if unit is not None and str(unit):
+        metadata[b"unit"] = (
+            unit.to_string(format="vounit").encode() if hasattr(unit, "to_string") else str(unit).encode()
+        )
+    if ucd:
+        metadata[b"ucd"] = str(ucd).encode()
+    return pa.field(name, kind, metadata=metadata or None)
+
+
+def _fits_ucds(path: Path) -> dict[str, str]:
+    """TUCDn keywords of the first table extension (astropy's table reader keeps TUNIT, not TUCD)."""
+    from astropy.io import fits
+
+    with fits.open(path) as hdus:
+        table = next((h for h in hdus if isinstance(h, fits.BinTableHDU | fits.TableHDU)), None)
+        if table is None:
+            return {}
+        header = table.header
+        return {
+            str(header[f"TTYPE{i}"]): str(header[f"TUCD{i}"])
+            for i in range(1, int(header.get("TFIELDS", 0)) + 1)
+            if f"TTYPE{i}" in header and f"TUCD{i}" in header
+        }
 
 
 READERS: dict[tuple[str, ...], Callable[[Path], pa.Table]] = {

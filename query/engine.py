@@ -25,6 +25,7 @@ from sqlglot import exp
 from dms.deployment import Deployment
 from dms.query import dispatch
 from dms.query.errors import QueryCancelled, QueryError, QueryRefused, QueryTimeout
+from dms.query.lineage import catalog_unit_resolver
 from dms.query.parse import parse
 from dms.query.plan import JoinAnalyzer
 from dms.query.registry import Registry, Snapshot
@@ -97,7 +98,8 @@ class QueryEngine:
         cancel: threading.Event | None = None,
     ) -> QueryResult:
         run = self._run(lang, query, max_rows, timeout, uploads, cancel)
-        table = self._evaluate(parse(query, lang), run, top=True)
+        units = catalog_unit_resolver(self.registry.snapshot().tables)
+        table = self._evaluate(parse(query, lang, unit_of=units), run, top=True)
         overflow = max_rows is not None and table.num_rows > max_rows
         if overflow:
             table = table.slice(0, max_rows)

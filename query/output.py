@@ -16,7 +16,6 @@ from dms.errors import DMSError
 FORMATS = ("table", "csv", "json", "parquet", "votable")
 
 
-
 def write_result(result: Any, fmt: str, target: Path | IO[str]) -> None:
     """Write `result` in `fmt`, marking a result cut at max_rows in-band where the format has a place:
     VOTable QUERY_STATUS=OVERFLOW, JSON "overflow": true, Parquet key-value metadata IVOA.QUERY_STATUS,

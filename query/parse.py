@@ -6,6 +6,7 @@ here; `validate` binds them to the director table's position columns.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import sqlglot
@@ -13,6 +14,8 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from dms.query.errors import QueryRefused, QuerySyntaxError
+
+UnitOf = Callable[[exp.Column], str | None]  # a column's unit, for ADQL's IN_UNIT
 
 READ_ONLY_ROOTS = (exp.Select, exp.SetOperation)
 # SQL beyond ADQL's functions: statistics (decomposed across chunks) and the window and ordered-set
@@ -36,14 +39,15 @@ AREASPECS = frozenset(
 )
 
 
-def parse(text: str, lang: str = "sql") -> exp.Query:
-    """One SELECT (or set operation of SELECTs) or a clear error."""
+def parse(text: str, lang: str = "sql", *, unit_of: UnitOf | None = None) -> exp.Query:
+    """One SELECT (or set operation of SELECTs) or a clear error; `unit_of` gives ADQL's IN_UNIT the unit
+    of a column."""
     if lang not in LANGUAGES:
         raise QueryRefused(f"query language {lang!r} is not supported; use one of {', '.join(LANGUAGES)}")
     if not text or not text.strip():
         raise QuerySyntaxError("the query is empty")
     if lang == "adql":
-        return _parse_adql(text)
+        return _parse_adql(text, unit_of)
     try:
         statements = [s for s in sqlglot.parse(text, read="postgres") if s is not None]
     except ParseError as exc:
@@ -72,13 +76,13 @@ def _check_functions(query: exp.Query) -> None:
             raise QueryRefused(f"function {name} is not available in queries")
 
 
-def _parse_adql(text: str) -> exp.Query:
+def _parse_adql(text: str, unit_of: UnitOf | None = None) -> exp.Query:
     try:
         from dms.query import adql
     except ImportError:  # pragma: no cover - the ADQL front end ships with the VO services
         raise QueryRefused("ADQL is not available in this installation; use --lang sql") from None
     try:
-        expression = adql.parse(text)
+        expression = adql.parse(text, unit_of=unit_of)
     except adql.AdqlSyntaxError as exc:
         raise QuerySyntaxError(exc.message, exc.line, exc.column) from None
     except adql.AdqlError as exc:

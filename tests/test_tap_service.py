@@ -151,7 +151,11 @@ def test_upload_by_url(live_vo: LiveVO) -> None:
     try:
         body = httpx.post(
             f"{live_vo.url}/tap/sync",
-            data={"LANG": "ADQL", "QUERY": "SELECT COUNT(*) AS n FROM TAP_UPLOAD.ids", "UPLOAD": f"ids,{url}"},
+            data={
+                "LANG": "ADQL",
+                "QUERY": "SELECT COUNT(*) AS n FROM TAP_UPLOAD.ids",
+                "UPLOAD": f"ids,{url}",
+            },
         ).content
     finally:
         live_vo.deployment.config.vo_upload_allow = []

@@ -49,6 +49,35 @@ def _write_images(directory: Path) -> tuple[list[dict[str, Any]], dict[str, Path
     return images, files
 
 
+def _with_units(gaia: pa.Table) -> pa.Table:
+    """The Gaia sample with units as Parquet field metadata (keys ``unit`` and ``ucd``)."""
+    fields = [f.with_metadata({b"unit": b"deg"}) if f.name in ("ra", "dec") else f for f in gaia.schema]
+    fields = [f.with_metadata({b"unit": b"mag"}) if f.name == "phot_g_mean_mag" else f for f in fields]
+    return gaia.cast(pa.schema(fields))
+
+
+OBJECTS = 200
+
+
+def _objects_fits(path: Path) -> Path:
+    """A FITS binary table whose TUNIT and TUCD keywords describe its columns; `mag` and `name` share their
+    names with survey.obj's columns but not their metadata."""
+    rng = np.random.default_rng(11)
+    columns = [
+        fits.Column(name="id", format="K", array=np.arange(1, OBJECTS + 1)),
+        fits.Column(name="ra", format="D", unit="deg", array=rng.uniform(8, 12, OBJECTS)),
+        fits.Column(name="dec", format="D", unit="deg", array=rng.uniform(18, 22, OBJECTS)),
+        fits.Column(name="mag", format="E", unit="mag", array=rng.uniform(10, 20, OBJECTS)),
+        fits.Column(name="name", format="10A", array=np.array([f"o{i}" for i in range(OBJECTS)])),
+        fits.Column(name="flag", format="L", array=rng.integers(0, 2, OBJECTS).astype(bool)),
+    ]
+    hdu = fits.BinTableHDU.from_columns(columns)
+    hdu.header["TUCD1"] = "meta.id;meta.main"
+    hdu.header["TUCD4"] = "phot.mag;em.opt.G"
+    hdu.writeto(path)
+    return path
+
+
 @pytest.fixture(scope="module", name="meta_vo")
 def meta_vo_fixture(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetaVO]:
     name = f"vm_{uuid.uuid4().hex[:12]}"
@@ -70,13 +99,22 @@ def meta_vo_fixture(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) ->
                     sa.text('UPDATE ivoa."ObsCore" SET access_url = :u WHERE obs_publisher_did = :d'),
                     {"u": image["access_url"], "d": image["obs_publisher_did"]},
                 )
-        path = write_parquet(gaia, directory / "gaia.parquet")
+        path = write_parquet(_with_units(gaia), directory / "gaia.parquet")
         load_files(
             deployment,
             "gaia",
             [path],
             progress=False,
-            create=TableOptions(ra="ra", dec="dec", id="source_id", chunk_order=2),
+            create=TableOptions(
+                ra="ra", dec="dec", id="source_id", chunk_order=2, ucds={"phot_g_mean_mag": "phot.mag;em.opt"}
+            ),
+        )
+        load_files(
+            deployment,
+            "objects",
+            [_objects_fits(directory / "objects.fits")],
+            progress=False,
+            create=TableOptions(ra="ra", dec="dec", id="id", chunk_order=2, like="gaia"),
         )
         with running_server(deployment) as url:
             yield MetaVO(url, deployment, gaia, images, files)

@@ -26,6 +26,7 @@ from sqlglot import exp
 from dms.deployment import Deployment, first_line
 from dms.query.adql import AdqlError, AdqlSyntaxError, parse
 from dms.query.adql.functions import check_functions
+from dms.query.lineage import catalog_unit_resolver
 from dms.services.vo.errors import QueryCancelled, QueryError, QueryRefused, QuerySyntaxError, QueryTimeout
 
 READER_ROLE = "dms_reader"
@@ -92,11 +93,16 @@ class RoutingExecutor:
         )
 
     def _names_catalog_table(self, query: str, lang: str) -> bool:
+        tables = self.engine.registry.snapshot().tables
         try:
-            tree = parse(query) if lang.lower() == "adql" else sqlglot.parse_one(query, read="postgres")
+            tree = (
+                parse(query, unit_of=catalog_unit_resolver(tables))
+                if lang.lower() == "adql"
+                else sqlglot.parse_one(query, read="postgres")
+            )
         except (AdqlError, sqlglot.errors.SqlglotError):
             return False  # the control executor reports the error in its usual form
-        catalog = {name.lower() for name in self.engine.registry.snapshot().tables}
+        catalog = {name.lower() for name in tables}
         bare = {name.split(".")[1] for name in catalog}
         for table in tree.find_all(exp.Table):
             name = f"{table.db}.{table.name}".lower() if table.db else table.name.lower()

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from dms.deployment import Deployment
 from dms.services.vo.errors import QueryError, ServiceError
 from dms.services.vo.executor import QueryExecutor
-from dms.services.vo.tap_schema import Column, Table, load_keys, load_tables
+from dms.services.vo.tap_schema import Table, load_keys, load_tables
 from dms.services.vo.votable import MAX_UPLOAD_BYTES, error_votable
 
 XML = "text/xml; charset=utf-8"
@@ -135,11 +135,3 @@ class Context:
 
     def table(self, name: str) -> Table | None:
         return next((t for t in self.tables() if t.name.lower() == name.lower()), None)
-
-    def columns(self) -> dict[str, Column]:
-        """Column metadata by lower-case column name (the first published table's wins)."""
-        result: dict[str, Column] = {}
-        for table in self.tables():
-            for column in table.columns:
-                result.setdefault(column.name.lower().strip('"'), column)
-        return result

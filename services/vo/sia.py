@@ -165,7 +165,8 @@ class ImageAccess:
         result = self.context.executor.execute(
             sia_query(params), lang="adql", max_rows=min(rows, HARD_ROWS), timeout=60
         )
-        columns = self.context.columns()
+        obscore = self.context.table(OBSCORE)
+        columns = {c.name.lower(): c for c in obscore.columns} if obscore is not None else {}
         table = public_access_urls(result.table, base)
         if fmt in (formats.VOTABLE, formats.VOTABLE_B2):
             serialization = "binary2" if fmt is formats.VOTABLE_B2 else "tabledata"

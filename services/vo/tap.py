@@ -15,6 +15,7 @@ from starlette.responses import FileResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from dms.services.vo import formats, upload_fetch, vosi
+from dms.services.vo.column_metadata import result_metadata
 from dms.services.vo.errors import ServiceError
 from dms.services.vo.http import XML, Context, Params, error_response, guarded, read_params
 from dms.services.vo.tap_schema import Table
@@ -66,7 +67,7 @@ class TapService:
         result = self.context.executor.execute(
             query, lang=lang, max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
         )
-        columns = self.context.columns()
+        columns = result_metadata(self.context.tables(), query, lang, result.table, uploads)
         body = formats.render(fmt, result.table, columns, overflow=result.overflow)
         return body, fmt.mime, result.table.num_rows, result.overflow
 

@@ -125,6 +125,8 @@ def _describe_fields(votable: VOTableFile, table: pa.Table, columns: Mapping[str
         meta = columns.get(arrow_field.name.lower())
         if pa.types.is_timestamp(arrow_field.type):
             vfield.xtype = "timestamp"
+        if pa.types.is_boolean(arrow_field.type):
+            vfield.datatype = "boolean"  # astropy's default, bit, has no null value (VOTable 1.4 sec. 6)
         if vfield.datatype in ("char", "unicodeChar"):
             vfield.arraysize = "*"
         if meta is None:

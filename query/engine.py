@@ -33,6 +33,7 @@ from dms.query.restrict import RestrictionFinder, intersect_ranges
 from dms.query.rewrite import PARTIALS, decompose
 from dms.query.shard_store import ShardStore, store_for
 from dms.query.sources import ShardSql, normalize_partial
+from dms.query.upload_match import prepare_upload_match
 from dms.query.validate import LOCAL_SCHEMA, Catalog, TableRef, bind
 
 log = logging.getLogger(__name__)
@@ -265,6 +266,9 @@ class QueryEngine:
             run.notes.append(f"answered from the registry's row count of {counted[1]}")
             return pa.table({counted[0]: pa.array([counted[2]], pa.int64())})
         partitioned = {a: t for a, t in catalog_refs.items() if t.partitioned}
+        upload_ranges = prepare_upload_match(
+            select, aliases, partitioned, run.catalog.uploads, shipped, run.snapshot.chunks
+        )
         sql_builder = ShardSql(select, aliases, run.snapshot, self.roots)
         decomposition = decompose(select, run.max_rows)
         if not partitioned:
@@ -275,7 +279,9 @@ class QueryEngine:
             sql_builder.overlap_aliases = join_plan.overlap_aliases
             sql_builder.primary_alias = join_plan.primary
             sql_builder.radius = join_plan.radius
-            ranges, ids = None, None
+            ranges, ids = upload_ranges, None
+            if upload_ranges is not None:
+                run.notes.append(f"upload crossmatch: zone join over {len(upload_ranges)} chunk ranges")
             for alias, table in partitioned.items():
                 if alias in join_plan.overlap_aliases:
                     continue

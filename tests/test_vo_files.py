@@ -85,3 +85,18 @@ def test_query_errors_do_not_show_the_data_directory(meta_vo: MetaVO, tmp_path: 
     )
     assert response.status_code == 400 and 'value="ERROR"' in response.text, response.text
     _no_server_paths(meta_vo, response.text)
+
+
+def test_tap_obscore_queries_show_no_server_paths(meta_vo: MetaVO) -> None:
+    for query in (
+        "SELECT obs_publisher_did, access_url FROM ivoa.ObsCore",
+        "SELECT access_url FROM ivoa.ObsCore",
+    ):
+        response = httpx.post(f"{meta_vo.url}/tap/sync", data={"LANG": "ADQL", "QUERY": query})
+        assert response.status_code == 200, response.text
+        _no_server_paths(meta_vo, response.text)
+    response = httpx.post(
+        f"{meta_vo.url}/tap/sync",
+        data={"LANG": "ADQL", "QUERY": "SELECT obs_publisher_did, access_url FROM ivoa.ObsCore"},
+    )
+    assert f"{meta_vo.url}/files/" in response.text

@@ -37,14 +37,15 @@ def file_url(base: str, did: str) -> str:
 def public_access_urls(table: pa.Table, base: str) -> pa.Table:
     """`table` with every server-local access_url (file:// or a bare path) replaced by its /files URL.
 
-    Rows without a publisher DID lose such a URL (None) rather than show where the server keeps files.
+    Rows without a publisher DID, or all rows when there is no base URL (an async job's result), lose such
+    a URL (None) rather than show where the server keeps files.
     """
     if URL_COLUMN not in table.column_names:
         return table
     urls = table[URL_COLUMN].to_pylist()
     dids = table[DID_COLUMN].to_pylist() if DID_COLUMN in table.column_names else [None] * len(urls)
     public = [
-        (file_url(base, did) if did else None) if url is not None and _is_local(url) else url
+        (file_url(base, did) if did and base else None) if url is not None and _is_local(url) else url
         for url, did in zip(urls, dids, strict=True)
     ]
     index = table.column_names.index(URL_COLUMN)
@@ -52,7 +53,7 @@ def public_access_urls(table: pa.Table, base: str) -> pa.Table:
 
 
 def _is_local(url: str) -> bool:
-    return url.startswith(("file:", "/")) or "://" not in url
+    return url.startswith(("file:", "/"))
 
 
 def local_path(url: str) -> Path | None:

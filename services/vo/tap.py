@@ -17,6 +17,7 @@ from starlette.routing import Route
 from dms.services.vo import formats, upload_fetch, vosi
 from dms.services.vo.column_metadata import result_metadata
 from dms.services.vo.errors import ServiceError
+from dms.services.vo.files import public_access_urls
 from dms.services.vo.http import XML, Context, Params, error_response, guarded, read_params
 from dms.services.vo.tap_schema import Table
 from dms.services.vo.upload_fetch import AllowList
@@ -41,7 +42,13 @@ class TapService:
     # ---- running a query ------------------------------------------------------------------------------
 
     def run(
-        self, params: Params, cancel: threading.Event | None, timeout: float, *, stored: bool = False
+        self,
+        params: Params,
+        cancel: threading.Event | None,
+        timeout: float,
+        *,
+        stored: bool = False,
+        base: str | None = None,
     ) -> tuple[bytes, str, int, bool]:
         """Execute a TAP request's query and render the result: (document, MIME type, rows, overflow)."""
         request = params.get("REQUEST")
@@ -68,7 +75,9 @@ class TapService:
             query, lang=lang, max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
         )
         columns = result_metadata(self.context.tables(), query, lang, result.table, uploads)
-        body = formats.render(fmt, result.table, columns, overflow=result.overflow)
+        # ObsCore's file:// access URLs become the server's /files URLs (or nothing, without a base URL)
+        table = public_access_urls(result.table, base or "")
+        body = formats.render(fmt, table, columns, overflow=result.overflow)
         return body, fmt.mime, result.table.num_rows, result.overflow
 
     @staticmethod
@@ -149,7 +158,9 @@ class TapService:
 
     async def sync(self, request: Request) -> Response:
         params = await read_params(request)
-        body, mime, _, overflow = await run_in_threadpool(self.run, params, None, SYNC_TIMEOUT)
+        body, mime, _, overflow = await run_in_threadpool(
+            lambda: self.run(params, None, SYNC_TIMEOUT, base=_base(request))
+        )
         return Response(body, media_type=mime, headers=formats.result_headers(overflow))
 
     async def async_jobs(self, request: Request) -> Response:

@@ -182,3 +182,22 @@ def test_the_allow_list_opens_a_host_but_not_a_redirect_to_another(
         assert response.status_code == 400 and "redirects more than" in response.text
     finally:
         config.vo_upload_allow = []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://0x7f000001/t.xml",
+        "http://2130706433/t.xml",
+        "http://[::ffff:127.0.0.1]/t.xml",
+        "http://0.0.0.0/t.xml",
+        "http://user@127.0.0.1/t.xml",
+        "https://192.168.1.1/t.xml",
+        "http:///t.xml",
+        "http://no-such-host.invalid/t.xml",
+    ],
+)
+def test_disguised_internal_urls_are_refused(live_vo: LiveVO, url: str) -> None:
+    response = _by_url(live_vo.url, url)
+    assert response.status_code == 400 and 'value="ERROR"' in response.text, response.text
+    assert "Traceback" not in response.text

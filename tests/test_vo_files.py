@@ -4,6 +4,7 @@ response (results or errors) shows where the server keeps its data (issue 11, it
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import httpx
@@ -85,6 +86,22 @@ def test_query_errors_do_not_show_the_data_directory(meta_vo: MetaVO, tmp_path: 
     )
     assert response.status_code == 400 and 'value="ERROR"' in response.text, response.text
     _no_server_paths(meta_vo, response.text)
+    # The same failure in an async job: its error summary and error document name no server path either.
+    created = httpx.post(
+        f"{meta_vo.url}/tap/async",
+        data={"LANG": "ADQL", "QUERY": "SELECT SUM(ra) FROM catalog.victim", "PHASE": "RUN"},
+        follow_redirects=False,
+    )
+    job = created.headers["location"]
+    for _ in range(300):
+        if httpx.get(f"{job}/phase").text in ("ERROR", "COMPLETED"):
+            break
+        time.sleep(0.1)
+    assert httpx.get(f"{job}/phase").text == "ERROR"
+    for part in ("", "/error"):
+        text = httpx.get(f"{job}{part}").text
+        assert "No files found" in text, text
+        _no_server_paths(meta_vo, text)
 
 
 def test_tap_obscore_queries_show_no_server_paths(meta_vo: MetaVO) -> None:

@@ -5,6 +5,9 @@ The VO services catch these at their boundary and turn them into VOTable / UWS e
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from dms.errors import DMSError
 
 try:  # the query engine's hierarchy, when present (issue 4)
@@ -33,6 +36,18 @@ except ImportError:  # pragma: no cover - replaced at merge
         """The query was cancelled (e.g. a UWS job aborted)."""
 
 
+_SERVER_FILE = re.compile(r"(?:file://)?/[^\s\"']*\.(?:parquet|duckdb|fits|yaml|xml)\b")
+
+
+def without_server_paths(message: str, data_dir: Path | None) -> str:
+    """`message` without the server's paths (the data directory, data files), which the engine's errors may
+    quote: clients learn what failed, not where the server keeps its data."""
+    if data_dir is not None:
+        for root in sorted({str(data_dir.resolve()), str(data_dir)}, key=len, reverse=True):
+            message = message.replace(root, "<data directory>")
+    return _SERVER_FILE.sub("<server file>", message)
+
+
 class ServiceError(DMSError):
     """A request to a VO service has invalid parameters (HTTP 400 with a VOTable/UWS error document)."""
 
@@ -48,4 +63,5 @@ __all__ = [
     "QuerySyntaxError",
     "QueryTimeout",
     "ServiceError",
+    "without_server_paths",
 ]

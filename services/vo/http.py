@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -13,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dms.deployment import Deployment
-from dms.services.vo.errors import QueryError, ServiceError
+from dms.services.vo.errors import QueryError, ServiceError, without_server_paths
 from dms.services.vo.executor import QueryExecutor
 from dms.services.vo.tap_schema import Table, load_keys, load_tables
 from dms.services.vo.votable import MAX_UPLOAD_BYTES, error_votable
@@ -84,18 +83,10 @@ def guarded(
     return endpoint
 
 
-_SERVER_FILE = re.compile(r"(?:file://)?/[^\s\"']*\.(?:parquet|duckdb|fits|yaml|xml)\b")
-
-
 def public_message(request: Request, message: str) -> str:
-    """An error message without the server's paths (the data directory, shard stores, data files), which
-    the engine's errors may quote: clients learn what failed, not where the server keeps its data."""
+    """An error message without the server's paths (see :func:`without_server_paths`)."""
     context = getattr(request.app.state, "context", None)
-    if context is not None:
-        data_dir = context.deployment.data_dir
-        for root in sorted({str(data_dir.resolve()), str(data_dir)}, key=len, reverse=True):
-            message = message.replace(root, "<data directory>")
-    return _SERVER_FILE.sub("<server file>", message)
+    return without_server_paths(message, context.deployment.data_dir if context is not None else None)
 
 
 class Context:

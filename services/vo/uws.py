@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from dms.deployment import Deployment
-from dms.services.vo.errors import QueryCancelled, QueryError, ServiceError
+from dms.services.vo.errors import QueryCancelled, QueryError, ServiceError, without_server_paths
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,8 @@ class JobStore:
         except QueryCancelled:
             self._finish(job_id, "ABORTED")
         except (QueryError, ServiceError) as exc:
-            self._finish(job_id, "ERROR", error_summary=str(exc), error_type="fatal")
+            message = without_server_paths(str(exc), self.deployment.data_dir)
+            self._finish(job_id, "ERROR", error_summary=message, error_type="fatal")
         except Exception as exc:  # a bug must still leave the job in a final phase
             log.exception("job %s failed", job_id)
             self._finish(

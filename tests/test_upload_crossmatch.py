@@ -124,6 +124,12 @@ def test_rows_without_a_position_and_outer_joins(engine: QueryEngine, sample: Sa
     inner = engine.execute(ADQL, lang="adql", uploads={"t": upload})
     expected = {p for p in astropy_pairs(upload.slice(1), gaia)}
     assert set(_pairs(inner.table)) == expected
+    # Selecting every column shows the upload's own columns only, each match once.
+    star = engine.execute(
+        ADQL.replace("u.k, g.source_id", "u.*, g.source_id"), lang="adql", uploads={"t": upload}
+    )
+    assert star.table.column_names == ["k", "ra", "dec", "source_id"]
+    assert set(_pairs(star.table)) == expected and star.table.num_rows == len(expected)
     # A LEFT JOIN keeps every upload row once: not a zone join, still right.
     left = engine.execute(ADQL.replace(" JOIN ", " LEFT JOIN "), lang="adql", uploads={"t": upload})
     assert sorted(left.table["k"].to_pylist()) == sorted(

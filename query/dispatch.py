@@ -137,7 +137,8 @@ def run_control(
     shipped: dict[str, pa.Table],
     run: _Run,
 ) -> pa.Table:
-    """A query over the control database's public tables, read-only, with the query's timeout."""
+    """A query over the control database's public tables, as the reader role in a READ ONLY transaction,
+    with the query's timeout; shipped tables are temporary tables of the reader."""
     query = select.copy()
     for table in list(query.find_all(exp.Table)):
         ref = aliases.get(table.alias_or_name)
@@ -157,7 +158,6 @@ def run_control(
                 timeout=run.remaining(),
                 cancel=run.cancel,
                 tables=shipped,
-                read_only=True,
             )
         except (ShardCancelled, ShardQueryError) as exc:
             raise _translate(exc, run) from exc

@@ -116,7 +116,30 @@ def scope_ctes(query: exp.Query) -> None:
     for cte in query.find_all(exp.CTE):
         alias = cte.args.get("alias")
         if isinstance(alias, exp.TableAlias):
+            _name_columns(cte, alias)
             alias.set("this", exp.to_identifier(names[id(cte)]))
+
+
+def _name_columns(cte: exp.CTE, alias: exp.TableAlias) -> None:
+    """`WITH c(x, y) AS (SELECT ...)`: the column list becomes the output names of the WITH query's
+    (first) SELECT, which is what the engine evaluates."""
+    columns = alias.columns
+    if not columns:
+        return
+    body = cte.this
+    while isinstance(body, exp.SetOperation):
+        body = body.left
+    if not isinstance(body, exp.Select):
+        raise QueryRefused(f"WITH {cte.alias_or_name}(...): the column list needs a SELECT")
+    projections = body.expressions
+    if len(projections) != len(columns) or any(isinstance(p, exp.Star) or p.is_star for p in projections):
+        raise QueryRefused(
+            f"WITH {cte.alias_or_name}(...) names {len(columns)} columns; its SELECT must list exactly "
+            f"that many (no *)"
+        )
+    for projection, column in zip(projections, columns, strict=True):
+        projection.replace(exp.alias_(projection.unalias().copy(), column.copy()))
+    alias.set("columns", None)
 
 
 def _check_functions(query: exp.Query) -> None:

@@ -73,7 +73,8 @@ def create_temp_tables(conn: psycopg.Connection[Any], tables: dict[str, pa.Table
                     sql_type = SQL_TYPES[column_type_name(column_field.type)]
                 except Exception:
                     sql_type = "text"
-                columns.append((column_field.name, sql_type))
+                # lower case, as the binder spells the columns of shipped tables (it folds their names)
+                columns.append((column_field.name.lower(), sql_type))
             target = ident(name)
             conn.execute(
                 statement(

@@ -19,7 +19,13 @@ from dms.cli import main
 from dms.config import ShardConfig
 from dms.deployment import Deployment
 from dms.errors import SchemaVersionError
-from dms.schema import CONTROL_NAMESPACES, SCHEMA_VERSION, control_metadata, schema_info_rows
+from dms.schema import (
+    CONTROL_NAMESPACES,
+    SCHEMA_VERSION,
+    SHARD_SCHEMA_VERSION,
+    control_metadata,
+    schema_info_rows,
+)
 
 DMS_NAMESPACES = ", ".join(f"'{n}'" for n in CONTROL_NAMESPACES)
 
@@ -96,7 +102,7 @@ def test_upgrade_downgrade_upgrade_every_database(deployment: Deployment) -> Non
     assert tables == len(control_metadata().tables) and namespaces == len(CONTROL_NAMESPACES)
     assert functions >= 10
     shards = shard_inventory(deployment)
-    assert all(version == "1.0.0" and n >= 10 for version, n in shards.values()), shards
+    assert all(version == SHARD_SCHEMA_VERSION and n >= 10 for version, n in shards.values()), shards
 
     current = dms(deployment, "db", "current")
     assert current.exit_code == 0

@@ -82,6 +82,9 @@ def confine(conn: duckdb.DuckDBPyConnection, directories: list[Path]) -> None:
     """Lock a DuckDB connection that runs user SQL: it reads files only under `directories` (a shard's
     Parquet files; none for the merge database), cannot install or load extensions, divides integers as
     PostgreSQL and ADQL do, and no statement can change these settings (`lock_configuration`)."""
+    locked = conn.execute("SELECT current_setting('lock_configuration')").fetchone()
+    if locked and locked[0] in (True, "true"):
+        return  # another connection of this process to the same database file locked it already
     if directories:
         conn.execute("SET allowed_directories = ?", [[f"{d}/" for d in directories]])
     conn.execute("SET GLOBAL integer_division = true")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
 import click
 
 from dms.cli import _friendly_errors, _open, data_dir_option
+from dms.errors import DMSError
 
 
 @click.command()
@@ -228,8 +230,20 @@ def query(
             click.echo(engine.explain(sql, lang=lang))
             return
         result = engine.execute(sql, lang=lang, max_rows=max_rows, timeout=timeout)
+        write_result(result, fmt, output or sys.stdout)
+    except RecursionError as exc:  # the engine's nesting limits should have refused the query first
+        from dms.query.limits import too_complex
+
+        raise click.ClickException(str(too_complex(exc))) from None
+    except (DMSError, click.ClickException, OSError):
+        raise
+    except Exception as exc:  # a bug, reported as one line (the traceback with -vv), never a Python dump
+        logging.getLogger(__name__).debug("dms query failed", exc_info=True)
+        raise click.ClickException(
+            f"internal error ({type(exc).__name__}: {exc}); please report it with the query (-vv shows the "
+            "traceback)"
+        ) from None
     finally:
         engine.close()
-    write_result(result, fmt, output or sys.stdout)
     if result.overflow:
         click.echo(f"result cut at {max_rows:,} rows (--max-rows); more rows matched", err=True)

@@ -30,7 +30,7 @@ from dms.query.plan import JoinAnalyzer
 from dms.query.registry import Registry, Snapshot
 from dms.query.restrict import RestrictionFinder, intersect_ranges
 from dms.query.rewrite import PARTIALS, decompose
-from dms.query.shard_store import ShardStore, store_for
+from dms.query.shard_store import LOCKED_DOWN, ShardStore, confine, store_for
 from dms.query.sources import ShardSql, normalize_partial
 from dms.query.validate import LOCAL_SCHEMA, Catalog, TableRef, bind
 
@@ -80,7 +80,8 @@ class QueryEngine:
         )
         self.dask_client = dask_client
         self.roots = {n: str(getattr(s, "root", "")) for n, s in self.stores.items()}
-        self._merge = duckdb.connect()
+        self._merge = duckdb.connect(config=LOCKED_DOWN)
+        confine(self._merge, [])  # the merge reads only the Arrow tables it is given
         self._merge_udfs = False
         self._lock = threading.Lock()
 
@@ -389,9 +390,7 @@ class QueryEngine:
                 if not self._merge_udfs:
                     register_duckdb(self._merge, temporary=False)
                     self._merge_udfs = True
-        cursor = self._merge.cursor()
-        cursor.execute("SET integer_division = true")
-        return cursor
+        return self._merge.cursor()  # integer division is set for the whole connection (confine)
 
 
 def _literal(value: Any) -> exp.Expression:

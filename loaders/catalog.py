@@ -190,9 +190,13 @@ def _define_table(
         if parent.role != "director":
             raise LoadError(f"{parent.name} is a {parent.role} table, not a director")
         director_table, chunk_order, storage = parent.name, parent.chunk_order, parent.storage_kind
+    like_table = None
     if options.like is not None:
         like = get_table(conn, qualified_name(options.like))
+        if not like.partitioned:
+            raise LoadError(f"--like {options.like!r}: {like.name} is replicated and has no chunk layout")
         chunk_order, max_rows = like.chunk_order, None  # the layout is copied at the first load
+        like_table = like.name
     shard_count = sum(1 for s in deployment.shards() if s.kind == storage)
     replicas = options.replicas
     if child:
@@ -215,7 +219,8 @@ def _define_table(
         dec_column=pick(options.dec, "dec", director),
         director_table=director_table,
         director_key_column=pick(options.director_key, "director-key", child),
-        description=options.description or (f"layout like {options.like}" if options.like else None),
+        description=options.description,
+        like_table=like_table,
     )
 
 
@@ -304,9 +309,7 @@ def _layout_and_index(
     if not table.partitioned:
         return None, []
     assert table.chunk_order is not None
-    source = table.director_table or table.name
-    if table.description and table.description.startswith("layout like "):
-        source = qualified_name(table.description.removeprefix("layout like "))
+    source = table.like_table or table.director_table or table.name
     existing = registered_chunks(conn, source) or registered_chunks(conn, table.name)
     layout = ChunkLayout.from_chunks(table.chunk_order, existing)
     if not existing and table.role == "director":

@@ -223,8 +223,8 @@ def register_table(conn: sa.Connection, table: CatalogTable) -> None:
         sa.text(
             "INSERT INTO dms.catalog_table (name, role, director_table, director_key_column, id_column, "
             "ra_column, dec_column, chunk_order, max_chunk_rows, overlap_arcsec, storage_kind, replicas, "
-            "row_count, "
-            "description, like_table, created_at) VALUES (:name, :role, :director_table, :director_key_column, "
+            "row_count, description, like_table, created_at) "
+            "VALUES (:name, :role, :director_table, :director_key_column, "
             ":id_column, "
             ":ra_column, :dec_column, :chunk_order, :max_chunk_rows, :overlap_arcsec, :storage_kind, "
             ":replicas, 0, "

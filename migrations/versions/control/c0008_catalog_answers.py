@@ -84,7 +84,11 @@ def upgrade() -> None:
     op.create_table(
         "catalog_generation",
         sa.Column(
-            "id", sa.SMALLINT(), server_default=sa.text("1"), nullable=False, comment="Always 1 (the table has one row)."
+            "id",
+            sa.SMALLINT(),
+            server_default=sa.text("1"),
+            nullable=False,
+            comment="Always 1 (the table has one row).",
         ),
         sa.Column(
             "generation",

@@ -311,11 +311,16 @@ def _discard_load(deployment: Deployment, table: CatalogTable, load_id: int) -> 
             ).scalar_one_or_none()
         if state != "running":
             return
+        failures = []
         for store in _stores(deployment, table):
             try:
                 store.discard_load(table, load_id)
+            except Exception as exc:  # clean the other shards all the same
+                failures.append(f"shard {store.name}: {str(exc).splitlines()[0]}")
             finally:
                 store.close()
+        if failures:
+            raise LoadError("; ".join(failures))
         _index_path(deployment, table, load_id).unlink(missing_ok=True)
         with deployment.connect() as conn:
             conn.execute(

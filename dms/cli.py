@@ -301,11 +301,12 @@ from dms.cli_vo import adql, serve  # noqa: E402  (VO services: issue 5)
 main.add_command(adql)
 main.add_command(serve)
 
-from dms.cli_catalog import load, query, tables  # noqa: E402  (the commands use the helpers above)
+from dms.cli_catalog import catalog, load, query, tables  # noqa: E402  (the commands use the helpers above)
 
 main.add_command(load)
 main.add_command(tables)
 main.add_command(query)
+main.add_command(catalog)
 
 from dms.cli_backbone import COMMANDS as _BACKBONE_COMMANDS  # noqa: E402  (they import main's helpers)
 

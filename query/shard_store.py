@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from psycopg.sql import Identifier
 
 from dms.errors import DMSError
+from dms.query.integrity import file_checksum
 from dms.query.reader import READER_ROLE, create_temp_tables, drop_temp_tables, reader_transaction
 from dms.query.sqlcompose import column_definitions, ident, names, statement
 from dms.schema.catalog import SQL_TYPES, CatalogTable
@@ -66,6 +67,7 @@ class ChunkFile:
     path: str
     row_count: int
     overlap_row_count: int
+    checksum: str | None = None  # of a Parquet file's bytes (dms.query.integrity); None on PostgreSQL
 
 
 _STORES: dict[str, type[ShardStore]] = {}
@@ -180,9 +182,9 @@ class ParquetStore(ShardStore):
                     part, tmp, row_group_size=ROW_GROUP_ROWS, compression="lz4", write_statistics=True
                 )
                 os.replace(tmp, path)
-            files.append(
-                ChunkFile(order, pixel, str(path.relative_to(self.root)), part.num_rows - overlap, overlap)
-            )
+            relative = str(path.relative_to(self.root))
+            rows = part.num_rows - overlap
+            files.append(ChunkFile(order, pixel, relative, rows, overlap, file_checksum(path)))
         return files
 
     def discard_load(self, table: CatalogTable, load_id: int) -> None:

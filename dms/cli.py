@@ -317,6 +317,10 @@ from dms.cli_efd import efd, gateway, qc  # noqa: E402  (the groups use the help
 for _group in (efd, qc, gateway):
     main.add_command(_group)
 
+from dms.cli_users import users  # noqa: E402  (uses the helpers above)
+
+main.add_command(users)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

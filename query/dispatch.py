@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 from sqlglot import exp
 
+from dms.appname import application_name
 from dms.query.errors import QueryCancelled, QueryError, QueryTimeout
 from dms.query.shard_store import (
     PostgresConnection,
@@ -150,7 +151,7 @@ def run_control(
                 )
             )
     url = deployment.control_url().set(drivername="postgresql").render_as_string(hide_password=False)
-    with PostgresConnection(url) as conn:
+    with PostgresConnection(url, application_name()) as conn:
         try:
             return conn.query(
                 query.sql("postgres"),

@@ -13,9 +13,9 @@ import uvicorn
 from dms.services.gateway.app import create_app
 
 
-def serve(conninfo: str, host: str = "127.0.0.1", port: int = 8710) -> None:
+def serve(conninfo: str, host: str = "127.0.0.1", port: int = 8710, *, allow_anonymous: bool = True) -> None:
     """Serve until interrupted."""
-    uvicorn.run(create_app(conninfo), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(conninfo, allow_anonymous=allow_anonymous), host=host, port=port, log_level="info")
 
 
 @contextmanager

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -62,9 +63,10 @@ async def read_params(request: Request) -> Params:
             )
         except ServiceError:
             raise
-        except MultiPartException as exc:
-            status = 413 if "maximum" in str(exc).lower() else 400
-            raise ServiceError(f"cannot read the request body: {exc}", status=status) from exc
+        except (MultiPartException, HTTPException) as exc:  # Starlette turns the first into the second
+            message = exc.detail if isinstance(exc, HTTPException) else exc.message
+            status = 413 if "maximum" in message.lower() else 400  # too many parts, or a part too large
+            raise ServiceError(f"cannot read the request body: {message}", status=status) from exc
         except Exception as exc:  # malformed bodies raise several types
             raise ServiceError(f"cannot read the request body: {exc}") from exc
         for key, item in form.multi_items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -251,3 +252,12 @@ def test_the_gateway_checks_bearer_tokens(live_vo: LiveVO, tokens: dict[str, str
     with background(conninfo, allow_anonymous=False) as url:
         assert httpx.get(f"{url}/events").status_code == 401
         assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_init_can_refuse_anonymous_access(tmp_path: Path, pg_database: str) -> None:
+    result = CliRunner().invoke(
+        main, ["--data-dir", str(tmp_path / "dep"), "init", "--database-url", pg_database, "--no-anonymous"]
+    )
+    assert result.exit_code == 0, result.output
+    assert Deployment.open(tmp_path / "dep").config.anonymous_access is False
+    assert "anonymous_access: false" in (tmp_path / "dep" / "deployment.yaml").read_text()

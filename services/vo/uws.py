@@ -239,6 +239,7 @@ class JobStore:
         if job.phase != "PENDING":
             return  # UWS: RUN on a job that already ran is ignored
         if self._set_phase(job_id, "QUEUED", only_from=("PENDING",)):
+            self._notify(job_id)
             self._submit(job_id)
 
     def abort(self, job_id: str, owner: User | None) -> None:

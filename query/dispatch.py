@@ -16,6 +16,7 @@ import psycopg
 import pyarrow as pa
 from sqlglot import exp
 
+from dms.appname import application_name
 from dms.query.errors import QueryCancelled, QueryError, QueryTimeout
 from dms.query.shard_store import (
     PostgresConnection,
@@ -142,7 +143,7 @@ def run_control(
     with the query's timeout; shipped tables are temporary tables of the reader."""
     query = select.copy()
     url = deployment.control_url().set(drivername="postgresql").render_as_string(hide_password=False)
-    with PostgresConnection(url) as conn:
+    with PostgresConnection(url, application_name()) as conn:
         assert conn.conn is not None
         exact = _exact_names(
             conn.conn, {ref.name.split(".")[0] for ref in aliases.values() if ref.kind == "control"}

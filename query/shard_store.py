@@ -409,12 +409,15 @@ class PostgresConnection:
     """One psycopg connection that runs a user query (as the reader role, read-only) with a timeout,
     cancellation and shipped temporary tables."""
 
-    def __init__(self, conninfo: str) -> None:
+    def __init__(self, conninfo: str, application_name: str = "dms") -> None:
         self.conninfo = conninfo
+        self.application_name = application_name
         self.conn: psycopg.Connection | None = None
 
     def __enter__(self) -> PostgresConnection:
-        self.conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10)
+        self.conn = psycopg.connect(
+            self.conninfo, autocommit=True, connect_timeout=10, application_name=self.application_name
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:

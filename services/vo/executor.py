@@ -22,6 +22,7 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
+from dms.appname import application_name
 from dms.deployment import Deployment, first_line
 from dms.query.adql import AdqlError, AdqlSyntaxError, parse
 from dms.query.adql.functions import check_functions
@@ -189,7 +190,7 @@ class ControlDatabaseExecutor:
                 raise QueryRefused("recursive WITH queries (WITH RECURSIVE) are not supported")
         self._check_tables(tree, tables, {n.lower() for n in uploads})
         text = tree.sql(dialect="postgres", normalize_functions=False)
-        with psycopg.connect(self._conninfo, autocommit=True) as conn:
+        with psycopg.connect(self._conninfo, autocommit=True, application_name=application_name()) as conn:
             self._load_uploads(conn, uploads)
             return self._run(conn, text, max_rows, timeout, cancel)
 

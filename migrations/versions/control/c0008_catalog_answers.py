@@ -8,7 +8,7 @@
   on it cannot miss a load that commits after a later-numbered one.
 
 Revision ID: c0008
-Revises: c0006
+Revises: c0007
 Create Date: 2026-12-02
 """
 
@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql
 from dms.migrations.schema_info import set_schema_version
 
 revision: str = "c0008"
-down_revision: str | None = "c0006"
+down_revision: str | None = "c0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -120,7 +120,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    set_schema_version("1.4.0")
+    set_schema_version("1.5.0")
     for _, drop in TRIGGERS:
         op.execute(drop)
     op.execute("DROP FUNCTION IF EXISTS dms.bump_catalog_generation()")

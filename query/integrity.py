@@ -2,7 +2,8 @@
 
 Each Parquet chunk file's SHA-256 is recorded in `dms.chunk_file.checksum` when the load writes it. The query
 engine hashes a file the first time it reads it in a process and remembers the outcome by path, size and
-modification time (a file that is rewritten, or damaged by a write, is hashed again); `dms catalog verify`
+modification and change times (any write to the file, even one that restores its mtime, sets its change
+time, so the file is hashed again); `dms catalog verify`
 hashes every file. A damaged or missing chunk is read from a replica when there is an intact one, and is
 otherwise an error naming the chunk and the file: never an answer computed from changed bytes.
 """
@@ -39,6 +40,7 @@ def file_checksum(path: str | os.PathLike[str]) -> str:
 class _Seen:
     size: int
     mtime_ns: int
+    ctime_ns: int
     expected: str
     problem: str | None
 
@@ -74,7 +76,7 @@ def file_problem(path: str, expected: str | None, *, full: bool = False) -> str 
         return f"the file cannot be read ({exc.strerror})"
     problem = None if actual == expected else f"its checksum is {actual}, not {expected} as recorded at load"
     with _seen_lock:
-        _seen[path] = _Seen(status.st_size, status.st_mtime_ns, expected, problem)
+        _seen[path] = _Seen(status.st_size, status.st_mtime_ns, status.st_ctime_ns, expected, problem)
     return problem
 
 

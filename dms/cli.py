@@ -88,10 +88,16 @@ def main(data_dir: str | None, verbose: int) -> None:
     "default: an embedded PostgreSQL inside the data directory.",
 )
 @click.option("--exist-ok", is_flag=True, help="Succeed without changes if a deployment already exists.")
+@click.option(
+    "--anonymous/--no-anonymous",
+    default=True,
+    show_default=True,
+    help="Whether the HTTP services answer requests without a token (later: dms users anonymous).",
+)
 @data_dir_option
 @click.pass_context
 @_friendly_errors
-def init(ctx: click.Context, database_url: str | None, exist_ok: bool) -> None:
+def init(ctx: click.Context, database_url: str | None, exist_ok: bool, anonymous: bool) -> None:
     """Create a deployment (never overwrites an existing one)."""
     from dms.deployment import Deployment
     from dms.errors import DeploymentExistsError
@@ -103,6 +109,11 @@ def init(ctx: click.Context, database_url: str | None, exist_ok: bool) -> None:
             raise
         click.echo(str(exc))
         return
+    if not anonymous:
+        from dms.config import CONFIG_FILE, save_config
+
+        deployment.config.anonymous_access = False
+        save_config(deployment.config, deployment.data_dir / CONFIG_FILE)
     click.echo(f"Created an {deployment.config.mode} deployment in {deployment.data_dir}")
     click.echo(f"  control database: {deployment.describe_control()}")
     for shard in deployment.shards():
@@ -301,11 +312,12 @@ from dms.cli_vo import adql, serve  # noqa: E402  (VO services: issue 5)
 main.add_command(adql)
 main.add_command(serve)
 
-from dms.cli_catalog import load, query, tables  # noqa: E402  (the commands use the helpers above)
+from dms.cli_catalog import catalog, load, query, tables  # noqa: E402  (the commands use the helpers above)
 
 main.add_command(load)
 main.add_command(tables)
 main.add_command(query)
+main.add_command(catalog)
 
 from dms.cli_backbone import COMMANDS as _BACKBONE_COMMANDS  # noqa: E402  (they import main's helpers)
 
@@ -316,6 +328,10 @@ from dms.cli_efd import efd, gateway, qc  # noqa: E402  (the groups use the help
 
 for _group in (efd, qc, gateway):
     main.add_command(_group)
+
+from dms.cli_users import users  # noqa: E402  (uses the helpers above)
+
+main.add_command(users)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
 import click
 
 from dms.cli import _friendly_errors, _open, data_dir_option
+from dms.errors import DMSError
 
 
 @click.command()
@@ -162,7 +164,8 @@ def tables(ctx: click.Context, as_json: bool) -> None:
             conn.execute(
                 sa.text(
                     "SELECT t.name, t.role, t.storage_kind, t.row_count, t.chunk_order, t.overlap_arcsec, "
-                    "t.director_table, (SELECT count(*) FROM dms.chunk c WHERE c.table_name = t.name AND "
+                    "t.director_table, t.like_table, (SELECT count(*) FROM dms.chunk c "
+                    "WHERE c.table_name = t.name AND "
                     "c.row_count > 0) AS chunks, (SELECT count(*) FROM dms.catalog_column c "
                     "WHERE c.table_name = t.name) AS columns FROM dms.catalog_table t ORDER BY t.name"
                 )
@@ -188,6 +191,8 @@ def tables(ctx: click.Context, as_json: bool) -> None:
             how = f"placed by {r['director_table']}"
         else:
             how = f'HEALPix order {r["chunk_order"]}+, overlap {r["overlap_arcsec"]:g}"'
+            if r["like_table"]:
+                how += f", chunks of {r['like_table']}"
         click.echo(
             f"{r['name']:<28} {r['role']:<10} {r['storage_kind']:<8} {r['row_count']:>12,} {r['columns']:>5} "
             f"{r['chunks']:>6}  {how}"
@@ -246,9 +251,21 @@ def query(
             click.echo(engine.explain(sql, lang=lang))
             return
         result = engine.execute(sql, lang=lang, max_rows=max_rows, timeout=timeout)
+        write_result(result, fmt, output or sys.stdout)
+    except RecursionError as exc:  # the engine's nesting limits should have refused the query first
+        from dms.query.limits import too_complex
+
+        raise click.ClickException(str(too_complex(exc))) from None
+    except (DMSError, click.ClickException, OSError):
+        raise
+    except Exception as exc:  # a bug, reported as one line (the traceback with -vv), never a Python dump
+        logging.getLogger(__name__).debug("dms query failed", exc_info=True)
+        raise click.ClickException(
+            f"internal error ({type(exc).__name__}: {exc}); please report it with the query (-vv shows the "
+            "traceback)"
+        ) from None
     finally:
         engine.close()
-    write_result(result, fmt, output or sys.stdout)
     if result.overflow:
         click.echo(f"result cut at {max_rows:,} rows (--max-rows); more rows matched", err=True)
 
@@ -262,3 +279,59 @@ def _assignments(option: str, values: tuple[str, ...]) -> dict[str, str]:
             raise click.BadParameter(f"{value!r} is not COLUMN=VALUE", param_hint=option)
         result[column.strip()] = text.strip()
     return result
+
+
+@click.group()
+def catalog() -> None:
+    """The partitioned catalog's stored data."""
+
+
+@catalog.command()
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@data_dir_option
+@click.pass_context
+@_friendly_errors
+def verify(ctx: click.Context, quiet: bool) -> None:
+    """Check every chunk file on the DuckDB/Parquet shards against the checksum recorded at load.
+
+    Prints each missing or damaged file and exits with status 1 if there is any (queries read such a chunk
+    from an intact replica, or fail naming it).
+    """
+    import sqlalchemy as sa
+    from tqdm import tqdm
+
+    from dms.query.integrity import file_problem
+    from dms.query.shard_store import ParquetStore, store_for
+
+    deployment = _open(ctx)
+    roots = {}
+    for shard in deployment.shards():
+        store = store_for(shard)
+        if isinstance(store, ParquetStore):
+            roots[store.name] = store.root
+    with deployment.connect() as conn:
+        files = conn.execute(
+            sa.text(
+                "SELECT f.table_name, f.shard, f.path, f.checksum FROM dms.chunk_file f "
+                "JOIN dms.catalog_load l USING (load_id) JOIN dms.catalog_table t ON t.name = f.table_name "
+                "WHERE l.state = 'committed' AND t.storage_kind = 'duckdb' "
+                "ORDER BY f.table_name, f.shard, f.path"
+            )
+        ).all()
+    bad, unrecorded = [], 0
+    for table, shard, path, checksum in tqdm(files, desc="verify", unit="file", disable=quiet, leave=False):
+        if shard not in roots:
+            bad.append(f"{table}: {path} on shard {shard}: the shard is not in this deployment")
+            continue
+        unrecorded += checksum is None
+        problem = file_problem(str(roots[shard] / path), checksum, full=True)
+        if problem is not None:
+            bad.append(f"{table}: {path} on shard {shard}: {problem}")
+    for line in bad:
+        click.echo(line)
+    note = ""
+    if unrecorded:
+        note = f" ({unrecorded} loaded before checksums were recorded: only checked to exist)"
+    click.echo(f"{len(files)} chunk files checked{note}: {len(bad) or 'none'} missing or damaged")
+    if bad:
+        ctx.exit(1)

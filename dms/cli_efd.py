@@ -444,7 +444,9 @@ def gateway_serve(ctx: click.Context, host: str, port: int) -> None:
     deployment = _open(ctx)
     with deployment.connect():
         pass
-    server.serve(db.conninfo(deployment), host=host, port=port)
+    server.serve(
+        db.conninfo(deployment), host=host, port=port, allow_anonymous=deployment.config.anonymous_access
+    )
 
 
 @gateway.command("tail")

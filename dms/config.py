@@ -80,6 +80,11 @@ class DeploymentConfig(BaseModel):
         description="Control database name (embedded).",
     )
     shards: list[ShardConfig] = Field(default_factory=list, description="Catalog shards, in placement order.")
+    anonymous_access: bool = Field(
+        default=True,
+        description="Whether the HTTP services answer requests without a token (public data, anonymous "
+        "UWS jobs reachable only by their URL); false: every request needs Authorization: Bearer TOKEN.",
+    )
     created_at: datetime = Field(
         default_factory=lambda: datetime.now(UTC), description="When `dms init` ran."
     )

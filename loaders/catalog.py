@@ -103,7 +103,12 @@ def load_files(
             if state == "committed":
                 bar.close()
                 return LoadResult(name, load_id, 0, skipped=True, seconds=time.perf_counter() - started)
-            result = _load(deployment, table, load_id, data, bar)
+            _discard_stale_loads(deployment, table, keep=load_id)
+            try:
+                result = _load(deployment, table, load_id, data, bar)
+            except Exception:
+                _discard_load(deployment, table, load_id)
+                raise
             result.seconds = time.perf_counter() - started
             return result
         finally:
@@ -192,9 +197,13 @@ def _define_table(
         if parent.role != "director":
             raise LoadError(f"{parent.name} is a {parent.role} table, not a director")
         director_table, chunk_order, storage = parent.name, parent.chunk_order, parent.storage_kind
+    like_table = None
     if options.like is not None:
         like = get_table(conn, qualified_name(options.like))
+        if not like.partitioned:
+            raise LoadError(f"--like {options.like!r}: {like.name} is replicated and has no chunk layout")
         chunk_order, max_rows = like.chunk_order, None  # the layout is copied at the first load
+        like_table = like.name
     shard_count = sum(1 for s in deployment.shards() if s.kind == storage)
     replicas = options.replicas
     if child:
@@ -217,7 +226,8 @@ def _define_table(
         dec_column=pick(options.dec, "dec", director),
         director_table=director_table,
         director_key_column=pick(options.director_key, "director-key", child),
-        description=options.description or (f"layout like {options.like}" if options.like else None),
+        description=options.description,
+        like_table=like_table,
     )
 
 
@@ -298,6 +308,55 @@ def _begin_load(
         return int(load_id), "running"
 
 
+def _discard_stale_loads(deployment: Deployment, table: CatalogTable, *, keep: int) -> None:
+    """Remove the loads of the table that are still 'running' although this process holds the table's load
+    lock: their process died (a kill, a lost machine), and their rows must not stay on the shards."""
+    with deployment.connect() as conn:
+        stale = conn.execute(
+            sa.text(
+                "SELECT load_id FROM dms.catalog_load WHERE table_name = :t AND state = 'running' "
+                "AND load_id <> :k ORDER BY load_id"
+            ),
+            {"t": table.name, "k": keep},
+        ).scalars()
+        stale_ids = [int(i) for i in stale]
+    for load_id in stale_ids:
+        log.warning("removing the rows of load %s of %s, which never committed", load_id, table.name)
+        _discard_load(deployment, table, load_id)
+
+
+def _discard_load(deployment: Deployment, table: CatalogTable, load_id: int) -> None:
+    """Delete what an uncommitted load wrote on the shards, then its registry row (in that order: a row left
+    behind by a failure here is found stale by the next load, whereas shard rows without a load row would
+    never be found). A committed load is never touched."""
+    try:
+        with deployment.connect() as conn:
+            state = conn.execute(
+                sa.text("SELECT state FROM dms.catalog_load WHERE load_id = :l"), {"l": load_id}
+            ).scalar_one_or_none()
+        if state != "running":
+            return
+        failures = []
+        for store in _stores(deployment, table):
+            try:
+                store.discard_load(table, load_id)
+            except Exception as exc:  # clean the other shards all the same
+                failures.append(f"shard {store.name}: {str(exc).splitlines()[0]}")
+            finally:
+                store.close()
+        if failures:
+            raise LoadError("; ".join(failures))
+        _index_path(deployment, table, load_id).unlink(missing_ok=True)
+        with deployment.connect() as conn:
+            conn.execute(
+                sa.text("DELETE FROM dms.catalog_load WHERE load_id = :l AND state = 'running'"),
+                {"l": load_id},
+            )
+            conn.commit()
+    except Exception as exc:  # the load's own error matters more; the next load retries the clean-up
+        log.warning("could not remove the rows of failed load %s of %s: %s", load_id, table.name, exc)
+
+
 def _load(deployment: Deployment, table: CatalogTable, load_id: int, data: pa.Table, bar: tqdm) -> LoadResult:
     with deployment.connect() as conn:
         layout, index_files = _layout_and_index(deployment, conn, table, data)
@@ -329,9 +388,7 @@ def _layout_and_index(
     if not table.partitioned:
         return None, []
     assert table.chunk_order is not None
-    source = table.director_table or table.name
-    if table.description and table.description.startswith("layout like "):
-        source = qualified_name(table.description.removeprefix("layout like "))
+    source = table.like_table or table.director_table or table.name
     existing = registered_chunks(conn, source) or registered_chunks(conn, table.name)
     layout = ChunkLayout.from_chunks(table.chunk_order, existing)
     if not existing and table.role == "director":
@@ -444,12 +501,19 @@ def replica_offset(chunk: np.ndarray | int, shard_index: int, shards: int) -> np
     return (shard_index - chunk) % shards
 
 
+def _index_path(deployment: Deployment, table: CatalogTable, load_id: int) -> Path:
+    return deployment.data_dir / _index_relative(table, load_id)
+
+
+def _index_relative(table: CatalogTable, load_id: int) -> Path:
+    return Path("catalog") / "_index" / table.schema_name / table.table_name / f"load{load_id}.parquet"
+
+
 def _write_index(deployment: Deployment, table: CatalogTable, load_id: int, index: pa.Table) -> str:
-    relative = Path("catalog") / "_index" / table.schema_name / table.table_name / f"load{load_id}.parquet"
-    path = deployment.data_dir / relative
+    path = _index_path(deployment, table, load_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(index, path, row_group_size=8192, compression="lz4")
-    return str(relative)
+    return str(_index_relative(table, load_id))
 
 
 def _commit(
@@ -480,8 +544,8 @@ def _commit(
                 conn.execute(
                     sa.text(
                         "INSERT INTO dms.chunk_file (load_id, table_name, shard, chunk_order, chunk_id, "
-                        "path, "
-                        "row_count, overlap_row_count) VALUES (:l, :t, :s, :o, :c, :p, :r, :v)"
+                        "path, row_count, overlap_row_count, checksum) "
+                        "VALUES (:l, :t, :s, :o, :c, :p, :r, :v, :k)"
                     ),
                     {
                         "l": load_id,
@@ -492,6 +556,7 @@ def _commit(
                         "p": f.path,
                         "r": f.row_count,
                         "v": f.overlap_row_count,
+                        "k": f.checksum,
                     },
                 )
         conn.execute(

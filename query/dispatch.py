@@ -12,9 +12,11 @@ from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pyarrow as pa
 from sqlglot import exp
 
+from dms.appname import application_name
 from dms.query.errors import QueryCancelled, QueryError, QueryTimeout
 from dms.query.shard_store import (
     PostgresConnection,
@@ -137,10 +139,45 @@ def run_control(
     shipped: dict[str, pa.Table],
     run: _Run,
 ) -> pa.Table:
-    """A query over the control database's public tables, read-only, with the query's timeout."""
+    """A query over the control database's public tables, as the reader role in a READ ONLY transaction,
+    with the query's timeout; shipped tables are temporary tables of the reader."""
     query = select.copy()
+    url = deployment.control_url().set(drivername="postgresql").render_as_string(hide_password=False)
+    with PostgresConnection(url, application_name()) as conn:
+        assert conn.conn is not None
+        exact = _exact_names(
+            conn.conn, {ref.name.split(".")[0] for ref in aliases.values() if ref.kind == "control"}
+        )
+        _name_tables(query, aliases, exact)
+        try:
+            return conn.query(
+                query.sql("postgres"), timeout=run.remaining(), cancel=run.cancel, tables=shipped
+            )
+        except (ShardCancelled, ShardQueryError) as exc:
+            raise _translate(exc, run) from exc
+
+
+def _exact_names(conn: psycopg.Connection[Any], schemas: set[str]) -> dict[str, tuple[str, str]]:
+    """Lower-case schema.table -> the exact names of the control database's tables in `schemas` (ObsCore is
+    ``ivoa."ObsCore"``: the binder lower-cases names)."""
+    if not schemas:
+        return {}
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE lower(n.nspname) = ANY(%s) AND c.relkind IN ('r', 'v', 'm', 'p', 'f')",
+        (sorted(schemas),),
+    ).fetchall()
+    return {f"{schema}.{table}".lower(): (schema, table) for schema, table in rows}
+
+
+def _name_tables(query: exp.Select, aliases: dict[str, TableRef], exact: dict[str, tuple[str, str]]) -> None:
+    """Control tables by their exact (quoted) names, uploads and subquery results by their shipped names."""
     for table in list(query.find_all(exp.Table)):
         ref = aliases.get(table.alias_or_name)
+        if ref is not None and ref.kind == "control" and ref.name in exact:
+            schema, name = exact[ref.name]
+            table.set("db", exp.to_identifier(schema, quoted=True))
+            table.set("this", exp.to_identifier(name, quoted=True))
         if ref is not None and ref.kind in ("upload", "materialized"):
             name = f"_up_{ref.name}" if ref.kind == "upload" else ref.name
             table.replace(
@@ -149,15 +186,3 @@ def run_control(
                     alias=exp.TableAlias(this=exp.to_identifier(table.alias_or_name)),
                 )
             )
-    url = deployment.control_url().set(drivername="postgresql").render_as_string(hide_password=False)
-    with PostgresConnection(url) as conn:
-        try:
-            return conn.query(
-                query.sql("postgres"),
-                timeout=run.remaining(),
-                cancel=run.cancel,
-                tables=shipped,
-                read_only=True,
-            )
-        except (ShardCancelled, ShardQueryError) as exc:
-            raise _translate(exc, run) from exc

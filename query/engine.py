@@ -4,6 +4,11 @@
 cap cut it). Subqueries in FROM, uncorrelated subqueries in WHERE, WITH and set operations are evaluated
 first (each as a distributed query of its own) and their results used as small tables; a flat SELECT over
 catalog tables is then split per shard and merged in DuckDB.
+
+The result cap (`max_rows`) applies to the final result only. An intermediate result (a WITH query, a derived
+table, a subquery, a side of a set operation) is held in memory whole, so it may have at most
+`INNER_ROW_LIMIT` rows: a larger one is an error naming the limit, never a truncation that would change the
+answer.
 """
 
 from __future__ import annotations
@@ -25,19 +30,22 @@ from sqlglot import exp
 from dms.deployment import Deployment
 from dms.query import dispatch
 from dms.query.errors import QueryCancelled, QueryError, QueryRefused, QueryTimeout
+from dms.query.integrity import ChunkDamaged, check_files_exist, damaged_files, reroute_damaged
 from dms.query.lineage import catalog_unit_resolver
 from dms.query.parse import parse
 from dms.query.plan import JoinAnalyzer
 from dms.query.registry import Registry, Snapshot
 from dms.query.restrict import RestrictionFinder, intersect_ranges
 from dms.query.rewrite import PARTIALS, decompose
-from dms.query.shard_store import ShardStore, store_for
+from dms.query.shard_store import LOCKED_DOWN, ShardStore, confine, store_for
 from dms.query.sources import ShardSql, normalize_partial
 from dms.query.upload_match import prepare_upload_match
 from dms.query.validate import LOCAL_SCHEMA, Catalog, TableRef, bind
 
 log = logging.getLogger(__name__)
 INLINE_IN_LIMIT = 10_000
+INNER_ROW_LIMIT = 5_000_000
+"""Most rows of an intermediate result (WITH query, derived table, subquery, side of a set operation)."""
 
 
 @dataclass
@@ -71,6 +79,9 @@ class _Run:
 class QueryEngine:
     """Runs SQL and ADQL over the deployment's catalog; long-lived and thread-safe."""
 
+    inner_row_limit: int = INNER_ROW_LIMIT
+    """Most rows of an intermediate result; a larger one is a `QueryRefused` naming this limit."""
+
     def __init__(
         self, deployment: Deployment, *, workers: int | None = None, dask_client: Any = None
     ) -> None:
@@ -82,7 +93,8 @@ class QueryEngine:
         )
         self.dask_client = dask_client
         self.roots = {n: str(getattr(s, "root", "")) for n, s in self.stores.items()}
-        self._merge = duckdb.connect()
+        self._merge = duckdb.connect(config=LOCKED_DOWN)
+        confine(self._merge, [])  # the merge reads only the Arrow tables it is given
         self._merge_udfs = False
         self._lock = threading.Lock()
 
@@ -145,6 +157,18 @@ class QueryEngine:
         return _Run(snapshot, catalog, max_rows, deadline, cancel or threading.Event())
 
     def _evaluate(self, query: exp.Query, run: _Run, top: bool = False) -> pa.Table:
+        """The rows of a query: the final result when `top` (cut after run.max_rows + 1 rows; the caller
+        reports the overflow), else an intermediate result, complete or an error."""
+        result = self._evaluate_whole(query, run, top)
+        if not top and result.num_rows > self.inner_row_limit:
+            raise QueryRefused(
+                f"an intermediate result (a WITH query, derived table, subquery or side of a set operation) "
+                f"has more than {self.inner_row_limit:,} rows, the most the engine holds in memory; restrict "
+                "or aggregate it inside the subquery"
+            )
+        return result
+
+    def _evaluate_whole(self, query: exp.Query, run: _Run, top: bool) -> pa.Table:
         run.check()
         query = query.copy()
         with_ = query.args.get("with_")
@@ -155,16 +179,25 @@ class QueryEngine:
                 run.catalog.materialized[cte.alias_or_name.lower()] = self._evaluate(cte.this, run)
             query.set("with_", None)
         if isinstance(query, exp.SetOperation):
-            return self._set_operation(query, run)
+            return self._set_operation(query, run, top)
         assert isinstance(query, exp.Select)
         self._materialize_subqueries(query, run)
         bound, aliases = bind(query, run.catalog)
         assert isinstance(bound, exp.Select)
-        return self._flat(bound, aliases, run)
+        return self._flat(bound, aliases, run, run.max_rows if top else self.inner_row_limit)
 
-    def _set_operation(self, query: exp.SetOperation, run: _Run) -> pa.Table:
-        left = self._evaluate(query.left, run)
-        right = self._evaluate(query.right, run)
+    def _set_operation(self, query: exp.SetOperation, run: _Run, top: bool) -> pa.Table:
+        # The sides of a final UNION ALL without ORDER BY, LIMIT or OFFSET of its own may be cut like the
+        # result (more than max_rows rows on one side is more than max_rows in all); any other set operation
+        # needs its sides whole.
+        cut_sides = (
+            top
+            and isinstance(query, exp.Union)
+            and not query.args.get("distinct")
+            and not any(query.args.get(k) for k in ("order", "limit", "offset"))
+        )
+        left = self._evaluate(query.left, run, top=cut_sides)
+        right = self._evaluate(query.right, run, top=cut_sides)
         if left.num_columns != right.num_columns:
             raise QueryRefused(
                 f"the two sides of {query.key.upper()} have {left.num_columns} and "
@@ -226,21 +259,18 @@ class QueryEngine:
 
     # flat SELECT --------------------------------------------------------------------------------------------
 
-    def _flat(self, select: exp.Select, aliases: dict[str, TableRef], run: _Run) -> pa.Table:
+    def _flat(self, select: exp.Select, aliases: dict[str, TableRef], run: _Run, cap: int | None) -> pa.Table:
+        """A SELECT without subqueries; rows beyond `cap` + 1 need not be computed."""
         kinds = {ref.kind for ref in aliases.values()}
         if "catalog" in kinds and "control" in kinds:
             raise QueryRefused("catalog tables cannot be joined with ObsCore/TAP_SCHEMA tables in one query")
         shipped = self._shipped(aliases, run)
         if "control" in kinds:
-            return dispatch.run_control(
-                self.deployment, _with_cap(select, run.max_rows), aliases, shipped, run
-            )
+            return dispatch.run_control(self.deployment, _with_cap(select, cap), aliases, shipped, run)
         if "catalog" not in kinds:
-            sql = ShardSql(select, aliases, run.snapshot, self.roots).local_sql(
-                _with_cap(select, run.max_rows)
-            )
+            sql = ShardSql(select, aliases, run.snapshot, self.roots).local_sql(_with_cap(select, cap))
             return self._run_merge(sql, shipped, run)
-        return self._distributed(select, aliases, shipped, run)
+        return self._distributed(select, aliases, shipped, run, cap)
 
     def _shipped(self, aliases: dict[str, TableRef], run: _Run) -> dict[str, pa.Table]:
         shipped = {}
@@ -252,7 +282,12 @@ class QueryEngine:
         return shipped
 
     def _distributed(
-        self, select: exp.Select, aliases: dict[str, TableRef], shipped: dict[str, pa.Table], run: _Run
+        self,
+        select: exp.Select,
+        aliases: dict[str, TableRef],
+        shipped: dict[str, pa.Table],
+        run: _Run,
+        cap: int | None,
     ) -> pa.Table:
         catalog_refs = {a: r.catalog for a, r in aliases.items() if r.catalog is not None}
         kinds = {t.storage_kind for t in catalog_refs.values()}
@@ -261,8 +296,11 @@ class QueryEngine:
                 "this query joins tables stored on PostgreSQL shards with tables on DuckDB "
                 "shards; they cannot be joined shard by shard"
             )
+        on_files = [t for t in catalog_refs.values() if t.storage_kind == "duckdb"]
         counted = _count_shortcut(select, catalog_refs)
         if counted is not None:
+            for table in on_files:
+                check_files_exist(run.snapshot, table, self.roots)
             run.notes.append(f"answered from the registry's row count of {counted[1]}")
             return pa.table({counted[0]: pa.array([counted[2]], pa.int64())})
         partitioned = {a: t for a, t in catalog_refs.items() if t.partitioned}
@@ -270,9 +308,12 @@ class QueryEngine:
             select, aliases, partitioned, run.catalog.uploads, shipped, run.snapshot.chunks
         )
         sql_builder = ShardSql(select, aliases, run.snapshot, self.roots)
-        decomposition = decompose(select, run.max_rows)
+        decomposition = decompose(select, cap)
         if not partitioned:
             shard = sql_builder.replicated_shard(self.stores)
+            problems = damaged_files(run.snapshot, on_files, self.roots, shard, None)
+            if problems and not run.explain_only:
+                raise ChunkDamaged(f"replicated data cannot be read: {'; '.join(problems)}")
             jobs = {shard: sql_builder.shard_sql(decomposition.shard, shard, self.stores[shard].dialect, [])}
         else:
             join_plan = JoinAnalyzer(select, partitioned).plan()
@@ -295,13 +336,16 @@ class QueryEngine:
             primary = partitioned[join_plan.primary]
             chunk_sets = sql_builder.choose_chunks(primary, ranges, ids)
             sql_builder.check_layouts(join_plan.primary, chunk_sets)
+            replicas = run.snapshot.chunks[primary.name].replicas
+            if on_files and not run.explain_only:
+                chunk_sets, moved = reroute_damaged(run.snapshot, on_files, self.roots, chunk_sets, replicas)
+                run.notes.extend(moved)
             sql_builder.ranges = {join_plan.primary: ranges} if ranges is not None else {}
 
             def build(shard: str, chunks: list[tuple[int, int]]) -> str:
                 return sql_builder.shard_sql(decomposition.shard, shard, self.stores[shard].dialect, chunks)
 
             jobs = {shard: build(shard, chunks) for shard, chunks in chunk_sets.items()}
-            replicas = run.snapshot.chunks[primary.name].replicas
             run.notes.append(
                 f"primary {primary.name} as {join_plan.primary}: "
                 f"{sum(len(c) for c in chunk_sets.values())} chunks on {len(chunk_sets)} shards"
@@ -397,9 +441,7 @@ class QueryEngine:
                 if not self._merge_udfs:
                     register_duckdb(self._merge, temporary=False)
                     self._merge_udfs = True
-        cursor = self._merge.cursor()
-        cursor.execute("SET integer_division = true")
-        return cursor
+        return self._merge.cursor()  # integer division is set for the whole connection (confine)
 
 
 def _literal(value: Any) -> exp.Expression:

@@ -60,13 +60,15 @@ def _csv(table: pa.Table, overflow: bool) -> str:
 
 
 def _json(table: pa.Table, overflow: bool) -> str:
-    rows = [list(r.values()) for r in table.to_pylist()]
-    return json.dumps({"columns": table.column_names, "rows": rows, "overflow": overflow}, default=str) + "\n"
+    rows = list(zip(*(c.to_pylist() for c in table.columns), strict=True))
+    body = {"columns": table.column_names, "rows": [list(r) for r in rows], "overflow": overflow}
+    return json.dumps(body, default=str) + "\n"
 
 
 def _text(table: pa.Table, overflow: bool = False) -> str:
     names = table.column_names
-    rows = [[_cell(v) for v in row.values()] for row in table.to_pylist()]
+    # by position, not by name: a result may have two columns of one name (SELECT a.id, b.id)
+    rows = [[_cell(v) for v in row] for row in zip(*(c.to_pylist() for c in table.columns), strict=True)]
     widths = [max([len(n), *(len(r[i]) for r in rows)]) for i, n in enumerate(names)]
     lines = ["  ".join(n.rjust(w) for n, w in zip(names, widths, strict=True))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]

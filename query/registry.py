@@ -1,7 +1,9 @@
 """What the engine needs to know about the catalog, read from the control database and cached.
 
-The cache is keyed by a stamp (the latest committed load and the number of tables), checked on every query
-with one cheap statement, so a committed load is seen by the next query and a running one never is.
+The cache is keyed by the registry generation (`dms.catalog_generation`, a counter that triggers bump in the
+same transaction as every load commit, table change, chunk placement and chunk file), read on every query with
+one cheap statement: a committed change is seen by the next query whatever order loads commit in, and a
+running load never is (queries read only the loads the snapshot lists as committed).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class TableChunks:
     files: dict[tuple[str, int, int], list[str]] = field(default_factory=dict)  # (shard, order, pixel)
     replicas: dict[tuple[int, int], list[str]] = field(default_factory=dict)  # (order, pixel) -> shards
     replicated_files: dict[str, list[str]] = field(default_factory=dict)  # shard -> files
+    checksums: dict[tuple[str, str], str] = field(default_factory=dict)  # (shard, file) -> recorded checksum
 
     def select(self, ranges: np.ndarray | None) -> np.ndarray:
         """Indexes of the chunks that intersect the ranges (all when None)."""
@@ -48,10 +51,10 @@ class TableChunks:
 
 @dataclass
 class Snapshot:
-    stamp: tuple[int, int]
+    generation: int
     tables: dict[str, CatalogTable]
     chunks: dict[str, TableChunks]
-    running_loads: dict[str, list[int]]
+    committed_loads: dict[str, list[int]]  # table -> its committed loads: the only rows queries may read
     control_tables: dict[tuple[str, str], dict[str, str]]
     index_files: dict[str, list[str]]
     _indexes: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
@@ -81,6 +84,12 @@ class Snapshot:
         return {int(c) for c in chunk[at[found]]}
 
 
+def _generation(conn: sa.Connection) -> int:
+    """The registry generation: bumped by triggers in every transaction that changes the registry."""
+    row = conn.execute(sa.text("SELECT generation FROM dms.catalog_generation WHERE id = 1"))
+    return int(row.scalar_one())
+
+
 class Registry:
     def __init__(self, deployment: Deployment) -> None:
         self.deployment = deployment
@@ -89,33 +98,35 @@ class Registry:
 
     def snapshot(self) -> Snapshot:
         with self.deployment.connect(check_schema=False) as conn:
-            stamp_row = conn.execute(
-                sa.text(
-                    "SELECT (SELECT coalesce(max(load_id), 0) FROM dms.catalog_load "
-                    "WHERE state = 'committed'), "
-                    "(SELECT count(*) FROM dms.catalog_table) + (SELECT count(*) FROM dms.catalog_load)"
-                )
-            ).one()
-            stamp = (int(stamp_row[0]), int(stamp_row[1]))
+            generation = _generation(conn)
             with self._lock:
-                if self._snapshot is not None and self._snapshot.stamp == stamp:
+                if self._snapshot is not None and self._snapshot.generation == generation:
                     return self._snapshot
-            snapshot = self._load(conn, stamp)
+            # One REPEATABLE READ transaction: every table below is read as of one moment, which is no
+            # earlier than the generation just read (so the snapshot is never older than its key).
+            conn.rollback()
+            conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+            generation = _generation(conn)
+            snapshot = self._load(conn, generation)
+            conn.rollback()
         with self._lock:
-            self._snapshot = snapshot
+            if self._snapshot is None or self._snapshot.generation <= snapshot.generation:
+                self._snapshot = snapshot
         return snapshot
 
-    def _load(self, conn: sa.Connection, stamp: tuple[int, int]) -> Snapshot:
+    def _load(self, conn: sa.Connection, generation: int) -> Snapshot:
         tables = {t.name: t for t in list_tables(conn)}
         chunks = {name: self._chunks(conn, name) for name, t in tables.items()}
-        running: dict[str, list[int]] = defaultdict(list)
+        committed: dict[str, list[int]] = defaultdict(list)
         index_files: dict[str, list[str]] = defaultdict(list)
-        for load_id, table, state, index_path in conn.execute(
-            sa.text("SELECT load_id, table_name, state, index_path FROM dms.catalog_load ORDER BY load_id")
+        for load_id, table, index_path in conn.execute(
+            sa.text(
+                "SELECT load_id, table_name, index_path FROM dms.catalog_load WHERE state = 'committed' "
+                "ORDER BY load_id"
+            )
         ):
-            if state != "committed":
-                running[table].append(int(load_id))
-            elif index_path:
+            committed[table].append(int(load_id))
+            if index_path:
                 index_files[table].append(str(self.deployment.data_dir / index_path))
         control: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
         for schema, table, column, datatype in conn.execute(
@@ -126,7 +137,7 @@ class Registry:
             {"s": list(PUBLIC_CONTROL_SCHEMAS)},
         ):
             control[(schema.lower(), table.lower())][column] = datatype
-        return Snapshot(stamp, tables, chunks, dict(running), dict(control), dict(index_files))
+        return Snapshot(generation, tables, chunks, dict(committed), dict(control), dict(index_files))
 
     def _chunks(self, conn: sa.Connection, table: str) -> TableChunks:
         rows = conn.execute(
@@ -152,14 +163,16 @@ class Registry:
             {"t": table},
         ):
             result.replicas.setdefault((int(order), int(pixel)), []).append(str(shard))
-        for shard, order, pixel, path in conn.execute(
+        for shard, order, pixel, path, checksum in conn.execute(
             sa.text(
-                "SELECT f.shard, f.chunk_order, f.chunk_id, f.path FROM dms.chunk_file f "
+                "SELECT f.shard, f.chunk_order, f.chunk_id, f.path, f.checksum FROM dms.chunk_file f "
                 "JOIN dms.catalog_load l "
                 "USING (load_id) WHERE f.table_name = :t AND l.state = 'committed' ORDER BY f.load_id"
             ),
             {"t": table},
         ):
+            if checksum:
+                result.checksums[(str(shard), str(path))] = str(checksum)
             if order < 0:
                 result.replicated_files.setdefault(shard, []).append(path)
             else:

@@ -29,8 +29,12 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from psycopg.sql import Identifier
 
 from dms.errors import DMSError
+from dms.query.integrity import file_checksum
+from dms.query.reader import READER_ROLE, create_temp_tables, drop_temp_tables, reader_transaction
+from dms.query.sqlcompose import column_definitions, ident, names, statement
 from dms.schema.catalog import SQL_TYPES, CatalogTable
 from dms.shards import DuckDBShard, PostgresShard, ShardBackend
 
@@ -63,9 +67,31 @@ class ChunkFile:
     path: str
     row_count: int
     overlap_row_count: int
+    checksum: str | None = None  # of a Parquet file's bytes (dms.query.integrity); None on PostgreSQL
 
 
 _STORES: dict[str, type[ShardStore]] = {}
+
+LOCKED_DOWN: dict[str, str | bool | int | float | list[str]] = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+}
+"""DuckDB settings of every connection that runs user SQL: no extension is installed or loaded on demand."""
+
+
+def confine(conn: duckdb.DuckDBPyConnection, directories: list[Path]) -> None:
+    """Lock a DuckDB connection that runs user SQL: it reads files only under `directories` (a shard's
+    Parquet files; none for the merge database), cannot install or load extensions, divides integers as
+    PostgreSQL and ADQL do, and no statement can change these settings (`lock_configuration`)."""
+    locked = conn.execute("SELECT current_setting('lock_configuration')").fetchone()
+    if locked and locked[0] in (True, "true"):
+        return  # another connection of this process to the same database file locked it already
+    if directories:
+        conn.execute("SET allowed_directories = ?", [[f"{d}/" for d in directories]])
+    conn.execute("SET GLOBAL integer_division = true")
+    conn.execute("SET GLOBAL enable_external_access = false")
+    conn.execute("SET GLOBAL lock_configuration = true")
 
 
 class ShardStore(ABC):
@@ -115,8 +141,13 @@ def store_for(backend: ShardBackend) -> ShardStore:
 
 
 def physical_name(table: CatalogTable) -> str:
-    """The table's name on a PostgreSQL shard (schema-qualified, quoted)."""
-    return f'"{table.schema_name}"."{table.table_name}"'
+    """The table's name on a PostgreSQL shard as the registry records it (schema-qualified, quoted); SQL
+    statements use `_table_ident` instead."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in (table.schema_name, table.table_name))
+
+
+def _table_ident(table: CatalogTable) -> Identifier:
+    return ident((table.schema_name, table.table_name))
 
 
 # --- DuckDB / Parquet --------------------------------------------------------------------------------------
@@ -151,9 +182,9 @@ class ParquetStore(ShardStore):
                     part, tmp, row_group_size=ROW_GROUP_ROWS, compression="lz4", write_statistics=True
                 )
                 os.replace(tmp, path)
-            files.append(
-                ChunkFile(order, pixel, str(path.relative_to(self.root)), part.num_rows - overlap, overlap)
-            )
+            relative = str(path.relative_to(self.root))
+            rows = part.num_rows - overlap
+            files.append(ChunkFile(order, pixel, relative, rows, overlap, file_checksum(path)))
         return files
 
     def discard_load(self, table: CatalogTable, load_id: int) -> None:
@@ -172,10 +203,9 @@ class ParquetStore(ShardStore):
         """A cursor on the shard's database (macros included), one per calling thread's query."""
         with self._lock:
             if self._conn is None:
-                self._conn = duckdb.connect(str(self.database), read_only=True)
-            cursor = self._conn.cursor()
-        cursor.execute("SET integer_division = true")  # integer / integer as in PostgreSQL and ADQL
-        return cursor
+                self._conn = duckdb.connect(str(self.database), read_only=True, config=LOCKED_DOWN)
+                confine(self._conn, [self.root])
+            return self._conn.cursor()
 
     def execute(
         self,
@@ -270,21 +300,26 @@ class PostgresStore(ShardStore):
                 self._pool.put(conn)
 
     def write_load(self, table: CatalogTable, load_id: int, rows: pa.Table) -> list[ChunkFile]:
-        name = physical_name(table)
+        target = _table_ident(table)
         with self._connection() as conn, conn.transaction():
             created = self._create_table(conn, table)
-            conn.execute(f"DELETE FROM {name} WHERE _load_id = %s", (load_id,))
+            conn.execute(statement("DELETE FROM {table} WHERE _load_id = %s", table=target), (load_id,))
             data = _widen_floats(rows).append_column(
                 "_load_id", pa.array([load_id] * rows.num_rows, pa.int32())
             )
             buffer = io.BytesIO()
             pacsv.write_csv(data, buffer, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
-            columns = ", ".join(f'"{c}"' for c in data.column_names)
-            with conn.cursor() as cur, cur.copy(f"COPY {name} ({columns}) FROM STDIN (FORMAT csv)") as copy:
+            copy_sql = statement(
+                "COPY {table} ({columns}) FROM STDIN (FORMAT csv)",
+                table=target,
+                columns=names(data.column_names),
+            )
+            with conn.cursor() as cur, cur.copy(copy_sql) as copy:
                 copy.write(buffer.getbuffer())
             if created:
                 self._create_indexes(conn, table)
-            conn.execute(f"ANALYZE {name}")
+            conn.execute(statement("ANALYZE {table}", table=target))
+        name = physical_name(table)
         return [
             ChunkFile(
                 order, pixel, name, part.num_rows - _overlap_count(table, part), _overlap_count(table, part)
@@ -292,38 +327,58 @@ class PostgresStore(ShardStore):
             for order, pixel, part in _split_chunks(table, rows)
         ]
 
+    def _exists(self, conn: psycopg.Connection, table: CatalogTable) -> bool:
+        regclass = _table_ident(table).as_string(conn)
+        exists = conn.execute("SELECT to_regclass(%s)", (regclass,)).fetchone()
+        return bool(exists and exists[0] is not None)
+
     def _create_table(self, conn: psycopg.Connection, table: CatalogTable) -> bool:
-        exists = conn.execute("SELECT to_regclass(%s)", (physical_name(table),)).fetchone()
-        if exists and exists[0] is not None:
+        """The table (and its schema), readable by the reader role user queries run as."""
+        if self._exists(conn, table):
             return False
-        columns = [f'"{c.name}" {SQL_TYPES[c.datatype]}' for c in table.columns]
+        columns = [(c.name, SQL_TYPES[c.datatype]) for c in table.columns]
         if table.partitioned:
-            columns += ["_healpix_29 bigint NOT NULL", "_chunk bigint NOT NULL", "_overlap boolean NOT NULL"]
-        columns.append("_load_id integer NOT NULL")
-        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{table.schema_name}"')
-        conn.execute(f"CREATE TABLE {physical_name(table)} ({', '.join(columns)})")
+            columns += [("_healpix_29", "bigint not null"), ("_chunk", "bigint not null")]
+            columns.append(("_overlap", "boolean not null"))
+        columns.append(("_load_id", "integer not null"))
+        schema, target = ident(table.schema_name), _table_ident(table)
+        conn.execute(statement("CREATE SCHEMA IF NOT EXISTS {schema}", schema=schema))
+        conn.execute(
+            statement("CREATE TABLE {table} ({columns})", table=target, columns=column_definitions(columns))
+        )
+        conn.execute(statement("GRANT USAGE ON SCHEMA {schema} TO {role}", schema=schema, role=READER_ROLE))
+        conn.execute(statement("GRANT SELECT ON {table} TO {role}", table=target, role=READER_ROLE))
         return True
 
     def _create_indexes(self, conn: psycopg.Connection, table: CatalogTable) -> None:
         base = f"{table.schema_name}_{table.table_name}"
-        name = physical_name(table)
+        target = _table_ident(table)
         if table.partitioned:
-            conn.execute(f'CREATE INDEX "{base}_healpix_29" ON {name} (_healpix_29)')
-            conn.execute(f'CLUSTER {name} USING "{base}_healpix_29"')
-            conn.execute(f'CREATE INDEX "{base}_chunk" ON {name} (_chunk)')
+            healpix = ident(f"{base}_healpix_29")
+            conn.execute(
+                statement("CREATE INDEX {index} ON {table} (_healpix_29)", index=healpix, table=target)
+            )
+            conn.execute(statement("CLUSTER {table} USING {index}", table=target, index=healpix))
+            chunk = ident(f"{base}_chunk")
+            conn.execute(statement("CREATE INDEX {index} ON {table} (_chunk)", index=chunk, table=target))
         key = table.id_column or table.director_key_column
         if key:
-            conn.execute(f'CREATE INDEX "{base}_{key.lower()}" ON {name} ("{key}")')
+            index = ident(f"{base}_{key.lower()}")
+            conn.execute(
+                statement("CREATE INDEX {index} ON {table} ({key})", index=index, table=target, key=key)
+            )
 
     def discard_load(self, table: CatalogTable, load_id: int) -> None:
         with self._connection() as conn:
-            exists = conn.execute("SELECT to_regclass(%s)", (physical_name(table),)).fetchone()
-            if exists and exists[0] is not None:
-                conn.execute(f"DELETE FROM {physical_name(table)} WHERE _load_id = %s", (load_id,))
+            if self._exists(conn, table):
+                conn.execute(
+                    statement("DELETE FROM {table} WHERE _load_id = %s", table=_table_ident(table)),
+                    (load_id,),
+                )
 
     def drop_table(self, table: CatalogTable) -> None:
         with self._connection() as conn:
-            conn.execute(f"DROP TABLE IF EXISTS {physical_name(table)}")
+            conn.execute(statement("DROP TABLE IF EXISTS {table}", table=_table_ident(table)))
 
     def execute(
         self,
@@ -336,9 +391,7 @@ class PostgresStore(ShardStore):
         try:
             with self._connection() as conn:
                 try:
-                    return PostgresConnection.run(
-                        conn, sql, timeout=timeout, cancel=cancel, tables=tables, read_only=True
-                    )
+                    return PostgresConnection.run(conn, sql, timeout=timeout, cancel=cancel, tables=tables)
                 except ShardQueryError as exc:
                     raise ShardQueryError(self.name, str(exc).split(": ", 1)[-1]) from exc
         except psycopg.OperationalError as exc:  # the server is down or unreachable
@@ -353,14 +406,18 @@ class PostgresStore(ShardStore):
 
 
 class PostgresConnection:
-    """One psycopg connection that runs a query with a timeout, cancellation and shipped temp tables."""
+    """One psycopg connection that runs a user query (as the reader role, read-only) with a timeout,
+    cancellation and shipped temporary tables."""
 
-    def __init__(self, conninfo: str) -> None:
+    def __init__(self, conninfo: str, application_name: str = "dms") -> None:
         self.conninfo = conninfo
+        self.application_name = application_name
         self.conn: psycopg.Connection | None = None
 
     def __enter__(self) -> PostgresConnection:
-        self.conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10)
+        self.conn = psycopg.connect(
+            self.conninfo, autocommit=True, connect_timeout=10, application_name=self.application_name
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -374,10 +431,9 @@ class PostgresConnection:
         timeout: float | None,
         cancel: threading.Event | None,
         tables: dict[str, pa.Table] | None = None,
-        read_only: bool = False,
     ) -> pa.Table:
         assert self.conn is not None
-        return self.run(self.conn, sql, timeout=timeout, cancel=cancel, tables=tables, read_only=read_only)
+        return self.run(self.conn, sql, timeout=timeout, cancel=cancel, tables=tables)
 
     @staticmethod
     def run(
@@ -387,8 +443,9 @@ class PostgresConnection:
         timeout: float | None,
         cancel: threading.Event | None,
         tables: dict[str, pa.Table] | None = None,
-        read_only: bool = False,
     ) -> pa.Table:
+        """Run one user query as the reader role in a READ ONLY transaction (see `dms.query.reader`), with
+        `tables` shipped as temporary tables first."""
         done = threading.Event()
 
         def watch() -> None:
@@ -402,41 +459,23 @@ class PostgresConnection:
         if watcher:
             watcher.start()
         try:
-            with conn.transaction():
-                if timeout is not None:
-                    conn.execute(f"SET LOCAL statement_timeout = {max(1, int(timeout * 1000))}")
-                for name, table in (tables or {}).items():
-                    _temp_table(conn, name, table)
-                if read_only:
-                    conn.execute("SET TRANSACTION READ ONLY")
-                with conn.cursor() as cur:
-                    cur.execute(sql)
-                    rows = cur.fetchall()
-                    description = cur.description or []
+            create_temp_tables(conn, tables or {})
+            with reader_transaction(conn, timeout), conn.cursor() as cur:
+                cur.execute(sql)
+                rows = cur.fetchall()
+                description = cur.description or []
         except psycopg.errors.QueryCanceled as exc:
             raise ShardCancelled(str(exc).splitlines()[0]) from exc
         except psycopg.Error as exc:
             raise ShardQueryError("postgres", str(exc).splitlines()[0]) from exc
         finally:
             done.set()
+            if tables and not conn.closed:
+                try:
+                    drop_temp_tables(conn)
+                except psycopg.Error:
+                    conn.close()
         return _rows_to_arrow(rows, [(d.name, d.type_code) for d in description])
-
-
-def _temp_table(conn: psycopg.Connection, name: str, table: pa.Table) -> None:
-    from dms.schema.catalog import column_type_name
-
-    columns = []
-    for column_field in table.schema:
-        try:
-            sql_type = SQL_TYPES[column_type_name(column_field.type)]
-        except Exception:
-            sql_type = "text"
-        columns.append(f'"{column_field.name}" {sql_type}')
-    conn.execute(f'CREATE TEMP TABLE "{name}" ({", ".join(columns)}) ON COMMIT DROP')
-    buffer = io.BytesIO()
-    pacsv.write_csv(table, buffer, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
-    with conn.cursor() as cur, cur.copy(f'COPY "{name}" FROM STDIN (FORMAT csv)') as copy:
-        copy.write(buffer.getbuffer())
 
 
 def _rows_to_arrow(rows: list[tuple[Any, ...]], columns: list[tuple[str, int]]) -> pa.Table:

@@ -156,8 +156,7 @@ class ShardSql:
             table.set("this", exp.to_identifier(name, quoted=True))
         if alias in self.overlap_aliases:
             self._expand_zones(query, alias, catalog)
-        if catalog.partitioned:
-            self._add_chunk_predicates(query, join, alias, catalog, shard, dialect, chunks)
+        self._add_chunk_predicates(query, join, alias, catalog, shard, dialect, chunks)
 
     def _expand_zones(self, query: exp.Select, alias: str, catalog: CatalogTable) -> None:
         """A near-neighbour partner's rows, each repeated for its declination zone and the two next to it
@@ -197,6 +196,8 @@ class ShardSql:
         dialect: str,
         chunks: list[ChunkKey],
     ) -> None:
+        """Chunk-locality predicates of a partitioned table, and (on PostgreSQL) the committed-loads filter of
+        every catalog table."""
         predicates: list[exp.Expression] = []
         column = exp.column
         if alias in self.overlap_aliases:
@@ -226,22 +227,15 @@ class ShardSql:
 
             clipped = intersect_ranges(merge_ranges(ranges), merge_ranges(shard_ranges))
             predicates.append(_range_predicate(column("_healpix_29", alias), clipped))
-        if dialect == "postgres" and alias not in self.overlap_aliases:
+        if dialect == "postgres" and catalog.partitioned and alias not in self.overlap_aliases:
             # a PostgreSQL shard's table also holds the replicas of other shards' chunks
             total = self.snapshot.chunks[catalog.name]
             on_shard = int((total.shard == shard).sum())
             if catalog.replicas > 1 or (ranges is None and on_shard and len(chunks) < on_shard):
                 values = [exp.Literal.number(int(nuniq(o, p))) for o, p in chunks]
                 predicates.append(exp.In(this=column("_chunk", alias), expressions=values))
-        running = self.snapshot.running_loads.get(catalog.name)
-        if running and dialect == "postgres":
-            predicates.append(
-                exp.Not(
-                    this=exp.In(
-                        this=column("_load_id", alias), expressions=[exp.Literal.number(i) for i in running]
-                    )
-                )
-            )
+        if dialect == "postgres":
+            predicates.append(self._committed_rows(column("_load_id", alias), catalog))
         if not predicates:
             return
         condition = exp.and_(*predicates)
@@ -249,6 +243,14 @@ class ShardSql:
             join.set("on", exp.and_(join.args["on"], condition) if join.args.get("on") else condition)
         else:
             query.where(condition, copy=False)
+
+    def _committed_rows(self, load_id: exp.Column, catalog: CatalogTable) -> exp.Expression:
+        """Rows of a PostgreSQL shard a query may read: those of the loads committed as of the snapshot, named
+        one by one, so rows of a load still being written, or of one that failed, are never read."""
+        committed = self.snapshot.committed_loads.get(catalog.name, [])
+        if not committed:
+            return exp.false()
+        return exp.In(this=load_id, expressions=[exp.Literal.number(i) for i in committed])
 
 
 def _zone(dec: exp.Expression, height: float) -> exp.Expression:

@@ -117,8 +117,9 @@ def _qualify_table_names(query: exp.Query, catalog: Catalog) -> None:
             raise QueryRefused(f"table {table.sql()} names a database; use SCHEMA.TABLE")
         if schema is None and (name in cte_names or name in catalog.materialized):
             schema = LOCAL_SCHEMA
-        elif schema == LOCAL_SCHEMA:
-            pass
+        elif schema == LOCAL_SCHEMA:  # results of the query's own subqueries, named by the engine
+            if name not in catalog.materialized:
+                raise QueryRefused(f"table {table.db}.{table.name} is not a table that can be queried")
         elif schema is None:
             matches = [s for (s, n) in (*catalog.tables, *catalog.control) if n == name]
             if len(matches) != 1:

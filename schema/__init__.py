@@ -18,10 +18,10 @@ from felis.metadata import MetaDataBuilder
 
 from dms.errors import SchemaVersionError
 
-SCHEMA_VERSION = "1.4.0"
+SCHEMA_VERSION = "1.6.0"
 """Version of the control database schema this DMS expects; each migration that changes it bumps it."""
 
-SHARD_SCHEMA_VERSION = "1.0.0"
+SHARD_SCHEMA_VERSION = "1.1.0"
 """Version of the per-shard bookkeeping schema this DMS expects."""
 
 SCHEMA_INFO_TABLE = "schema_info"

@@ -69,6 +69,7 @@ class CatalogTable:
     row_count: int = 0
     description: str | None = None
     replicas: int = 1
+    like_table: str | None = None  # the table whose chunk layout this one copies (`dms load --like`)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -212,6 +213,7 @@ def get_table(conn: sa.Connection, name: str) -> CatalogTable:
         row_count=row["row_count"],
         description=row["description"],
         replicas=row["replicas"],
+        like_table=row["like_table"],
     )
 
 
@@ -221,12 +223,12 @@ def register_table(conn: sa.Connection, table: CatalogTable) -> None:
         sa.text(
             "INSERT INTO dms.catalog_table (name, role, director_table, director_key_column, id_column, "
             "ra_column, dec_column, chunk_order, max_chunk_rows, overlap_arcsec, storage_kind, replicas, "
-            "row_count, "
-            "description, created_at) VALUES (:name, :role, :director_table, :director_key_column, "
+            "row_count, description, like_table, created_at) "
+            "VALUES (:name, :role, :director_table, :director_key_column, "
             ":id_column, "
             ":ra_column, :dec_column, :chunk_order, :max_chunk_rows, :overlap_arcsec, :storage_kind, "
             ":replicas, 0, "
-            ":description, now())"
+            ":description, :like_table, now())"
         ),
         {
             "name": table.name,
@@ -242,6 +244,7 @@ def register_table(conn: sa.Connection, table: CatalogTable) -> None:
             "storage_kind": table.storage_kind,
             "replicas": table.replicas,
             "description": table.description,
+            "like_table": table.like_table,
         },
     )
     conn.execute(

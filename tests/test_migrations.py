@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,13 @@ from dms.cli import main
 from dms.config import ShardConfig
 from dms.deployment import Deployment
 from dms.errors import SchemaVersionError
-from dms.schema import CONTROL_NAMESPACES, SCHEMA_VERSION, control_metadata, schema_info_rows
+from dms.schema import (
+    CONTROL_NAMESPACES,
+    SCHEMA_VERSION,
+    SHARD_SCHEMA_VERSION,
+    control_metadata,
+    schema_info_rows,
+)
 
 DMS_NAMESPACES = ", ".join(f"'{n}'" for n in CONTROL_NAMESPACES)
 
@@ -96,7 +103,7 @@ def test_upgrade_downgrade_upgrade_every_database(deployment: Deployment) -> Non
     assert tables == len(control_metadata().tables) and namespaces == len(CONTROL_NAMESPACES)
     assert functions >= 10
     shards = shard_inventory(deployment)
-    assert all(version == "1.0.0" and n >= 10 for version, n in shards.values()), shards
+    assert all(version == SHARD_SCHEMA_VERSION and n >= 10 for version, n in shards.values()), shards
 
     current = dms(deployment, "db", "current")
     assert current.exit_code == 0
@@ -257,7 +264,10 @@ def test_shard_connections_check_the_shard_schema_version(deployment: Deployment
         assert conn.execute(sa.text("SELECT scisql_angSep(0, 0, 0, 1)")).scalar_one() == pytest.approx(1.0)
     with shard.engine().begin() as conn:
         conn.execute(sa.text("UPDATE dms.schema_info SET value = '7.0.0' WHERE key = 'schema_version'"))
-    with pytest.raises(SchemaVersionError, match=r"7\.0\.0.*1\.0\.0"), shard.connect():
+    with (
+        pytest.raises(SchemaVersionError, match=r"7\.0\.0.*" + re.escape(SHARD_SCHEMA_VERSION)),
+        shard.connect(),
+    ):
         pass
 
 

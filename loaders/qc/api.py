@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from dms.loaders.qc.errors import QCError, QCUnitError
@@ -196,11 +197,13 @@ def insert_measurement(conn: psycopg.Connection[Any], m: Measurement) -> int:
 
 def list_alarms(conn: psycopg.Connection[Any], *, active: bool = False) -> list[dict[str, Any]]:
     """Alarms, newest first; `active` keeps the open ones (raised or acknowledged)."""
-    where = "WHERE a.state <> 'cleared' " if active else ""
+    where = sql.SQL("WHERE a.state <> 'cleared'" if active else "")
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
-            "SELECT a.alarm_id, t.name AS threshold, t.metric, a.severity, a.state, a.occurrences, "
-            "a.message, a.data_id, a.series, a.measurement_id, a.last_measurement_id, a.raised_at, "
-            "a.cleared_at FROM dms.qc_alarm a JOIN dms.qc_threshold t USING (threshold_id) "
-            f"{where}ORDER BY a.alarm_id DESC"
+            sql.SQL(
+                "SELECT a.alarm_id, t.name AS threshold, t.metric, a.severity, a.state, a.occurrences, "
+                "a.message, a.data_id, a.series, a.measurement_id, a.last_measurement_id, a.raised_at, "
+                "a.cleared_at FROM dms.qc_alarm a JOIN dms.qc_threshold t USING (threshold_id) "
+                "{where} ORDER BY a.alarm_id DESC"
+            ).format(where=where)
         ).fetchall()

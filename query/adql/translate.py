@@ -16,6 +16,7 @@ from dms.query.adql.dialect import Adql
 from dms.query.adql.errors import AdqlError, AdqlSyntaxError
 from dms.query.adql.functions import UnitOf, check_functions, lower_functions
 from dms.query.adql.geometry import lower_geometry
+from dms.query.limits import check_depth, check_nesting, too_complex
 
 DIALECTS = ("postgres", "duckdb")
 QUERY_NODES = (exp.Select, exp.Union, exp.Intersect, exp.Except)
@@ -67,8 +68,11 @@ def translate(text: str, dialect: str = "postgres", *, unit_of: UnitOf | None = 
 def _parse_one(text: str) -> exp.Expression:
     if not text or not text.strip():
         raise AdqlSyntaxError("the query is empty", 1, 1)
+    check_nesting(text, Adql)
     try:
         statements = [s for s in sqlglot.parse(text, read=Adql) if s is not None]
+    except RecursionError as exc:
+        raise too_complex(exc) from None
     except ParseError as exc:
         first = exc.errors[0] if exc.errors else {}
         raise AdqlSyntaxError(
@@ -82,6 +86,7 @@ def _parse_one(text: str) -> exp.Expression:
         line, column = locate(text, ";")
         raise AdqlSyntaxError(f"expected one query, got {len(statements)} statements", line, column)
     tree = statements[0]
+    check_depth(tree)  # before the lowering steps, which recurse over the tree
     if not isinstance(tree, QUERY_NODES):
         word = text.split()[0]
         raise AdqlSyntaxError(

@@ -10,10 +10,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
+import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from dms.services.auth import middleware
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +118,19 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "newest_event_seen": request.app.state.hub.newest})
 
 
-def create_app(conninfo: str) -> Starlette:
-    """The gateway for the control database at `conninfo`."""
+def create_app(conninfo: str, *, allow_anonymous: bool = True) -> Starlette:
+    """The gateway for the control database at `conninfo`; `Authorization: Bearer TOKEN` is checked
+    against the users of that database (scope gateway), and needed unless `allow_anonymous`."""
+    engine: list[sa.Engine] = []
+
+    def control_engine() -> sa.Engine:
+        if not engine:
+            url = sa.make_url(conninfo).set(drivername="postgresql+psycopg")
+            engine.append(sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5}))
+        return engine[0]
+
+    def render(message: str, status: int) -> Response:
+        return PlainTextResponse(message, status)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -125,4 +139,9 @@ def create_app(conninfo: str) -> Starlette:
         yield
         await app.state.hub.stop()
 
-    return Starlette(routes=[Route("/events", events), Route("/health", health)], lifespan=lifespan)
+    auth = middleware(
+        control_engine, render, allow_anonymous=allow_anonymous, public_paths=("/health",), service="gateway"
+    )
+    return Starlette(
+        routes=[Route("/events", events), Route("/health", health)], lifespan=lifespan, middleware=[auth]
+    )

@@ -13,19 +13,24 @@ import uvicorn
 from dms.services.gateway.app import create_app
 
 
-def serve(conninfo: str, host: str = "127.0.0.1", port: int = 8710) -> None:
+def serve(conninfo: str, host: str = "127.0.0.1", port: int = 8710, *, allow_anonymous: bool = True) -> None:
     """Serve until interrupted."""
-    uvicorn.run(create_app(conninfo), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(conninfo, allow_anonymous=allow_anonymous), host=host, port=port, log_level="info")
 
 
 @contextmanager
-def background(conninfo: str, host: str = "127.0.0.1") -> Iterator[str]:
+def background(conninfo: str, host: str = "127.0.0.1", *, allow_anonymous: bool = True) -> Iterator[str]:
     """A gateway on a free port of `host` in a daemon thread; yields its base URL, stops on exit."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(create_app(conninfo), log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+        uvicorn.Config(
+            create_app(conninfo, allow_anonymous=allow_anonymous),
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+        )
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

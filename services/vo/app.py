@@ -9,15 +9,19 @@ from xml.sax.saxutils import escape
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from dms.deployment import Deployment
+from dms.services.auth import middleware as auth_middleware
+from dms.services.dbstate import DATABASE_DOWN, database_unreachable
 from dms.services.vo.datalink import DataLink
 from dms.services.vo.executor import QueryExecutor, make_executor
 from dms.services.vo.files import ImageFiles
 from dms.services.vo.http import Context, error_response
+from dms.services.vo.limits import BodyLimit, RequestLimits
 from dms.services.vo.scs import ConeSearch, cone_tables
 from dms.services.vo.sia import ImageAccess
 from dms.services.vo.tap import TapService
@@ -25,8 +29,17 @@ from dms.services.vo.tap import TapService
 log = logging.getLogger(__name__)
 
 
-def make_app(deployment: Deployment, executor: QueryExecutor | None = None) -> Starlette:
-    """TAP, SCS, SIA, DataLink and their VOSI endpoints over one deployment."""
+PUBLIC_PATHS = ("/", "/tap")
+
+
+def make_app(
+    deployment: Deployment, executor: QueryExecutor | None = None, limits: RequestLimits | None = None
+) -> Starlette:
+    """TAP, SCS, SIA, DataLink and their VOSI endpoints over one deployment.
+
+    Every request passes the body-size cap (413) and the bearer-token check (401/403) before its handler;
+    a database that cannot be reached is a 503 everywhere.
+    """
     context = Context(deployment, executor or make_executor(deployment))
     tap = TapService(context)
     scs, sia, datalink = ConeSearch(context), ImageAccess(context), DataLink(context)
@@ -38,6 +51,9 @@ def make_app(deployment: Deployment, executor: QueryExecutor | None = None) -> S
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        removed = await run_in_threadpool(tap.remove_orphan_uploads)
+        if removed:
+            log.info("removed %d stored uploads no job refers to", removed)
         resumed = await run_in_threadpool(tap.jobs.resume)
         if resumed:
             log.info("queued again %d TAP jobs left by a previous server", resumed)
@@ -48,12 +64,28 @@ def make_app(deployment: Deployment, executor: QueryExecutor | None = None) -> S
         return error_response(f"no such resource: {request.url.path}", 404)
 
     async def server_error(request: Request, exc: Exception) -> Response:
+        if database_unreachable(exc):
+            return error_response(DATABASE_DOWN, 503)
         log.exception("unexpected error serving %s", request.url.path, exc_info=exc)
         return error_response(f"internal error ({type(exc).__name__}); the server log has the details", 500)
 
     routes = [Route("/", landing, methods=["GET"]), Route("/tap", landing, methods=["GET"])]
     routes += tap.routes() + scs.routes() + sia.routes() + datalink.routes() + ImageFiles(context).routes()
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 500: server_error})
+    middleware = [
+        Middleware(BodyLimit, limits=limits or RequestLimits(), render=error_response),
+        auth_middleware(
+            deployment.engine,
+            error_response,
+            allow_anonymous=deployment.config.anonymous_access,
+            public_paths=PUBLIC_PATHS,
+        ),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=middleware,
+        exception_handlers={404: not_found, 500: server_error},
+    )
     app.state.context = context
     app.state.tap = tap
     return app

@@ -20,16 +20,19 @@ from typing import Any, Protocol
 import psycopg
 import pyarrow as pa
 import sqlglot
-from psycopg import sql
 from sqlglot import exp
 
+from dms.appname import application_name
 from dms.deployment import Deployment, first_line
 from dms.query.adql import AdqlError, AdqlSyntaxError, parse
 from dms.query.adql.functions import check_functions
+from dms.query.limits import check_depth, check_nesting, too_complex
 from dms.query.lineage import catalog_unit_resolver
+from dms.query.parse import cte_for
+from dms.query.reader import READER_ROLE, reader_transaction
+from dms.query.sqlcompose import column_definitions, ident, statement
 from dms.services.vo.errors import QueryCancelled, QueryError, QueryRefused, QuerySyntaxError, QueryTimeout
 
-READER_ROLE = "dms_reader"
 UPLOAD_SCHEMA = "pg_temp"  # uploads are temporary tables: TAP_UPLOAD.x is rewritten to pg_temp.x
 UPLOAD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 SQL_QUERY_NODES = (exp.Select, exp.Union, exp.Intersect, exp.Except)
@@ -84,9 +87,17 @@ class RoutingExecutor:
         cancel: threading.Event | None = None,
     ) -> QueryResult:
         if self._names_catalog_table(query, lang):
-            result = self.engine.execute(
-                query, lang=lang.lower(), max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
-            )
+            try:
+                result = self.engine.execute(
+                    query,
+                    lang=lang.lower(),
+                    max_rows=max_rows,
+                    timeout=timeout,
+                    uploads=uploads,
+                    cancel=cancel,
+                )
+            except RecursionError as exc:  # the nesting limits should have refused it first
+                raise too_complex(exc) from None
             return QueryResult(result.table, result.overflow)
         return self.control.execute(
             query, lang=lang, max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
@@ -94,14 +105,18 @@ class RoutingExecutor:
 
     def _names_catalog_table(self, query: str, lang: str) -> bool:
         tables = self.engine.registry.snapshot().tables
+        tree: exp.Expr
         try:
-            tree = (
-                parse(query, unit_of=catalog_unit_resolver(tables))
-                if lang.lower() == "adql"
-                else sqlglot.parse_one(query, read="postgres")
-            )
+            if lang.lower() == "adql":
+                tree = parse(query, unit_of=catalog_unit_resolver(tables))
+            else:
+                check_nesting(query)
+                tree = sqlglot.parse_one(query, read="postgres")
+                check_depth(tree)
         except (AdqlError, sqlglot.errors.SqlglotError):
             return False  # the control executor reports the error in its usual form
+        except RecursionError as exc:
+            raise too_complex(exc) from None
         catalog = {name.lower() for name in tables}
         bare = {name.split(".")[1] for name in catalog}
         for table in tree.find_all(exp.Table):
@@ -172,9 +187,12 @@ class ControlDatabaseExecutor:
                 raise QueryRefused(f"upload table name {name!r} is not a valid name (letters, digits, _)")
         tables, units = self._published_tables()
         tree = self._parse(query, lang, units)
+        for with_ in tree.find_all(exp.With):
+            if with_.args.get("recursive"):
+                raise QueryRefused("recursive WITH queries (WITH RECURSIVE) are not supported")
         self._check_tables(tree, tables, {n.lower() for n in uploads})
         text = tree.sql(dialect="postgres", normalize_functions=False)
-        with psycopg.connect(self._conninfo, autocommit=True) as conn:
+        with psycopg.connect(self._conninfo, autocommit=True, application_name=application_name()) as conn:
             self._load_uploads(conn, uploads)
             return self._run(conn, text, max_rows, timeout, cancel)
 
@@ -190,12 +208,16 @@ class ControlDatabaseExecutor:
                 raise QueryRefused(str(exc)) from exc
         if lang.lower() not in ("sql", "postgresql"):
             raise QueryRefused(f"unknown query language {lang!r}; valid: adql, sql")
+        check_nesting(query)
         try:
             statements = [s for s in sqlglot.parse(query, read="postgres") if s is not None]
         except sqlglot.errors.SqlglotError as exc:
             raise QuerySyntaxError(f"SQL: {first_line(exc)}") from exc
+        except RecursionError as exc:
+            raise too_complex(exc) from None
         if len(statements) != 1 or not isinstance(statements[0], SQL_QUERY_NODES):
             raise QueryRefused("only one SELECT statement may be run")
+        check_depth(statements[0])
         try:
             # The same functions as ADQL: server functions (set_config, pg_sleep, ...) stay out of reach.
             check_functions(statements[0])
@@ -206,12 +228,12 @@ class ControlDatabaseExecutor:
     def _check_tables(
         self, tree: exp.Expression, published: dict[str, tuple[str, str]], uploads: set[str]
     ) -> None:
-        """Every table must be published in TAP_SCHEMA, an upload or a CTE.
+        """Every table must be published in TAP_SCHEMA, an upload or a WITH query visible where it is named
+        (resolved scope by scope: a WITH query inside a subquery does not cover a table beside it).
 
         Names are matched case-insensitively and replaced by the exact (quoted) database names, so that
         ADQL's ``ivoa.ObsCore`` finds PostgreSQL's ``ivoa."ObsCore"``; uploads move to ``pg_temp``.
         """
-        ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
         for table in list(tree.find_all(exp.Table)):
             schema, name = table.db.lower(), table.name.lower()
             if not name:
@@ -224,7 +246,7 @@ class ControlDatabaseExecutor:
                 table.set("db", exp.to_identifier(UPLOAD_SCHEMA))
                 table.set("this", exp.to_identifier(name))
                 table.set("catalog", None)
-            elif not schema and name in ctes:
+            elif not schema and cte_for(table) is not None:
                 continue
             elif f"{schema}.{name}" not in published or table.catalog:
                 raise QueryRefused(f"unknown table {table.sql()}; the tables are listed at /tap/tables")
@@ -254,23 +276,29 @@ class ControlDatabaseExecutor:
         return tables, units
 
     def _load_uploads(self, conn: psycopg.Connection[Any], uploads: dict[str, pa.Table]) -> None:
-        """Uploaded tables become temporary tables readable by the reader role (gone with the connection)."""
+        """Uploaded tables become temporary tables of the reader role, created as that role in a transaction
+        of their own (the query's READ ONLY transaction could not); they go with the connection."""
         if not uploads:
             return
-        for name, table in uploads.items():
-            columns = []
-            for field in table.schema:
-                if not UPLOAD_NAME.match(field.name):
-                    raise QueryRefused(f"upload {name}: column name {field.name!r} is not a valid name")
-                columns.append(
-                    sql.SQL("{} {}").format(sql.Identifier(field.name.lower()), sql.SQL(_pg_type(field.type)))
+        with conn.transaction():
+            conn.execute(statement("SET LOCAL ROLE {role}", role=READER_ROLE))
+            for name, table in uploads.items():
+                columns = []
+                for field in table.schema:
+                    if not UPLOAD_NAME.match(field.name):
+                        raise QueryRefused(f"upload {name}: column name {field.name!r} is not a valid name")
+                    columns.append((field.name.lower(), _pg_type(field.type)))
+                target = ident(name.lower())
+                conn.execute(
+                    statement(
+                        "CREATE TEMP TABLE {name} ({columns})",
+                        name=target,
+                        columns=column_definitions(columns),
+                    )
                 )
-            target = sql.Identifier(name.lower())
-            conn.execute(sql.SQL("CREATE TEMP TABLE {} ({})").format(target, sql.SQL(", ").join(columns)))
-            with conn.cursor() as cur, cur.copy(sql.SQL("COPY {} FROM STDIN").format(target)) as copy:
-                for row in zip(*(c.to_pylist() for c in table.columns), strict=True):
-                    copy.write_row(row)
-            conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(target, sql.Identifier(READER_ROLE)))
+                with conn.cursor() as cur, cur.copy(statement("COPY {name} FROM STDIN", name=target)) as copy:
+                    for row in zip(*(c.to_pylist() for c in table.columns), strict=True):
+                        copy.write_row(row)
 
     def _run(
         self,
@@ -284,15 +312,11 @@ class ControlDatabaseExecutor:
         if cancel is not None:
             threading.Thread(target=_cancel_when_set, args=(conn, cancel, done), daemon=True).start()
         try:
-            with conn.transaction():
-                conn.execute("SET TRANSACTION READ ONLY")
-                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(READER_ROLE)))
-                conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(int((timeout or 0) * 1000)))
-                with conn.cursor(name="dms_query") as cur:
-                    cur.itersize = 10_000
-                    cur.execute(text.encode())
-                    rows = cur.fetchall() if max_rows is None else cur.fetchmany(max_rows + 1)
-                    description = cur.description or []
+            with reader_transaction(conn, timeout), conn.cursor(name="dms_query") as cur:
+                cur.itersize = 10_000
+                cur.execute(text.encode())
+                rows = cur.fetchall() if max_rows is None else cur.fetchmany(max_rows + 1)
+                description = cur.description or []
         except psycopg.errors.QueryCanceled as exc:
             if cancel is not None and cancel.is_set():
                 raise QueryCancelled("the query was cancelled") from exc

@@ -8,12 +8,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import Response
 
 from dms.deployment import Deployment
+from dms.services.auth import AuthError
+from dms.services.dbstate import DATABASE_DOWN, database_unreachable
 from dms.services.vo.errors import QueryError, ServiceError, without_server_paths
 from dms.services.vo.executor import QueryExecutor
+from dms.services.vo.limits import request_limits
 from dms.services.vo.tap_schema import Table, load_keys, load_tables
 from dms.services.vo.votable import MAX_UPLOAD_BYTES, error_votable
 
@@ -41,24 +46,42 @@ class Params:
 
 
 async def read_params(request: Request) -> Params:
-    """Query string plus (for POST) the urlencoded or multipart form; files are kept by part name."""
+    """Query string plus (for POST) the urlencoded or multipart form; files are kept by part name.
+
+    The body is bounded twice: :class:`dms.services.vo.limits.BodyLimit` refuses a body larger than the
+    deployment's cap (413) before or while it is read, and here the number of parts and each part's size
+    are bounded (file parts are spooled to disk by Starlette, never held in memory whole).
+    """
     params = Params()
     for key, value in request.query_params.multi_items():
         params.values.setdefault(key.upper(), []).append(value)
     if request.method == "POST":
+        limits = request_limits(request)
         try:
-            form = await request.form(max_part_size=MAX_UPLOAD_BYTES + 1)
-        except Exception as exc:  # malformed multipart bodies raise several types
+            form = await request.form(
+                max_files=limits.max_files, max_fields=limits.max_fields, max_part_size=MAX_FIELD_BYTES
+            )
+        except ServiceError:
+            raise
+        except (MultiPartException, HTTPException) as exc:  # Starlette turns the first into the second
+            message = exc.detail if isinstance(exc, HTTPException) else exc.message
+            status = 413 if "maximum" in message.lower() else 400  # too many parts, or a part too large
+            raise ServiceError(f"cannot read the request body: {message}", status=status) from exc
+        except Exception as exc:  # malformed bodies raise several types
             raise ServiceError(f"cannot read the request body: {exc}") from exc
         for key, item in form.multi_items():
             if isinstance(item, UploadFile):
                 content = await item.read(MAX_UPLOAD_BYTES + 1)
                 if len(content) > MAX_UPLOAD_BYTES:
-                    raise ServiceError(f"upload part {key!r} is larger than {MAX_UPLOAD_BYTES:,} bytes")
+                    raise ServiceError(
+                        f"upload part {key!r} is larger than {MAX_UPLOAD_BYTES:,} bytes", status=413
+                    )
                 params.files[key] = content
             else:
                 if len(item) > MAX_FIELD_BYTES:
-                    raise ServiceError(f"parameter {key} is longer than {MAX_FIELD_BYTES:,} characters")
+                    raise ServiceError(
+                        f"parameter {key} is longer than {MAX_FIELD_BYTES:,} characters", status=413
+                    )
                 params.values.setdefault(key.upper(), []).append(item)
     return params
 
@@ -70,15 +93,26 @@ def error_response(message: str, status: int = 400) -> Response:
 def guarded(
     handler: Callable[[Request], Awaitable[Response]],
 ) -> Callable[[Request], Awaitable[Response]]:
-    """Turn every failure into a DALI error document: bad input 400, anything unexpected 500 (logged)."""
+    """Turn every failure into a DALI error document: bad input 400 (413 too large), refused credentials
+    401/403 with a challenge, an unreachable database 503; anything else goes on to the 500 handler."""
 
     async def endpoint(request: Request) -> Response:
         try:
             return await handler(request)
+        except AuthError as exc:
+            response = error_response(str(exc), exc.status)
+            response.headers["WWW-Authenticate"] = exc.challenge()
+            return response
         except ServiceError as exc:
             return error_response(public_message(request, str(exc)), exc.status)
         except QueryError as exc:
+            if database_unreachable(exc):
+                return error_response(DATABASE_DOWN, 503)
             return error_response(public_message(request, str(exc)), 400)
+        except Exception as exc:
+            if database_unreachable(exc):
+                return error_response(DATABASE_DOWN, 503)
+            raise
 
     return endpoint
 

@@ -14,6 +14,7 @@ import uvicorn
 from dms.deployment import Deployment
 from dms.services.vo.app import make_app
 from dms.services.vo.executor import QueryExecutor
+from dms.services.vo.limits import RequestLimits
 from dms.services.vo.tap_schema import sync
 
 
@@ -62,13 +63,15 @@ def urls(base: str) -> list[str]:
 
 
 @contextmanager
-def running_server(deployment: Deployment, executor: QueryExecutor | None = None) -> Iterator[str]:
+def running_server(
+    deployment: Deployment, executor: QueryExecutor | None = None, limits: RequestLimits | None = None
+) -> Iterator[str]:
     """Serve on a free localhost port in a background thread; yields the base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(make_app(deployment, executor), log_level="warning", lifespan="on")
+    config = uvicorn.Config(make_app(deployment, executor, limits), log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

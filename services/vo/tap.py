@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+import secrets
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+import psycopg
 import pyarrow as pa
+import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from dms.services.auth import authenticate
 from dms.services.vo import formats, upload_fetch, vosi
 from dms.services.vo.column_metadata import result_metadata
 from dms.services.vo.errors import ServiceError
@@ -30,6 +37,12 @@ HARD_ROWS = 1_000_000
 SYNC_TIMEOUT = 300.0
 LANGS = {"ADQL": "adql", "ADQL-2.0": "adql", "ADQL-2.1": "adql", "POSTGRESQL": "sql", "SQL": "sql"}
 UPLOAD_ITEM = re.compile(r"^\s*([^,]+?)\s*,\s*(\S+)\s*$")
+STORED = re.compile(r"stored:([0-9a-f]{32}\.xml)")
+ORPHAN_AGE = 600.0  # seconds: an unreferenced stored upload younger than this may belong to a job being made
+DISCONNECT_POLL = 0.25  # seconds between checks that a sync query's client is still there
+AVAILABILITY_TIMEOUT = 3  # seconds to connect to the database for /availability
+
+log = logging.getLogger(__name__)
 
 
 class TapService:
@@ -37,7 +50,7 @@ class TapService:
         self.context = context
         self.uploads_dir = context.deployment.data_dir / "vo" / "uploads"
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
-        self.jobs = JobStore(context.deployment, "tap", self._run_job)
+        self.jobs = JobStore(context.deployment, "tap", self._run_job, forget=self._forget_uploads)
 
     # ---- running a query ------------------------------------------------------------------------------
 
@@ -144,8 +157,6 @@ class TapService:
                 if uri.startswith("param:"):
                     content = self._fetch(name, uri, params, False)
                     read_upload(name, content)  # refuse a malformed document now, not when the job runs
-                    import secrets
-
                     stored = f"{secrets.token_hex(16)}.xml"
                     (self.uploads_dir / stored).write_bytes(content)
                     uri = f"stored:{stored}"
@@ -154,56 +165,89 @@ class TapService:
         if specs:
             params.values["UPLOAD"] = [";".join(specs)]
 
+    def _forget_uploads(self, parameters: dict[str, str]) -> None:
+        """Remove the stored uploads a job's UPLOAD parameter points at (the job is deleted or destroyed)."""
+        for name in STORED.findall(parameters.get("UPLOAD", "")):
+            (self.uploads_dir / name).unlink(missing_ok=True)
+
+    def remove_orphan_uploads(self) -> int:
+        """Remove stored uploads that no job points at (left by deleted jobs or failed submissions)."""
+        with self.context.deployment.engine().connect() as conn:
+            uploads = conn.execute(
+                sa.text("SELECT parameters->>'UPLOAD' FROM dms.job WHERE parameters ? 'UPLOAD'")
+            ).scalars()
+            referenced = {name for value in uploads for name in STORED.findall(value or "")}
+        removed = 0
+        for path in self.uploads_dir.iterdir():
+            if path.name not in referenced and time.time() - path.stat().st_mtime > ORPHAN_AGE:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     # ---- endpoints ------------------------------------------------------------------------------------
 
     async def sync(self, request: Request) -> Response:
+        """Run the query in the thread pool; if the client goes away meanwhile, cancel it."""
         params = await read_params(request)
-        body, mime, _, overflow = await run_in_threadpool(
-            lambda: self.run(params, None, SYNC_TIMEOUT, base=_base(request))
+        cancel = threading.Event()
+        base = _base(request)
+        work = asyncio.ensure_future(
+            run_in_threadpool(lambda: self.run(params, cancel, SYNC_TIMEOUT, base=base))
         )
+        while not work.done():
+            await asyncio.wait({work}, timeout=DISCONNECT_POLL)
+            if not work.done() and not cancel.is_set() and await request.is_disconnected():
+                log.info("client of a sync query went away: cancelling the query")
+                cancel.set()
+        body, mime, _, overflow = work.result()
         return Response(body, media_type=mime, headers=formats.result_headers(overflow))
 
     async def async_jobs(self, request: Request) -> Response:
         base = _base(request) + "/tap/async"
+        user = authenticate(request)
         params = await read_params(request)
         if request.method == "GET":
             phases = [p.upper() for p in params.all("PHASE")]
             after = _parse_time(params.get("AFTER"), "AFTER") if params.get("AFTER") else None
             last = _positive_int(params.get("LAST"), "LAST") if params.get("LAST") else None
-            jobs = await run_in_threadpool(self.jobs.list, phases or None, after, last)
+            jobs = await run_in_threadpool(self.jobs.list, user, phases or None, after, last)
             return Response(job_list_xml(jobs, base), media_type=XML)
         await run_in_threadpool(self._store_inline_uploads, params)
         values = {k: v for k, v in params.flat().items() if k not in ("PHASE", "RUNID")}
-        job = await run_in_threadpool(self.jobs.create, values, params.get("RUNID"))
+        try:
+            job = await run_in_threadpool(self.jobs.create, values, params.get("RUNID"), user)
+        except BaseException:
+            await run_in_threadpool(self._forget_uploads, values)
+            raise
         if (params.get("PHASE") or "").upper() == "RUN":
-            await run_in_threadpool(self.jobs.run, job.job_id)
+            await run_in_threadpool(self.jobs.run, job.job_id, user)
         return RedirectResponse(f"{base}/{job.job_id}", status_code=303)
 
     async def job(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
         base = f"{_base(request)}/tap/async/{job_id}"
+        user = authenticate(request)
         params = await read_params(request)
         if request.method == "DELETE" or (params.get("ACTION") or "").upper() == "DELETE":
-            await run_in_threadpool(self.jobs.delete, job_id)
+            await run_in_threadpool(self.jobs.delete, job_id, user)
             return RedirectResponse(f"{_base(request)}/tap/async", status_code=303)
         if request.method == "POST":
             raise ServiceError("POST to a job needs ACTION=DELETE")
         wait = params.get("WAIT")
         if wait is not None:
             seconds = float(_positive_int(wait, "WAIT") if wait != "-1" else 120)
-            job = await run_in_threadpool(
-                self.jobs.wait, job_id, seconds, (params.get("PHASE") or "").upper() or None
-            )
+            job = await self.jobs.wait(job_id, seconds, (params.get("PHASE") or "").upper() or None, user)
         else:
-            job = await run_in_threadpool(self.jobs.require, job_id)
+            job = await run_in_threadpool(self.jobs.require, job_id, user)
         return Response(job_xml(job, base), media_type=XML)
 
     async def job_part(self, request: Request) -> Response:
         job_id, part = request.path_params["job_id"], request.path_params["part"]
+        user = authenticate(request)
         params = await read_params(request)
         if request.method == "POST":
             return await run_in_threadpool(self._post_part, request, job_id, part, params)
-        job = await run_in_threadpool(self.jobs.require, job_id)
+        job = await run_in_threadpool(self.jobs.require, job_id, user)
         simple = {
             "phase": job.phase,
             "quote": "",
@@ -241,28 +285,31 @@ class TapService:
 
     def _post_part(self, request: Request, job_id: str, part: str, params: Params) -> Response:
         target = f"{_base(request)}/tap/async/{job_id}"
+        user = authenticate(request)
         if part == "phase":
             phase = (params.get("PHASE") or "").upper()
             if phase == "RUN":
-                self.jobs.run(job_id)
+                self.jobs.run(job_id, user)
             elif phase == "ABORT":
-                self.jobs.abort(job_id)
+                self.jobs.abort(job_id, user)
             else:
+                self.jobs.require(job_id, user)  # another's job is "no such job", whatever was asked
                 raise ServiceError(f"PHASE {phase!r} is not supported; valid: RUN, ABORT")
         elif part == "executionduration":
-            self.jobs.set_duration(
-                job_id, _positive_int(params.get("EXECUTIONDURATION"), "EXECUTIONDURATION")
-            )
+            self.jobs.require(job_id, user)
+            seconds = _positive_int(params.get("EXECUTIONDURATION"), "EXECUTIONDURATION")
+            self.jobs.set_duration(job_id, seconds, user)
         elif part == "destruction":
-            self.jobs.set_destruction(job_id, _parse_time(params.get("DESTRUCTION"), "DESTRUCTION"))
+            self.jobs.require(job_id, user)
+            self.jobs.set_destruction(job_id, _parse_time(params.get("DESTRUCTION"), "DESTRUCTION"), user)
         elif part == "parameters":
-            self.jobs.set_parameters(job_id, params.flat())
+            self.jobs.set_parameters(job_id, params.flat(), user)
         else:
             raise ServiceError(f"job resource {part!r} cannot be changed", status=405)
         return RedirectResponse(target, status_code=303)
 
     async def result(self, request: Request) -> Response:
-        job = await run_in_threadpool(self.jobs.require, request.path_params["job_id"])
+        job = await run_in_threadpool(self.jobs.require, request.path_params["job_id"], authenticate(request))
         if job.phase != "COMPLETED" or not job.result_url or not Path(job.result_url).is_file():
             raise ServiceError(f"job {job.job_id} has no result (phase {job.phase})", status=404)
         mime, overflow = formats.served_mime(job.result_format)
@@ -276,13 +323,20 @@ class TapService:
 
     async def availability(self, request: Request) -> Response:
         try:
-            await run_in_threadpool(self.context.tables)
+            await run_in_threadpool(self._check_database)
         except Exception as exc:  # any database failure means "not available", reported, not raised
             return Response(
                 vosi.availability(False, f"the database cannot be reached: {type(exc).__name__}"),
                 media_type=XML,
             )
         return Response(vosi.availability(True, "TAP accepting queries"), media_type=XML)
+
+    def _check_database(self) -> None:
+        """Connect afresh with a short timeout (the pool and the TAP_SCHEMA cache would hide an outage)."""
+        url = self.context.deployment.control_url().set(drivername="postgresql")
+        conninfo = url.render_as_string(hide_password=False)
+        with psycopg.connect(conninfo, connect_timeout=AVAILABILITY_TIMEOUT, autocommit=True) as conn:
+            conn.execute("SELECT 1 FROM tap_schema.tables LIMIT 1")
 
     async def tables(self, request: Request) -> Response:
         params = await read_params(request)

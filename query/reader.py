@@ -1,0 +1,94 @@
+"""The read-only role every user query runs as, on the control database and on PostgreSQL shards.
+
+A user query runs in a transaction that is READ ONLY from its first statement (``BEGIN READ ONLY``), as the
+NOLOGIN role ``dms_reader`` (``SET LOCAL ROLE``; created by control migration c0005 and shard migration
+s0002), with a statement timeout and bounded memory and temporary files. The reader may read the published
+schemas and the catalog tables and nothing else (not ``dms.*``: jobs, placement, registry).
+
+Small tables a query needs on the database (uploads, the results of its WITH queries and subqueries) cannot
+be created in a READ ONLY transaction: `create_temp_tables` creates them first, as the reader, in a
+transaction of their own, with quoted names; `drop_temp_tables` removes them when the query is over.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from dms.query.sqlcompose import column_definitions, ident, setting, statement
+
+READER_ROLE = "dms_reader"
+WORK_MEM = "64MB"
+"""Memory of one sort or hash step of a user query, before it spills to temporary files."""
+TEMP_FILE_LIMIT = "1GB"
+"""Temporary file space one user query may use; a query that needs more fails (set only when the
+deployment's login is a superuser: PostgreSQL lets no one else set it)."""
+
+
+@contextmanager
+def reader_transaction(conn: psycopg.Connection[Any], timeout: float | None) -> Iterator[None]:
+    """A READ ONLY transaction as the reader role with the query limits; the caller runs the query in it."""
+    previous = conn.read_only
+    conn.read_only = True  # psycopg then starts the transaction with BEGIN READ ONLY
+    try:
+        with conn.transaction():
+            if conn.info.parameter_status("is_superuser") == "on":
+                conn.execute(setting("temp_file_limit", TEMP_FILE_LIMIT))
+            conn.execute(statement("SET LOCAL ROLE {role}", role=READER_ROLE))
+            conn.execute(setting("work_mem", WORK_MEM))
+            if timeout is not None:
+                conn.execute(setting("statement_timeout", max(1, int(timeout * 1000))))
+            yield
+    finally:
+        _restore_read_only(conn, previous)
+
+
+def _restore_read_only(conn: psycopg.Connection[Any], previous: bool | None) -> None:
+    if conn.closed:
+        return
+    try:
+        conn.read_only = previous
+    except psycopg.Error:  # a broken connection: it is closed, not pooled again
+        conn.close()
+
+
+def create_temp_tables(conn: psycopg.Connection[Any], tables: dict[str, pa.Table]) -> None:
+    """The shipped tables as temporary tables owned by the reader (names and columns quoted)."""
+    from dms.schema.catalog import SQL_TYPES, column_type_name
+
+    if not tables:
+        return
+    with conn.transaction():
+        conn.execute(statement("SET LOCAL ROLE {role}", role=READER_ROLE))
+        for name, table in tables.items():
+            columns = []
+            for column_field in table.schema:
+                try:
+                    sql_type = SQL_TYPES[column_type_name(column_field.type)]
+                except Exception:
+                    sql_type = "text"
+                # lower case, as the binder spells the columns of shipped tables (it folds their names)
+                columns.append((column_field.name.lower(), sql_type))
+            target = ident(name)
+            conn.execute(
+                statement(
+                    "CREATE TEMP TABLE {name} ({columns})", name=target, columns=column_definitions(columns)
+                )
+            )
+            buffer = io.BytesIO()
+            pacsv.write_csv(table, buffer, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+            copy_sql = statement("COPY {name} FROM STDIN (FORMAT csv)", name=target)
+            with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                copy.write(buffer.getbuffer())
+
+
+def drop_temp_tables(conn: psycopg.Connection[Any]) -> None:
+    """Remove every temporary table of the session (pooled connections are reused by later queries)."""
+    if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        conn.execute("DISCARD TEMP")

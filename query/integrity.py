@@ -64,9 +64,10 @@ def file_problem(path: str, expected: str | None, *, full: bool = False) -> str 
     if not full:
         with _seen_lock:
             seen = _seen.get(path)
-        if seen is not None and (seen.size, seen.mtime_ns, seen.expected) == (
+        if seen is not None and (seen.size, seen.mtime_ns, seen.ctime_ns, seen.expected) == (
             status.st_size,
             status.st_mtime_ns,
+            status.st_ctime_ns,
             expected,
         ):
             return seen.problem

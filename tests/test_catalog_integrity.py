@@ -106,10 +106,6 @@ def test_a_flipped_byte_is_an_error_naming_the_chunk(
     assert result.exit_code == 1 and relative in result.output and "1 missing or damaged" in result.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: failover to the replica still returns the damaged chunk's SUM (issue 11 item 10)",
-)
 def test_a_flipped_byte_is_read_from_the_replica(deployments: dict[str, Deployment], sample: Sample) -> None:
     deployment = deployments["replicated"]
     with QueryEngine(deployment) as engine:

@@ -70,6 +70,9 @@ EXPECTED_TABLES = {
     "qc_unit",
     "gateway_event",
     "job",
+    "user_account",
+    "access_token",
+    "catalog_generation",
 }
 
 # A position (degrees) and the chunk holding it at the seed director's chunk order.

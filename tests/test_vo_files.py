@@ -100,7 +100,7 @@ def test_query_errors_do_not_show_the_data_directory(meta_vo: MetaVO, tmp_path: 
     assert httpx.get(f"{job}/phase").text == "ERROR"
     for part in ("", "/error"):
         text = httpx.get(f"{job}{part}").text
-        assert "No files found" in text, text
+        assert "the file is missing" in text, text
         _no_server_paths(meta_vo, text)
 
 

@@ -65,23 +65,21 @@ def wait_until(condition: object, seconds: float) -> bool:
 def test_sixty_long_polls_do_not_starve_a_sync_query(live_vo: LiveVO) -> None:
     job_url = httpx.post(f"{live_vo.url}/tap/async", data={"LANG": "ADQL", "QUERY": SLOW}).headers["location"]
 
-    async def scenario() -> tuple[float, list[int]]:
+    async def scenario() -> list[int]:
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=0)
         async with httpx.AsyncClient(timeout=60, limits=limits) as client:
             polls = [asyncio.create_task(client.get(job_url, params={"WAIT": "30"})) for _ in range(60)]
             await asyncio.sleep(2.0)  # every long-poll is waiting in the server
-            started = time.monotonic()
             answer = await client.get(f"{live_vo.url}/tap/sync", params=QUICK)
-            elapsed = time.monotonic() - started
             assert answer.status_code == 200 and "<TABLEDATA>" in answer.text
-            assert not any(p.done() for p in polls)  # they really were still waiting
+            # Answered while every long-poll still waits (before: 40 threads held by WAIT, the sync query
+            # waited for them to end).
+            assert not any(p.done() for p in polls)
             await client.post(f"{job_url}/phase", data={"PHASE": "ABORT"})  # ends every WAIT at once
             done = await asyncio.gather(*polls)
-            return elapsed, [r.status_code for r in done]
+            return [r.status_code for r in done]
 
-    elapsed, statuses = asyncio.run(scenario())
-    assert elapsed < 5.0  # before: 40 threads held by WAIT, the sync query waited ~30 s
-    assert statuses == [200] * 60
+    assert asyncio.run(scenario()) == [200] * 60
     httpx.delete(job_url)
 
 

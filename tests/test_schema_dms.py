@@ -459,7 +459,7 @@ REJECTED: list[tuple[str, dict[str, Any], type[psycopg.Error], str]] = [
     ("director_index", {"object_id": 1001}, errors.UniqueViolation, "director_index_pkey"),
     ("exposure", {"physical_filter": "X_99"}, errors.ForeignKeyViolation, "fk_exposure_physical_filter"),
     ("exposure", {"day_obs": 20250416}, errors.ForeignKeyViolation, "fk_exposure_day_obs"),
-    ("exposure", {"seq_num": 123}, errors.UniqueViolation, "un_exposure_day_obs_seq_num"),
+    ("exposure", {"obs_id": "MC_O_20250415_000123"}, errors.UniqueViolation, "un_exposure_obs_id"),
     ("exposure", {"tracking_dec": 91.0}, errors.CheckViolation, "ck_exposure_pointing"),
     ("exposure", {"exposure_time": -1.0}, errors.CheckViolation, "ck_exposure_times"),
     ("dataset_type", {"dimensions": {"instrument": 1}}, errors.CheckViolation, "ck_dataset_type_dimensions"),

@@ -23,6 +23,7 @@ from astropy.io import fits
 from astropy.time import Time
 
 from dms.services.archiver.bands import band_of
+from dms.services.archiver.camera import camera
 from dms.services.archiver.errors import HeaderError
 from dms.services.archiver.ingest import ArchiveResult, archive_file, read_metadata
 from dms.services.archiver.metadata import SEQ_PER_DAY, ExposureMetadata, Headers, _geometry, _int_key
@@ -141,6 +142,11 @@ def metadata_from_log(path: Path, row: Any) -> ExposureMetadata:
         headers = Headers(hdus, str(path))
         geometry = _geometry(hdus)
         detector = _int_key(headers, "DETECTOR", "CCDCHIP")
+        name = str(headers.get("DETNAME") or detector)
+        known = camera(row.instrument)
+        found = known.detector(f"{headers.get('RAFTBAY')}_{headers.get('CCDSLOT')}") if known else None
+        if found is not None:  # a Rubin camera: its own detector numbering
+            detector, name = found.id, found.name
     return ExposureMetadata(
         instrument=row.instrument,
         exposure_id=row.exposure_id,
@@ -148,7 +154,7 @@ def metadata_from_log(path: Path, row: Any) -> ExposureMetadata:
         day_obs=row.exposure_id // SEQ_PER_DAY,
         seq_num=row.exposure_id % SEQ_PER_DAY,
         detector=detector,
-        detector_name=str(headers.get("DETNAME") or detector),
+        detector_name=name,
         physical_filter=row.physical_filter or "none",
         band=band_of(row.physical_filter or "none"),
         begin=begin,

@@ -112,13 +112,9 @@ def archive_file(
             if created:
                 rows.write_exposure(conn, meta, str(path))
                 rows.write_obscore(conn, meta, ref, backbone.store().absolute(stored.path), run)
-    except sa.exc.IntegrityError as exc:  # a concurrent archiver registered a clashing exposure first
+    except sa.exc.IntegrityError as exc:
         backbone.discard_if_unreferenced(stored.path)
-        raise ExposureConflictError(
-            f"{path}: exposure {meta.exposure_id} (obs id {meta.obs_id}) clashes with an exposure archived "
-            "at "
-            f"the same time: {str(exc.orig).splitlines()[0]}; nothing archived"
-        ) from exc
+        raise _integrity_error(path, meta, exc) from exc
     except BaseException:
         backbone.discard_if_unreferenced(stored.path)
         raise
@@ -126,8 +122,38 @@ def archive_file(
         backbone.discard_if_unreferenced(stored.path)
     if not created:
         return ArchiveResult(path, "unchanged", f"{path}: already archived as {ref.id}", ref)
+    notes = "".join(f"; {note}" for note in meta.notes)
     return ArchiveResult(
-        path, "archived", f"{path}: archived as raw {registry.canonical_data_id(data_id)}", ref
+        path, "archived", f"{path}: archived as raw {registry.canonical_data_id(data_id)}{notes}", ref
+    )
+
+
+# What a violated CHECK constraint of the exposure tables means, for the error message.
+CONSTRAINT_MEANINGS = {
+    "ck_exposure_times": "the exposure ends before it begins, or has a negative exposure or dark time",
+    "ck_exposure_pointing": "the pointing is outside RA 0..360 / Dec -90..90",
+    "ck_day_obs_timespan": "the observing day's timespan is reversed",
+    "ck_detector_id": "the detector number is negative",
+}
+
+
+def _integrity_error(path: Path, meta: ExposureMetadata, exc: sa.exc.IntegrityError) -> ArchiveError:
+    """The real cause of a refused insert: a concurrent clash only for unique-key violations."""
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    diag = getattr(orig, "diag", None)
+    constraint = getattr(diag, "constraint_name", None) or "?"
+    first_line = str(orig).splitlines()[0] if orig is not None else str(exc)
+    if sqlstate == "23505":  # unique_violation: another archiver registered the same exposure first
+        return ExposureConflictError(
+            f"{path}: exposure {meta.exposure_id} (obs id {meta.obs_id}) clashes with an exposure archived "
+            f"at the same time ({constraint}): {first_line}; nothing archived"
+        )
+    meaning = CONSTRAINT_MEANINGS.get(constraint, "a value the archive's tables do not accept")
+    return ArchiveError(
+        f"{path}: exposure {meta.exposure_id} (obs id {meta.obs_id}) refused by the archive's constraint "
+        f"{constraint}: {meaning} (start {meta.begin.tai.isot} TAI, end {meta.end.tai.isot} TAI, exposure "
+        f"time {meta.exposure_time} s): {first_line}; nothing archived"
     )
 
 

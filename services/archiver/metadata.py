@@ -1,8 +1,8 @@
 """Exposure metadata from raw FITS headers, by translators registered per instrument family.
 
 A translator reads the headers of one raw file (primary first, then the first extension, where HST and
-others put times) and returns an `ExposureMetadata`. `LsstCamTranslator` reads Rubin camera headers
-(OBSID, DAYOBS, SEQNUM, DATE-BEG ... as written by the camera control system); `GenericTranslator` reads
+others put times) and returns an `ExposureMetadata`. `rubin.RubinTranslator` reads Rubin camera headers
+(LSSTCam, LSSTComCam, LATISS and their simulated cameras, by Rubin's rules); `GenericTranslator` reads
 the common FITS keywords (INSTRUME/TELESCOP, DATE-OBS or MJD-OBS or EXPSTART, EXPTIME, FILTER, RA/DEC).
 Missing required keys raise HeaderError naming every missing key and the alternatives that would do.
 """
@@ -55,6 +55,9 @@ class ExposureMetadata:
     telescope: str | None = None
     footprint: Footprint | None = None
     image_size: tuple[int, int] | None = None
+    purpose: str = "SCIENCE"  # detector purpose: SCIENCE, WAVEFRONT or GUIDER
+    simulated: bool = False
+    notes: tuple[str, ...] = ()  # corrections and substitutions made while translating, reported to the user
     cards: dict[str, Any] = field(default_factory=dict)
 
 
@@ -64,9 +67,14 @@ class Headers:
     def __init__(self, hdus: fits.HDUList, label: str) -> None:
         self.headers = [hdus[0].header] + ([hdus[1].header] if len(hdus) > 1 else [])
         self.label = label
+        self.overrides: dict[str, Any] = {}  # corrected values (None: treat the key as absent)
 
     def get(self, *keys: str) -> Any:
         for key in keys:
+            if key in self.overrides:
+                if self.overrides[key] is not None:
+                    return self.overrides[key]
+                continue
             for header in self.headers:
                 value = header.get(key)
                 if value is not None and not (isinstance(value, str) and not value.strip()):
@@ -115,87 +123,6 @@ def _missing_error(headers: Headers, missing: list[str]) -> HeaderError:
         f"{headers.label}: missing required header keys: {'; '.join(missing)} "
         "(raw files need an instrument, an observation start time and an exposure time)"
     )
-
-
-class LsstCamTranslator:
-    """Rubin camera raws: one file per detector, one HDU per amplifier."""
-
-    name: ClassVar[str] = "lsst"
-    INSTRUMENTS: ClassVar[tuple[str, ...]] = ("LSSTCam", "LSSTComCam", "LATISS", "LSSTCam-imSim")
-
-    def can_translate(self, headers: Headers) -> bool:
-        return headers.get("INSTRUME") in self.INSTRUMENTS
-
-    def translate(self, headers: Headers, hdus: fits.HDUList) -> ExposureMetadata:
-        missing: list[str] = []
-        obs_id = headers.require(missing, "OBSID")
-        day_obs = headers.require(missing, "DAYOBS")
-        seq_num = headers.require(missing, "SEQNUM")
-        begin_value = headers.require(missing, "MJD-BEG", "DATE-BEG")
-        end_value = headers.require(missing, "MJD-END", "DATE-END")
-        exptime = headers.require(missing, "EXPTIME")
-        detector = _lsst_detector(headers, missing)
-        if missing:
-            raise _missing_error(headers, missing)
-        scale = str(headers.get("TIMESYS") or "TAI")
-        begin = _time(begin_value, scale, "mjd" if isinstance(begin_value, float) else "isot")
-        end = _time(end_value, scale, "mjd" if isinstance(end_value, float) else "isot")
-        physical_filter = str(headers.get("FILTER") or "none")
-        elevation = _float(headers.get("ELSTART"))
-        return ExposureMetadata(
-            instrument=str(headers.get("INSTRUME")),
-            exposure_id=int(day_obs) * SEQ_PER_DAY + int(seq_num),
-            obs_id=str(obs_id),
-            day_obs=int(day_obs),
-            seq_num=int(seq_num),
-            detector=detector[0],
-            detector_name=detector[1],
-            physical_filter=physical_filter,
-            band=band_of(physical_filter, headers.get("FILTBAND")),
-            begin=begin,
-            end=end,
-            exposure_time=float(exptime),
-            dark_time=_float(headers.get("DARKTIME")),
-            tracking_ra=_float(headers.get("RA", "RASTART")),
-            tracking_dec=_float(headers.get("DEC", "DECSTART")),
-            sky_angle=_float(headers.get("ROTPA")),
-            azimuth=_float(headers.get("AZSTART")),
-            zenith_angle=None if elevation is None else 90.0 - elevation,
-            observation_type=_lower(headers.get("IMGTYPE")),
-            observation_reason=headers.get("REASON"),
-            science_program=headers.get("PROGRAM"),
-            target_name=headers.get("OBJECT"),
-            group_name=headers.get("GROUPID"),
-            controller=str(headers.get("CONTRLLR") or "O")[:1],
-            telescope=headers.get("TELESCOP"),
-            **_geometry(hdus),
-            cards=_cards(hdus[0].header),
-        )
-
-
-_SCIENCE_RAFTS = [
-    f"R{r}{c}" for r in range(5) for c in range(5) if (r, c) not in {(0, 0), (0, 4), (4, 0), (4, 4)}
-]
-_SLOTS = [f"S{r}{c}" for r in range(3) for c in range(3)]
-_CORNER_SLOTS = ["SG0", "SG1", "SW0", "SW1"]
-
-
-def _lsst_detector(headers: Headers, missing: list[str]) -> tuple[int, str]:
-    """LSSTCam detector number: science rafts in row order, 9 sensors each, then the corner rafts."""
-    raft, slot = headers.get("RAFTBAY"), headers.get("CCDSLOT")
-    name = f"{raft}_{slot}" if raft and slot else str(headers.get("DETNAME") or "")
-    number = headers.get("DETECTOR")
-    if number is not None:
-        return int(number), name or f"D{int(number)}"
-    if raft in _SCIENCE_RAFTS and slot in _SLOTS:
-        return _SCIENCE_RAFTS.index(raft) * 9 + _SLOTS.index(slot), name
-    corners = ["R00", "R04", "R40", "R44"]
-    if raft in corners and slot in _CORNER_SLOTS:
-        return 189 + corners.index(raft) * 4 + _CORNER_SLOTS.index(slot), name
-    if headers.get("INSTRUME") != "LSSTCam":
-        return 0, name or "S00"
-    missing.append("DETECTOR or RAFTBAY+CCDSLOT")
-    return 0, name
 
 
 class GenericTranslator:
@@ -339,7 +266,9 @@ def _cards(header: fits.Header) -> dict[str, Any]:
     return result
 
 
-TRANSLATORS: tuple[Translator, ...] = (LsstCamTranslator(), GenericTranslator())
+from dms.services.archiver.rubin import RubinTranslator  # noqa: E402  (it builds on the helpers above)
+
+TRANSLATORS: tuple[Translator, ...] = (RubinTranslator(), GenericTranslator())
 
 
 def translate(hdus: fits.HDUList, label: str) -> ExposureMetadata:

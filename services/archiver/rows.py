@@ -15,11 +15,15 @@ from dms.services.archiver.errors import ExposureConflictError
 from dms.services.archiver.metadata import ExposureMetadata
 from dms.services.backbone.registry import DatasetRef
 
-INSTRUMENT_CLASSES = {
+INSTRUMENT_CLASSES = {  # Rubin's Butler instrument classes and detector counts
     "LSSTCam": ("lsst.obs.lsst.LsstCam", 205),
     "LSSTComCam": ("lsst.obs.lsst.LsstComCam", 9),
     "LATISS": ("lsst.obs.lsst.Latiss", 1),
+    "LSSTCamSim": ("lsst.obs.lsst.LsstCamSim", 205),
+    "LSSTComCamSim": ("lsst.obs.lsst.LsstComCamSim", 9),
+    "LSSTCam-imSim": ("lsst.obs.lsst.LsstCamImSim", 205),
 }
+CONSDB_INSTRUMENTS = {"LSSTCam": "cdb_lsstcam"}  # ConsDB schemas DMS holds (schema/__init__.py)
 GENERIC_CLASS = "dms.services.archiver.metadata.GenericTranslator"
 ID_MAX = 10**13  # exposure ids are day_obs * 100000 + seq_num < 10**13
 
@@ -55,7 +59,7 @@ def write_exposure(conn: sa.Connection, meta: ExposureMetadata, label: str) -> N
             "full_name": meta.detector_name,
             "raft": meta.detector_name.split("_")[0] if "_" in meta.detector_name else None,
             "name_in_raft": meta.detector_name.split("_")[1] if "_" in meta.detector_name else None,
-            "purpose": "SCIENCE",
+            "purpose": meta.purpose,
         },
     )
     _check_exposure(conn, meta, label)
@@ -85,15 +89,16 @@ def write_exposure(conn: sa.Connection, meta: ExposureMetadata, label: str) -> N
             "timespan_end": meta.end.tai.datetime,
         },
     )
-    if meta.instrument == "LSSTCam":
+    if meta.instrument in CONSDB_INSTRUMENTS:
         _write_consdb(conn, meta)
 
 
 def _check_exposure(conn: sa.Connection, meta: ExposureMetadata, label: str) -> None:
     clash = conn.execute(
         sa.text(
+            # day_obs + seq_num is not an identity: Rubin's controllers numbered exposures separately
             "SELECT id, obs_id, day_obs, seq_num FROM dms.exposure WHERE instrument = :i AND "
-            "(id = :id OR obs_id = :o OR (day_obs = :d AND seq_num = :s)) "
+            "(id = :id OR obs_id = :o) "
             "AND NOT (id = :id AND obs_id = :o AND day_obs = :d AND seq_num = :s)"
         ),
         {
@@ -146,7 +151,7 @@ def _write_consdb(conn: sa.Connection, meta: ExposureMetadata) -> None:
             "science_program": meta.science_program,
             "observation_reason": meta.observation_reason,
             "target_name": meta.target_name,
-            "simulated": False,
+            "simulated": meta.simulated,
         },
         key=("day_obs", "seq_num"),
     )

@@ -113,9 +113,10 @@ def test_lsstcam_multi_extension_raw_fills_registry_consdb_and_obscore(
     assert exp["timespan_begin"] == Time(header["DATE-BEG"], scale="tai").datetime
     assert exp["timespan_end"] == Time(header["DATE-END"], scale="tai").datetime
     row = obscore(backbone)[header["OBSID"]]
-    # 16 amplifiers of 40 x 50 pixels at 0.2": a 64" x 20" detector centred on the pointing.
+    # Rubin raws carry no sky WCS: the region is R22_S11's place in the camera (the E2V detector of
+    # 4096 x 4004 pixels at 0.2" at the focal-plane centre), not the amplifier headers' test WCS.
     assert row["s_ra"] == pytest.approx(150.0, abs=1e-6) and row["s_dec"] == pytest.approx(2.2, abs=1e-6)
-    assert row["s_fov"] == pytest.approx(math.hypot(64, 20) / 3600, rel=1e-3)
+    assert row["s_fov"] == pytest.approx(math.hypot(4096, 4004) * 0.2 / 3600, rel=1e-3)
     assert (row["em_min"], row["em_max"]) == (pytest.approx(552e-9), pytest.approx(691e-9))
     assert row["lsst_detector"] == 94 and row["obs_publisher_did"].endswith(str(result.ref.id))
     back = backbone.get("raw", result.ref.data_id)

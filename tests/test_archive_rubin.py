@@ -18,6 +18,7 @@ from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
 
+from dms.services.archiver.catchup import _day_obs_of
 from dms.services.archiver.corrections import correct
 from dms.services.archiver.errors import ArchiveError, ExposureConflictError, HeaderError
 from dms.services.archiver.ingest import archive_file, archive_files, read_metadata
@@ -79,6 +80,29 @@ def test_real_headers_translate_by_rubins_rules(name: str, tmp_path: Path) -> No
         assert any(expected["note"] in note for note in meta.notes), meta.notes
 
 
+@pytest.mark.parametrize(
+    ("fixture_name", "instrume", "changes", "instrument", "detector"),
+    [
+        ("lsstcam_MC_O_20250609_000578_R01_S01", "LSSTCam", {}, "LSSTCam", 1),
+        ("lsstcam_MC_O_20250609_000578_R01_S01", "lsstcam", {}, "LSSTCam", 1),
+        ("lsstcam_MC_O_20250609_000578_R01_S01", "LSSTCam-imSim", {}, "LSSTCam-imSim", 1),
+        ("lsstcam_MC_O_20250609_000578_R01_S01", "LSST_CAMERA", {"TELCODE": "MC"}, "LSSTCam", 1),
+        ("comcam_CC_O_20241108_000266_R22_S00", "comCam", {}, "LSSTComCam", 0),
+        ("comcam_CC_O_20241108_000266_R22_S00", "COMCAM", {}, "LSSTComCam", 0),
+        ("comcam_CC_O_20241108_000266_R22_S00", "LSSTComCam", {}, "LSSTComCam", 0),
+        ("comcam_CC_O_20241108_000266_R22_S00", "LSST_CAMERA", {"TELCODE": "CC"}, "LSSTComCam", 0),
+        ("comcamsim_CC_S_20240321_000093_R22_S22", "LSSTComCamSim", {}, "LSSTComCamSim", 8),
+        ("latiss_AT_O_20240624_000169", "LSST_ATISS", {}, "LATISS", 0),
+    ],
+)
+def test_every_instrume_value_the_cameras_write_is_recognised(
+    tmp_path: Path, fixture_name: str, instrume: str, changes: dict, instrument: str, detector: int
+) -> None:
+    header = fixture(fixture_name)["header"]
+    meta = read_metadata(write_raw(tmp_path / "raw.fits", header, INSTRUME=instrume, **changes))
+    assert (meta.instrument, meta.detector) == (instrument, detector)
+
+
 def test_exposure_ids_follow_rubins_controller_offsets() -> None:
     # obs_lsst compute_exposure_id: + index("OCHPQS") x 1000 years on day_obs; C shares O's counter after
     # day_obs 20231004, P/Q/S after 20250417 (no offset then).
@@ -93,6 +117,12 @@ def test_exposure_ids_follow_rubins_controller_offsets() -> None:
     assert exposure_id(20190319, 1, None) == 2019031900001  # no controller (test stands): no offset
     with pytest.raises(ValueError, match="controller 'X'"):
         exposure_id(20250101, 1, "X")
+    # and back: catch-up archiving recovers day_obs from a logged exposure id
+    assert [_day_obs_of("LSSTCam", i) for i in (3019031900001, 7024011700007, 2025060900578)] == [
+        20190319,
+        20240117,
+        20250609,
+    ]
 
 
 def test_corrections_table_converts_2019_latiss_radians() -> None:

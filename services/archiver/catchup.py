@@ -27,6 +27,7 @@ from dms.services.archiver.camera import camera
 from dms.services.archiver.errors import HeaderError
 from dms.services.archiver.ingest import ArchiveResult, archive_file, read_metadata
 from dms.services.archiver.metadata import SEQ_PER_DAY, ExposureMetadata, Headers, _geometry, _int_key
+from dms.services.archiver.rubin import CONTROLLER_INCREMENT
 from dms.services.archiver.watch import PATTERNS
 from dms.services.backbone.client import Backbone
 from dms.services.backbone.errors import BackboneError
@@ -151,7 +152,7 @@ def metadata_from_log(path: Path, row: Any) -> ExposureMetadata:
         instrument=row.instrument,
         exposure_id=row.exposure_id,
         obs_id=row.obs_id,
-        day_obs=row.exposure_id // SEQ_PER_DAY,
+        day_obs=_day_obs_of(row.instrument, row.exposure_id),
         seq_num=row.exposure_id % SEQ_PER_DAY,
         detector=detector,
         detector_name=name,
@@ -164,3 +165,11 @@ def metadata_from_log(path: Path, row: Any) -> ExposureMetadata:
         tracking_dec=row.tracking_dec,
         **geometry,
     )
+
+
+def _day_obs_of(instrument: str, exposure_id: int) -> int:
+    """The observing day of an exposure id; Rubin's ids carry 1000 years per controller index on it."""
+    day = exposure_id // SEQ_PER_DAY
+    if camera(instrument) is not None and day >= 2 * CONTROLLER_INCREMENT:
+        day -= (day // CONTROLLER_INCREMENT - 2) * CONTROLLER_INCREMENT
+    return day

@@ -139,6 +139,15 @@ def test_corrections_table_converts_2019_latiss_radians() -> None:
     assert correct(header.get, "LATISS", 20200601, 61, later)[0] == {"SHUTTIME": None}
 
 
+def test_comcam_band_written_as_filter_is_corrected(tmp_path: Path) -> None:
+    header = fixture("comcam_CC_O_20241108_000266_R22_S00")["header"]
+    on_sky = read_metadata(write_raw(tmp_path / "chile.fits", header, FILTER="r"))
+    assert on_sky.physical_filter == "empty" and any("no filter in the beam" in n for n in on_sky.notes)
+    lab = {k: v for k, v in header.items() if not k.startswith(("MJD-", "DATE-"))}
+    tucson = read_metadata(write_raw(tmp_path / "lab.fits", lab, FILTER="r", **{"MJD-OBS": 58630.5}))
+    assert tucson.physical_filter == "r_03"
+
+
 def test_rotpa_corrections_cover_rubins_date_ranges(tmp_path: Path) -> None:
     header = fixture("lsstcam_MC_O_20250415_000060_R01_S01")["header"]
     rotpa = header["ROTPA"]

@@ -282,6 +282,22 @@ def test_second_controller_exposure_with_the_same_day_and_seq_archives_apart(
     assert ids == [2019031900001, 3019031900001]
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"EXPTIME": "thirty"}, "EXPTIME 'thirty' is not a number"),
+        ({"SEQNUM": 123456}, "no Rubin exposure id.*outside 0..99999"),
+        ({"CONTRLLR": "Z"}, "controller 'Z' is not one of"),
+        ({"RAFTBAY": "R99"}, "LSSTCam has no detector R99_S01"),
+        ({"DATE-BEG": "yesterday", "MJD-BEG": None}, "unreadable MJD-BEG/DATE-BEG"),
+    ],
+)
+def test_bad_rubin_headers_get_a_clear_error(tmp_path: Path, changes: dict, message: str) -> None:
+    header = fixture("lsstcam_MC_O_20250609_000578_R01_S01")["header"]
+    with pytest.raises(HeaderError, match=message):
+        read_metadata(write_raw(tmp_path / "raw.fits", header, **changes))
+
+
 def test_placeholder_1970_start_without_a_file_date_is_refused(tmp_path: Path) -> None:
     header = dict(fixture("latiss_AT_O_20191113_000061")["header"])
     header.pop("DATE")

@@ -110,6 +110,9 @@ class RubinTranslator:
         seq = headers.require(missing, "SEQNUM")
         if headers.get("EXPTIME") is None:
             missing.append("EXPTIME")
+        elif _float(headers.get("EXPTIME")) is None:
+            exptime = headers.get("EXPTIME")
+            raise HeaderError(f"{headers.label}: EXPTIME {exptime!r} is not a number of seconds")
         times = self._times(headers, missing)
         if missing or times is None:
             raise _missing_error(headers, missing)
@@ -327,7 +330,7 @@ def _exposure_time(headers: Headers, instrument: str) -> float:
     shutter = _float(headers.get("SHUTTIME"))
     if instrument != "LATISS" and shutter is not None and shutter > 0.0:
         return shutter
-    return float(headers.get("EXPTIME"))
+    return float(_float(headers.get("EXPTIME")) or 0.0)
 
 
 def _dark_time(headers: Headers, instrument: str, exposure_time: float) -> float | None:

@@ -324,3 +324,31 @@ def test_end_before_start_names_the_real_cause(backbone: Backbone, tmp_path: Pat
         archive_file(backbone, good, metadata=broken)
     assert not isinstance(db_error.value, ExposureConflictError) and "clashes" not in str(db_error.value)
     assert backbone.list("raw") == [] and list(backbone.store().iter_objects()) == []
+
+
+def test_shipped_camera_geometry_matches_rubins_camera_description() -> None:
+    from dms.services.archiver.camera import camera
+
+    lsstcam = camera("LSSTCam")
+    assert lsstcam is not None and camera("LSSTCamSim") is lsstcam
+    detectors = sorted(lsstcam.detectors.values(), key=lambda d: d.id)
+    assert [d.id for d in detectors] == list(range(205))
+    purposes = [d.purpose for d in detectors]
+    assert (purposes.count("SCIENCE"), purposes.count("WAVEFRONT"), purposes.count("GUIDER")) == (189, 8, 8)
+    # obs_lsst lsstCam: R01_S00 = 0, R22_S11 = 94 at the centre, R43_S22 = 188, R00_SG0 = 189, R44_SW1 = 204
+    assert (detectors[0].name, detectors[94].name, detectors[188].name) == ("R01_S00", "R22_S11", "R43_S22")
+    assert (detectors[189].name, detectors[204].name) == ("R00_SG0", "R44_SW1")
+    assert (detectors[94].x, detectors[94].y) == (0.0, 0.0)
+    for d in detectors[:189]:  # rafts on a 127 mm grid, sensors on 42.25 mm within a raft
+        r, c, i, j = int(d.name[1]), int(d.name[2]), int(d.name[5]), int(d.name[6])
+        assert (d.x, d.y) == (
+            pytest.approx((c - 2) * 127 + (j - 1) * 42.25),
+            pytest.approx((r - 2) * 127 + (i - 1) * 42.25),
+        )
+    # wavefront sensors are half-height ITL devices
+    wavefront = lsstcam.detectors["R00_SW0"]
+    assert (wavefront.nx, wavefront.ny) == (4072, 2000)
+    comcam = camera("LSSTComCam")
+    assert comcam is not None and [
+        comcam.detectors[f"R22_S{i}{j}"].id for i in range(3) for j in range(3)
+    ] == list(range(9))

@@ -352,3 +352,23 @@ def test_shipped_camera_geometry_matches_rubins_camera_description() -> None:
     assert comcam is not None and [
         comcam.detectors[f"R22_S{i}{j}"].id for i in range(3) for j in range(3)
     ] == list(range(9))
+
+
+def test_sky_orientation_convention_agrees_with_imsims_own_wcs() -> None:
+    """The footprint's orientation (ROTPA = position angle of the focal plane's +Y; +X west of it for
+    LSSTCam) against the WCS imSim wrote into the same LSSTCamSim file: same directions within 1 deg."""
+    from dms.services.archiver.camera import camera
+
+    data = fixture("lsstcamsim_MC_S_20240321_000720_R22_S11")
+    amp = data["amplifier_wcs"]
+    flip = np.diag([-1.0, -1.0])  # DETSEC [512:1,4004:2003]: amplifier axes run against the detector's
+    detector_cd = np.array([[amp["CD1_1"], amp["CD1_2"]], [amp["CD2_1"], amp["CD2_2"]]]) @ flip
+    lsstcam = camera("LSSTCamSim")
+    assert lsstcam is not None
+    ours = lsstcam.sky_matrix(data["header"]["ROTPA"]) * lsstcam.pixel_size  # degrees per pixel
+    for axis in range(2):
+        theirs_dir = detector_cd[:, axis] / np.linalg.norm(detector_cd[:, axis])
+        ours_dir = ours[:, axis] / np.linalg.norm(ours[:, axis])
+        assert math.degrees(math.acos(min(1.0, float(theirs_dir @ ours_dir)))) < 1.0, axis
+    # and the scale: 0.2"/pixel within imSim's distortion at the field centre (1%)
+    assert np.linalg.norm(ours[:, 0]) == pytest.approx(np.linalg.norm(detector_cd[:, 0]), rel=0.01)

@@ -31,7 +31,9 @@ from dms.deployment import Deployment
 from dms.query import dispatch
 from dms.query.errors import QueryCancelled, QueryError, QueryRefused, QueryTimeout
 from dms.query.integrity import ChunkDamaged, check_files_exist, damaged_files, reroute_damaged
+from dms.query import qserv_sql
 from dms.query.lineage import catalog_unit_resolver
+from dms.query.mysql_semantics import mysql_semantics
 from dms.query.parse import parse
 from dms.query.plan import JoinAnalyzer
 from dms.query.registry import Registry, Snapshot
@@ -63,6 +65,7 @@ class _Run:
     deadline: float | None
     cancel: threading.Event
     explain_only: bool = False
+    lang: str = "sql"
     notes: list[str] = field(default_factory=list)
     counter: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -111,6 +114,10 @@ class QueryEngine:
         cancel: threading.Event | None = None,
     ) -> QueryResult:
         run = self._run(lang, query, max_rows, timeout, uploads, cancel)
+        if lang == "qserv":
+            columns = qserv_sql.show_columns(query, run.snapshot.tables)
+            if columns is not None:
+                return QueryResult(columns, False, ["answered from the registry"])
         units = catalog_unit_resolver(self.registry.snapshot().tables)
         table = self._evaluate(parse(query, lang, unit_of=units), run, top=True)
         overflow = max_rows is not None and table.num_rows > max_rows
@@ -152,9 +159,10 @@ class QueryEngine:
             tables={(t.schema_name.lower(), t.table_name.lower()): t for t in snapshot.tables.values()},
             control=snapshot.control_tables,
             uploads={k.lower(): v for k, v in (uploads or {}).items()},
+            virtual_columns=lang == "qserv",
         )
         deadline = None if timeout is None else time.monotonic() + timeout
-        return _Run(snapshot, catalog, max_rows, deadline, cancel or threading.Event())
+        return _Run(snapshot, catalog, max_rows, deadline, cancel or threading.Event(), lang=lang)
 
     def _evaluate(self, query: exp.Query, run: _Run, top: bool = False) -> pa.Table:
         """The rows of a query: the final result when `top` (cut after run.max_rows + 1 rows; the caller
@@ -183,6 +191,8 @@ class QueryEngine:
         assert isinstance(query, exp.Select)
         self._materialize_subqueries(query, run)
         bound, aliases = bind(query, run.catalog)
+        if run.lang == "qserv":
+            bound = mysql_semantics(bound, run.catalog)
         assert isinstance(bound, exp.Select)
         return self._flat(bound, aliases, run, run.max_rows if top else self.inner_row_limit)
 

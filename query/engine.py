@@ -28,10 +28,9 @@ import pyarrow as pa
 from sqlglot import exp
 
 from dms.deployment import Deployment
-from dms.query import dispatch
+from dms.query import dispatch, qserv_sql
 from dms.query.errors import QueryCancelled, QueryError, QueryRefused, QueryTimeout
 from dms.query.integrity import ChunkDamaged, check_files_exist, damaged_files, reroute_damaged
-from dms.query import qserv_sql
 from dms.query.lineage import catalog_unit_resolver
 from dms.query.mysql_semantics import mysql_semantics
 from dms.query.parse import parse

@@ -200,7 +200,7 @@ def _order_text_case_blind(select: exp.Select, schema: MappingSchema) -> None:
             distinct.set("expressions", [_lower(e) if _is_text(e) else e for e in distinct.expressions])
 
 
-def _compare_case_blind(node: exp.Expression) -> None:
+def _compare_case_blind(node: exp.Condition) -> None:
     """Comparisons, IN and BETWEEN of text ignore case; text compared with a number is refused (MySQL
     would convert the text to a number: 'abc' = 0 is true there)."""
     operands = [node.this]
@@ -235,7 +235,9 @@ def _like_case_blind(node: exp.Like) -> None:
             "doubles, which DMS cannot reproduce; compare the number instead"
         )
     # every argument kept: NOT LIKE is LIKE with negate set
-    node.replace(exp.ILike(**{k: v.copy() if isinstance(v, exp.Expression) else v for k, v in node.args.items()}))
+    node.replace(
+        exp.ILike(**{k: v.copy() if isinstance(v, exp.Expression) else v for k, v in node.args.items()})
+    )
 
 
 # ---- numbers --------------------------------------------------------------------------------------------
@@ -250,7 +252,9 @@ def _exact_division(node: exp.Div) -> None:
         this=exp.Cast(this=left.copy(), to=BIG),
         expression=exp.Nullif(this=right.copy(), expression=exp.Literal.number(0)),
     )
-    exact = all(_is_integer(o) or (isinstance(o, exp.Literal) and _literal_scale(o) >= 0) for o in (left, right))
+    exact = all(
+        _is_integer(o) or (isinstance(o, exp.Literal) and _literal_scale(o) >= 0) for o in (left, right)
+    )
     if not exact:
         node.replace(exp.paren(quotient))
         return
@@ -276,9 +280,7 @@ def _round_half_away(value: exp.Expression, scale: int) -> exp.Expression:
             expression=exp.Literal.number(0.5),
         )
     )
-    return exp.Div(
-        this=exp.Mul(this=exp.func("SIGN", value), expression=magnitude), expression=factor.copy()
-    )
+    return exp.Div(this=exp.Mul(this=exp.func("SIGN", value), expression=magnitude), expression=factor.copy())
 
 
 def _numbers_as_conditions(query: exp.Query) -> None:
@@ -317,11 +319,12 @@ def _conditions_as_numbers(query: exp.Query) -> None:
             continue
         parent = node.parent
         value_context = isinstance(parent, (*ARITHMETIC, *COMPARISONS, exp.AggFunc, exp.Ordered)) or (
-            isinstance(parent, exp.Alias) and parent.parent is not None and isinstance(parent.parent, exp.Select)
+            isinstance(parent, exp.Alias)
+            and parent.parent is not None
+            and isinstance(parent.parent, exp.Select)
         )
         if isinstance(parent, exp.Select) and node in parent.expressions:
             value_context = True
         if value_context and not isinstance(node, exp.Boolean):
             # INT: PostgreSQL casts a boolean to integer only, not to bigint
             node.replace(exp.Cast(this=node.copy(), to=exp.DataType.build("int")))
-

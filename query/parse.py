@@ -64,7 +64,9 @@ def _parse_sql(text: str, dialect: str = "postgres") -> exp.Query:
         statements = [s for s in sqlglot.parse(text, read=dialect) if s is not None]
     except ParseError as exc:
         error = exc.errors[0] if exc.errors else {}
-        raise QuerySyntaxError(_syntax_message(error, exc, dialect), error.get("line"), error.get("col")) from None
+        raise QuerySyntaxError(
+            _syntax_message(error, exc, dialect), error.get("line"), error.get("col")
+        ) from None
     except TokenError as exc:
         raise QuerySyntaxError(str(exc).splitlines()[0]) from None
     query = _single_query(statements, text)
@@ -86,7 +88,9 @@ def _syntax_message(error: dict[str, Any], exc: ParseError, dialect: str) -> str
         return description
     near = str(error.get("highlight") or "").strip()
     language = "MySQL/Qserv SQL"
-    return f"the query is not valid {language} near {near!r}" if near else f"the query is not valid {language}"
+    return (
+        f"the query is not valid {language} near {near!r}" if near else f"the query is not valid {language}"
+    )
 
 
 def cte_for(table: exp.Table) -> exp.CTE | None:

@@ -46,7 +46,9 @@ def name_outputs(query: exp.Query, text: str, dialect: str) -> None:
         for projection in list(select.expressions):
             if isinstance(projection, exp.Alias | exp.Column | exp.Star) or projection.is_star:
                 continue
-            projection.replace(exp.alias_(projection.copy(), _source_text(projection, text, dialect), quoted=True))
+            projection.replace(
+                exp.alias_(projection.copy(), _source_text(projection, text, dialect), quoted=True)
+            )
 
 
 def _source_text(node: exp.Expression, text: str, dialect: str) -> str:
@@ -90,7 +92,7 @@ DuckDB.Generator.TRANSFORMS[exp.IntDiv] = _duckdb_int_div
 Postgres.Generator.TRANSFORMS[exp.IntDiv] = _postgres_int_div
 
 
-# ---- chunkId / subChunkId -----------------------------------------------------------------------------------
+# ---- chunkId / subChunkId --------------------------------------------------------------------------------
 
 
 def virtual_columns(table: CatalogTable) -> dict[str, str]:
@@ -116,12 +118,16 @@ def bind_virtual_columns(query: exp.Query, tables: dict[str, CatalogTable]) -> N
                 expression=exp.Literal.number(2 * (29 - SUBCHUNK_ORDER)),
             )
         parent = column.parent
-        if isinstance(parent, exp.Alias) and parent.alias.lower() == name and parent.parent_select is not None:
+        if (
+            isinstance(parent, exp.Alias)
+            and parent.alias.lower() == name
+            and parent.parent_select is not None
+        ):
             parent.set("alias", exp.to_identifier(VIRTUAL_COLUMNS[name], quoted=True))
         column.replace(exp.paren(value) if not isinstance(value, exp.Column) else value)
 
 
-# ---- SHOW COLUMNS / DESCRIBE ---------------------------------------------------------------------------------
+# ---- SHOW COLUMNS / DESCRIBE -----------------------------------------------------------------------------
 
 _MYSQL_TYPES = {
     "bool": "tinyint(1)",

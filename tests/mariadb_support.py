@@ -75,7 +75,9 @@ def mariadb_server() -> Iterator[MariaDB]:
     except ImportError:
         pytest.skip("PyMySQL is not installed (pip install -e '.[test]')")
     machine = MariaDB(HOST, PORT, USER)
-    problem = _reachable(machine) if not os.environ.get("DMS_TEST_PRIVATE_MARIADB") else "a private one wanted"
+    problem = (
+        _reachable(machine) if not os.environ.get("DMS_TEST_PRIVATE_MARIADB") else "a private one wanted"
+    )
     if problem is None:
         yield machine
         return
@@ -99,8 +101,14 @@ def _private_server(install: str, daemon: str) -> Iterator[MariaDB]:
     data, sock, port = f"{root}/data", f"{root}/mysqld.sock", _free_port()
     user = ["--user=root"] if os.geteuid() == 0 else []
     done = subprocess.run(
-        [install, "--no-defaults", f"--datadir={data}", "--auth-root-authentication-method=normal",
-         "--skip-test-db", *user],
+        [
+            install,
+            "--no-defaults",
+            f"--datadir={data}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            *user,
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -109,8 +117,17 @@ def _private_server(install: str, daemon: str) -> Iterator[MariaDB]:
         shutil.rmtree(root, ignore_errors=True)
         pytest.skip(f"mariadb-install-db failed: {done.stderr.strip().splitlines()[-1:]}")
     process = subprocess.Popen(
-        [daemon, "--no-defaults", f"--datadir={data}", f"--socket={sock}", f"--port={port}",
-         "--bind-address=127.0.0.1", f"--pid-file={root}/mysqld.pid", "--skip-log-bin", *user],
+        [
+            daemon,
+            "--no-defaults",
+            f"--datadir={data}",
+            f"--socket={sock}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--pid-file={root}/mysqld.pid",
+            "--skip-log-bin",
+            *user,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -147,7 +164,9 @@ def _quote(name: str) -> str:
     return f"`{name}`"
 
 
-def create_table(conn: Any, name: str, table: pa.Table, virtual: tuple[np.ndarray, np.ndarray] | None) -> None:
+def create_table(
+    conn: Any, name: str, table: pa.Table, virtual: tuple[np.ndarray, np.ndarray] | None
+) -> None:
     """The table in MariaDB with the same rows (and Qserv's chunkId/subChunkId columns when partitioned)."""
     columns = [f"{_quote(f.name)} {_TYPES[f.type]}" for f in table.schema]
     if virtual is not None:
@@ -195,7 +214,8 @@ SCISQL_FUNCTIONS = [
         WHEN ramax - ramin >= 360 THEN 1
         WHEN _scisql_reduce(ramin) <= _scisql_reduce(ramax)
             THEN _scisql_reduce(ra) BETWEEN _scisql_reduce(ramin) AND _scisql_reduce(ramax)
-        ELSE _scisql_reduce(ra) >= _scisql_reduce(ramin) OR _scisql_reduce(ra) <= _scisql_reduce(ramax) END""",
+        ELSE _scisql_reduce(ra) >= _scisql_reduce(ramin)
+            OR _scisql_reduce(ra) <= _scisql_reduce(ramax) END""",
     """CREATE FUNCTION scisql_fluxToAbMag(flux DOUBLE) RETURNS DOUBLE DETERMINISTIC
     RETURN CASE WHEN flux > 0 THEN -2.5 * LOG10(flux) - 48.6 END""",
     """CREATE FUNCTION scisql_nanojanskyToAbMag(flux DOUBLE) RETURNS DOUBLE DETERMINISTIC

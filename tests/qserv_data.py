@@ -80,7 +80,9 @@ def _objects(rng: np.random.Generator) -> pa.Table:
             "gFlux_PS": _mag_to_flux(r_mag + rng.normal(0.6, 0.3, n)),
             "rFlux_PS": _mag_to_flux(r_mag),
             "iFlux_PS": _mag_to_flux(r_mag - rng.normal(0.3, 0.2, n)),
-            "zFlux_PS": pa.array([None if rng.random() < 0.05 else float(v) for v in _mag_to_flux(r_mag - 0.5)]),
+            "zFlux_PS": pa.array(
+                [None if rng.random() < 0.05 else float(v) for v in _mag_to_flux(r_mag - 0.5)]
+            ),
             "iRadius_SG": rng.uniform(0.0, 2.0, n),
         }
     )
@@ -180,7 +182,12 @@ def _references(rng: np.random.Generator, objects: pa.Table) -> tuple[pa.Table, 
             "gMag": mag + 0.5,
             "rMag": mag,
             "iMag": mag - 0.3,
-            "redshift": pa.array([None if s else float(z) for s, z in zip(rng.random(n) < 0.5, rng.uniform(0, 2, n), strict=True)]),
+            "redshift": pa.array(
+                [
+                    None if s else float(z)
+                    for s, z in zip(rng.random(n) < 0.5, rng.uniform(0, 2, n), strict=True)
+                ]
+            ),
         }
     )
     return table, matched
@@ -191,15 +198,21 @@ def _matches(references: pa.Table, matched: np.ndarray, sources: pa.Table, objec
     for i, object_id in enumerate(sources["objectId"].to_pylist()):
         first_source.setdefault(object_id, i)
     ids = objects["objectId"].to_pylist()
-    rows = [(ref, first_source[ids[obj]]) for ref, obj in zip(references["refObjectId"].to_pylist(), matched, strict=True)]
+    rows = [
+        (ref, first_source[ids[obj]])
+        for ref, obj in zip(references["refObjectId"].to_pylist(), matched, strict=True)
+    ]
     src = np.array([s for _, s in rows])
     r_ra, r_dec = references["ra"].to_numpy(), references["decl"].to_numpy()
     s_ra, s_dec = sources["ra"].to_numpy()[src], sources["decl"].to_numpy()[src]
     separation = np.degrees(
-        2 * np.arcsin(
+        2
+        * np.arcsin(
             np.sqrt(
                 np.sin(np.radians(s_dec - r_dec) / 2) ** 2
-                + np.cos(np.radians(r_dec)) * np.cos(np.radians(s_dec)) * np.sin(np.radians(s_ra - r_ra) / 2) ** 2
+                + np.cos(np.radians(r_dec))
+                * np.cos(np.radians(s_dec))
+                * np.sin(np.radians(s_ra - r_ra) / 2) ** 2
             )
         )
     )

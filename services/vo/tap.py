@@ -84,9 +84,7 @@ class TapService:
             raise ServiceError(f"LANG is missing; valid: {VALID_LANGS}")
         lang = LANGS.get(lang_name.upper())
         if lang is None:
-            raise ServiceError(
-                f"LANG {lang_name!r} is not supported; valid: {VALID_LANGS}"
-            )
+            raise ServiceError(f"LANG {lang_name!r} is not supported; valid: {VALID_LANGS}")
         query = params.get("QUERY")
         if not query or not query.strip():
             raise ServiceError("QUERY is missing")

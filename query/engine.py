@@ -213,6 +213,8 @@ class QueryEngine:
                 f"{right.num_columns} columns"
             )
         right = right.rename_columns(left.column_names)
+        if query.args.get("distinct") or not isinstance(query, exp.Union):
+            _refuse_case_blind_set(query, left, run)
         combined = query.copy()
         combined.set("this", exp.select("*").from_("_left"))
         combined.set("expression", exp.select("*").from_("_right"))
@@ -451,6 +453,20 @@ class QueryEngine:
                     register_duckdb(self._merge, temporary=False)
                     self._merge_udfs = True
         return self._merge.cursor()  # integer division is set for the whole connection (confine)
+
+
+def _refuse_case_blind_set(query: exp.SetOperation, left: pa.Table, run: _Run) -> None:
+    """UNION (DISTINCT), INTERSECT and EXCEPT compare rows; in the Qserv dialect text compares without regard
+    to case, and which spelling MySQL keeps is not defined: refused for text columns."""
+    if run.lang != "qserv":
+        return
+    text = [f.name for f in left.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    if text:
+        raise QueryRefused(
+            f"{query.key.upper()} compares rows with the text column {text[0]!r}: MySQL (and Qserv) compare "
+            "text without regard to case and keep an arbitrary spelling, which DMS cannot reproduce; use "
+            "UNION ALL, LOWER(...), or --lang sql"
+        )
 
 
 def _literal(value: Any) -> exp.Expression:

@@ -38,6 +38,8 @@ def mysql_semantics(query: exp.Query, catalog: Catalog) -> exp.Query:
         _compare_case_blind(node)
     for node in list(query.find_all(exp.Like)):
         _like_case_blind(node)
+    for node in list(query.find_all(*ARITHMETIC)):
+        _refuse_text_arithmetic(node)
     for node in list(query.find_all(exp.Div)):
         _exact_division(node)
     _numbers_as_conditions(query)
@@ -241,6 +243,27 @@ def _like_case_blind(node: exp.Like) -> None:
 
 
 # ---- numbers --------------------------------------------------------------------------------------------
+
+
+def _refuse_text_arithmetic(node: exp.Condition) -> None:
+    """Arithmetic on text: MySQL converts the text to a number ('3abc' + 1 = 4), which no shard does."""
+    for operand in node.args.values():
+        if not isinstance(operand, exp.Expression) or not _is_text(operand):
+            continue
+        if isinstance(operand, exp.Literal) and _numeric_text(operand.this):
+            continue
+        raise QueryRefused(
+            f"{node.sql('mysql')} does arithmetic on text: MySQL converts the text to a number there; "
+            "write CAST(... AS DOUBLE) on a column of numbers in text"
+        )
+
+
+def _numeric_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _exact_division(node: exp.Div) -> None:

@@ -21,7 +21,7 @@ from dms.schema.catalog import SQL_TYPES
 
 DIV_PRECISION_INCREMENT = 4  # MySQL's div_precision_increment default
 COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.NullSafeEQ, exp.NullSafeNEQ)
-BOOLEAN_NODES = (exp.Predicate, exp.Connector, exp.Not, exp.Boolean, exp.Exists)
+BOOLEAN_NODES = (exp.Predicate, exp.Connector, exp.Not, exp.Boolean, exp.Exists, exp.Escape)
 ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod, exp.IntDiv, exp.Neg, exp.BitwiseXor)
 BIG = exp.DataType.build("double")
 
@@ -33,6 +33,7 @@ def mysql_semantics(query: exp.Query, catalog: Catalog) -> exp.Query:
         _refuse_case_blind_text(select, schema)
         _group_text_case_blind(select, schema)
         _order_text_case_blind(select, schema)
+        _count_distinct_case_blind(select, schema)
     annotate_types(query, schema=schema, dialect="postgres")
     for node in list(query.find_all(*COMPARISONS, exp.In, exp.Between)):
         _compare_case_blind(node)
@@ -173,14 +174,11 @@ def _group_text_case_blind(select: exp.Select, schema: MappingSchema) -> None:
                 if node == spelled and node.find_ancestor(exp.AggFunc) is None:
                     node.replace(exp.Min(this=node.copy()))
         key.replace(_lower(key.copy()))
-    for distinct in select.find_all(exp.Distinct):
-        if isinstance(distinct.parent, exp.Count):
-            distinct.set("expressions", [_lower(e) if _is_text(e) else e for e in distinct.expressions])
 
 
 def _order_text_case_blind(select: exp.Select, schema: MappingSchema) -> None:
-    """ORDER BY text orders case-insensitively: by LOWER(x), then x (MySQL leaves the order of 'g' and
-    'G' undefined; any order of them is MySQL's)."""
+    """ORDER BY text orders case-insensitively: by LOWER(x) ('g' and 'G' are equal keys, ordered by the
+    next key, in MySQL's undefined order of ties otherwise)."""
     order = select.args.get("order")
     if not order:
         return
@@ -192,13 +190,16 @@ def _order_text_case_blind(select: exp.Select, schema: MappingSchema) -> None:
         if isinstance(key, exp.Column) and not key.table and key.name.lower() in outputs:
             key = outputs[key.name.lower()]  # ORDER BY an output name
         if _is_text(key) and not isinstance(key, exp.Lower | exp.Upper | exp.Literal):
-            lowered = item.copy()
-            lowered.set("this", _lower(key.copy()))
-            items.append(lowered)
+            item.set("this", _lower(key.copy()))
         items.append(item)
     order.set("expressions", items)
+
+
+def _count_distinct_case_blind(select: exp.Select, schema: MappingSchema) -> None:
+    """COUNT(DISTINCT text) counts 'g' and 'G' once."""
+    _annotated(select, schema)
     for distinct in select.find_all(exp.Distinct):
-        if isinstance(distinct.parent, exp.Count):
+        if isinstance(distinct.parent, exp.Count) and distinct.parent_select is select:
             distinct.set("expressions", [_lower(e) if _is_text(e) else e for e in distinct.expressions])
 
 
@@ -237,9 +238,13 @@ def _like_case_blind(node: exp.Like) -> None:
             "doubles, which DMS cannot reproduce; compare the number instead"
         )
     # every argument kept: NOT LIKE is LIKE with negate set
-    node.replace(
-        exp.ILike(**{k: v.copy() if isinstance(v, exp.Expression) else v for k, v in node.args.items()})
+    insensitive = exp.ILike(
+        **{k: v.copy() if isinstance(v, exp.Expression) else v for k, v in node.args.items()}
     )
+    if isinstance(node.parent, exp.Escape):
+        node.replace(insensitive)
+    else:  # MySQL's escape character is backslash (PostgreSQL's default too; DuckDB has none by default)
+        node.replace(exp.Escape(this=insensitive, expression=exp.Literal.string("\\")))
 
 
 # ---- numbers --------------------------------------------------------------------------------------------

@@ -127,9 +127,11 @@ def _annotated(node: exp.Expression, schema: MappingSchema) -> exp.Expression:
 
 
 def _lower(node: exp.Expression) -> exp.Expression:
+    """Text as MySQL's default collation compares it: without regard to case, and without trailing spaces
+    (a PAD SPACE collation: 'g' = 'G ')."""
     if isinstance(node, exp.Lower):
         return node
-    return exp.Lower(this=node)
+    return exp.Lower(this=exp.Trim(this=node, position="TRAILING"))
 
 
 # ---- text: case-insensitive as MySQL's default collation ---------------------------------------------------

@@ -146,10 +146,11 @@ _MYSQL_TYPES = {
 
 
 def show_columns(text: str, tables: dict[str, CatalogTable]) -> pa.Table | None:
-    """`SHOW COLUMNS FROM t` / `DESCRIBE t` as MySQL's columns (Field, Type, Null, Key, Default, Extra),
+    """`SHOW COLUMNS FROM t` / `DESCRIBE t` (or MySQL's synonym `EXPLAIN t`) as MySQL's columns (Field,
+    Type, Null, Key, Default, Extra),
     from the registry; None when the text is not such a statement."""
     match = _SHOW.match(text)
-    if match is None or text.lstrip().upper().startswith("EXPLAIN"):
+    if match is None:
         return None
     parts = [p.strip("`") for p in match.groups() if p]
     wanted = ".".join(parts).lower()

@@ -201,7 +201,14 @@ def tables(ctx: click.Context, as_json: bool) -> None:
 
 @click.command()
 @click.argument("sql")
-@click.option("--lang", type=click.Choice(["sql", "adql"]), default="sql", show_default=True)
+@click.option(
+    "--lang",
+    type=click.Choice(["sql", "adql", "qserv"]),
+    default="sql",
+    show_default=True,
+    help="sql: PostgreSQL SQL; adql: ADQL 2.1; qserv: MySQL as Qserv accepts it, with MySQL's meaning "
+    "(case-insensitive text, DIV, &&, <=>, chunkId, SHOW COLUMNS ...).",
+)
 @click.option(
     "--format",
     "fmt",
@@ -241,7 +248,7 @@ def query(
     timeout: float,
     explain: bool,
 ) -> None:
-    """Run a SQL or ADQL query over the catalog."""
+    """Run a SQL, ADQL or Qserv (MySQL) query over the catalog."""
     from dms.query.engine import QueryEngine
     from dms.query.output import write_result
 

@@ -28,10 +28,11 @@ import pyarrow as pa
 from sqlglot import exp
 
 from dms.deployment import Deployment
-from dms.query import dispatch
+from dms.query import dispatch, qserv_sql
 from dms.query.errors import QueryCancelled, QueryError, QueryRefused, QueryTimeout
 from dms.query.integrity import ChunkDamaged, check_files_exist, damaged_files, reroute_damaged
 from dms.query.lineage import catalog_unit_resolver
+from dms.query.mysql_semantics import mysql_semantics
 from dms.query.parse import parse
 from dms.query.plan import JoinAnalyzer
 from dms.query.registry import Registry, Snapshot
@@ -63,6 +64,7 @@ class _Run:
     deadline: float | None
     cancel: threading.Event
     explain_only: bool = False
+    lang: str = "sql"
     notes: list[str] = field(default_factory=list)
     counter: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -111,6 +113,10 @@ class QueryEngine:
         cancel: threading.Event | None = None,
     ) -> QueryResult:
         run = self._run(lang, query, max_rows, timeout, uploads, cancel)
+        if lang == "qserv":
+            columns = qserv_sql.show_columns(query, run.snapshot.tables)
+            if columns is not None:
+                return QueryResult(columns, False, ["answered from the registry"])
         units = catalog_unit_resolver(self.registry.snapshot().tables)
         table = self._evaluate(parse(query, lang, unit_of=units), run, top=True)
         overflow = max_rows is not None and table.num_rows > max_rows
@@ -152,9 +158,10 @@ class QueryEngine:
             tables={(t.schema_name.lower(), t.table_name.lower()): t for t in snapshot.tables.values()},
             control=snapshot.control_tables,
             uploads={k.lower(): v for k, v in (uploads or {}).items()},
+            virtual_columns=lang == "qserv",
         )
         deadline = None if timeout is None else time.monotonic() + timeout
-        return _Run(snapshot, catalog, max_rows, deadline, cancel or threading.Event())
+        return _Run(snapshot, catalog, max_rows, deadline, cancel or threading.Event(), lang=lang)
 
     def _evaluate(self, query: exp.Query, run: _Run, top: bool = False) -> pa.Table:
         """The rows of a query: the final result when `top` (cut after run.max_rows + 1 rows; the caller
@@ -183,6 +190,8 @@ class QueryEngine:
         assert isinstance(query, exp.Select)
         self._materialize_subqueries(query, run)
         bound, aliases = bind(query, run.catalog)
+        if run.lang == "qserv":
+            bound = mysql_semantics(bound, run.catalog)
         assert isinstance(bound, exp.Select)
         return self._flat(bound, aliases, run, run.max_rows if top else self.inner_row_limit)
 
@@ -204,6 +213,8 @@ class QueryEngine:
                 f"{right.num_columns} columns"
             )
         right = right.rename_columns(left.column_names)
+        if query.args.get("distinct") or not isinstance(query, exp.Union):
+            _refuse_case_blind_set(query, left, run)
         combined = query.copy()
         combined.set("this", exp.select("*").from_("_left"))
         combined.set("expression", exp.select("*").from_("_right"))
@@ -442,6 +453,20 @@ class QueryEngine:
                     register_duckdb(self._merge, temporary=False)
                     self._merge_udfs = True
         return self._merge.cursor()  # integer division is set for the whole connection (confine)
+
+
+def _refuse_case_blind_set(query: exp.SetOperation, left: pa.Table, run: _Run) -> None:
+    """UNION (DISTINCT), INTERSECT and EXCEPT compare rows; in the Qserv dialect text compares without regard
+    to case, and which spelling MySQL keeps is not defined: refused for text columns."""
+    if run.lang != "qserv":
+        return
+    text = [f.name for f in left.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    if text:
+        raise QueryRefused(
+            f"{query.key.upper()} compares rows with the text column {text[0]!r}: MySQL (and Qserv) compare "
+            "text without regard to case and keep an arbitrary spelling, which DMS cannot reproduce; use "
+            "UNION ALL, LOWER(...), or --lang sql"
+        )
 
 
 def _literal(value: Any) -> exp.Expression:

@@ -34,7 +34,10 @@ def write_result(result: Any, fmt: str, target: Path | IO[str]) -> None:
         from astropy.table import Table
 
         assert isinstance(target, Path)
-        votable = from_table(Table(table.to_pydict()))
+        # by position: a result may have two columns of one name (SELECT o.objectId, s.objectId), and
+        # VOTable FIELD names and IDs must be unique
+        names = unique_names(table.column_names)
+        votable = from_table(Table([c.to_pylist() for c in table.columns], names=names))
         if result.overflow:
             votable.resources[0].infos.append(_overflow_info())
         votable.to_xml(str(target))
@@ -44,6 +47,25 @@ def write_result(result: Any, fmt: str, target: Path | IO[str]) -> None:
             target.write_text(text)
         else:
             target.write(text)
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Column names made unique for formats that need it: a repeated name gets _2, _3, ... (the first keeps
+    its name), skipping names already taken."""
+    taken = {n.lower() for n in names}
+    seen: set[str] = set()
+    result = []
+    for name in names:
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            result.append(name)
+            continue
+        k = 2
+        while f"{name}_{k}".lower() in taken:
+            k += 1
+        taken.add(f"{name}_{k}".lower())
+        result.append(f"{name}_{k}")
+    return result
 
 
 def _overflow_info() -> Any:

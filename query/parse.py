@@ -13,6 +13,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
+from dms.query import qserv_sql
 from dms.query.errors import QueryRefused, QuerySyntaxError
 from dms.query.limits import check_depth, check_nesting, too_complex
 
@@ -34,7 +35,8 @@ SQL_EXTRA_NODES: tuple[type[exp.Expression], ...] = (
     exp.WithinGroup,
     exp.Median,
 )
-LANGUAGES = ("sql", "adql")
+LANGUAGES = ("sql", "adql", "qserv")
+READ_DIALECTS = {"sql": "postgres", "qserv": "mysql"}  # sqlglot dialect each SQL language is read with
 AREASPECS = frozenset(
     {"qserv_areaspec_box", "qserv_areaspec_circle", "qserv_areaspec_ellipse", "qserv_areaspec_poly"}
 )
@@ -48,7 +50,7 @@ def parse(text: str, lang: str = "sql", *, unit_of: UnitOf | None = None) -> exp
     if not text or not text.strip():
         raise QuerySyntaxError("the query is empty")
     try:
-        query = _parse_adql(text, unit_of) if lang == "adql" else _parse_sql(text)
+        query = _parse_adql(text, unit_of) if lang == "adql" else _parse_sql(text, READ_DIALECTS[lang])
     except RecursionError as exc:  # the limits below should have caught it
         raise too_complex(exc) from None
     check_depth(query)
@@ -56,21 +58,39 @@ def parse(text: str, lang: str = "sql", *, unit_of: UnitOf | None = None) -> exp
     return query
 
 
-def _parse_sql(text: str) -> exp.Query:
-    check_nesting(text)
+def _parse_sql(text: str, dialect: str = "postgres") -> exp.Query:
+    check_nesting(text, dialect)
     try:
-        statements = [s for s in sqlglot.parse(text, read="postgres") if s is not None]
+        statements = [s for s in sqlglot.parse(text, read=dialect) if s is not None]
     except ParseError as exc:
         error = exc.errors[0] if exc.errors else {}
         raise QuerySyntaxError(
-            str(error.get("description") or exc).splitlines()[0], error.get("line"), error.get("col")
+            _syntax_message(error, exc, dialect), error.get("line"), error.get("col")
         ) from None
     except TokenError as exc:
         raise QuerySyntaxError(str(exc).splitlines()[0]) from None
     query = _single_query(statements, text)
     check_depth(query)
     _check_functions(query)
+    if dialect == "mysql":
+        qserv_sql.prepare(query)
+    else:
+        qserv_sql.strip_decimal_div(query)
+    qserv_sql.name_outputs(query, text, dialect)
     return query
+
+
+def _syntax_message(error: dict[str, Any], exc: ParseError, dialect: str) -> str:
+    """The parser's description, with the parser's own wording ("Unexpected token", "Invalid expression")
+    replaced by where the query stops being valid SQL of its language."""
+    description = str(error.get("description") or exc).splitlines()[0]
+    if dialect != "mysql":
+        return description
+    near = str(error.get("highlight") or "").strip()
+    language = "MySQL/Qserv SQL"
+    return (
+        f"the query is not valid {language} near {near!r}" if near else f"the query is not valid {language}"
+    )
 
 
 def cte_for(table: exp.Table) -> exp.CTE | None:

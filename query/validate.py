@@ -17,6 +17,7 @@ from sqlglot.errors import OptimizeError, SqlglotError
 from sqlglot.optimizer.qualify import qualify
 from sqlglot.schema import MappingSchema
 
+from dms.query import qserv_sql
 from dms.query.errors import QueryRefused
 from dms.schema.catalog import SQL_TYPES, CatalogTable
 
@@ -48,6 +49,7 @@ class Catalog:
     control: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     uploads: dict[str, pa.Table] = field(default_factory=dict)
     materialized: dict[str, pa.Table] = field(default_factory=dict)
+    virtual_columns: bool = False  # the Qserv dialect's chunkId/subChunkId columns of partitioned tables
 
     def mapping_schema(self) -> MappingSchema:
         mapping: dict[str, dict[str, dict[str, str]]] = {}
@@ -55,6 +57,8 @@ class Catalog:
             mapping.setdefault(schema, {})[name] = {
                 c.name.lower(): SQL_TYPES[c.datatype] for c in table.columns
             }
+            if self.virtual_columns:
+                mapping[schema][name].update(qserv_sql.virtual_columns(table))
         for (schema, name), columns in self.control.items():
             mapping.setdefault(schema, {})[name] = {c.lower(): t for c, t in columns.items()}
         for name, data in self.uploads.items():
@@ -92,6 +96,8 @@ def bind(query: exp.Query, catalog: Catalog) -> tuple[exp.Query, dict[str, Table
     assert isinstance(bound, exp.Query)
     aliases = _aliases(bound, catalog)
     _canonical_columns(bound, aliases)
+    if catalog.virtual_columns:
+        qserv_sql.bind_virtual_columns(bound, {a: r.catalog for a, r in aliases.items() if r.catalog})
     return bound, aliases
 
 
@@ -186,6 +192,8 @@ def _canonical_columns(query: exp.Query, aliases: dict[str, TableRef]) -> None:
         ref = aliases.get(column.table)
         if ref is None or ref.catalog is None:
             continue
+        if column.name.lower() in qserv_sql.virtual_columns(ref.catalog):
+            continue  # bound to the row's chunk after this
         canonical = ref.catalog.column(column.name).name
         if canonical != column.name:
             parent = column.parent

@@ -86,7 +86,8 @@ class RoutingExecutor:
         uploads: dict[str, pa.Table] | None = None,
         cancel: threading.Event | None = None,
     ) -> QueryResult:
-        if self._names_catalog_table(query, lang):
+        if lang.lower() == "qserv" or self._names_catalog_table(query, lang):
+            # the Qserv dialect is for the catalog (ObsCore and TAP_SCHEMA are PostgreSQL/ADQL tables)
             try:
                 result = self.engine.execute(
                     query,

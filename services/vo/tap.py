@@ -35,7 +35,16 @@ from dms.services.vo.votable import MAX_UPLOAD_BYTES, read_upload
 DEFAULT_ROWS = 100_000
 HARD_ROWS = 1_000_000
 SYNC_TIMEOUT = 300.0
-LANGS = {"ADQL": "adql", "ADQL-2.0": "adql", "ADQL-2.1": "adql", "POSTGRESQL": "sql", "SQL": "sql"}
+LANGS = {
+    "ADQL": "adql",
+    "ADQL-2.0": "adql",
+    "ADQL-2.1": "adql",
+    "POSTGRESQL": "sql",
+    "SQL": "sql",
+    "QSERV": "qserv",  # MySQL as Qserv accepts it, for Rubin's clients
+    "MYSQL": "qserv",
+}
+VALID_LANGS = "ADQL, ADQL-2.0, ADQL-2.1, PostgreSQL, QSERV, MYSQL"
 UPLOAD_ITEM = re.compile(r"^\s*([^,]+?)\s*,\s*(\S+)\s*$")
 STORED = re.compile(r"stored:([0-9a-f]{32}\.xml)")
 ORPHAN_AGE = 600.0  # seconds: an unreferenced stored upload younger than this may belong to a job being made
@@ -72,12 +81,10 @@ class TapService:
             raise ServiceError(f"VERSION {version!r} is not supported; valid: 1.0, 1.1")
         lang_name = params.get("LANG")
         if not lang_name:
-            raise ServiceError("LANG is missing; valid: ADQL, ADQL-2.0, ADQL-2.1, PostgreSQL")
+            raise ServiceError(f"LANG is missing; valid: {VALID_LANGS}")
         lang = LANGS.get(lang_name.upper())
         if lang is None:
-            raise ServiceError(
-                f"LANG {lang_name!r} is not supported; valid: ADQL, ADQL-2.0, ADQL-2.1, PostgreSQL"
-            )
+            raise ServiceError(f"LANG {lang_name!r} is not supported; valid: {VALID_LANGS}")
         query = params.get("QUERY")
         if not query or not query.strip():
             raise ServiceError("QUERY is missing")

@@ -22,6 +22,7 @@ from astropy.io.votable import from_table, parse
 from astropy.io.votable.tree import Info, VOTableFile
 from astropy.table import MaskedColumn, Table
 
+from dms.query.output import unique_names
 from dms.services.vo.errors import ServiceError
 from dms.services.vo.tap_schema import Column
 
@@ -36,7 +37,8 @@ def to_astropy(table: pa.Table) -> Table:
     """An Arrow table as an astropy Table: nulls become masks, text UTF-8 bytes (VOTable char), timestamps
     ISO strings, lists of doubles arrays (variable-length unless all rows have the same length)."""
     result = Table()
-    for name, column in zip(table.column_names, table.columns, strict=True):
+    # two result columns of one name (SELECT o.objectId, s.objectId) are both kept, under unique names
+    for name, column in zip(unique_names(table.column_names), table.columns, strict=True):
         kind = column.type
         values = column.to_pylist()
         mask = np.array([v is None for v in values], dtype=bool)

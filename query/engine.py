@@ -434,7 +434,7 @@ class QueryEngine:
 
     def _merge_cursor(self, sql: str) -> duckdb.DuckDBPyConnection:
         lowered = sql.lower()
-        if ("scisql_" in lowered or "ivo_" in lowered) and not self._merge_udfs:
+        if any(p in lowered for p in ("scisql_", "ivo_", "adql_")) and not self._merge_udfs:
             from dms.udfs import register_duckdb
 
             with self._lock:

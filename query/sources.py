@@ -147,7 +147,7 @@ class ShardSql:
                             this="read_parquet",
                             expressions=[exp.Array(expressions=[exp.Literal.string(p) for p in paths])],
                         ),
-                        alias=exp.TableAlias(this=exp.to_identifier(alias)),
+                        alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True)),
                     )
                 )
         else:
@@ -168,7 +168,7 @@ class ShardSql:
             if t.alias_or_name == alias and t.find_ancestor(exp.From, exp.Join) is not None
         )
         height = max(self.radius.get(alias, 0.0), 1e-9)
-        zone = _zone(exp.column(catalog.dec_column or "dec"), height)
+        zone = _zone(exp.column(_quoted(catalog.dec_column or "dec")), height)
         zones = exp.Array(
             expressions=[
                 exp.Sub(this=zone.copy(), expression=exp.Literal.number(1)),
@@ -184,7 +184,7 @@ class ShardSql:
             if isinstance(inner, exp.Table)
             else exp.Subquery(this=inner.this, alias=exp.TableAlias(this=exp.to_identifier("_inner")))
         )
-        source.replace(exp.Subquery(this=expanded, alias=exp.TableAlias(this=exp.to_identifier(alias))))
+        source.replace(exp.Subquery(this=expanded, alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True))))
 
     def _add_chunk_predicates(
         self,
@@ -199,7 +199,7 @@ class ShardSql:
         """Chunk-locality predicates of a partitioned table, and (on PostgreSQL) the committed-loads filter of
         every catalog table."""
         predicates: list[exp.Expression] = []
-        column = exp.column
+        column = _column
         if alias in self.overlap_aliases:
             primary = self.primary_alias or next(
                 a
@@ -213,7 +213,7 @@ class ShardSql:
             predicates.append(
                 exp.EQ(
                     this=column("_zone", alias),
-                    expression=_zone(column(primary_table.dec_column or "dec", primary), height),
+                    expression=_zone(column(_quoted(primary_table.dec_column or "dec"), primary), height),
                 )
             )
         elif catalog.role == "director":
@@ -253,6 +253,16 @@ class ShardSql:
         return exp.In(this=load_id, expressions=[exp.Literal.number(i) for i in committed])
 
 
+def _column(name: str | exp.Identifier, alias: str) -> exp.Column:
+    """`alias.name` with the alias quoted: a table alias the user quoted ("objA") keeps its case."""
+    return exp.column(name, exp.to_identifier(alias, quoted=True))
+
+
+def _quoted(name: str) -> exp.Identifier:
+    """A registry column name as written in the catalog (`decl_PS`), quoted for every shard dialect."""
+    return exp.to_identifier(name, quoted=True)
+
+
 def _zone(dec: exp.Expression, height: float) -> exp.Expression:
     """The declination zone of a position: floor((dec + 90) / height), as a BIGINT."""
     shifted = exp.paren(exp.Add(this=dec, expression=exp.Literal.number(90)))
@@ -287,7 +297,7 @@ def _range_predicate(column: exp.Column, ranges: np.ndarray) -> exp.Expression:
 
 def _shipped_table(ref: TableRef, alias: str) -> exp.Table:
     name = f"_up_{ref.name}" if ref.kind == "upload" else ref.name
-    return exp.Table(this=exp.to_identifier(name), alias=exp.TableAlias(this=exp.to_identifier(alias)))
+    return exp.Table(this=exp.to_identifier(name), alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True)))
 
 
 def empty_relation(table: CatalogTable, alias: str) -> exp.Expression:
@@ -304,7 +314,7 @@ def empty_relation(table: CatalogTable, alias: str) -> exp.Expression:
             for n, t in (("_healpix_29", "BIGINT"), ("_chunk", "BIGINT"), ("_overlap", "BOOLEAN"))
         ]
     select = exp.select(*columns).where(exp.false())
-    return exp.Subquery(this=select, alias=exp.TableAlias(this=exp.to_identifier(alias)))
+    return exp.Subquery(this=select, alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True)))
 
 
 def normalize_partial(table: pa.Table) -> pa.Table:

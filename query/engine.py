@@ -331,7 +331,14 @@ class QueryEngine:
                     ranges = (
                         restriction.ranges if ranges is None else intersect_ranges(ranges, restriction.ranges)
                     )
-                if restriction.ids is not None:
+                # a match table's key names its first director's object, whose chunk is the primary's only
+                # when the primary is that director (or the match table itself)
+                usable = (
+                    table.role != "match"
+                    or join_plan.primary == alias
+                    or (partitioned[join_plan.primary].name == table.director_table)
+                )
+                if restriction.ids is not None and usable:
                     ids = restriction.ids if ids is None else ids & restriction.ids
             primary = partitioned[join_plan.primary]
             chunk_sets = sql_builder.choose_chunks(primary, ranges, ids)

@@ -154,7 +154,7 @@ class ShardSql:
             schema, name = catalog.schema_name, catalog.table_name
             table.set("db", exp.to_identifier(schema, quoted=True))
             table.set("this", exp.to_identifier(name, quoted=True))
-        if alias in self.overlap_aliases:
+        if alias in self.radius:  # a near-neighbour partner (one reached through a match table has no radius)
             self._expand_zones(query, alias, catalog)
         self._add_chunk_predicates(query, join, alias, catalog, shard, dialect, chunks)
 
@@ -184,7 +184,9 @@ class ShardSql:
             if isinstance(inner, exp.Table)
             else exp.Subquery(this=inner.this, alias=exp.TableAlias(this=exp.to_identifier("_inner")))
         )
-        source.replace(exp.Subquery(this=expanded, alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True))))
+        source.replace(
+            exp.Subquery(this=expanded, alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True)))
+        )
 
     def _add_chunk_predicates(
         self,
@@ -209,15 +211,23 @@ class ShardSql:
             predicates.append(exp.EQ(this=column("_chunk", alias), expression=column("_chunk", primary)))
             primary_table = self.aliases[primary].catalog
             assert primary_table is not None
-            height = max(self.radius.get(alias, 0.0), 1e-9)
-            predicates.append(
-                exp.EQ(
-                    this=column("_zone", alias),
-                    expression=_zone(column(_quoted(primary_table.dec_column or "dec"), primary), height),
+            if alias in self.radius:
+                height = max(self.radius[alias], 1e-9)
+                predicates.append(
+                    exp.EQ(
+                        this=column("_zone", alias),
+                        expression=_zone(column(_quoted(primary_table.dec_column or "dec"), primary), height),
+                    )
                 )
-            )
-        elif catalog.role == "director":
+        elif catalog.role == "director" or (catalog.role == "match" and alias == self.primary_alias):
             predicates.append(exp.Not(this=column("_overlap", alias)))
+        elif (
+            catalog.role == "match"
+        ):  # its copy in the primary row's chunk (it has one in each object's chunk)
+            assert self.primary_alias is not None
+            predicates.append(
+                exp.EQ(this=column("_chunk", alias), expression=column("_chunk", self.primary_alias))
+            )
         ranges = self.ranges.get(alias)
         if ranges is not None:
             shard_ranges = np.array(
@@ -297,7 +307,9 @@ def _range_predicate(column: exp.Column, ranges: np.ndarray) -> exp.Expression:
 
 def _shipped_table(ref: TableRef, alias: str) -> exp.Table:
     name = f"_up_{ref.name}" if ref.kind == "upload" else ref.name
-    return exp.Table(this=exp.to_identifier(name), alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True)))
+    return exp.Table(
+        this=exp.to_identifier(name), alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True))
+    )
 
 
 def empty_relation(table: CatalogTable, alias: str) -> exp.Expression:

@@ -23,7 +23,9 @@ from dms.schema.catalog import SQL_TYPES, CatalogTable
 SIMPLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 UPLOAD_SCHEMA = "tap_upload"
 LOCAL_SCHEMA = "_local"  # results of subqueries and WITH queries evaluated first
-REGION_TESTS = frozenset({"scisql_s2ptincircle", "scisql_s2ptinbox", "scisql_s2ptinellipse", "scisql_s2ptincpoly"})
+REGION_TESTS = frozenset(
+    {"scisql_s2ptincircle", "scisql_s2ptinbox", "scisql_s2ptinellipse", "scisql_s2ptincpoly"}
+)
 AREASPEC_FUNCTIONS = {
     "qserv_areaspec_box": "scisql_s2PtInBox",
     "qserv_areaspec_circle": "scisql_s2PtInCircle",

@@ -4,8 +4,9 @@ the RefObject-Object match table) and an unpartitioned DuckDB copy of them: the 
 Column names keep PT1.2's spelling (`objectId`, `ra_PS`, `decl_PS`, `scienceCcdExposureId`, `taiMidPoint`),
 so every query written for Qserv, unquoted, must find them on PostgreSQL shards too. The rows are synthetic:
 objects spread over a few sky patches (dense enough for near-neighbour pairs), a few sources per object
-within an arcsecond of it, reference objects near some of the objects, and the match table pairing each
-reference object with the objects within 2 arcsec of it (computed here with numpy).
+within an arcsecond of it, reference objects near some of the objects, and the match table (a Qserv
+"ref-match" table like PT1.2's RefSrcMatch) pairing each reference object with the objects within 2 arcsec of
+it (computed here with numpy).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from dms.deployment import Deployment
-from dms.loaders.catalog import TableOptions, load_files
+from dms.loaders.catalog import LoadResult, TableOptions, load_files
 from dms.loaders.samples import write_parquet
 from dms.udfs import register_duckdb
 
@@ -117,7 +118,8 @@ def _matches(reference: pa.Table, objects: pa.Table) -> pa.Table:
         candidates = order[lo:hi]
         cosines = np.clip(obj_v[candidates] @ ref_v[i], -1.0, 1.0)
         separation = np.degrees(np.arccos(cosines))
-        for j, sep in zip(candidates[separation < MATCH_RADIUS_DEG], separation[separation < MATCH_RADIUS_DEG]):
+        close = separation < MATCH_RADIUS_DEG
+        for j, sep in zip(candidates[close], separation[close], strict=True):
             pairs.append((i, int(j), float(sep) * 3600.0))
     ref_idx = np.array([p[0] for p in pairs], np.int64)
     obj_idx = np.array([p[1] for p in pairs], np.int64)
@@ -149,20 +151,31 @@ def load_rubin(
     schema: str = "catalog",
     only: tuple[str, ...] = ("Object", "Source", "RefObject"),
     like: str | None = "Object",
-) -> None:
+) -> dict[str, LoadResult]:
     """Object and RefObject as directors (RefObject with Object's chunk layout when `like`), Source as
-    Object's child."""
+    Object's child, RefObjMatch as the match table of RefObject and Object; the tables named in `only`."""
     files = sample.files
     director = {"chunk_order": 3, "max_chunk_rows": 800, "overlap_arcsec": 30.0, "storage": storage}
     options = {
         "Object": TableOptions(ra="ra_PS", dec="decl_PS", id="objectId", **director),  # type: ignore[arg-type]
         "Source": TableOptions(role="child", director=f"{schema}.Object", director_key="objectId"),
-        "RefObject": TableOptions(ra="ra", dec="decl", id="refObjectId", like=f"{schema}.{like}", storage=storage)
+        "RefObject": TableOptions(
+            ra="ra", dec="decl", id="refObjectId", like=f"{schema}.{like}", storage=storage
+        )
         if like
         else TableOptions(ra="ra", dec="decl", id="refObjectId", **director),  # type: ignore[arg-type]
+        "RefObjMatch": TableOptions(
+            role="match",
+            director=f"{schema}.RefObject",
+            director_key="refObjectId",
+            director2=f"{schema}.Object",
+            director_key2="objectId",
+        ),
     }
-    for name in only:
-        load_files(deployment, f"{schema}.{name}", [files[name]], progress=False, create=options[name])
+    return {
+        name: load_files(deployment, f"{schema}.{name}", [files[name]], progress=False, create=options[name])
+        for name in only
+    }
 
 
 def rubin_reference(sample: RubinSample, schema: str = "catalog") -> duckdb.DuckDBPyConnection:

@@ -1,5 +1,5 @@
-"""SQL written for Qserv over Rubin-shaped camelCase tables (issue 19, defects 1, 3 and 4) equals the same query
-on one unpartitioned DuckDB copy, on DuckDB shards, on PostgreSQL shards and on a deployment with both.
+"""SQL written for Qserv over Rubin-shaped camelCase tables (issue 19, defects 1, 3, 4 and 6) equals the same
+query on one unpartitioned DuckDB copy, on DuckDB shards, on PostgreSQL shards and on a deployment with both.
 
 - Defect 1: unquoted mixed-case names (`objectId`, `decl_PS`) in ORDER BY, DISTINCT + ORDER BY, GROUP BY,
   aggregates, joins, WITH and the near-neighbour zone join, which PostgreSQL shards folded to lower case.
@@ -8,6 +8,9 @@ on one unpartitioned DuckDB copy, on DuckDB shards, on PostgreSQL shards and on 
   director table of the FROM clause, as in Qserv), with chunk pruning kept.
 - Defect 4: a region test used as a condition, `double % int` and `round(double, int)` answer the same on
   every backend.
+- Defect 6: joins through a match table (RefObjMatch, relating RefObject and Object, stored in the chunks of
+  both) answer each matched pair once; loads of match tables that could not be joined chunk by chunk are
+  refused with the reason.
 
 On the mixed deployment Object and Source live on DuckDB shards and RefObject on PostgreSQL shards: a query
 joining them must be refused with a message saying why, any other query must equal the reference.
@@ -35,6 +38,8 @@ from tests.catalog_fixtures import canonical_rows
 from tests.rubin_fixtures import RubinSample, load_rubin, make_rubin_sample, rubin_reference
 
 CONFIGS = ("duckdb", "postgres", "mixed")
+TABLES = ("Object", "Source", "RefObject")
+SECOND_COPIES: dict[str, int] = {}  # match rows stored a second time, in their second object's chunk
 MIXED_REFUSAL = "PostgreSQL shards with tables on DuckDB"
 
 QUERIES = [
@@ -53,7 +58,8 @@ QUERIES = [
     "SELECT filterId, COUNT(*) AS n, MAX(psfFlux) AS m FROM Source GROUP BY filterId ORDER BY filterId",
     "SELECT scienceCcdExposureId, COUNT(*) AS n FROM Source GROUP BY scienceCcdExposureId "
     "ORDER BY n DESC, scienceCcdExposureId LIMIT 3",
-    "SELECT extendedness, COUNT(*) AS n FROM Object GROUP BY extendedness HAVING COUNT(*) > 10 ORDER BY extendedness",
+    "SELECT extendedness, COUNT(*) AS n FROM Object GROUP BY extendedness HAVING COUNT(*) > 10 ORDER "
+    "BY extendedness",
     "SELECT uNumObs AS nObs, AVG(rFlux_PS) AS r FROM Object GROUP BY uNumObs ORDER BY uNumObs LIMIT 5",
     "SELECT COUNT(DISTINCT objectId) AS n FROM Source WHERE filterId < 2",
     "SELECT * FROM Object WHERE objectId = 430209694171150",
@@ -85,13 +91,15 @@ QUERIES = [
     "SELECT objectId, ra_PS FROM Object WHERE qserv_areaspec_box(149, 1, 151, 3) = 1"
     " -- SELECT objectId, ra_PS FROM Object WHERE scisql_s2PtInBox(ra_PS, decl_PS, 149, 1, 151, 3) = 1",
     "SELECT objectId FROM Object WHERE 1 = qserv_areaspec_box(149, 1, 151, 3) AND uNumObs > 3"
-    " -- SELECT objectId FROM Object WHERE scisql_s2PtInBox(ra_PS, decl_PS, 149, 1, 151, 3) = 1 AND uNumObs > 3",
+    " -- SELECT objectId FROM Object WHERE scisql_s2PtInBox(ra_PS, decl_PS, 149, 1, 151, 3) = 1 AND "
+    "uNumObs > 3",
     "SELECT objectId FROM Object WHERE qserv_areaspec_circle(10, -5, 0.5) = 1"
     " -- SELECT objectId FROM Object WHERE scisql_s2PtInCircle(ra_PS, decl_PS, 10, -5, 0.5) = 1",
     "SELECT objectId FROM Object WHERE qserv_areaspec_ellipse(10, -5, 1800, 900, 20) = 1"
     " -- SELECT objectId FROM Object WHERE scisql_s2PtInEllipse(ra_PS, decl_PS, 10, -5, 1800, 900, 20) = 1",
     "SELECT objectId FROM Object WHERE 1 = qserv_areaspec_poly(9, -6, 11, -6, 11, -4, 9, -4)"
-    " -- SELECT objectId FROM Object WHERE scisql_s2PtInCPoly(ra_PS, decl_PS, 9, -6, 11, -6, 11, -4, 9, -4) = 1",
+    " -- SELECT objectId FROM Object WHERE scisql_s2PtInCPoly(ra_PS, decl_PS, 9, -6, 11, -6, 11, -4, "
+    "9, -4) = 1",
     "SELECT o1.objectId, o2.objectId FROM Object o1, Object o2 WHERE qserv_areaspec_box(9, -6, 11, -4) "
     "AND scisql_angSep(o1.ra_PS, o1.decl_PS, o2.ra_PS, o2.decl_PS) < 0.005 AND o1.objectId <> o2.objectId"
     " -- SELECT o1.objectId, o2.objectId FROM Object o1, Object o2 "
@@ -115,7 +123,8 @@ QUERIES = [
     "SELECT objectId FROM Object WHERE scisql_s2PtInBox(ra_PS, decl_PS, 149, 1, 151, 3)"
     " -- SELECT objectId FROM Object WHERE scisql_s2PtInBox(ra_PS, decl_PS, 149, 1, 151, 3) = 1",
     "SELECT objectId FROM Object WHERE scisql_s2PtInCircle(ra_PS, decl_PS, 10, -5, 0.3) AND uNumObs > 5"
-    " -- SELECT objectId FROM Object WHERE scisql_s2PtInCircle(ra_PS, decl_PS, 10, -5, 0.3) = 1 AND uNumObs > 5",
+    " -- SELECT objectId FROM Object WHERE scisql_s2PtInCircle(ra_PS, decl_PS, 10, -5, 0.3) = 1 AND "
+    "uNumObs > 5",
     "SELECT objectId FROM Object WHERE NOT scisql_s2PtInCircle(ra_PS, decl_PS, 10, -5, 1.4) "
     "AND decl_PS BETWEEN -6 AND -4"
     " -- SELECT objectId FROM Object WHERE NOT scisql_s2PtInCircle(ra_PS, decl_PS, 10, -5, 1.4) = 1 "
@@ -165,7 +174,8 @@ def deployments(
                 load_rubin(deployment, sample, storage="duckdb", only=("Object", "Source"))
                 load_rubin(deployment, sample, storage="postgres", only=("RefObject",), like=None)
             else:
-                load_rubin(deployment, sample, storage=config)
+                loads = load_rubin(deployment, sample, storage=config, only=(*TABLES, "RefObjMatch"))
+                SECOND_COPIES[config] = loads["RefObjMatch"].overlap_rows
         yield made
     finally:
         for deployment in made.values():
@@ -189,7 +199,9 @@ def reference(conn: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
         cursor = conn.cursor()
         cursor.execute("SET search_path = 'catalog,main'")
         cursor.execute("SET integer_division = true")  # PostgreSQL semantics, as the engine uses
-        _REFERENCE[sql] = cursor.sql(sqlglot.transpile(sql, read="postgres", write="duckdb")[0]).to_arrow_table()
+        _REFERENCE[sql] = cursor.sql(
+            sqlglot.transpile(sql, read="postgres", write="duckdb")[0]
+        ).to_arrow_table()
     return _REFERENCE[sql]
 
 
@@ -275,7 +287,14 @@ columns = st.lists(
 )
 aggregates = st.lists(
     st.sampled_from(
-        ["COUNT(*)", "SUM(rFlux_PS)", "AVG(decl_PS)", "MIN(ra_PS)", "MAX(iFlux_PS)", "COUNT(DISTINCT uNumObs)"]
+        [
+            "COUNT(*)",
+            "SUM(rFlux_PS)",
+            "AVG(decl_PS)",
+            "MIN(ra_PS)",
+            "MAX(iFlux_PS)",
+            "COUNT(DISTINCT uNumObs)",
+        ]
     ),
     min_size=1,
     max_size=3,
@@ -289,7 +308,9 @@ def where_clauses(draw: st.DrawFn) -> str:
     if draw(st.booleans()):
         ra, dec = draw(st.sampled_from([(10.0, -5.0), (150.0, 2.0), (359.5, 30.0), (220.0, -60.0)]))
         radius = draw(st.floats(0.05, 2.0))
-        form = draw(st.sampled_from(["qserv_areaspec_circle({}) = 1", "scisql_s2PtInCircle(ra_PS, decl_PS, {})"]))
+        form = draw(
+            st.sampled_from(["qserv_areaspec_circle({}) = 1", "scisql_s2PtInCircle(ra_PS, decl_PS, {})"])
+        )
         parts.append(form.format(f"{ra}, {dec}, {radius:.4f}"))
     if draw(st.booleans()):
         parts.append(f"uNumObs {draw(st.sampled_from(['<', '>=', '<>']))} {draw(st.integers(0, 11))}")
@@ -331,3 +352,90 @@ def test_generated_camelcase_queries_equal_unpartitioned_copy(
         check(engines[config], ref, config, f"{query[0]} -- {query[1]}")
 
     run()
+
+
+# Defect 6, match tables: RefObjMatch relates RefObject and Object and is stored in the chunks of both; joins
+# through it run chunk by chunk, each matched pair once (no duplicates from the second copies).
+MATCH_QUERIES = [
+    "SELECT * FROM RefObjMatch",
+    "SELECT COUNT(*) AS n, SUM(angSep) AS s FROM RefObjMatch WHERE nRefMatches > 0",
+    "SELECT refObjectId, COUNT(*) AS n FROM RefObjMatch GROUP BY refObjectId HAVING COUNT(*) > 1",
+    "SELECT m.objectId, m.angSep FROM RefObjMatch m WHERE m.refObjectId = 1500",
+    "SELECT r.refObjectId, m.objectId, m.angSep FROM RefObject r JOIN RefObjMatch m ON m.refObjectId "
+    "= r.refObjectId",
+    "SELECT o.objectId, m.refObjectId FROM Object o JOIN RefObjMatch m ON m.objectId = o.objectId "
+    "WHERE o.decl_PS > 0",
+    "SELECT r.refObjectId, o.objectId, r.gMag, o.gFlux_PS FROM RefObject r "
+    "JOIN RefObjMatch m ON m.refObjectId = r.refObjectId JOIN Object o ON o.objectId = m.objectId",
+    "SELECT o.objectId, r.refObjectId FROM Object o, RefObjMatch m, RefObject r "
+    "WHERE o.objectId = m.objectId AND r.refObjectId = m.refObjectId AND o.decl_PS < -50",
+    "SELECT r.isStar, COUNT(*) AS n, AVG(o.rFlux_PS) AS f FROM RefObject r "
+    "JOIN RefObjMatch m ON m.refObjectId = r.refObjectId JOIN Object o ON o.objectId = m.objectId "
+    "GROUP BY r.isStar",
+    "SELECT m.refObjectId FROM RefObjMatch m JOIN Object o ON o.objectId = m.objectId WHERE "
+    "m.refObjectId = 1500",
+    "SELECT r.refObjectId, o.objectId FROM RefObject r JOIN RefObjMatch m ON m.refObjectId = r.refObjectId "
+    "JOIN Object o ON o.objectId = m.objectId WHERE qserv_areaspec_box(149, 1, 151, 3)"
+    " -- SELECT r.refObjectId, o.objectId FROM RefObject r JOIN RefObjMatch m ON m.refObjectId = "
+    "r.refObjectId "
+    "JOIN Object o ON o.objectId = m.objectId WHERE scisql_s2PtInBox(r.ra, r.decl, 149, 1, 151, 3) = 1",
+    "SELECT o.objectId, r.refObjectId FROM Object o JOIN RefObjMatch m ON m.objectId = o.objectId "
+    "JOIN RefObject r ON r.refObjectId = m.refObjectId WHERE scisql_s2PtInCircle(o.ra_PS, o.decl_PS, "
+    "10, -5, 1) = 1",
+    "SELECT s.sourceId, m.refObjectId FROM Source s JOIN RefObjMatch m ON m.objectId = s.objectId "
+    "WHERE s.filterId = 2",
+]
+
+
+@pytest.mark.parametrize("config", ["duckdb", "postgres"])
+@pytest.mark.parametrize("sql", MATCH_QUERIES)
+def test_joins_through_a_match_table_equal_unpartitioned_copy(
+    engines: dict[str, QueryEngine], ref: duckdb.DuckDBPyConnection, config: str, sql: str
+) -> None:
+    check(engines[config], ref, config, sql)
+
+
+def test_match_rows_are_stored_in_the_chunks_of_both_objects(deployments: dict[str, Deployment]) -> None:
+    """Some pairs straddle a chunk boundary, so the answers above would count them twice if the second
+    copies were read as pairs of their own."""
+    assert SECOND_COPIES["duckdb"] > 0 and SECOND_COPIES["duckdb"] == SECOND_COPIES["postgres"]
+
+
+def test_match_table_loads_refuse_what_cannot_be_joined_chunk_by_chunk(
+    deployments: dict[str, Deployment], sample: RubinSample, tmp_path: Any
+) -> None:
+    from dms.loaders.catalog import LoadError, TableOptions, load_files
+    from dms.loaders.samples import write_parquet
+
+    across = TableOptions(
+        role="match",
+        director="RefObject",
+        director_key="refObjectId",
+        director2="Object",
+        director_key2="objectId",
+    )
+    with pytest.raises(LoadError, match="--like"):  # RefObject on PostgreSQL, Object on DuckDB shards
+        load_files(
+            deployments["mixed"], "RefObjMatch", [sample.files["RefObjMatch"]], progress=False, create=across
+        )
+    objects, refs = sample.tables["Object"], sample.tables["RefObject"]
+    far = pa.table(
+        {
+            "refObjectId": refs["refObjectId"].slice(0, 1),
+            "objectId": objects["objectId"].take([int(objects["decl_PS"].to_numpy().argmax())]),
+            "angSep": [1.0],
+            "nRefMatches": pa.array([1], pa.int32()),
+        }
+    )
+    path = write_parquet(far, tmp_path / "far.parquet")
+    with pytest.raises(LoadError, match="farther apart than the directors' overlap"):
+        load_files(deployments["postgres"], "FarMatch", [path], progress=False, create=across)
+    missing = far.set_column(1, "objectId", pa.array([12345], pa.int64()))
+    with pytest.raises(LoadError, match=r"not in catalog\.Object"):
+        load_files(
+            deployments["duckdb"],
+            "GoneMatch",
+            [write_parquet(missing, tmp_path / "gone.parquet")],
+            progress=False,
+            create=across,
+        )

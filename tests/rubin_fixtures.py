@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import healpy
 import numpy as np
 import pyarrow as pa
 
@@ -134,10 +135,55 @@ def _matches(reference: pa.Table, objects: pa.Table) -> pa.Table:
     )
 
 
+def _boundary_pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions on both sides of HEALPix order-3 pixel edges (0.8 arcsec apart), near each patch: a chunk
+    edge at every finer order too, so each pair straddles two chunks whatever the adaptive layout."""
+    ra_a, ra_b, decs = [], [], []
+    for ra0, dec0 in PATCHES:
+        for k in range(8):
+            dec = dec0 + (k - 4) * 0.2
+            ra = (ra0 + np.linspace(-10, 10, 20_001)) % 360.0
+            pixels = healpy.ang2pix(8, ra, np.full(len(ra), dec), nest=True, lonlat=True)
+            edge = int(np.flatnonzero(np.diff(pixels))[0])
+            lo, hi = float(ra0 - 10 + edge * 1e-3), float(ra0 - 10 + (edge + 1) * 1e-3)
+            inside = healpy.ang2pix(8, lo % 360.0, dec, nest=True, lonlat=True)
+            for _ in range(40):  # bisection to the edge
+                mid = (lo + hi) / 2
+                if healpy.ang2pix(8, mid % 360.0, dec, nest=True, lonlat=True) == inside:
+                    lo = mid
+                else:
+                    hi = mid
+            half = 0.4 / 3600.0 / np.cos(np.radians(dec))
+            ra_a.append((lo - half) % 360.0)
+            ra_b.append((hi + half) % 360.0)
+            decs.append(dec)
+    return np.array(ra_a), np.array(ra_b), np.array(decs)
+
+
+def _append_positions(
+    table: pa.Table, ra: np.ndarray, dec: np.ndarray, columns: tuple[str, str, str]
+) -> pa.Table:
+    """`table` with rows at (ra, dec), the other values copied from its first rows and new ids."""
+    extra = table.slice(0, len(ra))
+    id_column, ra_column, dec_column = columns
+    ids = table[id_column].to_numpy()
+    step = int(ids[1] - ids[0]) if len(ids) > 1 else 1
+    extra = extra.set_column(
+        extra.schema.get_field_index(id_column),
+        id_column,
+        pa.array(ids[-1] + step * np.arange(1, len(ra) + 1)),
+    )
+    extra = extra.set_column(extra.schema.get_field_index(ra_column), ra_column, pa.array(ra))
+    extra = extra.set_column(extra.schema.get_field_index(dec_column), dec_column, pa.array(dec))
+    return pa.concat_tables([table, extra])
+
+
 def make_rubin_sample(directory: Path, objects: int = 6_000, seed: int = 19) -> RubinSample:
     rng = np.random.default_rng(seed)
-    obj = _objects(rng, objects)
-    tables = {"Object": obj, "Source": _sources(rng, obj), "RefObject": _reference(rng, obj)}
+    ra_a, ra_b, dec = _boundary_pairs()
+    obj = _append_positions(_objects(rng, objects), ra_a, dec, ("objectId", "ra_PS", "decl_PS"))
+    ref = _append_positions(_reference(rng, obj), ra_b, dec, ("refObjectId", "ra", "decl"))
+    tables = {"Object": obj, "Source": _sources(rng, obj), "RefObject": ref}
     tables["RefObjMatch"] = _matches(tables["RefObject"], obj)
     files = {name: write_parquet(table, directory / f"{name}.parquet") for name, table in tables.items()}
     return RubinSample(files, tables)
@@ -155,7 +201,8 @@ def load_rubin(
     """Object and RefObject as directors (RefObject with Object's chunk layout when `like`), Source as
     Object's child, RefObjMatch as the match table of RefObject and Object; the tables named in `only`."""
     files = sample.files
-    director = {"chunk_order": 3, "max_chunk_rows": 800, "overlap_arcsec": 30.0, "storage": storage}
+    # a fixed layout (order 4): RefObject copies it exactly, also where Object is sparse
+    director = {"chunk_order": 4, "max_chunk_rows": None, "overlap_arcsec": 30.0, "storage": storage}
     options = {
         "Object": TableOptions(ra="ra_PS", dec="decl_PS", id="objectId", **director),  # type: ignore[arg-type]
         "Source": TableOptions(role="child", director=f"{schema}.Object", director_key="objectId"),

@@ -154,7 +154,7 @@ class ShardSql:
             schema, name = catalog.schema_name, catalog.table_name
             table.set("db", exp.to_identifier(schema, quoted=True))
             table.set("this", exp.to_identifier(name, quoted=True))
-        if alias in self.radius:  # a near-neighbour partner (one reached through a match table has no radius)
+        if alias in self.radius:  # a near-neighbour partner (one reached by a match table has no radius)
             self._expand_zones(query, alias, catalog)
         self._add_chunk_predicates(query, join, alias, catalog, shard, dialect, chunks)
 
@@ -221,9 +221,8 @@ class ShardSql:
                 )
         elif catalog.role == "director" or (catalog.role == "match" and alias == self.primary_alias):
             predicates.append(exp.Not(this=column("_overlap", alias)))
-        elif (
-            catalog.role == "match"
-        ):  # its copy in the primary row's chunk (it has one in each object's chunk)
+        elif catalog.role == "match":
+            # its copy in the primary row's chunk (it has one in the chunk of each of its two objects)
             assert self.primary_alias is not None
             predicates.append(
                 exp.EQ(this=column("_chunk", alias), expression=column("_chunk", self.primary_alias))

@@ -18,7 +18,7 @@ from dms.errors import DMSError
 @click.option("--create", "create", is_flag=True, help="Register TABLE from the first file's columns.")
 @click.option(
     "--role",
-    type=click.Choice(["director", "child", "replicated"]),
+    type=click.Choice(["director", "child", "replicated", "match"]),
     default="director",
     show_default=True,
     help="With --create: how the table is distributed.",
@@ -28,6 +28,8 @@ from dms.errors import DMSError
 @click.option("--id", "id_column", help="With --create: unique object id column of a director table.")
 @click.option("--director", help="With --create --role child: the director table.")
 @click.option("--director-key", help="With --create --role child: column holding the director's id.")
+@click.option("--director2", help="With --create --role match: the second director table it matches.")
+@click.option("--director-key2", help="With --create --role match: column holding the second director's id.")
 @click.option(
     "--chunk-order",
     type=click.IntRange(0, 13),
@@ -94,6 +96,8 @@ def load(
     id_column: str | None,
     director: str | None,
     director_key: str | None,
+    director2: str | None,
+    director_key2: str | None,
     chunk_order: int,
     max_chunk_rows: int,
     fixed_order: bool,
@@ -122,6 +126,8 @@ def load(
             id=id_column,
             director=director,
             director_key=director_key,
+            director2=director2,
+            director_key2=director_key2,
             chunk_order=chunk_order,
             max_chunk_rows=None if fixed_order else max_chunk_rows,
             overlap_arcsec=overlap_arcsec,

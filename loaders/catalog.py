@@ -57,6 +57,8 @@ class TableOptions:
     id: str | None = None
     director: str | None = None
     director_key: str | None = None
+    director2: str | None = None  # a match table's second director (its first is `director`)
+    director_key2: str | None = None
     chunk_order: int = 1
     max_chunk_rows: int | None = 1_000_000
     overlap_arcsec: float = 60.0
@@ -180,10 +182,14 @@ def _define_table(
             )
         return by_lower[option.lower()]
 
-    if options.role not in ("director", "child", "replicated"):
-        raise LoadError(f"role {options.role!r} is not one of director, child, replicated")
+    if options.role not in ("director", "child", "replicated", "match"):
+        raise LoadError(f"role {options.role!r} is not one of director, child, replicated, match")
     director = options.role == "director"
     child = options.role == "child"
+    if options.role == "match":
+        from dms.loaders.match import define_match
+
+        return define_match(conn, name, tuple(columns), options, pick)
     storage = options.storage or deployment.shards()[0].kind
     if storage not in {s.kind for s in deployment.shards()}:
         raise LoadError(f"no {storage} shard in this deployment; add one with `dms shard add`")
@@ -424,6 +430,10 @@ def _partition(
 ) -> tuple[pa.Table, np.ndarray, pa.Table | None]:
     if layout is None:
         return data, np.zeros(0, np.int64), None
+    if table.role == "match":
+        from dms.loaders.match import match_rows
+
+        return match_rows(deployment, table, data)
     if table.role == "child":
         h29, chunk = _director_chunks(table, data, index_files)
     else:

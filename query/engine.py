@@ -342,7 +342,14 @@ class QueryEngine:
                     ranges = (
                         restriction.ranges if ranges is None else intersect_ranges(ranges, restriction.ranges)
                     )
-                if restriction.ids is not None:
+                # a match table's key names its first director's object, whose chunk is the primary's only
+                # when the primary is that director (or the match table itself)
+                usable = (
+                    table.role != "match"
+                    or join_plan.primary == alias
+                    or (partitioned[join_plan.primary].name == table.director_table)
+                )
+                if restriction.ids is not None and usable:
                     ids = restriction.ids if ids is None else ids & restriction.ids
             primary = partitioned[join_plan.primary]
             chunk_sets = sql_builder.choose_chunks(primary, ranges, ids)
@@ -445,7 +452,7 @@ class QueryEngine:
 
     def _merge_cursor(self, sql: str) -> duckdb.DuckDBPyConnection:
         lowered = sql.lower()
-        if ("scisql_" in lowered or "ivo_" in lowered) and not self._merge_udfs:
+        if any(p in lowered for p in ("scisql_", "ivo_", "adql_")) and not self._merge_udfs:
             from dms.udfs import register_duckdb
 
             with self._lock:

@@ -3,6 +3,8 @@
 A join of partitioned tables is evaluated chunk by chunk only when every table is tied to one primary alias:
 - a child table joined to its director on director_key = id (or two children of one director on their keys,
   or a director to itself on its id): matching rows share a chunk;
+- a director reached through a match table tied to the primary and to it on their keys (Qserv's match
+  tables, stored in the chunks of both directors): its rows are read with their overlap copies;
 - a director within the overlap radius of the primary (scisql_angSep(a.ra, a.dec, b.ra, b.dec) < r, or
   scisql_s2PtInCircle(b.ra, b.dec, a.ra, a.dec, r) = 1, with r no larger than b's overlap): b's rows are read
   with their overlap copies, restricted to the primary row's chunk.
@@ -63,12 +65,36 @@ class JoinAnalyzer:
         if table.role == "director" and table.id_column and column == table.id_column.lower():
             return table.name
         if (
-            table.role == "child"
+            table.role in ("child", "match")
             and table.director_key_column
             and column == table.director_key_column.lower()
         ):
             return table.director_table
+        if (
+            table.role == "match"
+            and table.director_key2_column
+            and column == table.director_key2_column.lower()
+        ):
+            return table.director_table2
         return None
+
+    def _through_match(self, primary: str, other: str) -> bool:
+        """Whether `other` is a director reached from the primary through a match table tied to both on their
+        keys: its row is then in the primary row's chunk or that chunk's overlap (a match pair is never
+        farther apart than the directors' overlap)."""
+        if self.tables[other].role != "director":
+            return False
+        for alias, table in self.tables.items():
+            if table.role != "match" or alias in (primary, other):
+                continue
+            directors = {table.director_table, table.director_table2}
+            if (
+                {self.tables[primary].name, self.tables[other].name} <= directors
+                and frozenset((primary, alias)) in self.key_edges
+                and frozenset((alias, other)) in self.key_edges
+            ):
+                return True
+        return False
 
     def _using(self, join: exp.Join, column: exp.Expression) -> None:
         right = join.this.alias_or_name
@@ -142,6 +168,9 @@ class JoinAnalyzer:
             ok = True
             for other in aliases:
                 if other == primary or frozenset((primary, other)) in self.key_edges:
+                    continue
+                if self._through_match(primary, other):
+                    overlap.add(other)  # matched by id, no radius: no zone join
                     continue
                 radius = self.nn_edges.get((primary, other))
                 margin = self.tables[other].overlap_arcsec / 3600.0

@@ -147,14 +147,14 @@ class ShardSql:
                             this="read_parquet",
                             expressions=[exp.Array(expressions=[exp.Literal.string(p) for p in paths])],
                         ),
-                        alias=exp.TableAlias(this=exp.to_identifier(alias)),
+                        alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True)),
                     )
                 )
         else:
             schema, name = catalog.schema_name, catalog.table_name
             table.set("db", exp.to_identifier(schema, quoted=True))
             table.set("this", exp.to_identifier(name, quoted=True))
-        if alias in self.overlap_aliases:
+        if alias in self.radius:  # a near-neighbour partner (one reached by a match table has no radius)
             self._expand_zones(query, alias, catalog)
         self._add_chunk_predicates(query, join, alias, catalog, shard, dialect, chunks)
 
@@ -168,7 +168,7 @@ class ShardSql:
             if t.alias_or_name == alias and t.find_ancestor(exp.From, exp.Join) is not None
         )
         height = max(self.radius.get(alias, 0.0), 1e-9)
-        zone = _zone(exp.column(catalog.dec_column or "dec"), height)
+        zone = _zone(exp.column(_quoted(catalog.dec_column or "dec")), height)
         zones = exp.Array(
             expressions=[
                 exp.Sub(this=zone.copy(), expression=exp.Literal.number(1)),
@@ -184,7 +184,9 @@ class ShardSql:
             if isinstance(inner, exp.Table)
             else exp.Subquery(this=inner.this, alias=exp.TableAlias(this=exp.to_identifier("_inner")))
         )
-        source.replace(exp.Subquery(this=expanded, alias=exp.TableAlias(this=exp.to_identifier(alias))))
+        source.replace(
+            exp.Subquery(this=expanded, alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True)))
+        )
 
     def _add_chunk_predicates(
         self,
@@ -199,7 +201,7 @@ class ShardSql:
         """Chunk-locality predicates of a partitioned table, and (on PostgreSQL) the committed-loads filter of
         every catalog table."""
         predicates: list[exp.Expression] = []
-        column = exp.column
+        column = _column
         if alias in self.overlap_aliases:
             primary = self.primary_alias or next(
                 a
@@ -209,15 +211,22 @@ class ShardSql:
             predicates.append(exp.EQ(this=column("_chunk", alias), expression=column("_chunk", primary)))
             primary_table = self.aliases[primary].catalog
             assert primary_table is not None
-            height = max(self.radius.get(alias, 0.0), 1e-9)
-            predicates.append(
-                exp.EQ(
-                    this=column("_zone", alias),
-                    expression=_zone(column(primary_table.dec_column or "dec", primary), height),
+            if alias in self.radius:
+                height = max(self.radius[alias], 1e-9)
+                predicates.append(
+                    exp.EQ(
+                        this=column("_zone", alias),
+                        expression=_zone(column(_quoted(primary_table.dec_column or "dec"), primary), height),
+                    )
                 )
-            )
-        elif catalog.role == "director":
+        elif catalog.role == "director" or (catalog.role == "match" and alias == self.primary_alias):
             predicates.append(exp.Not(this=column("_overlap", alias)))
+        elif catalog.role == "match":
+            # its copy in the primary row's chunk (it has one in the chunk of each of its two objects)
+            assert self.primary_alias is not None
+            predicates.append(
+                exp.EQ(this=column("_chunk", alias), expression=column("_chunk", self.primary_alias))
+            )
         ranges = self.ranges.get(alias)
         if ranges is not None:
             shard_ranges = np.array(
@@ -251,6 +260,16 @@ class ShardSql:
         if not committed:
             return exp.false()
         return exp.In(this=load_id, expressions=[exp.Literal.number(i) for i in committed])
+
+
+def _column(name: str | exp.Identifier, alias: str) -> exp.Column:
+    """`alias.name` with the alias quoted: a table alias the user quoted ("objA") keeps its case."""
+    return exp.column(name, exp.to_identifier(alias, quoted=True))
+
+
+def _quoted(name: str) -> exp.Identifier:
+    """A registry column name as written in the catalog (`decl_PS`), quoted for every shard dialect."""
+    return exp.to_identifier(name, quoted=True)
 
 
 def _zone(dec: exp.Expression, height: float) -> exp.Expression:
@@ -287,7 +306,9 @@ def _range_predicate(column: exp.Column, ranges: np.ndarray) -> exp.Expression:
 
 def _shipped_table(ref: TableRef, alias: str) -> exp.Table:
     name = f"_up_{ref.name}" if ref.kind == "upload" else ref.name
-    return exp.Table(this=exp.to_identifier(name), alias=exp.TableAlias(this=exp.to_identifier(alias)))
+    return exp.Table(
+        this=exp.to_identifier(name), alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True))
+    )
 
 
 def empty_relation(table: CatalogTable, alias: str) -> exp.Expression:
@@ -304,7 +325,7 @@ def empty_relation(table: CatalogTable, alias: str) -> exp.Expression:
             for n, t in (("_healpix_29", "BIGINT"), ("_chunk", "BIGINT"), ("_overlap", "BOOLEAN"))
         ]
     select = exp.select(*columns).where(exp.false())
-    return exp.Subquery(this=select, alias=exp.TableAlias(this=exp.to_identifier(alias)))
+    return exp.Subquery(this=select, alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True)))
 
 
 def normalize_partial(table: pa.Table) -> pa.Table:

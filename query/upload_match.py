@@ -161,7 +161,7 @@ def _chunk_ranges(uniqs: list[int]) -> np.ndarray:
 def join_predicate(match: UploadMatch, table: CatalogTable) -> exp.Condition:
     """``u._chunk = c._chunk AND u._zone = zone(c.dec)``: the hash-join keys of the zone join."""
     height = max(match.radius, 1e-9)
-    dec = exp.column(table.dec_column or "dec", match.catalog)
+    dec = exp.column(exp.to_identifier(table.dec_column or "dec", quoted=True), match.catalog)
     shifted = exp.paren(exp.Add(this=dec, expression=exp.Literal.number(90)))
     catalog_zone = exp.Cast(
         this=exp.Floor(this=exp.Div(this=shifted, expression=exp.Literal.number(repr(height)))),

@@ -24,6 +24,9 @@ from dms.schema.catalog import SQL_TYPES, CatalogTable
 SIMPLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 UPLOAD_SCHEMA = "tap_upload"
 LOCAL_SCHEMA = "_local"  # results of subqueries and WITH queries evaluated first
+REGION_TESTS = frozenset(
+    {"scisql_s2ptincircle", "scisql_s2ptinbox", "scisql_s2ptinellipse", "scisql_s2ptincpoly"}
+)
 AREASPEC_FUNCTIONS = {
     "qserv_areaspec_box": "scisql_s2PtInBox",
     "qserv_areaspec_circle": "scisql_s2PtInCircle",
@@ -78,6 +81,7 @@ def bind(query: exp.Query, catalog: Catalog) -> tuple[exp.Query, dict[str, Table
     _fold_quoted_columns(query)
     _qualify_table_names(query, catalog)
     _bind_areaspec(query, catalog)
+    _portable_semantics(query)
     try:
         bound = qualify(
             query,
@@ -143,31 +147,87 @@ def _qualify_table_names(query: exp.Query, catalog: Catalog) -> None:
 
 
 def _bind_areaspec(query: exp.Query, catalog: Catalog) -> None:
-    """`qserv_areaspec_*(...)` restricts the query's director table: bind it to that table's position."""
+    """`qserv_areaspec_*(...)` restricts a director table of its SELECT: bind it to that table's position.
+
+    Qserv accepts the restrictor alone or compared with 1 (`qserv_areaspec_box(...) = 1`, `1 = ...`); both
+    become one `scisql_s2PtIn*(ra, dec, ...) = 1`, which `restrict` turns into chunk ranges. In a join (a
+    near-neighbour self-join, a director-child join, a crossmatch of two directors) it restricts the first
+    director table of the FROM clause, as Qserv does."""
     for call in list(query.find_all(exp.Anonymous)):
         target = AREASPEC_FUNCTIONS.get(call.name.lower())
         if target is None:
             continue
         select = call.find_ancestor(exp.Select)
-        directors = [
-            t
-            for t in (select.find_all(exp.Table) if select else [])
-            if (t.db.lower(), t.name.lower()) in catalog.tables
-            and catalog.tables[(t.db.lower(), t.name.lower())].role == "director"
-            and t.find_ancestor(exp.Select) is select
-        ]
-        if len(directors) != 1:
-            raise QueryRefused(f"{call.name} needs exactly one director table in its FROM clause")
-        info = catalog.tables[(directors[0].db.lower(), directors[0].name.lower())]
-        alias = directors[0].alias_or_name
+        director = _first_director(select, catalog) if select is not None else None
+        if director is None:
+            raise QueryRefused(f"{call.name} needs a director table in the FROM clause of its SELECT")
+        info = catalog.tables[(director.db.lower(), director.name.lower())]
+        alias = director.alias_or_name
         args = [
             exp.column(info.ra_column or "", alias),
             exp.column(info.dec_column or "", alias),
             *call.expressions,
         ]
-        call.replace(
-            exp.EQ(this=exp.Anonymous(this=target, expressions=args), expression=exp.Literal.number(1))
-        )
+        test = exp.EQ(this=exp.Anonymous(this=target, expressions=args), expression=exp.Literal.number(1))
+        parent = call.parent
+        if isinstance(parent, exp.EQ) and _is_one(parent.expression if parent.this is call else parent.this):
+            parent.replace(test)
+        elif isinstance(parent, exp.Predicate | exp.Binary) and not isinstance(parent, exp.Connector):
+            raise QueryRefused(
+                f"{call.name}(...) is a restrictor: use it alone or as {call.name}(...) = 1, "
+                f"not in {parent.sql('postgres')}"
+            )
+        else:
+            call.replace(test)
+
+
+def _is_one(node: exp.Expression) -> bool:
+    return isinstance(node, exp.Literal) and not node.is_string and node.this.strip() in ("1", "1.0")
+
+
+def _first_director(select: exp.Select, catalog: Catalog) -> exp.Table | None:
+    """The first director table named in the SELECT's own FROM clause and joins."""
+    sources = [select.args.get("from_"), *(select.args.get("joins") or [])]
+    for source in sources:
+        table = source.this if source is not None else None
+        if not isinstance(table, exp.Table):
+            continue
+        info = catalog.tables.get((table.db.lower(), table.name.lower()))
+        if info is not None and info.role == "director":
+            return table
+    return None
+
+
+def _portable_semantics(query: exp.Query) -> None:
+    """Spell what PostgreSQL and DuckDB shards (and the DuckDB merge) evaluate differently in functions that
+    mean the same on both, so one query has one answer on every backend:
+
+    - a region test used as a condition (`WHERE scisql_s2PtInBox(...)`, the Qserv idiom; the functions
+      return 1 or 0) becomes `... = 1`, which PostgreSQL accepts and `restrict` turns into chunk ranges;
+    - `a % b` and `MOD(a, b)` become `adql_mod(a, b)` (PostgreSQL has no `%` for double precision); the
+      result has the sign of `a`, as in MySQL, PostgreSQL and C's fmod;
+    - `ROUND(x, n)` becomes `adql_round(x, n)` (PostgreSQL has no `round(double precision, integer)`),
+      rounding half away from zero on every backend."""
+    for node in list(query.find_all(exp.Anonymous, exp.Mod, exp.Round)):
+        if isinstance(node, exp.Anonymous):
+            if node.name.lower() in REGION_TESTS and _is_condition(node):
+                node.replace(exp.EQ(this=node.copy(), expression=exp.Literal.number(1)))
+        elif isinstance(node, exp.Mod):
+            node.replace(exp.Anonymous(this="adql_mod", expressions=[node.this, node.expression]))
+        elif node.args.get("decimals") is not None:
+            node.replace(exp.Anonymous(this="adql_round", expressions=[node.this, node.args["decimals"]]))
+
+
+def _is_condition(node: exp.Expression) -> bool:
+    """Whether `node` stands where a boolean is needed (WHERE, HAVING, ON, AND/OR/NOT, CASE WHEN)."""
+    parent = node.parent
+    while isinstance(parent, exp.Paren):
+        node, parent = parent, parent.parent
+    if isinstance(parent, exp.Where | exp.Having | exp.Connector | exp.Not):
+        return True
+    if isinstance(parent, exp.Join):
+        return parent.args.get("on") is node
+    return isinstance(parent, exp.If) and parent.this is node
 
 
 def _aliases(query: exp.Query, catalog: Catalog) -> dict[str, TableRef]:
@@ -187,8 +247,12 @@ def _aliases(query: exp.Query, catalog: Catalog) -> dict[str, TableRef]:
 
 
 def _canonical_columns(query: exp.Query, aliases: dict[str, TableRef]) -> None:
-    """Bound columns of catalog tables get the catalog's spelling (and so do their default output names)."""
-    for column in query.find_all(exp.Column):
+    """Bound columns of catalog tables get the catalog's spelling (and so do their default output names), so
+    every shard dialect quotes the real name (DP1's `objectId`, PT1.2's `decl_PS`): PostgreSQL folds unquoted
+    names to lower case, DuckDB does not care. References to a renamed output name (ORDER BY, GROUP BY or
+    HAVING naming the projection, which binding spelled in lower case) follow it."""
+    renamed: dict[tuple[int, str], exp.Identifier] = {}
+    for column in list(query.find_all(exp.Column)):
         ref = aliases.get(column.table)
         if ref is None or ref.catalog is None:
             continue
@@ -197,10 +261,16 @@ def _canonical_columns(query: exp.Query, aliases: dict[str, TableRef]) -> None:
         canonical = ref.catalog.column(column.name).name
         if canonical != column.name:
             parent = column.parent
-            if (
-                isinstance(parent, exp.Alias)
-                and parent.alias == column.name
-                and parent.parent_select is not None
-            ):
-                parent.set("alias", exp.to_identifier(canonical, quoted=True))
+            select = parent.parent_select if parent is not None else None
+            if isinstance(parent, exp.Alias) and parent.alias == column.name and select is not None:
+                identifier = exp.to_identifier(canonical, quoted=True)
+                parent.set("alias", identifier)
+                renamed[(id(select), column.name)] = identifier
             column.set("this", exp.to_identifier(canonical, quoted=True))
+    if not renamed:
+        return
+    for column in list(query.find_all(exp.Column)):
+        select = column.parent_select
+        target = renamed.get((id(select), column.name)) if not column.table and select is not None else None
+        if target is not None and column.find_ancestor(exp.Order, exp.Group, exp.Having) is not None:
+            column.set("this", target.copy())

@@ -70,6 +70,8 @@ class CatalogTable:
     description: str | None = None
     replicas: int = 1
     like_table: str | None = None  # the table whose chunk layout this one copies (`dms load --like`)
+    director_table2: str | None = None  # a match table's second director (Qserv's director_table2)
+    director_key2_column: str | None = None  # a match table's column holding the second director's id
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -214,6 +216,8 @@ def get_table(conn: sa.Connection, name: str) -> CatalogTable:
         description=row["description"],
         replicas=row["replicas"],
         like_table=row["like_table"],
+        director_table2=row.get("director_table2"),
+        director_key2_column=row.get("director_key2_column"),
     )
 
 
@@ -223,12 +227,12 @@ def register_table(conn: sa.Connection, table: CatalogTable) -> None:
         sa.text(
             "INSERT INTO dms.catalog_table (name, role, director_table, director_key_column, id_column, "
             "ra_column, dec_column, chunk_order, max_chunk_rows, overlap_arcsec, storage_kind, replicas, "
-            "row_count, description, like_table, created_at) "
+            "row_count, description, like_table, director_table2, director_key2_column, created_at) "
             "VALUES (:name, :role, :director_table, :director_key_column, "
             ":id_column, "
             ":ra_column, :dec_column, :chunk_order, :max_chunk_rows, :overlap_arcsec, :storage_kind, "
             ":replicas, 0, "
-            ":description, :like_table, now())"
+            ":description, :like_table, :director_table2, :director_key2_column, now())"
         ),
         {
             "name": table.name,
@@ -245,6 +249,8 @@ def register_table(conn: sa.Connection, table: CatalogTable) -> None:
             "replicas": table.replicas,
             "description": table.description,
             "like_table": table.like_table,
+            "director_table2": table.director_table2,
+            "director_key2_column": table.director_key2_column,
         },
     )
     conn.execute(

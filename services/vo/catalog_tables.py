@@ -65,6 +65,7 @@ def _describe(conn: sa.Connection, table: CatalogTable, index: int) -> None:
         "director": "partitioned by position",
         "child": f"placed with {table.director_table}",
         "replicated": "replicated",
+        "match": f"matching {table.director_table} and {table.director_table2}, in the chunks of both",
     }[table.role]
     conn.execute(
         sa.text(

@@ -18,6 +18,7 @@ from apdb_support import (
     tai,
 )
 from astropy.coordinates import SkyCoord
+from psycopg import sql
 
 from dms.deployment import Deployment
 from dms.services.apdb import (
@@ -28,6 +29,8 @@ from dms.services.apdb import (
     Circle,
     ConvexPolygon,
 )
+from dms.services.apdb.api import latest_in, region_select
+from dms.services.apdb.tables import apdb_table
 
 pytest_plugins = ["apdb_support"]  # the apdb_deployment and apdb fixtures
 
@@ -241,16 +244,38 @@ def test_region_reads_are_index_range_scans(apdb: Apdb, apdb_deployment: Deploym
     everywhere = np.stack([rng.uniform(0, 360, 30_000), np.degrees(np.arcsin(rng.uniform(-1, 1, 30_000)))], 1)
     apdb.store(tai(MJD0), make_objects(rng, np.arange(1, 30_001), everywhere, MJD0))
     region = Circle(RA0, DEC0, 0.5)
-    ranges = region.healpix_ranges()
+    query = region_select(
+        sql.Identifier("apdb", "DiaObject"), apdb_table("DiaObject"), region, latest_in(region)
+    )
+    assert query is not None
     with psycopg.connect(conninfo(apdb_deployment)) as conn:
+        # before statistics exist (a fresh APDB) and after
+        plans = [_plan(conn, query)]
         conn.execute('ANALYZE apdb."DiaObject"')
-        plan = "\n".join(
-            row[0]
-            for row in conn.execute(
-                'EXPLAIN SELECT * FROM apdb."DiaObject" t '
-                "JOIN unnest(%s::bigint[], %s::bigint[]) AS r(lo, hi) "
-                'ON t."_healpix_29" BETWEEN r.lo AND r.hi WHERE t."validityEndMjdTai" IS NULL',
-                (ranges[:, 0].tolist(), ranges[:, 1].tolist()),
-            )
-        )
-    assert "IDX_DiaObject_latest_hpx" in plan and 'Seq Scan on "DiaObject"' not in plan, plan
+        plans.append(_plan(conn, query))
+    for plan in plans:
+        assert "IDX_DiaObject_latest_hpx" in plan and 'Seq Scan on "DiaObject"' not in plan, plan
+
+
+def _plan(conn: psycopg.Connection, query: sql.Composable) -> str:
+    return "\n".join(row[0] for row in conn.execute(sql.SQL("EXPLAIN {}").format(query)))
+
+
+def test_the_readme_example_runs(
+    apdb: Apdb,
+    apdb_deployment: Deployment,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"## Alert Production Database \(APDB\).*?```python\n(.*?)```", readme, re.S)
+    assert block is not None
+    objects = _visit(np.random.default_rng(9), n=400)
+    apdb.store(tai(60_990.0), objects)  # November 2025: before the example's visit
+    monkeypatch.setenv("DMS_DATA_DIR", str(apdb_deployment.data_dir))
+    exec(compile(block.group(1), "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == "400 DiaObject versions stored; 400 superseded"
+    assert _count(apdb_deployment, "DiaObject") == 800

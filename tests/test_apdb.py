@@ -3,6 +3,8 @@ numpy/astropy selection, one transaction per visit, and bad input refused with n
 
 from __future__ import annotations
 
+import time
+
 import astropy.units as u
 import numpy as np
 import pandas as pd
@@ -279,3 +281,24 @@ def test_the_readme_example_runs(
     exec(compile(block.group(1), "README.md", "exec"), {})
     assert capsys.readouterr().out.strip() == "400 DiaObject versions stored; 400 superseded"
     assert _count(apdb_deployment, "DiaObject") == 800
+
+
+def test_reads_by_id_do_not_scan_the_history(apdb: Apdb, apdb_deployment: Deployment) -> None:
+    """A visit's objects are found through the indexes however young the tables: the per-visit cost must not
+    grow with the history (Rubin's relational APDB grew linearly, to 10-15 s per visit)."""
+    rng = np.random.default_rng(10)
+    objects = _visit(rng, n=20_000)
+    apdb.store(tai(MJD0), objects, make_sources(rng, objects, visit=1, detector=1, mjd=MJD0, first_id=1))
+    scans = "SELECT seq_scan, idx_scan FROM pg_stat_user_tables WHERE relname = %s"
+    with psycopg.connect(conninfo(apdb_deployment), autocommit=True) as conn:
+        before = conn.execute(scans, ("DiaSource",)).fetchone()
+        reader = Apdb.from_deployment(apdb_deployment)
+        back = reader.get_dia_sources(Circle(RA0, DEC0, 0.1), range(1, 5_001), tai(MJD0 + 1))
+        reader.close()  # a backend's statistics are flushed when it ends
+        time.sleep(0.5)
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        after = conn.execute(scans, ("DiaSource",)).fetchone()
+    assert back is not None and sorted(back["diaObjectId"]) == list(range(1, 5_001))
+    assert before is not None and after is not None
+    assert after[0] == before[0], "the read scanned the whole DiaSource table"
+    assert after[1] > before[1]

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from dms.deployment import Deployment
 
 DAYS_PER_MONTH = 30.0
+SEEK_BY_INDEX = "SET LOCAL enable_seqscan = off"
 LAST_COLUMNS = apdb_table("DiaObjectLast").columns
 
 
@@ -153,7 +154,10 @@ class Apdb:
         query = sql.SQL(
             'SELECT {cols} FROM {table} t WHERE t."diaObjectId" = ANY({ids}::bigint[]) AND {w}'
         ).format(cols=_columns(table), table=self._table(name), ids=_bigint_array(ids), w=window)
-        with self._cursor() as cur:
+        with self._cursor() as cur, cur.connection.transaction():
+            # A visit's ids are a large share of a young table, where the planner's estimate favours reading
+            # the whole table; per-visit cost must not grow with the history, so the index is always used.
+            cur.execute(SEEK_BY_INDEX)
             return _frame(copy_out(cur, query, table.schema))
 
     # -- writes --------------------------------------------------------------------------------------------
@@ -181,6 +185,7 @@ class Apdb:
         with self._cursor() as cur:
             try:
                 with cur.connection.transaction():
+                    cur.execute(SEEK_BY_INDEX)
                     superseded = self._supersede(cur, ids, mjd)
                     copy_in(cur, self._table("DiaObject"), new_objects)
                     copy_in(cur, self._table("DiaObjectLast"), last)

@@ -137,8 +137,10 @@ def test_migrated_database_matches_felis_definitions(deployment: Deployment) -> 
     from dms.migrations.versions.control import c0001_control_tables as c0001
     from dms.migrations.versions.control import c0004_efd_qc as c0004
     from dms.migrations.versions.control import c0005_vo as c0005
+    from dms.migrations.versions.control import c0014_apdb_spatial as c0014
 
     extra_indexes = {s.split(" INDEX ", 1)[1].split()[0] for s in c0001.EXTRA_INDEXES + c0004.EXTRA_INDEXES}
+    extra_indexes |= set(c0014.EXTRA_INDEXES)
     with deployment.engine().connect() as conn:
         context = MigrationContext.configure(
             conn,
@@ -156,8 +158,11 @@ def test_migrated_database_matches_felis_definitions(deployment: Deployment) -> 
     assert {k: v for k, v in recorded.items() if k != "extension.vector"} == schema_info_rows()
     drift = [d for d in differences if not _explained(d, extra_indexes)]
     assert drift == []
-    # the two folded ConsDB constraints, and the ObsCore 1.1 columns the VO revision adds to ivoa.ObsCore
-    assert len(differences) - len(drift) == len(extra_indexes) + 2 + len(c0005.OBSCORE_EXTRA_COLUMNS)
+    # the two folded ConsDB constraints, the ObsCore 1.1 columns the VO revision adds to ivoa.ObsCore, and the
+    # APDB's _healpix_29 columns
+    assert len(differences) - len(drift) == (
+        len(extra_indexes) + 2 + len(c0005.OBSCORE_EXTRA_COLUMNS) + len(c0014.SPATIAL_TABLES)
+    )
 
 
 def _explained(difference: Any, extra_indexes: set[str]) -> bool:
@@ -170,6 +175,10 @@ def _explained(difference: Any, extra_indexes: set[str]) -> bool:
         from dms.migrations.versions.control.c0005_vo import OBSCORE_EXTRA_COLUMNS
 
         return difference[3].name in OBSCORE_EXTRA_COLUMNS
+    if kind == "remove_column" and difference[1] == "apdb":
+        from dms.migrations.versions.control.c0014_apdb_spatial import EXTRA_COLUMN, SPATIAL_TABLES
+
+        return difference[2] in SPATIAL_TABLES and difference[3].name == EXTRA_COLUMN
     if kind == "add_constraint" and isinstance(obj, sa.UniqueConstraint):
         table = control_metadata().tables[f"{obj.table.schema}.{obj.table.name}"]
         return {c.name for c in obj.columns} == {c.name for c in table.primary_key.columns}

@@ -31,6 +31,7 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schema" / "dms.yaml"
 STRICT_CONTEXT = {"id_generation": True, "check_description": True, "check_redundant_datatypes": True}
 
 EXPECTED_TABLES = {
+    "alert",
     "schema_info",
     "site",
     "shard",

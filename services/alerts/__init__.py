@@ -1,0 +1,1 @@
+"""Alerts: packets in Rubin's Avro schema (and, being built, their archive and distribution)."""

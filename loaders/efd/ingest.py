@@ -216,7 +216,10 @@ def _sample_times(rows: pa.Table, label: str) -> pa.ChunkedArray:
             micros = pc.round(pc.multiply(column.cast(pa.float64()), 1e6))
             return micros.cast(pa.int64()).cast(target)
         if pa.types.is_timestamp(column.type):
-            return column.cast(target) if column.type.tz else pc.assume_timezone(column, "UTC").cast(target)
+            utc = column if column.type.tz else pc.assume_timezone(column, "UTC")
+            if column.type.unit == "ns":  # rounded to the microsecond the sample tables keep
+                utc = pc.round_temporal(utc, unit="microsecond")
+            return utc.cast(target)
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             return _iso_times(column)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:

@@ -56,21 +56,21 @@ OUTPUTS = [
         "name": "mt_salindex110_wind_speed_0_max",
         "function": "max",
         "fields": ["speed0"],
-        "start_offset": 5.0,
+        "start_offset": -5.0 / 3600,  # ConsDB's: hours added to the start, i.e. 5 s earlier
     },
     {
         "target_table": "exposure_efd",
         "name": "mt_salindex122_temperature_6",
         "function": "most_recent_value",
         "fields": ["sonicTemperature"],
-        "start_offset": 30.0,
+        "start_offset": -30.0 / 3600,
     },
     {
         "target_table": "exposure_efd",
         "name": "mt_azimuth_encoder_absolute_position_0_rms_jitter",
         "function": "rms_from_polynomial_fit",
         "fields": ["speed0"],
-        "function_args": {"order": 2},
+        "function_args": {"degree": 2, "fit_basis": "index"},
         "subset_field": "sal_index",  # one sensor: distinct times, so the fit is well posed
         "subset_value": "110",
     },
@@ -92,39 +92,38 @@ OUTPUTS = [
 
 
 def pandas_transform(samples: pd.DataFrame, exposures: pd.DataFrame, output: dict[str, Any]) -> dict:
-    """The reference: for each exposure, the output's function over the samples of its window."""
+    """The reference, ConsDB's definitions: for each exposure, the samples of [begin + start_offset
+    hours, end] (UTC) with every field of the output present, and the function over them."""
     result: dict[tuple[int, str], float | None] = {}
     for _, e in exposures.iterrows():
-        begin = e.begin_tai - TAI_MINUS_UTC - dt.timedelta(seconds=output.get("start_offset", 0.0))
+        begin = e.begin_tai - TAI_MINUS_UTC + pd.Timedelta(hours=output.get("start_offset", 0.0))
         end = e.end_tai - TAI_MINUS_UTC
         s = samples[(samples.time >= begin) & (samples.time <= end)]
         if "subset_field" in output:
             s = s[s[output["subset_field"]] == int(output["subset_value"])]
+        s = s.sort_values(["time", "sal_index"]).dropna(subset=output["fields"])
         for field in output["fields"]:
             result[(e.id, field)] = reference_value(s, field, output)
     return result
 
 
 def reference_value(s: pd.DataFrame, field: str, output: dict[str, Any]) -> float | None:
-    values = s[field].dropna()
+    values = s[field]
     function = output["function"]
-    if function == "most_recent_value":
-        if s.empty:
-            return None
-        last = s.sort_values(["time", "sal_index"]).iloc[-1][field]
-        return None if pd.isna(last) else float(last)
     if values.empty or (function == "stddev" and len(values) < 2):
         return None
+    if function == "most_recent_value":
+        return float(values.iloc[-1])
     if function in ("mean", "min", "max"):
         return float(getattr(values, function)())
     if function == "stddev":
         return float(values.std(ddof=1))
-    order = output.get("function_args", {}).get("order", 4)
-    if len(values) <= order:
+    degree = output.get("function_args", {}).get("degree", 1)
+    if len(values) <= degree:
         return None
-    t = (s.loc[values.index, "time"] - s.time.min()).dt.total_seconds().to_numpy()
-    coef = np.polyfit(t, values.to_numpy(), order)
-    return float(np.sqrt(np.mean((values.to_numpy() - np.polyval(coef, t)) ** 2)))
+    x = np.arange(len(values))  # ConsDB's default fit_basis: the sample index
+    coef = np.polyfit(x, values.to_numpy(), degree)
+    return float(np.sqrt(np.mean((values.to_numpy() - np.polyval(coef, x)) ** 2)))
 
 
 def setup_topic(conn: psycopg.Connection[Any]) -> None:
@@ -297,11 +296,16 @@ def test_polynomial_rms_of_smooth_motion_plus_jitter(
         ({"topic": "lsst.sal.Nope.x"}, "unknown topic 'lsst.sal.Nope.x'"),
         ({"fields": ["nope"]}, "has no field 'nope'"),
         ({"name": "not_a_column"}, "exposure_efd has no column 'not_a_column'"),
-        ({"fields": ["speed0", "speed1"]}, "exactly one field"),
+        (
+            {"fields": ["speed0", "speed1"], "function": "rms_from_polynomial_fit"},
+            "rms_from_polynomial_fit of a pivoted column fits one field",
+        ),
         ({"function": "median"}, "function: Input should be"),
         ({"subset_field": "nope", "subset_value": "1"}, "subset field 'nope'"),
-        ({"function": "rms_from_polynomial_fit", "function_args": {"order": 99}}, "order must be"),
-        ({"start_offset": -1}, "start_offset"),
+        ({"function": "rms_from_polynomial_fit", "function_args": {"degree": 99}}, "degree must be"),
+        ({"function": "rms_from_polynomial_fit", "function_args": {"order": 4}}, "order is not ConsDB"),
+        ({"function": "rms_from_polynomial_fit", "function_args": {"fit_basis": "x"}}, "index or time"),
+        ({"start_offset": float("inf")}, "start_offset"),
     ],
 )
 def test_bad_configuration_is_refused_and_nothing_is_stored(

@@ -152,19 +152,20 @@ DECLARE
     agg text;
     i integer;
     interval_s double precision;
+    wbegin text := format('w.t_begin + make_interval(secs => %L::float8 * 3600)', start_offset);
+    subcond text := 'true';
 BEGIN
-    cond := format('t.sample_time >= w.t_begin + make_interval(secs => %L::float8 * 3600) '
-                   'AND t.sample_time <= w.t_end', start_offset);
     IF subset_field IS NOT NULL THEN
         ftype := dms._efd_field_type(topic, table_name, subset_field, 'subset of ' || topic);
         IF left(subset_value, 1) = '[' THEN  -- any of a JSON array of values
-            cond := cond || format(' AND t.%I IN (%s)', subset_field, (
+            subcond := format('t.%I IN (%s)', subset_field, (
                 SELECT string_agg(format('CAST(%L AS %s)', v, ftype), ', ')
                 FROM jsonb_array_elements_text(subset_value::jsonb) AS v));
         ELSE
-            cond := cond || format(' AND t.%I = CAST(%L AS %s)', subset_field, subset_value, ftype);
+            subcond := format('t.%I = CAST(%L AS %s)', subset_field, subset_value, ftype);
         END IF;
     END IF;
+    cond := format('t.sample_time >= %s AND t.sample_time <= w.t_end AND %s', wbegin, subcond);
     FOR o IN
         SELECT c.target_table, c.name, c.function, c.function_args,
                ARRAY(SELECT jsonb_array_elements_text(c.fields)) AS fields,
@@ -194,9 +195,15 @@ BEGIN
                     exprs[i], coalesce((o.function_args ->> 'degree')::integer, 1),
                     coalesce(o.function_args ->> 'fit_basis', 'index'));
             END LOOP;
-        ELSIF interval_s IS NOT NULL OR (NOT o.unpivoted AND array_length(o.fields, 1) > 1) THEN
+        ELSIF interval_s IS NOT NULL THEN  -- bins starting in the window, with all their samples
+            PERFORM dms._efd_summarise_values(table_name,
+                format('t.sample_time >= %s AND t.sample_time < w.t_end + make_interval(secs => %L::float8) '
+                       'AND %s', wbegin, interval_s, subcond),
+                rowok, o.target_table, o.name, o.fields, exprs, agg, o.unpivoted, interval_s,
+                format('b.bin >= %s AND b.bin <= w.t_end', wbegin));
+        ELSIF NOT o.unpivoted AND array_length(o.fields, 1) > 1 THEN
             PERFORM dms._efd_summarise_values(table_name, cond, rowok, o.target_table, o.name, o.fields,
-                                              exprs, agg, o.unpivoted, interval_s);
+                                              exprs, agg, o.unpivoted, NULL, NULL);
         ELSE  -- one scan of the sample table for every such summary of the group
             FOR i IN 1..array_length(o.fields, 1) LOOP
                 key := agg || ':' || exprs[i] || ':' || rowok;
@@ -247,10 +254,10 @@ $$;
 -- mean, stddev, min or max over the values of several fields together (a pivoted column of several
 -- fields: ConsDB flattens them), or per field after a pre-aggregation into bins of `interval_s` seconds
 -- aligned on 1970 (ConsDB's pre_aggregate_interval, InfluxDB's GROUP BY time(): the summary of the
--- bins' summaries).
+-- summaries of the bins whose start is in the window, `bin_cond`, each over all its samples).
 CREATE OR REPLACE FUNCTION dms._efd_summarise_values(
     table_name text, cond text, rowok text, target_table text, output text, fields text[], exprs text[],
-    agg text, unpivoted boolean, interval_s double precision
+    agg text, unpivoted boolean, interval_s double precision, bin_cond text
 )
 RETURNS void
 LANGUAGE plpgsql
@@ -272,8 +279,8 @@ BEGIN
             'SELECT b.exposure_id, %L, %L, b.field, %s(b.x) FROM ('
             '  SELECT w.exposure_id, v.field, date_bin(make_interval(secs => %L::float8), t.sample_time, '
             '    %L::timestamptz) AS bin, %s(v.x) AS x %s GROUP BY 1, 2, 3) b '
-            'GROUP BY b.exposure_id, b.field',
-            target_table, output, agg, interval_s, '1970-01-01 00:00:00+00', agg, source);
+            'JOIN _efd_win w ON w.exposure_id = b.exposure_id WHERE %s GROUP BY b.exposure_id, b.field',
+            target_table, output, agg, interval_s, '1970-01-01 00:00:00+00', agg, source, bin_cond);
     END IF;
 END
 $$;

@@ -120,10 +120,9 @@ def consdb_reference(columns: list[dict[str, Any]], data: dict[str, pd.DataFrame
             begin = NIGHT + pd.Timedelta(seconds=start)
             end = begin + pd.Timedelta(seconds=seconds)
             ts_start = begin + pd.Timedelta(hours=column.get("start_offset", 0))
-            if column.get("pre_aggregate_interval"):
-                window = series.resample("1s").mean().dropna()  # InfluxDB GROUP BY time(1s), epoch bins
-            else:
-                window = series
+            # pre_aggregate_interval: InfluxDB's GROUP BY time(1s), bins aligned on 1970
+            binned = column.get("pre_aggregate_interval") is not None
+            window = series.resample("1s").mean().dropna() if binned else series
             window = window[(window.index >= ts_start) & (window.index <= end)]
             for table in column["tables"]:
                 if table.endswith("_unpivoted"):

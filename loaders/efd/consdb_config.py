@@ -19,9 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from dms.loaders.efd.errors import EFDTransformError
 
-TABLES = ("exposure_efd", "exposure_efd_unpivoted", "visit1_efd", "visit1_efd_unpivoted")
-UNPIVOTED = ("exposure_efd_unpivoted", "visit1_efd_unpivoted")
 ConsDBTable = Literal["exposure_efd", "visit1_efd", "exposure_efd_unpivoted", "visit1_efd_unpivoted"]
+TABLES: tuple[ConsDBTable, ...] = (
+    "exposure_efd",
+    "exposure_efd_unpivoted",
+    "visit1_efd",
+    "visit1_efd_unpivoted",
+)
+UNPIVOTED = ("exposure_efd_unpivoted", "visit1_efd_unpivoted")
 ConsDBFunction = Literal["mean", "stddev", "min", "max", "most_recent_value", "rms_from_polynomial_fit"]
 # The keyword arguments each ConsDB summary function takes (ConsDB passes function_args to it).
 FUNCTION_ARGS: dict[str, tuple[str, ...]] = {

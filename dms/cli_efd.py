@@ -171,7 +171,9 @@ def efd_config() -> None:
 @click.pass_context
 @_friendly_errors
 def efd_config_load(ctx: click.Context, path: Path, replace: bool) -> None:
-    """Add or update the outputs listed in a YAML file (all are validated before any is stored)."""
+    """Add or update the outputs of a configuration file in ConsDB's format (a `columns` list, as
+    ConsDB's config_lsstcam.yaml); all are validated before any is stored. New or changed outputs are
+    computed for the exposures already transformed at the next `dms efd transform`."""
     from dms.loaders.efd import transform
 
     with _conn(ctx) as conn:
@@ -190,7 +192,7 @@ def efd_config_list(ctx: click.Context) -> None:
     with _conn(ctx) as conn:
         for o in transform.list_outputs(conn):
             subset = f" where {o.subset_field} = {o.subset_value}" if o.subset_field else ""
-            offset = f", from {o.start_offset:g} s before" if o.start_offset else ""
+            offset = f", window start {o.start_offset:+g} h" if o.start_offset else ""
             click.echo(
                 f"{o.target_table}.{o.name}: {o.function}({', '.join(o.fields)}) of {o.topic}{subset}{offset}"
             )
@@ -200,6 +202,11 @@ def efd_config_list(ctx: click.Context) -> None:
 @click.option("--instrument", default="LSSTCam", show_default=True, help="Instrument of the exposures.")
 @click.option("--since", type=click.DateTime(), help="Only new exposures beginning at or after this (TAI).")
 @click.option("--watch", is_flag=True, help="Keep running: transform again whenever telemetry is loaded.")
+@click.option(
+    "--recompute",
+    is_flag=True,
+    help="Also compute every output again for the exposures transformed before.",
+)
 @click.option(
     "--interval",
     type=float,
@@ -211,9 +218,15 @@ def efd_config_list(ctx: click.Context) -> None:
 @click.pass_context
 @_friendly_errors
 def efd_transform(
-    ctx: click.Context, instrument: str, since: dt.datetime | None, watch: bool, interval: float
+    ctx: click.Context,
+    instrument: str,
+    since: dt.datetime | None,
+    watch: bool,
+    recompute: bool,
+    interval: float,
 ) -> None:
-    """Transform new exposures, and those whose window received late telemetry, into efd_lsstcam."""
+    """Transform new exposures, those whose window received late telemetry, and (for outputs new or
+    changed since, or with --recompute) the exposures transformed before, into efd_lsstcam."""
     from dms.loaders.efd import db, transform
 
     if watch:
@@ -227,7 +240,7 @@ def efd_transform(
         )
         return
     with _conn(ctx) as conn:
-        run_id, count = transform.run(conn, instrument=instrument, since=since)
+        run_id, count = transform.run(conn, instrument=instrument, since=since, recompute=recompute)
     click.echo(f"run {run_id}: {count} exposure(s) transformed")
 
 

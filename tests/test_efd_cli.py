@@ -55,10 +55,20 @@ def test_load_configure_transform_and_qc_from_the_command_line(
     assert refused.exit_code == 1 and "unknown topic" in refused.output and "Traceback" not in refused.output
     loaded = dms(efd_deployment, "efd", "load", str(path), "--create")
     assert loaded.exit_code == 0 and "3 samples, 3 new" in loaded.output, loaded.output
-    config = tmp_path / "outputs.yaml"
-    config.write_text(
+    old_form = tmp_path / "old.yaml"
+    old_form.write_text(
         "outputs:\n- {target_table: exposure_efd, name: mt_salindex110_sonic_temperature_mean,\n"
         "   topic: lsst.sal.ESS.airTurbulence, fields: [sonicTemperature], function: mean}\n"
+    )
+    refused = dms(efd_deployment, "efd", "config", "load", str(old_form))
+    assert refused.exit_code == 1 and "`columns` list" in refused.output and "Traceback" not in refused.output
+    config = tmp_path / "config_lsstcam.yaml"  # ConsDB's format
+    config.write_text(
+        "version: 1.0.0\ncolumns:\n- name: mt_salindex110_sonic_temperature_mean\n"
+        '  tables: ["exposure_efd"]\n  function: mean\n  datatype: float\n'
+        '  ivoa: {"unit":"deg_C", "ucd":"meta.ucd;stat.mean"}\n  description: Mean sonic temperature.\n'
+        "  packed_series: False\n  topics:\n  - name: lsst.sal.ESS.airTurbulence\n    fields:\n"
+        "    - name: sonicTemperature\n"
     )
     assert dms(efd_deployment, "efd", "config", "load", str(config)).exit_code == 0
     assert "mean(sonicTemperature)" in dms(efd_deployment, "efd", "config", "list").output
@@ -66,6 +76,8 @@ def test_load_configure_transform_and_qc_from_the_command_line(
     assert efd_conn.execute(
         "SELECT mt_salindex110_sonic_temperature_mean FROM efd_lsstcam.exposure_efd"
     ).fetchone() == (12.0,)
+    assert "0 exposure(s) transformed" in dms(efd_deployment, "efd", "transform").output
+    assert "1 exposure(s) transformed" in dms(efd_deployment, "efd", "transform", "--recompute").output
 
     assert (
         dms(

@@ -206,3 +206,91 @@ def test_retention_drops_only_whole_days_older_than_the_topic_keeps(
     remaining = stored(efd_conn).time.dt.date
     assert sorted(set(remaining)) == sorted({(now - dt.timedelta(days=d)).date() for d in (29, 0)})
     assert efd_conn.execute("SELECT count(*) FROM efd.lsst_sal_atdome_position").fetchone() == (16,)
+
+
+# MTMount.azimuth as SAL defines it: `timestamp` is one of its fields (TAI seconds), not the EFD's time.
+SAL_TOPIC = "lsst.sal.MTMount.azimuth"
+SAL_FIELDS = (
+    Field("actualPosition", "double", "deg"),
+    Field("actualVelocity", "double", "deg/s"),
+    Field("timestamp", "double", "s", "Time at which the data was measured (TAI, unix seconds)"),
+)
+TAI_MINUS_UTC = 37.0  # seconds, since 2017-01-01 (IERS Bulletin C)
+
+
+def stored_sal(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        'SELECT sample_time, "actualPosition", "timestamp", private_snd_stamp, private_seq_num '
+        "FROM efd.lsst_sal_mtmount_azimuth ORDER BY sample_time"
+    ).fetchall()
+
+
+def test_an_efd_select_star_export_loads(efd_conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    """`time` (ISO 8601 with nanoseconds, as InfluxDB writes it) plus every private_* column and SAL's
+    TAI `timestamp`: the time is `time`, `timestamp` stays a field, the export-only stamps are dropped."""
+    with efd_conn.transaction():
+        register_topic(efd_conn, SAL_TOPIC, SAL_FIELDS)
+    utc = pd.Timestamp("2025-04-16T02:13:07.123456789Z")
+    rows = []
+    for i in range(4):
+        t = utc + pd.Timedelta(milliseconds=50 * i)
+        snd = t.value / 1e9 + TAI_MINUS_UTC - 0.004
+        rows.append(
+            {
+                "time": t.isoformat().replace("+00:00", "Z"),
+                "actualPosition": 181.25 + i * 0.001,
+                "actualVelocity": 0.02,
+                "private_efdStamp": t.value / 1e9,
+                "private_identity": "MTMount",
+                "private_kafkaStamp": snd + 0.01,
+                "private_origin": 17,
+                "private_rcvStamp": snd + 0.002,
+                "private_revCode": "a2b4c9e1",
+                "private_seqNum": 1000 + i,
+                "private_sndStamp": snd,
+                "timestamp": snd - 0.01,
+            }
+        )
+    path = tmp_path / "export.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    (result,) = ingest.load_file(efd_conn, path, topic=SAL_TOPIC)
+    assert result.inserted == 4
+    got = stored_sal(efd_conn)
+    for row, (sample_time, position, timestamp, snd, seq) in zip(rows, got, strict=True):
+        expected = pd.Timestamp(row["time"]).round("us").to_pydatetime()
+        assert sample_time == expected  # nanoseconds rounded to the stored microsecond
+        assert (position, timestamp, snd, seq) == (
+            row["actualPosition"],
+            row["timestamp"],
+            row["private_sndStamp"],
+            row["private_seqNum"],
+        )
+
+
+def test_a_file_timed_only_by_sal_timestamp_is_converted_from_tai(
+    efd_conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    with efd_conn.transaction():
+        register_topic(efd_conn, SAL_TOPIC, SAL_FIELDS)
+    utc = dt.datetime(2025, 4, 16, 2, 13, 7, 250000, tzinfo=dt.UTC)
+    tai = [utc.timestamp() + TAI_MINUS_UTC + 0.05 * i for i in range(3)]
+    path = tmp_path / "tai.jsonl"
+    path.write_text("".join(json.dumps({"timestamp": t, "actualPosition": 90.0}) + "\n" for t in tai))
+    ingest.load_file(efd_conn, path, topic=SAL_TOPIC)
+    got = stored_sal(efd_conn)
+    assert [r[0] for r in got] == [utc + dt.timedelta(seconds=0.05 * i) for i in range(3)]  # 37 s earlier
+    assert [r[2] for r in got] == tai  # and the field itself kept as SAL wrote it
+
+
+def test_iso_times_without_zone_are_utc_and_nanoseconds_are_accepted(
+    efd_conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    with efd_conn.transaction():
+        register_topic(efd_conn, SAL_TOPIC, SAL_FIELDS)
+    path = tmp_path / "naive.jsonl"
+    times = ["2025-04-16T02:13:07.000000001", "2025-04-16T02:13:07.999999"]
+    path.write_text("".join(json.dumps({"time": t, "actualPosition": 1.0}) + "\n" for t in times))
+    ingest.load_file(efd_conn, path, topic=SAL_TOPIC)
+    assert [r[0] for r in stored_sal(efd_conn)] == [
+        pd.Timestamp(t, tz="UTC").round("us").to_pydatetime() for t in times
+    ]

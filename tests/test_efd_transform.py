@@ -56,21 +56,21 @@ OUTPUTS = [
         "name": "mt_salindex110_wind_speed_0_max",
         "function": "max",
         "fields": ["speed0"],
-        "start_offset": 5.0,
+        "start_offset": -5.0 / 3600,  # ConsDB's: hours added to the start, i.e. 5 s earlier
     },
     {
         "target_table": "exposure_efd",
         "name": "mt_salindex122_temperature_6",
         "function": "most_recent_value",
         "fields": ["sonicTemperature"],
-        "start_offset": 30.0,
+        "start_offset": -30.0 / 3600,
     },
     {
         "target_table": "exposure_efd",
         "name": "mt_azimuth_encoder_absolute_position_0_rms_jitter",
         "function": "rms_from_polynomial_fit",
         "fields": ["speed0"],
-        "function_args": {"order": 2},
+        "function_args": {"degree": 2, "fit_basis": "index"},
         "subset_field": "sal_index",  # one sensor: distinct times, so the fit is well posed
         "subset_value": "110",
     },
@@ -92,39 +92,38 @@ OUTPUTS = [
 
 
 def pandas_transform(samples: pd.DataFrame, exposures: pd.DataFrame, output: dict[str, Any]) -> dict:
-    """The reference: for each exposure, the output's function over the samples of its window."""
+    """The reference, ConsDB's definitions: for each exposure, the samples of [begin + start_offset
+    hours, end] (UTC) with every field of the output present, and the function over them."""
     result: dict[tuple[int, str], float | None] = {}
     for _, e in exposures.iterrows():
-        begin = e.begin_tai - TAI_MINUS_UTC - dt.timedelta(seconds=output.get("start_offset", 0.0))
+        begin = e.begin_tai - TAI_MINUS_UTC + pd.Timedelta(hours=output.get("start_offset", 0.0))
         end = e.end_tai - TAI_MINUS_UTC
         s = samples[(samples.time >= begin) & (samples.time <= end)]
         if "subset_field" in output:
             s = s[s[output["subset_field"]] == int(output["subset_value"])]
+        s = s.sort_values(["time", "sal_index"]).dropna(subset=output["fields"])
         for field in output["fields"]:
             result[(e.id, field)] = reference_value(s, field, output)
     return result
 
 
 def reference_value(s: pd.DataFrame, field: str, output: dict[str, Any]) -> float | None:
-    values = s[field].dropna()
+    values = s[field]
     function = output["function"]
-    if function == "most_recent_value":
-        if s.empty:
-            return None
-        last = s.sort_values(["time", "sal_index"]).iloc[-1][field]
-        return None if pd.isna(last) else float(last)
     if values.empty or (function == "stddev" and len(values) < 2):
         return None
+    if function == "most_recent_value":
+        return float(values.iloc[-1])
     if function in ("mean", "min", "max"):
         return float(getattr(values, function)())
     if function == "stddev":
         return float(values.std(ddof=1))
-    order = output.get("function_args", {}).get("order", 4)
-    if len(values) <= order:
+    degree = output.get("function_args", {}).get("degree", 1)
+    if len(values) <= degree:
         return None
-    t = (s.loc[values.index, "time"] - s.time.min()).dt.total_seconds().to_numpy()
-    coef = np.polyfit(t, values.to_numpy(), order)
-    return float(np.sqrt(np.mean((values.to_numpy() - np.polyval(coef, t)) ** 2)))
+    x = np.arange(len(values))  # ConsDB's default fit_basis: the sample index
+    coef = np.polyfit(x, values.to_numpy(), degree)
+    return float(np.sqrt(np.mean((values.to_numpy() - np.polyval(coef, x)) ** 2)))
 
 
 def setup_topic(conn: psycopg.Connection[Any]) -> None:
@@ -263,6 +262,7 @@ def test_late_telemetry_is_transformed_again_and_reruns_are_idempotent(
     assert database_values(efd_conn, OUTPUTS[0])[(2025041500003, "sonicTemperature")] is None  # no telemetry
 
     ingest.load_file(efd_conn, write_jsonl(tmp_path / "b.jsonl", late))  # the same file again: no new rows
+    assert transform.run(efd_conn)[1] == 0  # a reload that stored nothing re-transforms nothing
     transform.transform_exposures(efd_conn, INSTRUMENT, list(exposures.id))  # forced re-run: same values
     assert_matches(efd_conn, both, exposures)
 
@@ -297,11 +297,16 @@ def test_polynomial_rms_of_smooth_motion_plus_jitter(
         ({"topic": "lsst.sal.Nope.x"}, "unknown topic 'lsst.sal.Nope.x'"),
         ({"fields": ["nope"]}, "has no field 'nope'"),
         ({"name": "not_a_column"}, "exposure_efd has no column 'not_a_column'"),
-        ({"fields": ["speed0", "speed1"]}, "exactly one field"),
+        (
+            {"fields": ["speed0", "speed1"], "function": "rms_from_polynomial_fit"},
+            "rms_from_polynomial_fit of a pivoted column fits one field",
+        ),
         ({"function": "median"}, "function: Input should be"),
         ({"subset_field": "nope", "subset_value": "1"}, "subset field 'nope'"),
-        ({"function": "rms_from_polynomial_fit", "function_args": {"order": 99}}, "order must be"),
-        ({"start_offset": -1}, "start_offset"),
+        ({"function": "rms_from_polynomial_fit", "function_args": {"degree": 99}}, "degree must be"),
+        ({"function": "rms_from_polynomial_fit", "function_args": {"order": 4}}, "order is not ConsDB"),
+        ({"function": "rms_from_polynomial_fit", "function_args": {"fit_basis": "x"}}, "index or time"),
+        ({"start_offset": float("inf")}, "start_offset"),
     ],
 )
 def test_bad_configuration_is_refused_and_nothing_is_stored(
@@ -319,3 +324,133 @@ def test_bad_configuration_is_refused_and_nothing_is_stored(
     with pytest.raises(EFDTransformError, match=message):
         transform.configure(efd_conn, transform.parse_outputs([good, {**good, **change}], "cfg.yaml"))
     assert transform.list_outputs(efd_conn) == before  # the good output was not stored either
+
+
+def consdb_column(name: str, function: str, fields: list[str], topic: str = TOPIC, **more: Any) -> dict:
+    """One column of a configuration in ConsDB's format."""
+    return {
+        "name": name,
+        "tables": more.pop("tables", ["exposure_efd"]),
+        "function": function,
+        "datatype": "float",
+        "ivoa": {"unit": "deg_C"},
+        "description": f"{function} of {', '.join(fields)}",
+        "packed_series": False,
+        "topics": [{"name": topic, "fields": [{"name": f} for f in fields]}],
+        **more,
+    }
+
+
+def test_boolean_fields_are_summarised_as_consdb_does(
+    efd_conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """MTMount's elevationInPosition.inPosition (boolean) as most_recent_value and mean: 1/0 and the
+    fraction of true samples, while the other outputs of the run are computed as usual."""
+    setup_topic(efd_conn)
+    event = "lsst.sal.MTMount.logevent_elevationInPosition"
+    with efd_conn.transaction():
+        register_topic(efd_conn, event, (Field("inPosition", "boolean"),))
+    config = {
+        "columns": [
+            consdb_column(
+                "mt_elevation_in_position",
+                "most_recent_value",
+                ["inPosition"],
+                event,
+                tables=["exposure_efd_unpivoted"],
+                store_unpivoted=True,
+            ),
+            consdb_column(
+                "mt_elevation_in_position_fraction",
+                "mean",
+                ["inPosition"],
+                event,
+                tables=["exposure_efd_unpivoted"],
+                store_unpivoted=True,
+            ),
+        ]
+    }
+    transform.configure(efd_conn, transform.parse_config(config, "cfg"))
+    exposures = exposures_of([(2025041500001, 0, 30), (2025041500002, 40, 30)])
+    with efd_conn.transaction():
+        for e in exposures.itertuples():
+            add_exposure(efd_conn, e.id, e.begin_tai.to_pydatetime().replace(tzinfo=None), e.seconds)
+    states = [(2.0, True), (11.5, False), (12.0, True), (29.0, False), (45.0, True), (50.0, True)]
+    path = tmp_path / "inpos.jsonl"
+    start = pd.Timestamp(T0 - TAI_MINUS_UTC, tz="UTC")
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "topic": event,
+                    "private_efdStamp": (start + pd.Timedelta(seconds=t)).timestamp(),
+                    "inPosition": v,
+                }
+            )
+            + "\n"
+            for t, v in states
+        )
+    )
+    ingest.load_file(efd_conn, path)
+    frame = frame_of([(s, 110, 10.0 + s, 1.0, 1.0) for s in np.arange(0, 80, 1.0)])
+    ingest.load_file(efd_conn, write_jsonl(tmp_path / "a.jsonl", frame))
+    assert transform.run(efd_conn)[1] == 2
+    assert_matches(efd_conn, frame, exposures)  # the numeric outputs of the same run
+    got = {
+        (r[0], r[1]): r[2]
+        for r in efd_conn.execute(
+            "SELECT exposure_id, property, value FROM efd_lsstcam.exposure_efd_unpivoted "
+            "WHERE field = 'inPosition'"
+        )
+    }
+    for e in exposures.itertuples():
+        begin, end = e.begin, e.begin + e.seconds
+        inside = [float(v) for t, v in states if begin <= t <= end]
+        assert got[(e.id, "mt_elevation_in_position")] == inside[-1]
+        assert got[(e.id, "mt_elevation_in_position_fraction")] == pytest.approx(np.mean(inside))
+
+
+def test_new_outputs_are_computed_for_exposures_already_transformed(
+    efd_conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    setup_topic(efd_conn)
+    rng = np.random.default_rng(11)
+    frame = frame_of([(s, 110, *rng.normal(10, 2, 3)) for s in np.arange(0, 100, 0.5)])
+    exposures = exposures_of([(2025041500001, 0, 30), (2025041500002, 40, 30), (2025041500003, 75, 20)])
+    with efd_conn.transaction():
+        for e in exposures.itertuples():
+            add_exposure(efd_conn, e.id, e.begin_tai.to_pydatetime().replace(tzinfo=None), e.seconds)
+    ingest.load_file(efd_conn, write_jsonl(tmp_path / "a.jsonl", frame))
+    assert transform.run(efd_conn)[1] == 3
+    assert transform.run(efd_conn)[1] == 0
+
+    added = {
+        "target_table": "exposure_efd",
+        "name": "mt_salindex110_wind_speed_1_mean",
+        "function": "mean",
+        "fields": ["speed1"],
+        "subset_field": "sal_index",
+        "subset_value": "110",
+    }
+    new = consdb_column(
+        added["name"], "mean", ["speed1", "salIndex"], subset_field="salIndex", subset_value=110
+    )
+    transform.configure(efd_conn, transform.parse_config({"columns": [new]}, "cfg"))
+    assert transform.run(efd_conn)[1] == 3  # the new output, for every exposure transformed before
+    expected = pandas_transform(frame, exposures, added)
+    assert database_values(efd_conn, added) == pytest.approx(expected)
+    assert transform.run(efd_conn)[1] == 0  # computed: no longer pending
+    transform.configure(efd_conn, transform.parse_config({"columns": [new]}, "cfg"))
+    assert transform.run(efd_conn)[1] == 0  # the same definition again changes nothing
+
+    changed = {**added, "function": "max"}
+    new["function"] = "max"
+    transform.configure(efd_conn, transform.parse_config({"columns": [new]}, "cfg"))
+    assert transform.run(efd_conn)[1] == 3  # a changed definition is computed again
+    assert database_values(efd_conn, changed) == pytest.approx(pandas_transform(frame, exposures, changed))
+
+    efd_conn.execute(
+        'UPDATE efd_lsstcam.exposure_efd SET "mt_salindex110_wind_speed_1_mean" = NULL'
+    )  # e.g. outputs damaged or computed by an older DMS
+    assert transform.run(efd_conn, recompute=True)[1] == 3  # the option recomputes everything
+    assert database_values(efd_conn, changed) == pytest.approx(pandas_transform(frame, exposures, changed))

@@ -94,3 +94,48 @@ def test_bad_position_and_health(gateway: str) -> None:
     bad = httpx.get(f"{gateway}/events", headers={"Last-Event-ID": "x1"}, timeout=10)
     assert bad.status_code == 400 and "non-negative integer" in bad.text
     assert httpx.get(f"{gateway}/health", timeout=10).json()["status"] == "ok"
+
+
+def test_isolated_events_under_load_are_each_delivered_to_every_subscriber(
+    gateway: str, efd_conn: psycopg.Connection[Any]
+) -> None:
+    """Bursts of two events committed back to back, each burst once every subscriber has the one before:
+    the second commit's notification tends to arrive while the gateway is still querying for the first
+    (the window where a wake-up used to be lost). Every event must reach each of several concurrent
+    subscribers live (not at the next keepalive), once and in order."""
+    bursts, subscribers = 75, 8
+    start = stored_events(efd_conn)[-1][0] if stored_events(efd_conn) else 0
+    received: list[list[int]] = [[] for _ in range(subscribers)]
+    changed = threading.Condition()
+    opened = threading.Barrier(subscribers + 1)
+
+    def listen(mine: list[int]) -> None:
+        for event in client.subscribe(gateway, after=start, timeout=60, on_open=opened.wait):
+            with changed:
+                mine.append(event.event_id)
+                changed.notify_all()
+            if len(mine) == 2 * bursts:
+                return
+
+    threads = [threading.Thread(target=listen, args=(r,), daemon=True) for r in received]
+    for thread in threads:
+        thread.start()
+    opened.wait(timeout=20)
+    late = []
+    for i in range(bursts):
+        for value in (0.5, 0.6):  # each below the threshold: one event (its measurement) per commit
+            measure(efd_conn, value + i / 1000)
+        with changed:
+            # Half the keepalive interval: a lost wake-up is only repaired by the 15 s keepalive.
+            def arrived(n: int = 2 * (i + 1)) -> bool:
+                return all(len(r) >= n for r in received)
+
+            if not changed.wait_for(arrived, timeout=7.5):
+                late.append(i)
+                changed.wait_for(arrived, timeout=20)
+    for thread in threads:
+        thread.join(20)
+    assert late == [], f"bursts {late} reached a subscriber only after the keepalive"
+    expected = [event_id for event_id, kind in stored_events(efd_conn) if event_id > start]
+    assert len(expected) == 2 * bursts
+    assert all(r == expected for r in received)  # every event, once, in order, to every subscriber

@@ -172,3 +172,59 @@ def test_removing_a_threshold_keeps_its_alarm_history(qc: psycopg.Connection[Any
     assert [a["state"] for a in alarms(qc)] == ["raised"]
     with pytest.raises(QCError, match="no threshold named 'nope'"):
         api.remove_threshold(qc, "nope")
+
+
+@pytest.mark.parametrize("operator", ["<", "<=", ">", ">=", "==", "!="])
+def test_nan_is_a_data_quality_alarm_whatever_the_operator(
+    efd_conn: psycopg.Connection[Any], operator: str
+) -> None:
+    """NaN never passes: it raises the alarm (any operator), repeats an open one, never clears it."""
+    api.add_metric(efd_conn, "ip_diffim.psf_fwhm", "arcsec", "PSF FWHM")
+    api.add_threshold(efd_conn, "t", "ip_diffim.psf_fwhm", operator, 1.2, "arcsec", "design")
+    first = api.insert_measurement(efd_conn, seeing(float("nan")))
+    (alarm,) = alarms(efd_conn)
+    assert (alarm["state"], alarm["measurement_id"]) == ("raised", first)
+    assert "is NaN (not a number)" in alarm["message"]
+    stored = efd_conn.execute(
+        "SELECT value FROM dms.qc_measurement WHERE measurement_id = %s", (first,)
+    ).fetchone()
+    assert stored is not None and stored[0] != stored[0]  # the NaN itself is kept
+    failing = {"<": 5.0, "<=": 5.0, ">": 0.1, ">=": 0.1, "==": 0.1, "!=": 1.2}[operator]
+    api.insert_measurement(efd_conn, seeing(failing))  # a real failure: the same alarm, repeated
+    api.insert_measurement(efd_conn, seeing(float("nan"), "mas"))  # NaN in another unit: still no pass
+    (alarm,) = alarms(efd_conn)
+    assert (alarm["state"], alarm["occurrences"]) == ("raised", 3)
+
+
+def test_nan_does_not_clear_an_open_alarm(qc: psycopg.Connection[Any]) -> None:
+    api.add_threshold(qc, "psf_fwhm.min", "ip_diffim.psf_fwhm", ">=", 0.3, "arcsec", "minimum")
+    api.insert_measurement(qc, seeing(0.1))  # below the >= minimum: raised
+    api.insert_measurement(qc, seeing(float("nan")))
+    states = {a["threshold"]: (a["state"], a["occurrences"]) for a in alarms(qc)}
+    assert states == {"psf_fwhm.min": ("raised", 2), "psf_fwhm.design": ("raised", 1)}
+
+
+@pytest.mark.parametrize(
+    ("operator", "value", "unit", "threshold", "threshold_unit", "alarm"),
+    [
+        ("<=", 9.0, "mas", 0.009, "arcsec", False),  # 9 x 0.001 = 0.009000000000000001
+        ("<", 9.0, "mas", 0.009, "arcsec", True),  # at the limit: not strictly below it
+        (">=", 0.009, "arcsec", 9.0, "mas", False),
+        (">=", 0.3, "arcmin", 18.0, "arcsec", False),  # at the limit, from above the threshold's unit
+        ("<=", 9.001, "mas", 0.009, "arcsec", True),  # a real excess is still an alarm
+        ("<=", 9.0000001, "mas", 0.009, "arcsec", True),  # 1e-8 relative: above conversion rounding
+    ],
+)
+def test_a_value_at_a_limit_given_in_another_unit_is_at_the_limit(
+    efd_conn: psycopg.Connection[Any],
+    operator: str,
+    value: float,
+    unit: str,
+    threshold: float,
+    threshold_unit: str,
+    alarm: bool,
+) -> None:
+    api.add_metric(efd_conn, "ip_diffim.psf_fwhm", "arcsec", "PSF FWHM")
+    api.add_threshold(efd_conn, "t", "ip_diffim.psf_fwhm", operator, threshold, threshold_unit, "design")
+    api.insert_measurement(efd_conn, seeing(value, unit))
+    assert len(alarms(efd_conn)) == int(alarm)

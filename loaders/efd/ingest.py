@@ -147,6 +147,9 @@ def _infer_fields(rows: pa.Table, label: str) -> tuple[Field, ...]:
 
 def _conform(rows: pa.Table, topic: Topic, label: str) -> pa.Table:
     """The rows with each column cast to its sample-table type; errors name the field and a bad row."""
+    time_from_tai = (rows.schema.metadata or {}).get(sources.TIME_FROM_TAI) is not None
+    if time_from_tai and topic.field(sources.TAI_FIELD) is None:
+        rows = rows.drop_columns([sources.TAI_FIELD])  # used as the sample time only
     unknown = [c for c in rows.column_names if c not in (*_META_COLUMNS, "_row") and topic.field(c) is None]
     if unknown:
         raise EFDInputError(
@@ -213,12 +216,25 @@ def _sample_times(rows: pa.Table, label: str) -> pa.ChunkedArray:
             micros = pc.round(pc.multiply(column.cast(pa.float64()), 1e6))
             return micros.cast(pa.int64()).cast(target)
         if pa.types.is_timestamp(column.type):
-            return column.cast(target) if column.type.tz else pc.assume_timezone(column, "UTC").cast(target)
-        if pa.types.is_string(column.type):
-            return column.cast(target)
+            utc = column if column.type.tz else pc.assume_timezone(column, "UTC")
+            if column.type.unit == "ns":  # rounded to the microsecond the sample tables keep
+                utc = pc.round_temporal(utc, unit="microsecond")
+            return utc.cast(target)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            return _iso_times(column)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise EFDInputError(f"{label}: sample times are not ISO 8601 or UTC seconds: {exc}") from exc
     raise EFDInputError(f"{label}: sample times have type {column.type}; give ISO 8601 text or UTC seconds")
+
+
+def _iso_times(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """ISO 8601 text as UTC microseconds: up to nanosecond fractions (rounded to the microsecond the
+    sample tables keep), with a zone (Z, +hh:mm) or without one (taken as UTC)."""
+    try:
+        nanos = column.cast(pa.timestamp("ns", tz="UTC"))
+    except pa.ArrowInvalid:  # no zone offset in the text
+        nanos = pc.assume_timezone(column.cast(pa.timestamp("ns")), "UTC")
+    return pc.round_temporal(nanos, unit="microsecond").cast(pa.timestamp("us", tz="UTC"))
 
 
 def _check_times(rows: pa.Table, label: str, unordered: bool, now: dt.datetime) -> pa.Table:

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
+from astropy.time import Time
 
 from dms.loaders.efd.errors import EFDInputError
 
@@ -32,12 +35,12 @@ _SUFFIXES = {
     ".lp": "line",
     ".influx": "line",
 }
-# Input column -> sample-table column, for the columns that are not fields.
+# Input column -> sample-table column, for the columns that are not fields. The time is `time` (the
+# EFD's InfluxDB time, i.e. private_efdStamp, UTC), `sample_time`, or `private_efdStamp` (UTC seconds);
+# SAL's own `timestamp` field is TAI and is a field, used as the time only when nothing else gives one.
 ALIASES = {
     "time": "sample_time",
     "sample_time": "sample_time",
-    "private_efdStamp": "sample_time",
-    "timestamp": "sample_time",
     "salIndex": "sal_index",
     "sal_index": "sal_index",
     "private_sndStamp": "private_snd_stamp",
@@ -46,6 +49,19 @@ ALIASES = {
     "private_seq_num": "private_seq_num",
     "topic": "topic",
 }
+TAI_FIELD = "timestamp"
+# SAL and EFD bookkeeping of an EFD `SELECT *` export that the sample tables do not keep (the sample
+# time, salIndex, private_sndStamp and private_seqNum are kept).
+EXPORT_ONLY_COLUMNS = (
+    "private_efdStamp",
+    "private_kafkaStamp",
+    "private_rcvStamp",
+    "private_revCode",
+    "private_identity",
+    "private_origin",
+)
+TIME_FROM_TAI = b"dms.time_from_tai"
+"""Schema metadata key set by :func:`normalise` when the sample time was derived from `timestamp`."""
 
 
 def detect_format(path: Path, fmt: str | None) -> str:
@@ -133,14 +149,50 @@ def _line_value(value: str, number: int) -> Any:
 
 
 def normalise(table: pa.Table, source: str) -> pa.Table:
-    """Rename the EFD's column names to the sample table's (private_efdStamp -> sample_time, ...)."""
+    """Rename the EFD's column names to the sample table's (time -> sample_time, salIndex -> sal_index...).
+
+    The sample time comes from `time` or `sample_time`, else `private_efdStamp` (UTC), else SAL's
+    `timestamp` converted from TAI to UTC (which then stays a field too). Columns only an EFD export
+    carries (private_kafkaStamp, ...; private_efdStamp when `time` is given) are dropped.
+    """
+    has_time = any(c in table.column_names for c in ("time", "sample_time"))
+    if not has_time and "private_efdStamp" in table.column_names:
+        table = table.rename_columns(
+            ["sample_time" if c == "private_efdStamp" else c for c in table.column_names]
+        )
+        has_time = True
+    table = table.drop_columns([c for c in EXPORT_ONLY_COLUMNS if c in table.column_names])
     names = [ALIASES.get(name, name) for name in table.column_names]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise EFDInputError(f"{source}: columns {repeated} are given more than once (under different names)")
-    if "sample_time" not in names:
+    table = table.rename_columns(names)
+    if has_time:
+        return table
+    if TAI_FIELD not in table.column_names:
         raise EFDInputError(
-            f"{source} has no time column; name it time, private_efdStamp (UTC seconds since 1970) "
-            "or timestamp"
+            f"{source} has no time column; name it time (ISO 8601 or UTC seconds), private_efdStamp "
+            "(UTC seconds since 1970) or timestamp (SAL's TAI seconds since 1970)"
         )
-    return table.rename_columns(names)
+    table = table.append_column("sample_time", tai_seconds_to_utc(table.column(TAI_FIELD), source))
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), TIME_FROM_TAI: b"1"})
+
+
+def tai_seconds_to_utc(column: pa.ChunkedArray, source: str) -> pa.Array:
+    """SAL TAI seconds since 1970 (astropy's unix_tai, as ts_utils' tai_from_utc) as UTC timestamps.
+
+    UTC = TAI - (TAI - UTC), the leap-second count of each sample's date (37 s since 2017).
+    """
+    if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
+        raise EFDInputError(f"{source}: timestamp (TAI seconds) has type {column.type}, not a number")
+    if column.null_count:
+        raise EFDInputError(f"{source}: {column.null_count} row(s) have no timestamp")
+    tai = column.to_numpy().astype("float64")
+    if len(tai) == 0:
+        return pa.array([], pa.timestamp("us", tz="UTC"))
+    # astropy warns (ErfaWarning) about dates it deems dubious; bad dates are refused later anyway.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        utc = Time(tai, format="unix_tai").unix
+    micros = np.round(np.asarray(utc) * 1e6).astype("int64")
+    return pa.array(micros, pa.int64()).cast(pa.timestamp("us", tz="UTC"))

@@ -18,6 +18,7 @@ import psycopg
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from dms.loaders.efd.consdb_config import output_rows
 from dms.loaders.efd.errors import EFDTransformError
 from dms.loaders.efd.topics import get_topic
 
@@ -35,20 +36,31 @@ class TransformOutput(BaseModel):
     target_table: TargetTable = Field(description="efd_lsstcam table receiving the output.")
     name: str = Field(max_length=64, description="Column (pivoted tables) or property (unpivoted tables).")
     topic: str = Field(description="Registered EFD topic summarised.")
-    fields: list[str] = Field(min_length=1, description="Fields summarised (one for pivoted tables).")
+    fields: list[str] = Field(min_length=1, description="Fields summarised (together, in a pivoted column).")
     function: Function = Field(description="Summary over each exposure's window.")
-    function_args: dict[str, Any] = Field(default_factory=dict, description='e.g. {"order": 4}.')
+    function_args: dict[str, Any] = Field(
+        default_factory=dict, description='As ConsDB, e.g. {"degree": 4, "fit_basis": "index"}.'
+    )
     subset_field: str | None = Field(default=None, description="Only samples with this field ...")
-    subset_value: str | None = Field(default=None, description="... equal to this value.")
-    start_offset: float = Field(default=0.0, ge=0, description="Window starts this many seconds early.")
+    subset_value: str | None = Field(default=None, description="... equal to this value (or a JSON list).")
+    start_offset: float = Field(
+        default=0.0, allow_inf_nan=False, description="Hours added to the window's start (ConsDB's)."
+    )
     description: str | None = Field(default=None, description="What the output means.")
+    datatype: str | None = Field(default=None, description="ConsDB datatype of the output.")
+    unit: str | None = Field(default=None, description="Unit of the output.")
+    ucd: str | None = Field(default=None, description="UCD of the output.")
 
 
-def parse_outputs(data: Any, source: str) -> list[TransformOutput]:
-    """Outputs from a parsed YAML/JSON document: a list, or an object with an "outputs" list."""
-    items = data.get("outputs") if isinstance(data, dict) else data
+def parse_config(data: Any, source: str) -> list[TransformOutput]:
+    """Outputs from a parsed configuration document in ConsDB's format (a mapping with `columns`)."""
+    return parse_outputs(output_rows(data, source), source)
+
+
+def parse_outputs(items: Any, source: str) -> list[TransformOutput]:
+    """Outputs from a list of rows of dms.efd_transform_column (the Python form, one row per table)."""
     if not isinstance(items, list):
-        raise EFDTransformError(f"{source}: expected a list of outputs (or {{outputs: [...]}})")
+        raise EFDTransformError(f"{source}: expected a list of outputs")
     outputs = []
     for i, item in enumerate(items, start=1):
         try:
@@ -65,7 +77,7 @@ def read_config(path: Path) -> list[TransformOutput]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise EFDTransformError(f"cannot read transform configuration {path}: {exc}") from exc
-    return parse_outputs(data, str(path))
+    return parse_config(data, str(path))
 
 
 def validate_output(conn: psycopg.Connection[Any], output: TransformOutput) -> None:
@@ -91,12 +103,14 @@ def validate_output(conn: psycopg.Connection[Any], output: TransformOutput) -> N
         raise EFDTransformError(
             f"{label}: subset field {output.subset_field!r} is not a field of {topic.name}"
         )
-    order = output.function_args.get("order", 4)
-    if output.function == "rms_from_polynomial_fit" and not (isinstance(order, int) and 0 <= order <= 10):
-        raise EFDTransformError(f"{label}: function_args.order must be an integer 0..10, not {order!r}")
+    _validate_function_args(output, label)
+    if output.subset_value is not None and output.subset_value.startswith("["):
+        values = json.loads(output.subset_value)
+        if not (isinstance(values, list) and values):
+            raise EFDTransformError(f"{label}: subset_value must be a value or a non-empty list of values")
     if not output.target_table.endswith("_unpivoted"):
-        if len(output.fields) != 1:
-            raise EFDTransformError(f"{label}: a pivoted output summarises exactly one field")
+        if len(output.fields) != 1 and output.function == "rms_from_polynomial_fit":
+            raise EFDTransformError(f"{label}: rms_from_polynomial_fit of a pivoted column fits one field")
         exists = conn.execute(
             "SELECT 1 FROM information_schema.columns WHERE table_schema = 'efd_lsstcam' "
             "AND table_name = %s AND column_name = %s",
@@ -108,23 +122,59 @@ def validate_output(conn: psycopg.Connection[Any], output: TransformOutput) -> N
             )
 
 
+def _validate_function_args(output: TransformOutput, label: str) -> None:
+    """ConsDB's arguments: rms_from_polynomial_fit's degree (0..10) and fit_basis (index or time)."""
+    args = output.function_args
+    if "order" in args:
+        raise EFDTransformError(f"{label}: function_args.order is not ConsDB's; give degree (and fit_basis)")
+    if output.function != "rms_from_polynomial_fit":
+        return
+    degree = args.get("degree", 1)
+    if not (isinstance(degree, int) and not isinstance(degree, bool) and 0 <= degree <= 10):
+        raise EFDTransformError(f"{label}: function_args.degree must be an integer 0..10, not {degree!r}")
+    if args.get("fit_basis", "index") not in ("index", "time"):
+        raise EFDTransformError(
+            f"{label}: function_args.fit_basis must be index or time, not {args['fit_basis']!r}"
+        )
+
+
+# An output is pending (computed again for the exposures transformed before) when it is new or its
+# definition changed; a description or unit change alone changes no value.
+_UPSERT = (
+    "INSERT INTO dms.efd_transform_column AS c (target_table, name, topic, fields, function, "
+    "function_args, subset_field, subset_value, start_offset, description, datatype, unit, ucd, pending) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, true) "
+    "ON CONFLICT (target_table, name) DO UPDATE SET "
+    "topic = EXCLUDED.topic, fields = EXCLUDED.fields, function = EXCLUDED.function, "
+    "function_args = EXCLUDED.function_args, subset_field = EXCLUDED.subset_field, "
+    "subset_value = EXCLUDED.subset_value, start_offset = EXCLUDED.start_offset, "
+    "description = EXCLUDED.description, datatype = EXCLUDED.datatype, unit = EXCLUDED.unit, "
+    "ucd = EXCLUDED.ucd, pending = c.pending OR (c.topic, c.fields, c.function, c.function_args, "
+    "c.subset_field, c.subset_value, c.start_offset) IS DISTINCT FROM (EXCLUDED.topic, EXCLUDED.fields, "
+    "EXCLUDED.function, EXCLUDED.function_args, EXCLUDED.subset_field, EXCLUDED.subset_value, "
+    "EXCLUDED.start_offset)"
+)
+
+
 def configure(conn: psycopg.Connection[Any], outputs: list[TransformOutput], *, replace: bool = False) -> int:
-    """Store outputs (all validated first; `replace` removes every other output). Returns the count."""
+    """Store outputs (all validated first; `replace` removes every other output). Returns the count.
+
+    Outputs that are new or changed are pending: the next run computes them for the exposures
+    transformed before, too.
+    """
     with conn.transaction():
         for output in outputs:
             validate_output(conn, output)
         if replace:
-            conn.execute("DELETE FROM dms.efd_transform_column")
+            keep = [[o.target_table, o.name] for o in outputs]
+            conn.execute(
+                "DELETE FROM dms.efd_transform_column "
+                "WHERE NOT jsonb_build_array(jsonb_build_array(target_table, name)) <@ %s::jsonb",
+                (json.dumps(keep),),
+            )
         for o in outputs:
             conn.execute(
-                "INSERT INTO dms.efd_transform_column (target_table, name, topic, fields, function, "
-                "function_args, subset_field, subset_value, start_offset, description) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (target_table, name) DO UPDATE SET "
-                "topic = EXCLUDED.topic, fields = EXCLUDED.fields, function = EXCLUDED.function, "
-                "function_args = EXCLUDED.function_args, subset_field = EXCLUDED.subset_field, "
-                "subset_value = EXCLUDED.subset_value, start_offset = EXCLUDED.start_offset, "
-                "description = EXCLUDED.description",
+                _UPSERT,
                 (
                     o.target_table,
                     o.name,
@@ -136,6 +186,9 @@ def configure(conn: psycopg.Connection[Any], outputs: list[TransformOutput], *, 
                     o.subset_value,
                     o.start_offset,
                     o.description,
+                    o.datatype,
+                    o.unit,
+                    o.ucd,
                 ),
             )
     return len(outputs)
@@ -145,20 +198,29 @@ def list_outputs(conn: psycopg.Connection[Any]) -> list[TransformOutput]:
     """Every configured output, by table and name."""
     rows = conn.execute(
         "SELECT target_table, name, topic, fields, function, function_args, subset_field, subset_value, "
-        "start_offset, description FROM dms.efd_transform_column ORDER BY target_table, name"
+        "start_offset, description, datatype, unit, ucd FROM dms.efd_transform_column "
+        "ORDER BY target_table, name"
     ).fetchall()
     keys = list(TransformOutput.model_fields)
     return [TransformOutput.model_validate(dict(zip(keys, row, strict=True))) for row in rows]
 
 
 def run(
-    conn: psycopg.Connection[Any], *, instrument: str = DEFAULT_INSTRUMENT, since: dt.datetime | None = None
+    conn: psycopg.Connection[Any],
+    *,
+    instrument: str = DEFAULT_INSTRUMENT,
+    since: dt.datetime | None = None,
+    recompute: bool = False,
 ) -> tuple[int, int]:
-    """One incremental run: (run id, number of exposures transformed). Errors roll the run back."""
+    """One incremental run: (run id, number of exposures transformed). Errors roll the run back.
+
+    New exposures, those with newly stored telemetry in their window, and, when an output is pending or
+    `recompute` is asked, every exposure transformed before.
+    """
     try:
         with conn.transaction():
             row = conn.execute(
-                "SELECT * FROM dms.efd_transform_incremental(%s, %s)", (instrument, since)
+                "SELECT * FROM dms.efd_transform_incremental(%s, %s, %s)", (instrument, since, recompute)
             ).fetchone()
     except psycopg.errors.DataError as exc:
         raise EFDTransformError(f"EFD transform failed: {exc.diag.message_primary}") from exc

@@ -26,11 +26,18 @@ KEEPALIVE_SECONDS = 15.0  # an SSE comment this often keeps proxies from closing
 
 
 class Hub:
-    """One LISTEN connection per gateway; wakes every subscriber when events are committed."""
+    """One LISTEN connection per gateway; wakes every subscriber when events are committed.
+
+    Every notification bumps `generation`. A subscriber reads the generation *before* it queries for
+    events and then waits only while the generation is unchanged (checked under the condition's lock),
+    so a notification arriving while it queries, or while its generator is suspended sending events,
+    is never lost: the wait returns at once and the subscriber queries again.
+    """
 
     def __init__(self, conninfo: str) -> None:
         self.conninfo = conninfo
         self.newest = 0
+        self.generation = 0
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
 
@@ -58,12 +65,18 @@ class Hub:
     async def _notify(self, event_id: int) -> None:
         async with self._changed:
             self.newest = max(self.newest, event_id)
+            self.generation += 1
             self._changed.notify_all()
 
-    async def wait(self, timeout: float) -> None:
+    async def wait_after(self, generation: int, timeout: float) -> bool:
+        """Wait until a notification newer than `generation` (True) or `timeout` seconds (False).
+
+        Returns at once when one has already arrived: the check and the wait are one step under the lock.
+        """
         async with self._changed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.generation != generation), timeout)
+            return self.generation != generation
 
 
 def format_event(event_id: int, kind: str, payload: Any) -> str:
@@ -76,6 +89,7 @@ async def _stream(hub: Hub, after: int, kinds: set[str] | None) -> AsyncIterator
         await conn.execute("SET statement_timeout = '10s'")
         yield ": dms telemetry gateway\n\n"
         while True:
+            seen = hub.generation  # before the query: any later notification makes the wait return
             rows = await (
                 await conn.execute(
                     "SELECT event_id, kind, payload FROM dms.gateway_event WHERE event_id > %s "
@@ -89,8 +103,7 @@ async def _stream(hub: Hub, after: int, kinds: set[str] | None) -> AsyncIterator
                     yield format_event(event_id, kind, payload)
             if len(rows) == BATCH:
                 continue
-            await hub.wait(KEEPALIVE_SECONDS)
-            if hub.newest <= after:
+            if not await hub.wait_after(seen, KEEPALIVE_SECONDS):
                 yield ": keepalive\n\n"
 
 

@@ -1,13 +1,19 @@
--- The EFD transformation (PostgreSQL, control database only; installed by revision c0004).
+-- The EFD transformation (PostgreSQL, control database only; installed by revisions c0004 and c0010).
 --
--- Configured by dms.efd_transform_column, as Rubin's ConsDB transformed EFD is by its YAML: each output
--- summarises fields of one topic over each exposure's window [timespan_begin - start_offset, timespan_end]
--- (the exposure timespan is TAI, converted to UTC to meet the EFD's sample times; both ends included),
--- optionally over the samples whose subset_field equals subset_value only. Functions:
---   mean, stddev (sample standard deviation, NULL below two samples), min, max: over non-NULL values;
---   most_recent_value: the value of the latest sample in the window (ties: the highest sal_index);
---   rms_from_polynomial_fit: sqrt(mean(residual^2)) of the least-squares polynomial of order
---     function_args.order (default 4) in time; NULL unless more than `order` samples have a value.
+-- Configured by dms.efd_transform_column, as Rubin's ConsDB transformed EFD is by its YAML (and with
+-- ConsDB's meanings): each output summarises fields of one topic over each exposure's window
+-- [timespan_begin + start_offset hours, timespan_end] (the exposure timespan is TAI, converted to UTC to
+-- meet the EFD's sample times; both ends included), optionally over the samples whose subset_field
+-- equals subset_value (or one of a JSON array of values) only. A sample counts for an output when every
+-- field of the output has a value (not NULL, not NaN: ConsDB drops such rows); booleans count as 1/0.
+-- Functions:
+--   mean, stddev (sample, ddof 1; NULL below two values), min, max: over the values of the output's
+--     fields (all of them together for a pivoted column of several fields, as ConsDB flattens them);
+--     function_args.pre_aggregate_interval (seconds) first summarises 1970-aligned bins the same way;
+--   most_recent_value: the value of the latest counted sample (ties: the highest sal_index);
+--   rms_from_polynomial_fit: sqrt(mean(residual^2)) of the least-squares polynomial of degree
+--     function_args.degree (default 1) on the sample index (fit_basis index, the default) or on time;
+--     NULL unless more than `degree` samples count.
 -- A window without samples gives NULL. Values below ~1e-154 in magnitude can make PostgreSQL report
 -- float underflow (it raises instead of rounding to 0, e.g. when squaring in stddev); telemetry never
 -- comes near that. Results go to efd_lsstcam.exposure_efd / visit1_efd (one column
@@ -15,7 +21,7 @@
 -- (one row per output and field). Rows are upserted: re-running is idempotent.
 --
 -- The heavy work is set-based SQL generated per group of outputs sharing a topic, subset and window, so
--- each sample table is scanned once per group however many outputs read it.
+-- each sample table is scanned once per group for its single-field means, deviations and extrema.
 
 -- Least-squares polynomial coefficients (lowest power first) from the power sums of a fit:
 -- s[k+1] = sum(x^k) for k = 0..2*order and ty[k+1] = sum(x^k * y) for k = 0..order (the normal
@@ -105,8 +111,28 @@ BEGIN
 END
 $$;
 
+-- The value of a field of a sample (alias t) as float8: booleans count as 1 and 0, as ConsDB's
+-- numpy conversion makes them (so a boolean's mean is the fraction of true samples).
+CREATE OR REPLACE FUNCTION dms._efd_value_expr(topic text, table_name text, field text, output text)
+RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    ftype text := dms._efd_field_type(topic, table_name, field, output);
+BEGIN
+    IF ftype = 'boolean' THEN
+        RETURN format('t.%I::integer::float8', field);
+    ELSIF ftype IN ('double precision', 'real', 'bigint', 'integer', 'smallint') THEN
+        RETURN format('t.%I::float8', field);
+    END IF;
+    RAISE EXCEPTION 'EFD transform output %: field % of topic % is %, not a number or boolean',
+        output, field, topic, ftype USING ERRCODE = '42804';
+END
+$$;
+
 -- Summaries of one group of outputs (same topic, subset and start offset) for the exposures of
--- _efd_win, appended to _efd_out as (exposure_id, target_table, name, field, value).
+-- _efd_win, appended to _efd_out as (exposure_id, target_table, name, field, value). As ConsDB does, a
+-- sample counts for an output only when every field of the output has a value (not NULL, not NaN).
 CREATE OR REPLACE FUNCTION dms._efd_transform_group(
     topic text, table_name text, subset_field text, subset_value text, start_offset double precision
 )
@@ -114,61 +140,81 @@ RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    outputs record;
+    o record;
     cond text;
+    rowok text;
+    exprs text[];
     aggs text[] := '{}';
     agg_keys text[] := '{}';
     agg_values text[] := '{}';
-    mrv_cols text[] := '{}';
-    mrv_keys text[] := '{}';
-    mrv_values text[] := '{}';
     key text;
-    alias text;
     ftype text;
+    agg text;
+    i integer;
+    interval_s double precision;
+    wbegin text := format('w.t_begin + make_interval(secs => %L::float8 * 3600)', start_offset);
+    subcond text := 'true';
 BEGIN
-    cond := format('t.sample_time >= w.t_begin - make_interval(secs => %L::float8) AND t.sample_time <= w.t_end',
-                   start_offset);
     IF subset_field IS NOT NULL THEN
         ftype := dms._efd_field_type(topic, table_name, subset_field, 'subset of ' || topic);
-        cond := cond || format(' AND t.%I = CAST(%L AS %s)', subset_field, subset_value, ftype);
+        IF left(subset_value, 1) = '[' THEN  -- any of a JSON array of values
+            subcond := format('t.%I IN (%s)', subset_field, (
+                SELECT string_agg(format('CAST(%L AS %s)', v, ftype), ', ')
+                FROM jsonb_array_elements_text(subset_value::jsonb) AS v));
+        ELSE
+            subcond := format('t.%I = CAST(%L AS %s)', subset_field, subset_value, ftype);
+        END IF;
     END IF;
-    FOR outputs IN
-        SELECT c.target_table, c.name, f.field, c.function,
-               coalesce((c.function_args ->> 'order')::integer, 4) AS fit_order
-        FROM dms.efd_transform_column c, jsonb_array_elements_text(c.fields) AS f(field)
+    cond := format('t.sample_time >= %s AND t.sample_time <= w.t_end AND %s', wbegin, subcond);
+    FOR o IN
+        SELECT c.target_table, c.name, c.function, c.function_args,
+               ARRAY(SELECT jsonb_array_elements_text(c.fields)) AS fields,
+               c.target_table LIKE '%_unpivoted' AS unpivoted
+        FROM dms.efd_transform_column c
         WHERE c.topic = _efd_transform_group.topic
           AND c.subset_field IS NOT DISTINCT FROM _efd_transform_group.subset_field
           AND c.subset_value IS NOT DISTINCT FROM _efd_transform_group.subset_value
           AND c.start_offset = _efd_transform_group.start_offset
-        ORDER BY c.target_table, c.name, f.field
+        ORDER BY c.target_table, c.name
     LOOP
-        ftype := dms._efd_field_type(topic, table_name, outputs.field, outputs.name);
-        IF ftype NOT IN ('double precision', 'real', 'bigint', 'integer', 'smallint', 'boolean') THEN
-            RAISE EXCEPTION 'EFD transform output %: field % of topic % is %, not a number',
-                outputs.name, outputs.field, topic, ftype USING ERRCODE = '42804';
-        END IF;
-        IF outputs.function IN ('mean', 'stddev', 'min', 'max') THEN
-            key := outputs.function || ':' || outputs.field;
-            IF NOT key = ANY(agg_keys) THEN
-                agg_keys := agg_keys || key;
-                aggs := aggs || format('%s(t.%I::float8) AS a%s',
-                    CASE outputs.function WHEN 'mean' THEN 'avg' WHEN 'stddev' THEN 'stddev_samp'
-                         ELSE outputs.function END,
-                    outputs.field, array_length(agg_keys, 1));
+        exprs := ARRAY(SELECT dms._efd_value_expr(topic, table_name, f, o.name) FROM unnest(o.fields) AS f);
+        rowok := (SELECT string_agg(format('(%s) IS NOT NULL AND (%s) <> ''NaN''::float8', e, e), ' AND ')
+                  FROM unnest(exprs) AS e);
+        agg := CASE o.function WHEN 'mean' THEN 'avg' WHEN 'stddev' THEN 'stddev_samp' ELSE o.function END;
+        interval_s := (o.function_args ->> 'pre_aggregate_interval')::float8;
+        IF o.function = 'most_recent_value' THEN
+            PERFORM dms._efd_most_recent(table_name, cond, rowok, o.target_table, o.name, o.fields, exprs,
+                                         o.unpivoted);
+        ELSIF o.function = 'rms_from_polynomial_fit' THEN
+            IF NOT o.unpivoted AND array_length(o.fields, 1) > 1 THEN
+                RAISE EXCEPTION 'EFD transform output %: rms_from_polynomial_fit of a pivoted column fits '
+                    'one field, not %', o.name, array_length(o.fields, 1) USING ERRCODE = '22023';
             END IF;
-            alias := 'a.a' || array_position(agg_keys, key);
-            agg_values := agg_values || format('(%L, %L, %L, %s)', outputs.target_table, outputs.name,
-                                               outputs.field, alias);
-        ELSIF outputs.function = 'most_recent_value' THEN
-            IF NOT outputs.field = ANY(mrv_keys) THEN
-                mrv_keys := mrv_keys || outputs.field;
-                mrv_cols := mrv_cols || format('t.%I::float8 AS m%s', outputs.field, array_length(mrv_keys, 1));
-            END IF;
-            mrv_values := mrv_values || format('(%L, %L, %L, s.m%s)', outputs.target_table, outputs.name,
-                                               outputs.field, array_position(mrv_keys, outputs.field));
-        ELSE
-            PERFORM dms._efd_rms_polyfit(table_name, cond, outputs.target_table, outputs.name,
-                                         outputs.field, outputs.fit_order);
+            FOR i IN 1..array_length(o.fields, 1) LOOP
+                PERFORM dms._efd_rms_polyfit(table_name, cond, rowok, o.target_table, o.name, o.fields[i],
+                    exprs[i], coalesce((o.function_args ->> 'degree')::integer, 1),
+                    coalesce(o.function_args ->> 'fit_basis', 'index'));
+            END LOOP;
+        ELSIF interval_s IS NOT NULL THEN  -- bins starting in the window, with all their samples
+            PERFORM dms._efd_summarise_values(table_name,
+                format('t.sample_time >= %s AND t.sample_time < w.t_end + make_interval(secs => %L::float8) '
+                       'AND %s', wbegin, interval_s, subcond),
+                rowok, o.target_table, o.name, o.fields, exprs, agg, o.unpivoted, interval_s,
+                format('b.bin >= %s AND b.bin <= w.t_end', wbegin));
+        ELSIF NOT o.unpivoted AND array_length(o.fields, 1) > 1 THEN
+            PERFORM dms._efd_summarise_values(table_name, cond, rowok, o.target_table, o.name, o.fields,
+                                              exprs, agg, o.unpivoted, NULL, NULL);
+        ELSE  -- one scan of the sample table for every such summary of the group
+            FOR i IN 1..array_length(o.fields, 1) LOOP
+                key := agg || ':' || exprs[i] || ':' || rowok;
+                IF NOT key = ANY(agg_keys) THEN
+                    agg_keys := agg_keys || key;
+                    aggs := aggs || format('%s(%s) FILTER (WHERE %s) AS a%s', agg, exprs[i], rowok,
+                                           array_length(agg_keys, 1));
+                END IF;
+                agg_values := agg_values || format('(%L, %L, %L, a.a%s)', o.target_table, o.name, o.fields[i],
+                                                   array_position(agg_keys, key));
+            END LOOP;
         END IF;
     END LOOP;
     IF array_length(aggs, 1) > 0 THEN
@@ -179,71 +225,127 @@ BEGIN
             ') a CROSS JOIN LATERAL (VALUES %s) AS o(target_table, name, field, value)',
             array_to_string(aggs, ', '), table_name, cond, array_to_string(agg_values, ', '));
     END IF;
-    IF array_length(mrv_cols, 1) > 0 THEN
-        EXECUTE format(
-            'INSERT INTO _efd_out (exposure_id, target_table, name, field, value) '
-            'SELECT w.exposure_id, o.target_table, o.name, o.field, o.value FROM _efd_win w '
-            'LEFT JOIN LATERAL (SELECT %s FROM efd.%I t WHERE %s '
-            '  ORDER BY t.sample_time DESC, t.sal_index DESC LIMIT 1) s ON true '
-            'CROSS JOIN LATERAL (VALUES %s) AS o(target_table, name, field, value)',
-            array_to_string(mrv_cols, ', '), table_name, cond, array_to_string(mrv_values, ', '));
-    END IF;
 END
 $$;
 
--- rms_from_polynomial_fit of one field for the exposures of _efd_win, in three set-based passes: the
--- time range of each window's samples (time is scaled to [-1, 1] over it, which keeps the normal
--- equations well conditioned), the power sums and their solution, then the residuals themselves (so
--- the RMS does not suffer the cancellation of sum(y^2) - fit).
-CREATE OR REPLACE FUNCTION dms._efd_rms_polyfit(
-    table_name text, cond text, target_table text, output text, field text, fit_order integer
+-- most_recent_value: the values of the latest sample of the window (ties: the highest sal_index) among
+-- those where every field of the output has a value; a pivoted column takes its first field (ConsDB's
+-- last row, first column).
+CREATE OR REPLACE FUNCTION dms._efd_most_recent(
+    table_name text, cond text, rowok text, target_table text, output text, fields text[], exprs text[],
+    unpivoted boolean
 )
 RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    x text := 'CASE WHEN r.span > 0 THEN 2 * (extract(epoch FROM t.sample_time)::float8 - r.t0) / r.span - 1 ELSE 0 END';
+    n integer := CASE WHEN unpivoted THEN array_length(fields, 1) ELSE 1 END;
+BEGIN
+    EXECUTE format(
+        'INSERT INTO _efd_out (exposure_id, target_table, name, field, value) '
+        'SELECT w.exposure_id, %L, %L, o.field, o.value FROM _efd_win w '
+        'JOIN LATERAL (SELECT ARRAY[%s] AS v FROM efd.%I t WHERE %s AND %s '
+        '  ORDER BY t.sample_time DESC, t.sal_index DESC LIMIT 1) s ON true '
+        'CROSS JOIN LATERAL unnest(%L::text[], s.v) AS o(field, value)',
+        target_table, output, array_to_string(exprs[1:n], ', '), table_name, cond, rowok, fields[1:n]);
+END
+$$;
+
+-- mean, stddev, min or max over the values of several fields together (a pivoted column of several
+-- fields: ConsDB flattens them), or per field after a pre-aggregation into bins of `interval_s` seconds
+-- aligned on 1970 (ConsDB's pre_aggregate_interval, InfluxDB's GROUP BY time(): the summary of the
+-- summaries of the bins whose start is in the window, `bin_cond`, each over all its samples).
+CREATE OR REPLACE FUNCTION dms._efd_summarise_values(
+    table_name text, cond text, rowok text, target_table text, output text, fields text[], exprs text[],
+    agg text, unpivoted boolean, interval_s double precision, bin_cond text
+)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    pairs text := (SELECT string_agg(format('(%L, %s)', CASE WHEN unpivoted THEN f ELSE fields[1] END, e), ', ')
+                   FROM unnest(fields, exprs) AS u(f, e));
+    source text := format('FROM _efd_win w JOIN efd.%I t ON %s AND %s CROSS JOIN LATERAL (VALUES %s) '
+                          'AS v(field, x)', table_name, cond, rowok, pairs);
+BEGIN
+    IF interval_s IS NULL THEN
+        EXECUTE format(
+            'INSERT INTO _efd_out (exposure_id, target_table, name, field, value) '
+            'SELECT w.exposure_id, %L, %L, v.field, %s(v.x) %s GROUP BY w.exposure_id, v.field',
+            target_table, output, agg, source);
+    ELSE
+        EXECUTE format(
+            'INSERT INTO _efd_out (exposure_id, target_table, name, field, value) '
+            'SELECT b.exposure_id, %L, %L, b.field, %s(b.x) FROM ('
+            '  SELECT w.exposure_id, v.field, date_bin(make_interval(secs => %L::float8), t.sample_time, '
+            '    %L::timestamptz) AS bin, %s(v.x) AS x %s GROUP BY 1, 2, 3) b '
+            'JOIN _efd_win w ON w.exposure_id = b.exposure_id WHERE %s GROUP BY b.exposure_id, b.field',
+            target_table, output, agg, interval_s, '1970-01-01 00:00:00+00', agg, source, bin_cond);
+    END IF;
+END
+$$;
+
+-- rms_from_polynomial_fit of one field for the exposures of _efd_win, as ConsDB computes it:
+-- sqrt(mean(residual^2)) of the least-squares polynomial of `degree` fitted to the window's values
+-- against the sample index 0..n-1 (fit_basis index, ConsDB's default) or time (fit_basis time); NULL
+-- unless more than `degree` samples count. The abscissa is scaled to [-1, 1] (an affine change, which
+-- leaves the residuals as they are and keeps the normal equations well conditioned); the residuals are
+-- computed themselves (no cancellation of sum(y^2) - fit).
+CREATE OR REPLACE FUNCTION dms._efd_rms_polyfit(
+    table_name text, cond text, rowok text, target_table text, output text, field text, yexpr text,
+    degree integer, fit_basis text
+)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
     power_sums text[] := '{}';
     moment_sums text[] := '{}';
-    horner text := 'c.coef[' || (fit_order + 1) || ']';
+    horner text := 'c.coef[' || (degree + 1) || ']';
+    x0 text;
     k integer;
 BEGIN
-    IF fit_order < 0 OR fit_order > 10 THEN
-        RAISE EXCEPTION 'EFD transform output %: polynomial order % is not in 0..10', output, fit_order
+    IF degree < 0 OR degree > 10 THEN
+        RAISE EXCEPTION 'EFD transform output %: polynomial degree % is not in 0..10', output, degree
             USING ERRCODE = '22023';
     END IF;
-    FOR k IN 0..2 * fit_order LOOP
+    x0 := CASE fit_basis
+        WHEN 'index' THEN 'row_number() OVER (PARTITION BY w.exposure_id ORDER BY t.sample_time, t.sal_index)::float8'
+        WHEN 'time' THEN 'extract(epoch FROM t.sample_time)::float8' END;
+    IF x0 IS NULL THEN
+        RAISE EXCEPTION 'EFD transform output %: fit_basis % is not index or time', output, fit_basis
+            USING ERRCODE = '22023';
+    END IF;
+    FOR k IN 0..2 * degree LOOP
         power_sums := power_sums || format('sum(%s)', CASE WHEN k = 0 THEN '1::float8'
                                            ELSE repeat('s.x * ', k - 1) || 's.x' END);
     END LOOP;
-    FOR k IN 0..fit_order LOOP
+    FOR k IN 0..degree LOOP
         moment_sums := moment_sums || format('sum(%ss.y)', repeat('s.x * ', k));
     END LOOP;
-    FOR k IN REVERSE fit_order..1 LOOP
+    FOR k IN REVERSE degree..1 LOOP
         horner := format('c.coef[%s] + s.x * (%s)', k, horner);
     END LOOP;
+    DROP TABLE IF EXISTS _efd_pts;
     DROP TABLE IF EXISTS _efd_fit;
     EXECUTE format(
-        'CREATE TEMP TABLE _efd_fit ON COMMIT DROP AS '
-        'SELECT w.exposure_id, extract(epoch FROM min(t.sample_time))::float8 AS t0, '
-        '  extract(epoch FROM max(t.sample_time))::float8 - extract(epoch FROM min(t.sample_time))::float8 AS span, '
-        '  count(*) AS n, NULL::float8[] AS coef '
-        'FROM _efd_win w JOIN efd.%I t ON %s AND t.%I IS NOT NULL GROUP BY w.exposure_id HAVING count(*) > %s',
-        table_name, cond, field, fit_order);
+        'CREATE TEMP TABLE _efd_pts ON COMMIT DROP AS '
+        'SELECT exposure_id, y, CASE WHEN hi > lo THEN 2 * (x0 - lo) / (hi - lo) - 1 ELSE 0 END AS x FROM ('
+        '  SELECT exposure_id, y, x0, min(x0) OVER p AS lo, max(x0) OVER p AS hi, count(*) OVER p AS n FROM ('
+        '    SELECT w.exposure_id, %s AS y, %s AS x0 FROM _efd_win w JOIN efd.%I t ON %s AND %s) s0'
+        '  WINDOW p AS (PARTITION BY exposure_id)) s1 WHERE n > %s',
+        yexpr, x0, table_name, cond, rowok, degree);
     EXECUTE format(
-        'UPDATE _efd_fit f SET coef = p.coef FROM ('
-        '  SELECT s.exposure_id, dms.efd_polyfit_solve(ARRAY[%s], ARRAY[%s]) AS coef FROM ('
-        '    SELECT w.exposure_id, %s AS x, t.%I::float8 AS y FROM _efd_fit r JOIN _efd_win w USING (exposure_id) '
-        '    JOIN efd.%I t ON %s AND t.%I IS NOT NULL) s GROUP BY s.exposure_id) p '
-        'WHERE f.exposure_id = p.exposure_id',
-        array_to_string(power_sums, ', '), array_to_string(moment_sums, ', '), x, field, table_name, cond, field);
+        'CREATE TEMP TABLE _efd_fit ON COMMIT DROP AS '
+        'SELECT s.exposure_id, dms.efd_polyfit_solve(ARRAY[%s], ARRAY[%s]) AS coef FROM _efd_pts s '
+        'GROUP BY s.exposure_id',
+        array_to_string(power_sums, ', '), array_to_string(moment_sums, ', '));
     EXECUTE format(
         'INSERT INTO _efd_out (exposure_id, target_table, name, field, value) '
-        'SELECT s.exposure_id, %L, %L, %L, sqrt(avg((s.y - (%s)) * (s.y - (%s)))) FROM ('
-        '  SELECT w.exposure_id, %s AS x, t.%I::float8 AS y FROM _efd_fit r JOIN _efd_win w USING (exposure_id) '
-        '  JOIN efd.%I t ON %s AND t.%I IS NOT NULL WHERE r.coef IS NOT NULL) s '
-        'JOIN _efd_fit c ON c.exposure_id = s.exposure_id GROUP BY s.exposure_id',
-        target_table, output, field, horner, horner, x, field, table_name, cond, field);
+        'SELECT s.exposure_id, %L, %L, %L, sqrt(avg((s.y - (%s)) * (s.y - (%s)))) '
+        'FROM _efd_pts s JOIN _efd_fit c ON c.exposure_id = s.exposure_id WHERE c.coef IS NOT NULL '
+        'GROUP BY s.exposure_id',
+        target_table, output, field, horner, horner);
 END
 $$;
 
@@ -256,20 +358,15 @@ DECLARE
     bad record;
 BEGIN
     FOR bad IN
-        SELECT c.target_table, c.name, jsonb_array_length(c.fields) AS n_fields, a.attname IS NULL AS missing
+        SELECT c.target_table, c.name
         FROM dms.efd_transform_column c
         LEFT JOIN pg_attribute a ON a.attrelid = format('efd_lsstcam.%I', c.target_table)::regclass
             AND a.attname = c.name AND a.attnum > 0 AND NOT a.attisdropped
-        WHERE c.target_table IN ('exposure_efd', 'visit1_efd')
-          AND (a.attname IS NULL OR jsonb_array_length(c.fields) <> 1)
+        WHERE c.target_table IN ('exposure_efd', 'visit1_efd') AND a.attname IS NULL
         ORDER BY 1, 2
     LOOP
-        IF bad.missing THEN
-            RAISE EXCEPTION 'EFD transform output %: efd_lsstcam.% has no column %', bad.name,
-                bad.target_table, bad.name USING ERRCODE = '42703';
-        END IF;
-        RAISE EXCEPTION 'EFD transform output % of %: a pivoted output summarises exactly one field, not %',
-            bad.name, bad.target_table, bad.n_fields USING ERRCODE = '22023';
+        RAISE EXCEPTION 'EFD transform output %: efd_lsstcam.% has no column %', bad.name,
+            bad.target_table, bad.name USING ERRCODE = '42703';
     END LOOP;
 END
 $$;
@@ -369,9 +466,14 @@ END
 $$;
 
 -- One incremental run: transform the exposures of an instrument that were never transformed (only those
--- beginning at or after `since`, when given) and those whose window overlaps samples loaded since the
--- previous run (late telemetry). Returns the run id and the number of exposures transformed.
-CREATE OR REPLACE FUNCTION dms.efd_transform_incremental(instrument text, since timestamp DEFAULT NULL)
+-- beginning at or after `since`, when given), those whose window overlaps samples newly stored since
+-- the previous run (late telemetry; a reload that stored nothing new changes nothing), and, when an
+-- output is pending (configured or changed since) or `recompute` is asked, every exposure transformed
+-- before. Returns the run id and the number of exposures transformed.
+DROP FUNCTION IF EXISTS dms.efd_transform_incremental(text, timestamp);
+CREATE OR REPLACE FUNCTION dms.efd_transform_incremental(
+    instrument text, since timestamp DEFAULT NULL, recompute boolean DEFAULT false
+)
 RETURNS TABLE (run_id bigint, exposure_count integer)
 LANGUAGE plpgsql
 AS $$
@@ -380,12 +482,14 @@ DECLARE
     newest bigint;
     ids bigint[];
     new_run bigint;
+    redo boolean;
 BEGIN
     -- Loaders hold this lock (shared) until they commit: waiting for it here means every batch id up
     -- to `newest` is committed and visible, so no late batch is skipped by the watermark.
     PERFORM pg_advisory_xact_lock(hashtext('dms.efd_ingest'));
     SELECT coalesce(max(b.batch_id), 0) INTO newest FROM dms.efd_ingest_batch b;
     SELECT coalesce(max(r.last_batch_id), 0) INTO previous FROM dms.efd_transform_run r;
+    redo := recompute OR EXISTS (SELECT 1 FROM dms.efd_transform_column c WHERE c.pending);
     SELECT array_agg(e.id ORDER BY e.id) INTO ids
     FROM dms.exposure e
     WHERE e.instrument = efd_transform_incremental.instrument
@@ -394,13 +498,16 @@ BEGIN
         (NOT EXISTS (SELECT 1 FROM dms.efd_exposure_transform x
                      WHERE x.instrument = e.instrument AND x.exposure_id = e.id)
          AND (since IS NULL OR e.timespan_begin >= since))
+        OR (redo AND EXISTS (SELECT 1 FROM dms.efd_exposure_transform x
+                             WHERE x.instrument = e.instrument AND x.exposure_id = e.id))
         OR EXISTS (
             SELECT 1 FROM dms.efd_ingest_batch b
-            JOIN (SELECT topic, max(start_offset) AS start_offset FROM dms.efd_transform_column GROUP BY topic) c
-              ON c.topic = b.topic
-            WHERE b.batch_id > previous AND b.batch_id <= newest
+            JOIN (SELECT topic, least(min(start_offset), 0) AS start_offset FROM dms.efd_transform_column
+                  GROUP BY topic) c ON c.topic = b.topic
+            WHERE b.batch_id > previous AND b.batch_id <= newest AND b.inserted_count > 0
               AND b.min_sample_time <= dms.efd_tai_to_utc(e.timespan_end)
-              AND b.max_sample_time >= dms.efd_tai_to_utc(e.timespan_begin) - make_interval(secs => c.start_offset)));
+              AND b.max_sample_time >= dms.efd_tai_to_utc(e.timespan_begin)
+                                       + make_interval(secs => c.start_offset * 3600)));
     INSERT INTO dms.efd_transform_run (last_batch_id, exposure_count)
     VALUES (newest, coalesce(array_length(ids, 1), 0)) RETURNING efd_transform_run.run_id INTO new_run;
     run_id := new_run;
@@ -410,6 +517,7 @@ BEGIN
         UPDATE dms.efd_transform_run r SET exposure_count = efd_transform_incremental.exposure_count
         WHERE r.run_id = new_run;
     END IF;
+    UPDATE dms.efd_transform_column c SET pending = false WHERE c.pending;
     RETURN NEXT;
 END
 $$;

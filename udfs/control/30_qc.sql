@@ -5,6 +5,12 @@
 -- the measurement passes when "value operator threshold" holds, after converting the value into the
 -- threshold's unit). A failure raises an alarm for the threshold and the measurement's series
 -- (dms.qc_series), or counts as a repeat while that alarm is open; a pass clears the open alarm.
+-- A NaN measurement is its own outcome, a data-quality alarm: it never passes (so it never clears an
+-- alarm, whatever the operator; PostgreSQL would order NaN above every number), and it raises or repeats
+-- the threshold's alarm with a message saying the value is not a number.
+-- A value converted from another unit that lies within 1e-12 (relative) of the threshold is taken as
+-- equal to it: unit factors carry rounding (9 mas is 0.009000000000000001 arcsec), no measurement is
+-- that precise, and so a value exactly at a limit given in another unit is not an alarm.
 -- Measurements and alarm changes are appended to dms.gateway_event and announced with
 -- NOTIFY dms_gateway, for the Telemetry Gateway.
 
@@ -42,14 +48,34 @@ BEGIN
 END
 $$;
 
--- Whether "value operator threshold" holds (the verify-spec test a measurement must pass).
+-- Whether "value operator threshold" holds (the verify-spec test a measurement must pass); NULL for a
+-- NaN value or threshold, which no operator can compare (PostgreSQL's NaN > every number is not physics).
 CREATE OR REPLACE FUNCTION dms.qc_passes(value double precision, operator text, threshold double precision)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE operator
+RETURN CASE WHEN value = 'NaN'::float8 OR threshold = 'NaN'::float8 THEN NULL ELSE CASE operator
     WHEN '<' THEN value < threshold WHEN '<=' THEN value <= threshold
     WHEN '>' THEN value > threshold WHEN '>=' THEN value >= threshold
-    WHEN '==' THEN value = threshold WHEN '!=' THEN value <> threshold END;
+    WHEN '==' THEN value = threshold WHEN '!=' THEN value <> threshold END END;
+
+-- A value converted into the threshold's unit, snapped onto the threshold when it lies within 1e-12
+-- (relative) of it: conversion factors round (9 mas -> 0.009000000000000001 arcsec), measurements are
+-- never that precise. Values in the threshold's own unit are compared exactly.
+CREATE OR REPLACE FUNCTION dms.qc_value_for_threshold(value double precision, from_unit text,
+                                                      threshold double precision, to_unit text)
+RETURNS double precision
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+    converted double precision := dms.qc_convert(value, from_unit, to_unit);
+BEGIN
+    IF from_unit IS DISTINCT FROM to_unit AND converted <> 'NaN'::float8
+       AND abs(converted - threshold) <= 1e-12 * greatest(abs(converted), abs(threshold)) THEN
+        RETURN threshold;
+    END IF;
+    RETURN converted;
+END
+$$;
 
 -- Append an event to the gateway stream and wake the gateways. The transaction-level advisory lock makes
 -- events commit in event_id order, so a subscriber resuming "after id N" never misses one.
@@ -98,18 +124,22 @@ BEGIN
         WHERE metric = NEW.metric AND active AND NEW.data_id @> applies_to
         ORDER BY threshold_id
     LOOP
-        value_in_threshold_unit := dms.qc_convert(NEW.value, NEW.unit, t.unit);
+        value_in_threshold_unit := dms.qc_value_for_threshold(NEW.value, NEW.unit, t.value, t.unit);
         SELECT * INTO alarm FROM dms.qc_alarm a
         WHERE a.threshold_id = t.threshold_id AND a.series = m_series
           AND a.state <> 'cleared'
         FOR UPDATE;
-        IF NOT dms.qc_passes(value_in_threshold_unit, t.operator, t.value) THEN
+        -- NULL (a NaN value) is not a pass: a data-quality alarm, raised or repeated, never a clearing.
+        IF NOT coalesce(dms.qc_passes(value_in_threshold_unit, t.operator, t.value), false) THEN
             IF alarm.alarm_id IS NULL THEN
                 INSERT INTO dms.qc_alarm (threshold_id, measurement_id, severity, message, data_id, series,
                                           last_measurement_id)
                 VALUES (t.threshold_id, NEW.measurement_id, t.severity,
-                        format('%s = %s %s, %s requires %s %s %s', NEW.metric, NEW.value, NEW.unit, t.level,
-                               t.operator, t.value, t.unit),
+                        CASE WHEN NEW.value = 'NaN'::float8 THEN
+                            format('%s is NaN (not a number): data quality, %s requires %s %s %s cannot be '
+                                   'checked', NEW.metric, t.level, t.operator, t.value, t.unit)
+                        ELSE format('%s = %s %s, %s requires %s %s %s', NEW.metric, NEW.value, NEW.unit,
+                                    t.level, t.operator, t.value, t.unit) END,
                         NEW.data_id, m_series, NEW.measurement_id)
                 RETURNING * INTO alarm;
                 PERFORM dms.gateway_emit('qc_alarm_raised', dms.qc_alarm_json(alarm, t));

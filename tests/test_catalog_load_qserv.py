@@ -324,7 +324,7 @@ def test_drop_command_asks_and_drops_children_when_told(deployment: Deployment, 
 # --- child rows without a director --------------------------------------------------------------------------
 
 
-def _orphan_sample(tmp_path: Path) -> Sample:
+def _orphan_sample(tmp_path: Path, obj: str, src: str) -> Sample:
     """Objects, and sources with their own positions: most near their object, some whose object is not in
     the director (several sources of one missing object, far apart) and some with a NULL objectId."""
     objects = _stars(2_000, seed=21)
@@ -348,49 +348,54 @@ def _orphan_sample(tmp_path: Path) -> Sample:
             "psfFlux": rng.lognormal(3, 1, n),
         }
     )
-    tables = {"orph_obj": objects, "orph_src": sources}
+    tables = {obj: objects, src: sources}
     files = {name: write_parquet(t, tmp_path / f"{name}.parquet") for name, t in tables.items()}
     return Sample(files, tables)
 
 
-def _load_orphans(deployment: Deployment, sample: Sample, orphans: str, storage: str = "duckdb") -> int:
+def _load_orphans(deployment: Deployment, sample: Sample, orphans: str) -> int:
+    obj, src = sample.tables
     return load_files(
         deployment,
-        "orph_src",
-        [sample.files["orph_src"]],
+        src,
+        [sample.files[src]],
         progress=False,
         orphans=orphans,
-        create=TableOptions(role="child", director="orph_obj", director_key="objectId", ra="ra", dec="decl"),
+        create=TableOptions(role="child", director=obj, director_key="objectId", ra="ra", dec="decl"),
     ).orphans
 
 
-def test_orphans_are_placed_by_position_and_queries_find_them(deployment: Deployment, tmp_path: Path) -> None:
-    sample = _orphan_sample(tmp_path)
+@pytest.mark.parametrize("storage", ["duckdb", "postgres"])
+def test_orphans_are_placed_by_position_and_queries_find_them(
+    deployment: Deployment, tmp_path: Path, storage: str
+) -> None:
+    o, s = f"orph_obj_{storage}", f"orph_src_{storage}"
+    sample = _orphan_sample(tmp_path, o, s)
     load_files(
         deployment,
-        "orph_obj",
-        [sample.files["orph_obj"]],
+        o,
+        [sample.files[o]],
         progress=False,
-        create=TableOptions(ra="ra", dec="decl", id="objectId", chunk_order=2, max_chunk_rows=300),
+        create=TableOptions(
+            ra="ra", dec="decl", id="objectId", chunk_order=2, max_chunk_rows=300, storage=storage, replicas=2
+        ),
     )
-    with pytest.raises(
-        OrphanError, match=r"40 rows refer to objects that are not in catalog\.orph_obj.*20 rows"
-    ):
+    with pytest.raises(OrphanError, match=rf"40 rows refer to objects that are not in catalog\.{o}.*20 rows"):
         _load_orphans(deployment, sample, "refuse")
-    assert _registry_rows(deployment, "catalog.orph_src")["catalog_table"] == 0
+    assert _registry_rows(deployment, f"catalog.{s}")["catalog_table"] == 0
     assert _load_orphans(deployment, sample, "place-by-position") == 60
     ref = reference_connection(sample)
-    sources = sample.tables["orph_src"]
+    sources = sample.tables[s]
     no_key = sources.filter(pa.compute.is_null(sources["objectId"])).to_pylist()[0]
     ra0, dec0 = no_key["ra"], no_key["decl"]  # a cone around an orphan with a NULL key
     queries = [
-        "SELECT COUNT(*) AS n, COUNT(objectId) AS keyed FROM orph_src",
-        "SELECT sourceId, objectId FROM orph_src WHERE objectId = 900003",
-        "SELECT sourceId FROM orph_src WHERE objectId IN (900001, 900005, 17)",
-        "SELECT sourceId, objectId FROM orph_src "
-        f"WHERE scisql_s2PtInCircle(ra, decl, {ra0}, {dec0}, 0.5) = 1",
-        "SELECT s.sourceId, o.objectId FROM orph_obj o JOIN orph_src s ON o.objectId = s.objectId",
-        "SELECT COUNT(*) AS n FROM orph_obj o JOIN orph_src s ON o.objectId = s.objectId WHERE o.psfMag < 20",
+        f"SELECT COUNT(*) AS n, COUNT(objectId) AS keyed FROM {s}",
+        f"SELECT sourceId, objectId FROM {s} WHERE objectId = 900003",
+        f"SELECT sourceId FROM {s} WHERE objectId IN (900001, 900005, 17)",
+        f"SELECT sourceId, objectId FROM {s} WHERE scisql_s2PtInCircle(ra, decl, {ra0}, {dec0}, 0.5) = 1",
+        f"SELECT s.sourceId, o.objectId FROM {o} o JOIN {s} s ON o.objectId = s.objectId",
+        f"SELECT COUNT(*) AS n FROM {o} o JOIN {s} s ON o.objectId = s.objectId WHERE o.psfMag < 20",
+        f"SELECT s.sourceId, o.objectId FROM {s} s LEFT JOIN {o} o ON o.objectId = s.objectId",
     ]
     with QueryEngine(deployment) as engine:
         for sql in queries:
@@ -399,13 +404,13 @@ def test_orphans_are_placed_by_position_and_queries_find_them(deployment: Deploy
             assert expected, sql  # each query has rows to find
     # an object arriving later for a placed orphan would not join it: refused, naming the way out
     late = _stars(1, seed=23, first_id=900_003)
-    with pytest.raises(OrphanError, match=r"catalog\.orph_src.*dms catalog drop catalog\.orph_src"):
-        load_files(deployment, "orph_obj", [write_parquet(late, tmp_path / "late.parquet")], progress=False)
-    drop_table(deployment, "orph_src")
+    with pytest.raises(OrphanError, match=rf"catalog\.{s}.*dms catalog drop catalog\.{s}"):
+        load_files(deployment, o, [write_parquet(late, tmp_path / "late.parquet")], progress=False)
+    drop_table(deployment, s)
     assert _load_orphans(deployment, sample, "skip") == 60
     with QueryEngine(deployment) as engine:
-        kept = engine.execute("SELECT COUNT(*) AS n FROM orph_src").table["n"].to_pylist()
-    assert kept == [sample.tables["orph_src"].num_rows - 60]
+        kept = engine.execute(f"SELECT COUNT(*) AS n FROM {s}").table["n"].to_pylist()
+    assert kept == [sample.tables[s].num_rows - 60]
     ref.close()
 
 

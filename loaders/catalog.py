@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from dms.deployment import Deployment
 from dms.loaders.catalog_define import check_same_definition
-from dms.loaders.catalog_drop import load_lock_key, remove_table
+from dms.loaders.catalog_drop import load_lock_key, remove_table, shards_holding
 from dms.loaders.catalog_errors import LoadError
 from dms.loaders.orphans import DEFAULT_ORPHANS, check_policy, place_children, refuse_placed_orphans
 from dms.loaders.partition import ChunkLayout, adaptive_layout, healpix_29, nuniq, overlap_rows
@@ -101,16 +101,18 @@ def load_files(
     with engine.connect() as lock_conn:
         lock_conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key(name)})
         created: CatalogTable | None = None
+        foreign: frozenset[str] = frozenset()
         try:
             data = _read_all(paths, bar)
             table, is_new = _ensure_table(deployment, name, data, create)
-            created = table if is_new else None
+            if is_new:  # whatever a shard held under this name before is not this table's: it stays
+                created, foreign = table, frozenset(shards_holding(deployment, table))
             result = _load_into(deployment, table, paths, data, bar, orphans)
             result.seconds = time.perf_counter() - started
             return result
-        except BaseException:
+        except Exception:  # (an interrupted --create resumes instead, when run again)
             if created is not None:  # a failed --create leaves no table behind
-                _remove_created(deployment, created)
+                _remove_created(deployment, created, foreign)
             raise
         finally:
             lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(name)})
@@ -129,7 +131,7 @@ def _load_into(
     _discard_stale_loads(deployment, table, keep=load_id)
     try:
         return _load(deployment, table, load_id, data, bar, orphans)
-    except BaseException:
+    except Exception:
         _discard_load(deployment, table, load_id)
         raise
 
@@ -138,10 +140,11 @@ def _lock_key(name: str) -> int:
     return load_lock_key(name)
 
 
-def _remove_created(deployment: Deployment, table: CatalogTable) -> None:
-    """Undo the registration (and whatever was stored) of a table whose `--create` load failed."""
+def _remove_created(deployment: Deployment, table: CatalogTable, foreign: frozenset[str]) -> None:
+    """Undo the registration (and whatever was stored) of a table whose `--create` load failed; the shards
+    in `foreign` held a table of that name before, which is left alone (the load's rows are already gone)."""
     try:
-        remove_table(deployment, table)
+        remove_table(deployment, table, spare=foreign)
     except Exception as exc:  # the load's own error matters more
         log.warning("could not remove table %s after its failed --create: %s", table.name, exc)
 

@@ -60,32 +60,45 @@ def drop_table(deployment: Deployment, name: str, *, with_children: bool = False
             "or give --with-children to drop them too"
         )
     result = DropResult([])
-    engine = deployment.engine()
-    try:
-        with engine.connect() as lock_conn:
-            for victim in [*children, table]:
-                key = {"k": load_lock_key(victim.name)}
-                lock_conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), key)
-                try:
-                    with deployment.connect() as conn:
-                        current = get_table(conn, victim.name)  # as it is now that no load runs
-                    result.shards = remove_table(deployment, current)
-                    result.tables.append(victim.name)
-                finally:
-                    lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), key)
-                    lock_conn.commit()
-    finally:
-        engine.dispose()
+    with deployment.engine().connect() as lock_conn:
+        for victim in [*children, table]:
+            key = {"k": load_lock_key(victim.name)}
+            lock_conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), key)
+            try:
+                with deployment.connect() as conn:
+                    current = get_table(conn, victim.name)  # as it is now that no load runs
+                result.shards = remove_table(deployment, current)
+                result.tables.append(victim.name)
+            finally:
+                lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), key)
+                lock_conn.commit()
     return result
 
 
-def remove_table(deployment: Deployment, table: CatalogTable) -> list[str]:
-    """Remove a table's registry rows and then its data on every shard (the caller holds its load lock).
-    Returns the shards cleaned; raises DropError naming what could not be removed."""
+def shards_holding(deployment: Deployment, table: CatalogTable) -> set[str]:
+    """The shards that hold something under the table's name."""
+    held = set()
+    for shard in deployment.shards():
+        store = store_for(shard)
+        try:
+            if store.has_table(table):
+                held.add(store.name)
+        finally:
+            store.close()
+    return held
+
+
+def remove_table(
+    deployment: Deployment, table: CatalogTable, *, spare: frozenset[str] = frozenset()
+) -> list[str]:
+    """Remove a table's registry rows and then its data on every shard but the `spare` ones (the caller
+    holds its load lock). Returns the shards cleaned; raises DropError naming what could not be removed."""
     _unregister(deployment, table)
     cleaned, failures = [], []
     for shard in deployment.shards():
         store = store_for(shard)
+        if store.name in spare:
+            continue
         try:
             store.drop_table(table)
             cleaned.append(store.name)

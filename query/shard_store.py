@@ -124,6 +124,11 @@ class ShardStore(ABC):
     def drop_table(self, table: CatalogTable) -> None:  # noqa: B027 - optional for stores without tables
         """Remove a table's data."""
 
+    def has_table(self, table: CatalogTable) -> bool:
+        """Whether the shard holds anything under the table's name (before a new table's first load: data
+        that is not this table's, which undoing a failed `--create` must leave alone)."""
+        return False
+
     # querying
     @abstractmethod
     def execute(
@@ -202,6 +207,9 @@ class ParquetStore(ShardStore):
         import shutil
 
         shutil.rmtree(self.table_dir(table), ignore_errors=True)
+
+    def has_table(self, table: CatalogTable) -> bool:
+        return self.table_dir(table).exists()
 
     def connection(self) -> duckdb.DuckDBPyConnection:
         """A cursor on the shard's database (macros included), one per calling thread's query."""
@@ -391,6 +399,10 @@ class PostgresStore(ShardStore):
     def drop_table(self, table: CatalogTable) -> None:
         with self._connection() as conn:
             conn.execute(statement("DROP TABLE IF EXISTS {table}", table=_table_ident(table)))
+
+    def has_table(self, table: CatalogTable) -> bool:
+        with self._connection() as conn:
+            return self._exists(conn, table)
 
     def execute(
         self,

@@ -493,3 +493,21 @@ def test_a_dense_load_is_refused_with_the_advice_and_loads_when_followed(
     options.max_chunk_rows = int(str(refused.value).split("at least ")[1].split(" ")[0].replace(",", ""))
     load_files(deployment, "dense", [path], create=options, progress=False)
     assert _rows(deployment, "SELECT COUNT(*) AS n FROM dense")["n"].to_pylist() == [n]
+
+
+def test_load_command_reports_orphans_and_states_the_default(deployment: Deployment, tmp_path: Path) -> None:
+    help_text = CliRunner().invoke(main, ["load", "--help"]).output
+    assert "--orphans" in help_text and "default: place-by-position" in " ".join(help_text.split())
+    sample = _orphan_sample(tmp_path, "cli_orph_obj", "cli_orph_src")
+    base = ["--data-dir", str(deployment.data_dir), "load", "--create", "-q"]
+    director = [*base, "cli_orph_obj", str(sample.files["cli_orph_obj"]), "--ra", "ra", "--dec", "decl"]
+    made = CliRunner().invoke(main, [*director, "--id", "objectId", "--chunk-order", "2"])
+    assert made.exit_code == 0, made.output
+    child = [*base, "cli_orph_src", str(sample.files["cli_orph_src"]), "--role", "child"]
+    child += ["--director", "cli_orph_obj", "--director-key", "objectId", "--ra", "ra", "--dec", "decl"]
+    refused = CliRunner().invoke(main, [*child, "--orphans", "refuse"])
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert "40 rows refer to objects that are not in catalog.cli_orph_obj" in refused.output
+    loaded = CliRunner().invoke(main, child)
+    assert loaded.exit_code == 0, loaded.output
+    assert "60 rows without a director row were placed by their own position" in loaded.output

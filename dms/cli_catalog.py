@@ -81,6 +81,14 @@ from dms.errors import DMSError
     metavar="COLUMN=UCD",
     help="With --create: a column's UCD (e.g. ra=pos.eq.ra), over the file's own; repeatable.",
 )
+@click.option(
+    "--orphans",
+    type=click.Choice(["place-by-position", "refuse", "skip"]),
+    default="place-by-position",
+    show_default=True,
+    help="Child rows whose director row is missing or whose key is NULL: place them in the chunk of their "
+    "own --ra/--dec (as Qserv does), refuse the whole load, or leave them out. The count is reported.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @data_dir_option
 @click.pass_context
@@ -108,12 +116,14 @@ def load(
     description: str | None,
     units: tuple[str, ...],
     ucds: tuple[str, ...],
+    orphans: str,
     quiet: bool,
 ) -> None:
     """Load Parquet, CSV/TSV, FITS or VOTable FILES into catalog TABLE.
 
     Loading the same files twice changes nothing; an interrupted load resumes when run again; queries see a
-    load only when it is complete.
+    load only when it is complete. A failed --create leaves no table behind; --create of an existing table
+    with other options is refused (drop it with `dms catalog drop TABLE --yes` to start afresh).
     """
     from dms.loaders.catalog import TableOptions, load_files
 
@@ -139,7 +149,7 @@ def load(
             ucds=_assignments("--ucd", ucds),
         )
     deployment = _open(ctx)
-    result = load_files(deployment, table, list(files), create=options, progress=not quiet)
+    result = load_files(deployment, table, list(files), create=options, progress=not quiet, orphans=orphans)
     if result.skipped:
         click.echo(
             f"{result.table}: these files were already loaded (load {result.load_id}); nothing changed"
@@ -151,6 +161,9 @@ def load(
         f"(+{result.overlap_rows:,} overlap rows) in {result.seconds:.1f} s ({rate:,.0f} rows/s), "
         f"load {result.load_id}"
     )
+    if result.orphans:
+        done = "placed by their own position" if result.orphan_policy == "place-by-position" else "skipped"
+        click.echo(f"{result.table}: {result.orphans:,} rows without a director row were {done} (--orphans)")
 
 
 @click.command()
@@ -348,3 +361,30 @@ def verify(ctx: click.Context, quiet: bool) -> None:
     click.echo(f"{len(files)} chunk files checked{note}: {len(bad) or 'none'} missing or damaged")
     if bad:
         ctx.exit(1)
+
+
+@catalog.command()
+@click.argument("table")
+@click.option("--yes", is_flag=True, help="Drop without asking for confirmation.")
+@click.option(
+    "--with-children", is_flag=True, help="Drop the child tables of a director table too (else refused)."
+)
+@data_dir_option
+@click.pass_context
+@_friendly_errors
+def drop(ctx: click.Context, table: str, yes: bool, with_children: bool) -> None:
+    """Drop catalog TABLE: its registry rows, chunk placement, director index, chunk files and shard tables
+    on every shard and replica. Queries stop seeing it at once; it cannot be undone."""
+    from dms.loaders.catalog_drop import dependents, drop_table
+    from dms.schema.catalog import get_table, qualified_name
+
+    deployment = _open(ctx)
+    name = qualified_name(table)
+    with deployment.connect() as conn:
+        found = get_table(conn, name)
+        children = [c.name for c in dependents(conn, found)]
+    what = found.name + (f" and its child tables {', '.join(children)}" if children and with_children else "")
+    if not yes:
+        click.confirm(f"drop {what} ({found.row_count:,} rows) from every shard?", abort=True)
+    result = drop_table(deployment, name, with_children=with_children)
+    click.echo(f"dropped {', '.join(result.tables)} from shards {', '.join(result.shards) or 'none'}")

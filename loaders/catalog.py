@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,12 @@ import sqlalchemy as sa
 from tqdm import tqdm
 
 from dms.deployment import Deployment
-from dms.errors import DMSError
+from dms.loaders.catalog_commit import commit_load as _commit
+from dms.loaders.catalog_commit import replica_offset
+from dms.loaders.catalog_define import check_same_definition
+from dms.loaders.catalog_drop import load_lock_key, remove_table, shards_holding
+from dms.loaders.catalog_errors import LoadError
+from dms.loaders.orphans import DEFAULT_ORPHANS, check_policy, place_children, refuse_placed_orphans
 from dms.loaders.partition import ChunkLayout, adaptive_layout, healpix_29, nuniq, overlap_rows
 from dms.loaders.readers import file_checksum, read_catalog_file
 from dms.query.shard_store import ChunkFile, ShardStore, store_for
@@ -41,10 +45,6 @@ from dms.schema.catalog import (
 from dms.schema.catalog import chunks as registered_chunks
 
 log = logging.getLogger(__name__)
-
-
-class LoadError(DMSError):
-    """A load that cannot proceed; nothing it started is visible."""
 
 
 @dataclass
@@ -79,6 +79,8 @@ class LoadResult:
     chunks: int = 0
     skipped: bool = False
     seconds: float = 0.0
+    orphans: int = 0  # child rows without a director row, placed by position or skipped
+    orphan_policy: str = DEFAULT_ORPHANS
 
 
 def load_files(
@@ -88,39 +90,67 @@ def load_files(
     *,
     create: TableOptions | None = None,
     progress: bool = True,
+    orphans: str = DEFAULT_ORPHANS,
 ) -> LoadResult:
-    """Load files into a catalog table (creating it from the first file's columns when `create` is given)."""
+    """Load files into a catalog table (creating it from the first file's columns when `create` is given).
+
+    A load that fails changes nothing queries see; when it registered the table (`create`), the table is
+    removed again (registry rows, chunk files, shard tables), so a corrected `--create` starts afresh.
+    `orphans` says what happens to child rows without a director row (see `dms.loaders.orphans`)."""
     started = time.perf_counter()
     name = qualified_name(name)
+    check_policy(orphans)
     bar = tqdm(total=4 + len(paths), desc=f"load {name}", unit="step", disable=not progress, leave=False)
     engine = deployment.engine()
     with engine.connect() as lock_conn:
         lock_conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key(name)})
+        created: CatalogTable | None = None
+        foreign: frozenset[str] = frozenset()
         try:
             data = _read_all(paths, bar)
-            table = _ensure_table(deployment, name, data, create)
-            data = _conform(table, data)
-            checksum = file_checksum(paths, json.dumps([name, table.role], sort_keys=True))
-            load_id, state = _begin_load(deployment, table, checksum, paths)
-            if state == "committed":
-                bar.close()
-                return LoadResult(name, load_id, 0, skipped=True, seconds=time.perf_counter() - started)
-            _discard_stale_loads(deployment, table, keep=load_id)
-            try:
-                result = _load(deployment, table, load_id, data, bar)
-            except Exception:
-                _discard_load(deployment, table, load_id)
-                raise
+            table, is_new = _ensure_table(deployment, name, data, create)
+            if is_new:  # whatever a shard held under this name before is not this table's: it stays
+                created, foreign = table, frozenset(shards_holding(deployment, table))
+            result = _load_into(deployment, table, paths, data, bar, orphans)
             result.seconds = time.perf_counter() - started
             return result
+        except Exception:  # (an interrupted --create resumes instead, when run again)
+            if created is not None:  # a failed --create leaves no table behind
+                _remove_created(deployment, created, foreign)
+            raise
         finally:
             lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(name)})
             lock_conn.commit()
             bar.close()
 
 
+def _load_into(
+    deployment: Deployment, table: CatalogTable, paths: list[Path], data: pa.Table, bar: tqdm, orphans: str
+) -> LoadResult:
+    data = _conform(table, data)
+    checksum = file_checksum(paths, json.dumps([table.name, table.role], sort_keys=True))
+    load_id, state = _begin_load(deployment, table, checksum, paths)
+    if state == "committed":
+        return LoadResult(table.name, load_id, 0, skipped=True)
+    _discard_stale_loads(deployment, table, keep=load_id)
+    try:
+        return _load(deployment, table, load_id, data, bar, orphans)
+    except Exception:
+        _discard_load(deployment, table, load_id)
+        raise
+
+
 def _lock_key(name: str) -> int:
-    return zlib.crc32(f"dms.load:{name}".encode()) - 2**31
+    return load_lock_key(name)
+
+
+def _remove_created(deployment: Deployment, table: CatalogTable, foreign: frozenset[str]) -> None:
+    """Undo the registration (and whatever was stored) of a table whose `--create` load failed; the shards
+    in `foreign` held a table of that name before, which is left alone (the load's rows are already gone)."""
+    try:
+        remove_table(deployment, table, spare=foreign)
+    except Exception as exc:  # the load's own error matters more
+        log.warning("could not remove table %s after its failed --create: %s", table.name, exc)
 
 
 def _read_all(paths: list[Path], bar: tqdm) -> pa.Table:
@@ -143,11 +173,16 @@ def _read_all(paths: list[Path], bar: tqdm) -> pa.Table:
 
 def _ensure_table(
     deployment: Deployment, name: str, data: pa.Table, create: TableOptions | None
-) -> CatalogTable:
+) -> tuple[CatalogTable, bool]:
+    """The table, and whether this call registered it. `--create` of an existing table is accepted only
+    with the options it was created with (a resumed or repeated load), never silently with other ones."""
     with deployment.connect() as conn:
         existing = find_table(conn, name)
         if existing is not None:
-            return existing
+            if create is not None:
+                wanted = _define_table(deployment, conn, name, data, create)
+                check_same_definition(existing, wanted, create)
+            return existing, False
         if create is None:
             raise CatalogError(
                 f"no catalog table {name!r}: create it with `dms load --create {name} FILE ...`"
@@ -155,7 +190,7 @@ def _ensure_table(
         table = _define_table(deployment, conn, name, data, create)
         register_table(conn, table)
         conn.commit()
-        return get_table(conn, name)
+        return get_table(conn, name), True
 
 
 def _define_table(
@@ -363,10 +398,16 @@ def _discard_load(deployment: Deployment, table: CatalogTable, load_id: int) -> 
         log.warning("could not remove the rows of failed load %s of %s: %s", load_id, table.name, exc)
 
 
-def _load(deployment: Deployment, table: CatalogTable, load_id: int, data: pa.Table, bar: tqdm) -> LoadResult:
+def _load(
+    deployment: Deployment, table: CatalogTable, load_id: int, data: pa.Table, bar: tqdm, orphans: str
+) -> LoadResult:
     with deployment.connect() as conn:
         layout, index_files = _layout_and_index(deployment, conn, table, data)
-    rows, _, index = _partition(deployment, table, data, layout, index_files)
+        if table.role == "director":
+            assert table.id_column is not None
+            refuse_placed_orphans(deployment, conn, table, data[table.id_column])
+    placed = _partition(deployment, table, data, layout, index_files, orphans)
+    rows, index = placed.rows, placed.index
     bar.update()
     shards = _stores(deployment, table)
     chunk = rows["_chunk"].to_numpy() if table.partitioned else np.zeros(0, np.int64)
@@ -381,11 +422,19 @@ def _load(deployment: Deployment, table: CatalogTable, load_id: int, data: pa.Ta
         store.close()
     bar.update()
     index_path = _write_index(deployment, table, load_id, index) if index is not None else None
-    _commit(deployment, table, load_id, files, index_path, data.num_rows)
+    _commit(deployment, table, load_id, files, index_path, placed.row_count)
     bar.update()
     overlap = int(pc.sum(rows["_overlap"]).as_py() or 0) if table.partitioned else 0
     chunk_count = len({(f.chunk_order, f.chunk_id) for fs in files.values() for f in fs})
-    return LoadResult(table.name, load_id, data.num_rows, overlap, chunk_count)
+    return LoadResult(
+        table.name,
+        load_id,
+        placed.row_count,
+        overlap,
+        chunk_count,
+        orphans=placed.orphans,
+        orphan_policy=orphans,
+    )
 
 
 def _layout_and_index(
@@ -402,7 +451,7 @@ def _layout_and_index(
             data[table.ra_column].to_numpy(zero_copy_only=False),
             data[table.dec_column].to_numpy(zero_copy_only=False),
         )
-        layout = adaptive_layout(h29, table.chunk_order, table.max_chunk_rows)
+        layout = adaptive_layout(h29, table.chunk_order, table.max_chunk_rows, table.overlap_arcsec)
     index_files: list[Path] = []
     if table.role == "child":
         assert table.director_table is not None
@@ -421,21 +470,37 @@ def committed_index_files(deployment: Deployment, conn: sa.Connection, table: st
     return [deployment.data_dir / p for p in paths]
 
 
+@dataclass
+class Partitioned:
+    """A load's rows as the shards store them, the director index it adds and what was counted."""
+
+    rows: pa.Table
+    index: pa.Table | None
+    row_count: int  # the table's rows (not overlap copies; skipped orphans excluded)
+    orphans: int = 0  # child rows without a director row (placed by position or skipped)
+
+
 def _partition(
     deployment: Deployment,
     table: CatalogTable,
     data: pa.Table,
     layout: ChunkLayout | None,
     index_files: list[Path],
-) -> tuple[pa.Table, np.ndarray, pa.Table | None]:
+    orphans: str,
+) -> Partitioned:
     if layout is None:
-        return data, np.zeros(0, np.int64), None
+        return Partitioned(data, None, data.num_rows)
     if table.role == "match":
         from dms.loaders.match import match_rows
 
-        return match_rows(deployment, table, data)
+        rows, _, match_index = match_rows(deployment, table, data)
+        return Partitioned(rows, match_index, data.num_rows)
+    index = None
+    orphan_count = 0
     if table.role == "child":
-        h29, chunk = _director_chunks(table, data, index_files)
+        placement = place_children(table, data, index_files, layout, orphans)
+        data, h29, chunk = placement.rows, placement.healpix_29, placement.chunk
+        index, orphan_count = placement.orphan_index, placement.orphans
     else:
         h29 = healpix_29(
             data[table.ra_column].to_numpy(zero_copy_only=False),
@@ -445,56 +510,37 @@ def _partition(
         chunk = nuniq(orders, pixels)
     rows = data.append_column("_healpix_29", pa.array(h29)).append_column("_chunk", pa.array(chunk))
     rows = rows.append_column("_overlap", pa.array(np.zeros(len(h29), bool)))
-    index = None
     if table.role == "director":
-        assert table.id_column is not None
-        ids = data[table.id_column]
-        if ids.null_count:
-            raise LoadError(f"{ids.null_count} rows have no {table.id_column}; a director's id is required")
-        index = pa.table({"id": ids.cast(pa.int64()), "chunk": chunk, "healpix_29": h29}).sort_by("id")
-        duplicates = pc.sum(pc.equal(index["id"][1:], index["id"][:-1])).as_py() if len(index) > 1 else 0
-        if duplicates:
-            raise LoadError(f"{duplicates} duplicate values of {table.id_column} in the files")
+        index = _director_index(table, data, h29, chunk)
         if table.overlap_arcsec > 0:
-            idx, o_orders, o_pixels = overlap_rows(h29, chunk, layout, table.overlap_arcsec)
-            extra = rows.take(pa.array(idx)).set_column(
-                rows.schema.get_field_index("_chunk"), "_chunk", pa.array(nuniq(o_orders, o_pixels))
-            )
-            extra = extra.set_column(
-                rows.schema.get_field_index("_overlap"), "_overlap", pa.array(np.ones(len(idx), bool))
-            )
-            rows = pa.concat_tables([rows, extra])
+            rows = _with_overlap(table, rows, h29, chunk, layout)
     rows = rows.sort_by([("_chunk", "ascending"), ("_healpix_29", "ascending")])
-    return rows, chunk, index
+    return Partitioned(rows, index, data.num_rows, orphan_count)
 
 
-def _director_chunks(
-    table: CatalogTable, data: pa.Table, index_files: list[Path]
-) -> tuple[np.ndarray, np.ndarray]:
-    assert table.director_key_column is not None
-    if not index_files:
-        raise LoadError(f"director table {table.director_table} has no rows yet: load it before {table.name}")
-    index = pa.concat_tables([pq.read_table(p) for p in index_files]).sort_by("id")
-    ids = index["id"].to_numpy()
-    keys_arr = data[table.director_key_column]
-    if keys_arr.null_count:
-        raise LoadError(f"{keys_arr.null_count} rows have no {table.director_key_column}")
-    keys = keys_arr.cast(pa.int64()).to_numpy()
-    at = np.clip(np.searchsorted(ids, keys), 0, len(ids) - 1)
-    found = ids[at] == keys
-    if not found.all():
-        missing = keys[~found]
-        raise LoadError(
-            f"{len(missing)} rows refer to objects that are not in {table.director_table} "
-            f"(first {table.director_key_column} = {int(missing[0])})"
-        )
-    h29 = index["healpix_29"].to_numpy()[at]
-    if table.ra_column and table.dec_column:
-        h29 = healpix_29(
-            data[table.ra_column].to_numpy(zero_copy_only=False),
-            data[table.dec_column].to_numpy(zero_copy_only=False),
-        )
-    return h29, index["chunk"].to_numpy()[at]
+def _director_index(table: CatalogTable, data: pa.Table, h29: np.ndarray, chunk: np.ndarray) -> pa.Table:
+    assert table.id_column is not None
+    ids = data[table.id_column]
+    if ids.null_count:
+        raise LoadError(f"{ids.null_count} rows have no {table.id_column}; a director's id is required")
+    index = pa.table({"id": ids.cast(pa.int64()), "chunk": chunk, "healpix_29": h29}).sort_by("id")
+    duplicates = pc.sum(pc.equal(index["id"][1:], index["id"][:-1])).as_py() if len(index) > 1 else 0
+    if duplicates:
+        raise LoadError(f"{duplicates} duplicate values of {table.id_column} in the files")
+    return index
+
+
+def _with_overlap(
+    table: CatalogTable, rows: pa.Table, h29: np.ndarray, chunk: np.ndarray, layout: ChunkLayout
+) -> pa.Table:
+    idx, o_orders, o_pixels = overlap_rows(h29, chunk, layout, table.overlap_arcsec)
+    extra = rows.take(pa.array(idx)).set_column(
+        rows.schema.get_field_index("_chunk"), "_chunk", pa.array(nuniq(o_orders, o_pixels))
+    )
+    extra = extra.set_column(
+        rows.schema.get_field_index("_overlap"), "_overlap", pa.array(np.ones(len(idx), bool))
+    )
+    return pa.concat_tables([rows, extra])
 
 
 def _stores(deployment: Deployment, table: CatalogTable) -> list[ShardStore]:
@@ -502,13 +548,6 @@ def _stores(deployment: Deployment, table: CatalogTable) -> list[ShardStore]:
     if not stores:
         raise LoadError(f"no {table.storage_kind} shard in this deployment for {table.name}")
     return sorted(stores, key=lambda s: s.name)
-
-
-def replica_offset(chunk: np.ndarray | int, shard_index: int, shards: int) -> np.ndarray | int:
-    """Which copy of a chunk a shard holds: 0 for the primary (shard chunk NUNIQ mod the number of shards, the
-    same rule for every table, so a director and its children, and tables loaded --like each other, have
-    their chunks together), 1.. for the replicas on the following shards."""
-    return (shard_index - chunk) % shards
 
 
 def _index_path(deployment: Deployment, table: CatalogTable, load_id: int) -> Path:
@@ -524,101 +563,3 @@ def _write_index(deployment: Deployment, table: CatalogTable, load_id: int, inde
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(index, path, row_group_size=8192, compression="lz4")
     return str(_index_relative(table, load_id))
-
-
-def _commit(
-    deployment: Deployment,
-    table: CatalogTable,
-    load_id: int,
-    files: dict[str, list[ChunkFile]],
-    index_path: str | None,
-    rows: int,
-) -> None:
-    """Make the load visible: one control-database transaction."""
-    with deployment.connect() as conn:
-        for shard in deployment.shards():
-            conn.execute(
-                sa.text(
-                    "INSERT INTO dms.shard (name, kind, state, location, registered_at, state_changed_at) "
-                    "VALUES (:n, :k, 'active', :l, now(), now()) ON CONFLICT (name) DO NOTHING"
-                ),
-                {"n": shard.name, "k": shard.kind, "l": shard.location()},
-            )
-        names = sorted(files) if not table.partitioned else [s.name for s in _stores(deployment, table)]
-        for shard_name, chunk_files in files.items():
-            for f in chunk_files:
-                if f.chunk_order >= 0:
-                    uniq = int(nuniq(f.chunk_order, f.chunk_id))
-                    primary = replica_offset(uniq, names.index(shard_name), len(names)) == 0
-                    _register_chunk(conn, table, shard_name, f, primary)
-                conn.execute(
-                    sa.text(
-                        "INSERT INTO dms.chunk_file (load_id, table_name, shard, chunk_order, chunk_id, "
-                        "path, row_count, overlap_row_count, checksum) "
-                        "VALUES (:l, :t, :s, :o, :c, :p, :r, :v, :k)"
-                    ),
-                    {
-                        "l": load_id,
-                        "t": table.name,
-                        "s": shard_name,
-                        "o": f.chunk_order,
-                        "c": f.chunk_id,
-                        "p": f.path,
-                        "r": f.row_count,
-                        "v": f.overlap_row_count,
-                        "k": f.checksum,
-                    },
-                )
-        conn.execute(
-            sa.text(
-                "UPDATE dms.catalog_load SET state = 'committed', committed_at = now(), row_count = :r, "
-                "index_path = :i WHERE load_id = :l"
-            ),
-            {"r": rows, "i": index_path, "l": load_id},
-        )
-        conn.execute(
-            sa.text("UPDATE dms.catalog_table SET row_count = row_count + :r WHERE name = :t"),
-            {"r": rows, "t": table.name},
-        )
-        from dms.services.vo.catalog_tables import publish
-
-        publish(conn)  # TAP_SCHEMA describes the table as soon as queries can see it
-        conn.commit()
-
-
-def _register_chunk(
-    conn: sa.Connection, table: CatalogTable, shard: str, f: ChunkFile, primary: bool
-) -> None:
-    params = {
-        "p": primary,
-        "t": table.name,
-        "o": f.chunk_order,
-        "c": f.chunk_id,
-        "r": f.row_count,
-        "v": f.overlap_row_count,
-        "s": shard,
-    }
-    conn.execute(
-        sa.text(
-            "INSERT INTO dms.chunk (table_name, chunk_order, chunk_id, healpix_29_min, healpix_29_max, "
-            "row_count, overlap_row_count, created_at, updated_at) VALUES (:t, :o, :c, "
-            "CAST(:c AS bigint) << (2 * (29 - :o)), ((CAST(:c AS bigint) + 1) << (2 * (29 - :o))) - 1, "
-            "CASE WHEN :p THEN :r ELSE 0 END, CASE WHEN :p THEN :v ELSE 0 END, now(), now()) "
-            "ON CONFLICT (table_name, chunk_order, chunk_id) DO UPDATE SET "
-            "row_count = dms.chunk.row_count + CASE WHEN :p THEN :r ELSE 0 END, "
-            "overlap_row_count = dms.chunk.overlap_row_count + CASE WHEN :p THEN :v ELSE 0 END, "
-            "updated_at = now()"
-        ),
-        params,
-    )
-    conn.execute(
-        sa.text(
-            "INSERT INTO dms.chunk_replica (table_name, chunk_order, chunk_id, shard, is_primary, state, "
-            "version, row_count, updated_at) VALUES (:t, :o, :c, :s, :p, 'ready', 1, :r, now()) "
-            "ON CONFLICT (table_name, chunk_order, chunk_id, shard) DO UPDATE SET "
-            "row_count = coalesce(dms.chunk_replica.row_count, 0) + :r, "
-            "version = dms.chunk_replica.version + 1, "
-            "updated_at = now()"
-        ),
-        params,
-    )

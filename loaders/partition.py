@@ -116,25 +116,74 @@ class ChunkLayout:
         return ChunkLayout.from_chunks(self.base_order, sorted(pairs))
 
 
-def adaptive_layout(h29: IntArray, base_order: int, max_chunk_rows: int | None) -> ChunkLayout:
+def adaptive_layout(
+    h29: IntArray, base_order: int, max_chunk_rows: int | None, overlap_arcsec: float = 0.0
+) -> ChunkLayout:
     """Chunks for a first load: base-order pixels holding rows, each split into its four children
     (all four kept, so the layout keeps covering the parent) while it has more than `max_chunk_rows` rows,
-    down to order 13 at most (HATS-style adaptive partitioning)."""
+    down to the finest order whose chunks are still wider than the overlap allows (HATS-style adaptive
+    partitioning). A chunk that is still too big there is refused with the options that would fix it."""
+    finest = finest_chunk_order(overlap_arcsec)
+    if base_order > finest:
+        raise PartitionError(
+            f"an overlap of {overlap_arcsec:g} arcsec is too large for chunks at order {base_order}: use "
+            f"--chunk-order {finest} or coarser, or an --overlap of at most "
+            f"{max_overlap_arcsec(base_order):.4g} arcsec"
+        )
     base_pixels = np.unique(h29 >> (2 * (ORDER_29 - base_order)))
     if max_chunk_rows is None:
         return ChunkLayout(base_order, np.full(len(base_pixels), base_order, np.int64), base_pixels)
     chunks: list[tuple[int, int]] = []
+    too_big: list[tuple[int, int, int]] = []
     pending = [(base_order, int(p)) for p in base_pixels]
     sorted_h29 = np.sort(h29)
     while pending:
         order, pixel = pending.pop()
         lo, hi = pixel_range(order, pixel)
         rows = int(np.searchsorted(sorted_h29, hi, "right") - np.searchsorted(sorted_h29, lo, "left"))
-        if rows > max_chunk_rows and order < MAX_ADAPTIVE_ORDER:
+        if rows > max_chunk_rows and order < finest:
             pending.extend((order + 1, 4 * pixel + child) for child in range(4))
         else:
             chunks.append((order, pixel))
+            if rows > max_chunk_rows:
+                too_big.append((rows, order, pixel))
+    if too_big:
+        raise PartitionError(_too_big_advice(max(too_big), len(too_big), max_chunk_rows, overlap_arcsec))
     return ChunkLayout.from_chunks(base_order, chunks)
+
+
+def _too_big_advice(densest: tuple[int, int, int], count: int, max_chunk_rows: int, overlap: float) -> str:
+    """Which option to change, and to what, when chunks at the finest allowed order are still too big."""
+    rows, order, pixel = densest
+    text = (
+        f"{count} chunks still hold more than --max-chunk-rows {max_chunk_rows:,} rows at order {order}, "
+        f"the finest "
+    )
+    fixes = [f"raise --max-chunk-rows to at least {rows:,} (the densest chunk, order {order} pixel {pixel})"]
+    if order < MAX_ADAPTIVE_ORDER:
+        text += f"an overlap of {overlap:g} arcsec allows (a chunk must be wider than twice the overlap): "
+        fixes.append(
+            f"lower --overlap to at most {max_overlap_arcsec(order + 1):.4g} arcsec so chunks can split to "
+            f"order {order + 1}"
+        )
+    else:
+        text += "order of adaptive splitting: "
+    fixes.append("or give --fixed-order to keep the --chunk-order pixels whole")
+    return text + "; ".join(fixes)
+
+
+def max_overlap_arcsec(order: int) -> float:
+    """The largest overlap margin that chunks of `order` allow: pixels at least twice the margin wide (a
+    pixel's width taken as healpy's resolution over sqrt(2), conservatively), as `overlap_order` requires."""
+    return float(healpy.nside2resol(1 << order, arcmin=True) * 60 / math.sqrt(2) / 2)
+
+
+def finest_chunk_order(overlap_arcsec: float) -> int:
+    """The finest chunk order (at most MAX_ADAPTIVE_ORDER) whose pixels the overlap margin allows."""
+    order = 0
+    while order < MAX_ADAPTIVE_ORDER and max_overlap_arcsec(order + 1) >= overlap_arcsec:
+        order += 1
+    return order
 
 
 def overlap_order(margin_arcsec: float, finest_chunk_order: int) -> int:
@@ -143,9 +192,7 @@ def overlap_order(margin_arcsec: float, finest_chunk_order: int) -> int:
     if margin_arcsec <= 0:
         raise PartitionError("the overlap margin must be positive")
     order = 0
-    while order < ORDER_29 and healpy.nside2resol(1 << (order + 1), arcmin=True) * 60 / math.sqrt(2) >= (
-        2 * margin_arcsec
-    ):
+    while order < ORDER_29 and max_overlap_arcsec(order + 1) >= margin_arcsec:
         order += 1
     if order < finest_chunk_order:
         raise PartitionError(

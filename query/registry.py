@@ -62,7 +62,8 @@ class Snapshot:
 
     def chunks_of_ids(self, director: str, ids: list[int]) -> set[int]:
         """The chunks (NUNIQ) holding the given object ids of a director table, from its director index
-        (read once per snapshot and kept in memory as sorted arrays: a lookup is a binary search)."""
+        (read once per snapshot and kept in memory as sorted arrays: a lookup is a binary search); of a
+        child table, the chunks of its orphans with those keys."""
         with self._index_lock:
             if director not in self._indexes:
                 files = self.index_files.get(director, [])
@@ -77,11 +78,10 @@ class Snapshot:
                     self._indexes[director] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         sorted_ids, chunk = self._indexes[director]
         wanted = np.asarray(ids, np.int64)
-        at = np.clip(np.searchsorted(sorted_ids, wanted), 0, max(len(sorted_ids) - 1, 0))
-        if len(sorted_ids) == 0:
-            return set()
-        found = sorted_ids[at] == wanted
-        return {int(c) for c in chunk[at[found]]}
+        # every entry of an id: a child's index of orphans may hold one key in several chunks
+        first = np.searchsorted(sorted_ids, wanted, "left")
+        last = np.searchsorted(sorted_ids, wanted, "right")
+        return {int(c) for lo, hi in zip(first, last, strict=True) for c in chunk[lo:hi]}
 
 
 def _generation(conn: sa.Connection) -> int:

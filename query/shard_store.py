@@ -52,6 +52,10 @@ class ShardQueryError(DMSError):
         self.shard = shard
 
 
+class ShardWriteError(DMSError):
+    """A shard refused the rows of a load (the load is discarded; nothing becomes visible)."""
+
+
 class ShardUnavailable(ShardQueryError):
     """The shard cannot be reached (server down, files missing): a replica may answer instead."""
 
@@ -119,6 +123,11 @@ class ShardStore(ABC):
 
     def drop_table(self, table: CatalogTable) -> None:  # noqa: B027 - optional for stores without tables
         """Remove a table's data."""
+
+    def has_table(self, table: CatalogTable) -> bool:
+        """Whether the shard holds anything under the table's name (before a new table's first load: data
+        that is not this table's, which undoing a failed `--create` must leave alone)."""
+        return False
 
     # querying
     @abstractmethod
@@ -198,6 +207,9 @@ class ParquetStore(ShardStore):
         import shutil
 
         shutil.rmtree(self.table_dir(table), ignore_errors=True)
+
+    def has_table(self, table: CatalogTable) -> bool:
+        return self.table_dir(table).exists()
 
     def connection(self) -> duckdb.DuckDBPyConnection:
         """A cursor on the shard's database (macros included), one per calling thread's query."""
@@ -300,11 +312,26 @@ class PostgresStore(ShardStore):
                 self._pool.put(conn)
 
     def write_load(self, table: CatalogTable, load_id: int, rows: pa.Table) -> list[ChunkFile]:
+        try:
+            self._copy_load(table, load_id, rows)
+        except (psycopg.Error, ShardWriteError) as exc:
+            raise ShardWriteError(
+                f"shard {self.name!r} cannot store the rows of {table.name}: {str(exc).splitlines()[0]}"
+            ) from exc
+        name = physical_name(table)
+        return [
+            ChunkFile(
+                order, pixel, name, part.num_rows - _overlap_count(table, part), _overlap_count(table, part)
+            )
+            for order, pixel, part in _split_chunks(table, rows)
+        ]
+
+    def _copy_load(self, table: CatalogTable, load_id: int, rows: pa.Table) -> None:
         target = _table_ident(table)
         with self._connection() as conn, conn.transaction():
             created = self._create_table(conn, table)
             conn.execute(statement("DELETE FROM {table} WHERE _load_id = %s", table=target), (load_id,))
-            data = _widen_floats(rows).append_column(
+            data = _copy_ready(rows).append_column(
                 "_load_id", pa.array([load_id] * rows.num_rows, pa.int32())
             )
             buffer = io.BytesIO()
@@ -319,13 +346,6 @@ class PostgresStore(ShardStore):
             if created:
                 self._create_indexes(conn, table)
             conn.execute(statement("ANALYZE {table}", table=target))
-        name = physical_name(table)
-        return [
-            ChunkFile(
-                order, pixel, name, part.num_rows - _overlap_count(table, part), _overlap_count(table, part)
-            )
-            for order, pixel, part in _split_chunks(table, rows)
-        ]
 
     def _exists(self, conn: psycopg.Connection, table: CatalogTable) -> bool:
         regclass = _table_ident(table).as_string(conn)
@@ -379,6 +399,10 @@ class PostgresStore(ShardStore):
     def drop_table(self, table: CatalogTable) -> None:
         with self._connection() as conn:
             conn.execute(statement("DROP TABLE IF EXISTS {table}", table=_table_ident(table)))
+
+    def has_table(self, table: CatalogTable) -> bool:
+        with self._connection() as conn:
+            return self._exists(conn, table)
 
     def execute(
         self,
@@ -511,12 +535,25 @@ def _unique_names(names: list[str]) -> list[str]:
     return out
 
 
-def _widen_floats(table: pa.Table) -> pa.Table:
-    """float32 columns as float64, so the text COPY carries each value exactly (PostgreSQL stores them as
-    double precision)."""
+def _copy_ready(table: pa.Table) -> pa.Table:
+    """The rows as the text COPY can carry them exactly: float32 columns as float64 (PostgreSQL stores them
+    as double precision) and binary columns as bytea's hex text (``\\x0aff``), since CSV holds text only and
+    arbitrary bytes are not valid UTF-8."""
     for i, column_field in enumerate(table.schema):
+        if pa.types.is_string(column_field.type) or pa.types.is_large_string(column_field.type):
+            nul = pa.compute.match_substring(table.column(i), "\x00")
+            if pa.compute.any(nul).as_py():
+                first = pa.compute.index(nul, True).as_py()
+                raise ShardWriteError(
+                    f"column {column_field.name!r} holds a NUL character (first in row {first}), which "
+                    "PostgreSQL text cannot store: remove it, or load the column as binary"
+                )
         if pa.types.is_float32(column_field.type):
             table = table.set_column(i, column_field.name, table.column(i).cast(pa.float64()))
+        elif pa.types.is_binary(column_field.type) or pa.types.is_large_binary(column_field.type):
+            values = table.column(i).to_pylist()
+            hex_text = pa.array([None if v is None else "\\x" + v.hex() for v in values], pa.string())
+            table = table.set_column(i, column_field.name, hex_text)
     return table
 
 

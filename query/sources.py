@@ -62,7 +62,12 @@ class ShardSql:
 
     def _chunks_of_ids(self, table: CatalogTable, ids: frozenset[int]) -> set[int]:
         director = table.name if table.role == "director" else table.director_table
-        return self.snapshot.chunks_of_ids(director or "", sorted(ids)) if ids else set()
+        if not ids:
+            return set()
+        found = self.snapshot.chunks_of_ids(director or "", sorted(ids))
+        if table.role == "child":  # rows loaded without their director, placed by position (orphans)
+            found |= self.snapshot.chunks_of_ids(table.name, sorted(ids))
+        return found
 
     def check_layouts(self, primary: str, chunk_sets: dict[str, list[ChunkKey]]) -> None:
         """A near-neighbour partner table must have the primary's chunk layout on the chosen chunks."""

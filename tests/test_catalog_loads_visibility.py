@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from dms import migrate
 from dms.cli import main
 from dms.deployment import Deployment
+from dms.errors import DMSError
 from dms.loaders import catalog as catalog_loader
 from dms.loaders.catalog import TableOptions, load_files
 from dms.query.engine import QueryEngine
@@ -116,21 +117,23 @@ def test_a_load_in_flight_is_not_read_even_by_an_older_snapshot(
 
 def test_a_failed_load_leaves_no_rows(pg_deployment: tuple[Deployment, list[str]], tmp_path: Path) -> None:
     """The second shard refuses the rows (a table of another shape is in the way) after the first shard
-    stored its part: the load fails and the first shard's rows are removed."""
+    stored its part: the load fails, and since it was a --create, the table is removed again: the first
+    shard's table and the registry rows, but not the table in the way, which is not DMS's."""
     deployment, shards = pg_deployment
     with psycopg.connect(shards[1], autocommit=True) as conn:
         conn.execute("CREATE SCHEMA catalog")
         conn.execute("CREATE TABLE catalog.z (something_else integer)")
+        conn.execute("INSERT INTO catalog.z VALUES (42)")
     star = TableOptions(ra="ra", dec="dec", id="id", chunk_order=1, storage="postgres")
-    with pytest.raises(psycopg.Error):
+    with pytest.raises(DMSError, match=r"shard 'pg1' cannot store the rows of catalog\.z"):
         load_files(deployment, "z", [star_file(tmp_path, "z1", 0, 1000, 4)], progress=False, create=star)
-    assert _shard_rows(shards[:1], "z") == 0
-    # the table in the way on the second shard cannot be cleaned (it is not DMS's): the load stays
-    # registered as running, for the next load to retry, and is never read
-    assert set(_load_states(deployment, "catalog.z").values()) <= {"running"}
-    with QueryEngine(deployment) as engine:
-        result = engine.execute("SELECT COUNT(*) AS n FROM catalog.z WHERE ra >= 0")
-        assert result.table.column(0)[0].as_py() == 0
+    with psycopg.connect(shards[0], autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('catalog.z')").fetchone() == (None,)
+    with psycopg.connect(shards[1], autocommit=True) as conn:
+        assert conn.execute("SELECT something_else FROM catalog.z").fetchall() == [(42,)]
+    assert _load_states(deployment, "catalog.z") == {}
+    with QueryEngine(deployment) as engine, pytest.raises(DMSError, match="z"):
+        engine.execute("SELECT COUNT(*) AS n FROM catalog.z WHERE ra >= 0")
 
 
 def test_a_load_whose_process_died_is_cleaned_up_by_the_next(

@@ -24,14 +24,15 @@ _TAP_TYPES: dict[str, tuple[str, str | None, str | None]] = {
 }
 
 
-def publish(conn: sa.Connection) -> int:
-    """Rewrite the TAP_SCHEMA rows of every catalog schema (in the caller's transaction); returns the number
-    of tables described. Does nothing where TAP_SCHEMA does not exist."""
+def publish(conn: sa.Connection, forget: list[str] | None = None) -> int:
+    """Rewrite the TAP_SCHEMA rows of every catalog schema, and of the `forget` schemas (whose tables may all
+    have been dropped), in the caller's transaction; returns the number of tables described. Does nothing
+    where TAP_SCHEMA does not exist."""
     if conn.execute(sa.text("SELECT to_regclass('tap_schema.tables')")).scalar_one() is None:
         return 0
     tables = list_tables(conn)
     schemas = sorted({t.schema_name for t in tables})
-    _forget(conn, schemas)
+    _forget(conn, sorted(set(schemas) | set(forget or [])))
     start = conn.execute(
         sa.text("SELECT coalesce(max(schema_index), 0) FROM tap_schema.schemas")
     ).scalar_one()

@@ -1,0 +1,119 @@
+"""A load becomes visible: its chunks, replicas, files and row counts registered in one control-database
+transaction (and TAP_SCHEMA rewritten in it), and the rule that places a chunk's copies on the shards."""
+
+from __future__ import annotations
+
+import numpy as np
+import sqlalchemy as sa
+
+from dms.deployment import Deployment
+from dms.loaders.partition import nuniq
+from dms.query.shard_store import ChunkFile
+from dms.schema.catalog import CatalogTable
+
+
+def replica_offset(chunk: np.ndarray | int, shard_index: int, shards: int) -> np.ndarray | int:
+    """Which copy of a chunk a shard holds: 0 for the primary (shard chunk NUNIQ mod the number of shards, the
+    same rule for every table, so a director and its children, and tables loaded --like each other, have
+    their chunks together), 1.. for the replicas on the following shards."""
+    return (shard_index - chunk) % shards
+
+
+def commit_load(
+    deployment: Deployment,
+    table: CatalogTable,
+    load_id: int,
+    files: dict[str, list[ChunkFile]],
+    index_path: str | None,
+    rows: int,
+) -> None:
+    """Make the load visible: one control-database transaction."""
+    with deployment.connect() as conn:
+        for shard in deployment.shards():
+            conn.execute(
+                sa.text(
+                    "INSERT INTO dms.shard (name, kind, state, location, registered_at, state_changed_at) "
+                    "VALUES (:n, :k, 'active', :l, now(), now()) ON CONFLICT (name) DO NOTHING"
+                ),
+                {"n": shard.name, "k": shard.kind, "l": shard.location()},
+            )
+        names = sorted(files)
+        if table.partitioned:  # the shard order that placed the chunks (see replica_offset)
+            names = sorted(s.name for s in deployment.shards() if s.kind == table.storage_kind)
+        for shard_name, chunk_files in files.items():
+            for f in chunk_files:
+                if f.chunk_order >= 0:
+                    uniq = int(nuniq(f.chunk_order, f.chunk_id))
+                    primary = replica_offset(uniq, names.index(shard_name), len(names)) == 0
+                    _register_chunk(conn, table, shard_name, f, primary)
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO dms.chunk_file (load_id, table_name, shard, chunk_order, chunk_id, "
+                        "path, row_count, overlap_row_count, checksum) "
+                        "VALUES (:l, :t, :s, :o, :c, :p, :r, :v, :k)"
+                    ),
+                    {
+                        "l": load_id,
+                        "t": table.name,
+                        "s": shard_name,
+                        "o": f.chunk_order,
+                        "c": f.chunk_id,
+                        "p": f.path,
+                        "r": f.row_count,
+                        "v": f.overlap_row_count,
+                        "k": f.checksum,
+                    },
+                )
+        conn.execute(
+            sa.text(
+                "UPDATE dms.catalog_load SET state = 'committed', committed_at = now(), row_count = :r, "
+                "index_path = :i WHERE load_id = :l"
+            ),
+            {"r": rows, "i": index_path, "l": load_id},
+        )
+        conn.execute(
+            sa.text("UPDATE dms.catalog_table SET row_count = row_count + :r WHERE name = :t"),
+            {"r": rows, "t": table.name},
+        )
+        from dms.services.vo.catalog_tables import publish
+
+        publish(conn)  # TAP_SCHEMA describes the table as soon as queries can see it
+        conn.commit()
+
+
+def _register_chunk(
+    conn: sa.Connection, table: CatalogTable, shard: str, f: ChunkFile, primary: bool
+) -> None:
+    params = {
+        "p": primary,
+        "t": table.name,
+        "o": f.chunk_order,
+        "c": f.chunk_id,
+        "r": f.row_count,
+        "v": f.overlap_row_count,
+        "s": shard,
+    }
+    conn.execute(
+        sa.text(
+            "INSERT INTO dms.chunk (table_name, chunk_order, chunk_id, healpix_29_min, healpix_29_max, "
+            "row_count, overlap_row_count, created_at, updated_at) VALUES (:t, :o, :c, "
+            "CAST(:c AS bigint) << (2 * (29 - :o)), ((CAST(:c AS bigint) + 1) << (2 * (29 - :o))) - 1, "
+            "CASE WHEN :p THEN :r ELSE 0 END, CASE WHEN :p THEN :v ELSE 0 END, now(), now()) "
+            "ON CONFLICT (table_name, chunk_order, chunk_id) DO UPDATE SET "
+            "row_count = dms.chunk.row_count + CASE WHEN :p THEN :r ELSE 0 END, "
+            "overlap_row_count = dms.chunk.overlap_row_count + CASE WHEN :p THEN :v ELSE 0 END, "
+            "updated_at = now()"
+        ),
+        params,
+    )
+    conn.execute(
+        sa.text(
+            "INSERT INTO dms.chunk_replica (table_name, chunk_order, chunk_id, shard, is_primary, state, "
+            "version, row_count, updated_at) VALUES (:t, :o, :c, :s, :p, 'ready', 1, :r, now()) "
+            "ON CONFLICT (table_name, chunk_order, chunk_id, shard) DO UPDATE SET "
+            "row_count = coalesce(dms.chunk_replica.row_count, 0) + :r, "
+            "version = dms.chunk_replica.version + 1, "
+            "updated_at = now()"
+        ),
+        params,
+    )

@@ -45,7 +45,9 @@ SOURCES: dict[str, FelisSource] = {
         FelisSource("ivoa_obscore", "lsst.sdm.schemas:ivoa_obscore.yaml", "ivoa", True),
         FelisSource("cdb_lsstcam", "lsst.sdm.schemas:cdb_lsstcam.yaml", "cdb_lsstcam", True),
         FelisSource("cdb_lsstcomcam", "lsst.sdm.schemas:cdb_lsstcomcam.yaml", "cdb_lsstcomcam", True),
-        FelisSource("cdb_lsstcomcamsim", "lsst.sdm.schemas:cdb_lsstcomcamsim.yaml", "cdb_lsstcomcamsim", True),
+        FelisSource(
+            "cdb_lsstcomcamsim", "lsst.sdm.schemas:cdb_lsstcomcamsim.yaml", "cdb_lsstcomcamsim", True
+        ),
         FelisSource("cdb_latiss", "lsst.sdm.schemas:cdb_latiss.yaml", "cdb_latiss", True),
         FelisSource("efd_lsstcam", "lsst.sdm.schemas:efd_lsstcam.yaml", "efd_lsstcam", True),
         FelisSource("dp1", "lsst.sdm.schemas:dp1.yaml", "dp1", False),

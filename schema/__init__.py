@@ -18,7 +18,7 @@ from felis.metadata import MetaDataBuilder
 
 from dms.errors import SchemaVersionError
 
-SCHEMA_VERSION = "1.10.0"
+SCHEMA_VERSION = "1.11.0"
 """Version of the control database schema this DMS expects; each migration that changes it bumps it."""
 
 SHARD_SCHEMA_VERSION = "1.1.0"
@@ -44,6 +44,11 @@ SOURCES: dict[str, FelisSource] = {
         FelisSource("apdb", "lsst.sdm.schemas:apdb.yaml", "apdb", True),
         FelisSource("ivoa_obscore", "lsst.sdm.schemas:ivoa_obscore.yaml", "ivoa", True),
         FelisSource("cdb_lsstcam", "lsst.sdm.schemas:cdb_lsstcam.yaml", "cdb_lsstcam", True),
+        FelisSource("cdb_lsstcomcam", "lsst.sdm.schemas:cdb_lsstcomcam.yaml", "cdb_lsstcomcam", True),
+        FelisSource(
+            "cdb_lsstcomcamsim", "lsst.sdm.schemas:cdb_lsstcomcamsim.yaml", "cdb_lsstcomcamsim", True
+        ),
+        FelisSource("cdb_latiss", "lsst.sdm.schemas:cdb_latiss.yaml", "cdb_latiss", True),
         FelisSource("efd_lsstcam", "lsst.sdm.schemas:efd_lsstcam.yaml", "efd_lsstcam", True),
         FelisSource("dp1", "lsst.sdm.schemas:dp1.yaml", "dp1", False),
     )

@@ -37,7 +37,9 @@ REAL_FILES = {
 RESET = """
 TRUNCATE dms.distribution_item, dms.distribution_subscription, dms.replication_task, dms.replication_policy,
   dms.exposure_log, dms.datastore_record, dms.tagged_dataset, dms.dataset, dms.collection_chain,
-  dms.collection, dms.dataset_type, cdb_lsstcam.ccdexposure, cdb_lsstcam.exposure, ivoa."ObsCore",
+  dms.collection, dms.dataset_type, cdb_lsstcam.ccdexposure, cdb_lsstcam.exposure, cdb_lsstcomcam.ccdexposure,
+  cdb_lsstcomcam.exposure, cdb_lsstcomcamsim.ccdexposure, cdb_lsstcomcamsim.exposure, cdb_latiss.ccdexposure,
+  cdb_latiss.exposure, ivoa."ObsCore",
   dms.exposure, dms.detector, dms.day_obs, dms.physical_filter, dms.instrument, dms.site CASCADE
 """
 

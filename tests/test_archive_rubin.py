@@ -22,6 +22,7 @@ from dms.services.archiver.catchup import _day_obs_of
 from dms.services.archiver.corrections import correct
 from dms.services.archiver.errors import ArchiveError, ExposureConflictError, HeaderError
 from dms.services.archiver.ingest import archive_file, archive_files, read_metadata
+from dms.services.archiver.rows import CONSDB_INSTRUMENTS
 from dms.services.archiver.rubin import exposure_id
 from dms.services.backbone import Backbone
 from dms.services.vo.server import running_server
@@ -372,3 +373,49 @@ def test_sky_orientation_convention_agrees_with_imsims_own_wcs() -> None:
         assert math.degrees(math.acos(min(1.0, float(theirs_dir @ ours_dir)))) < 1.0, axis
     # and the scale: 0.2"/pixel within imSim's distortion at the field centre (1%)
     assert np.linalg.norm(ours[:, 0]) == pytest.approx(np.linalg.norm(detector_cd[:, 0]), rel=0.01)
+
+
+CONSDB_FIXTURES = [name for name in FIXTURES if fixture(name)["expected"].get("consdb")]
+
+
+@pytest.mark.parametrize("name", CONSDB_FIXTURES)
+def test_consdb_rows_in_the_instruments_own_schema(backbone: Backbone, tmp_path: Path, name: str) -> None:
+    """LSSTCam, ComCam and LATISS exposures each get their rows in their camera's ConsDB schema (Rubin's
+    cdb_lsstcam, cdb_lsstcomcam, cdb_latiss), with the values Rubin's rules give."""
+    data = fixture(name)
+    expected = data["expected"]
+    results = archive_files(backbone, [write_raw(tmp_path / f"{name}.fits", data["header"])])
+    assert [r.status for r in results] == ["archived"], [r.message for r in results]
+    namespace = CONSDB_INSTRUMENTS[expected["instrument"]]
+    with backbone.begin() as conn:
+        exposure = conn.execute(sa.text(f"SELECT * FROM {namespace}.exposure")).mappings().one()
+        ccd = conn.execute(sa.text(f"SELECT * FROM {namespace}.ccdexposure")).mappings().one()
+        others = [
+            other
+            for other in set(CONSDB_INSTRUMENTS.values()) - {namespace}
+            if conn.execute(sa.text(f"SELECT count(*) FROM {other}.exposure")).scalar_one()
+        ]
+    assert others == []
+    assert exposure["exposure_id"] == expected["exposure_id"]
+    assert exposure["physical_filter"] == expected["physical_filter"]
+    if "band" in expected:
+        assert exposure["band"] == expected["band"]
+    assert exposure["exp_time"] == pytest.approx(expected["exposure_time"])
+    assert exposure["img_type"] == expected["observation_type"]
+    if expected.get("tracking_ra") is not None:
+        assert exposure["s_ra"] == pytest.approx(expected["tracking_ra"])
+        assert exposure["s_dec"] == pytest.approx(expected["tracking_dec"])
+    assert (ccd["exposure_id"], ccd["detector"]) == (expected["exposure_id"], expected["detector"])
+
+
+def test_cameras_without_a_consdb_schema_write_none(backbone: Backbone, tmp_path: Path) -> None:
+    data = fixture("lsstcamsim_MC_S_20240321_000720_R22_S11")
+    assert data["expected"]["instrument"] not in CONSDB_INSTRUMENTS
+    results = archive_files(backbone, [write_raw(tmp_path / "sim.fits", data["header"])])
+    assert [r.status for r in results] == ["archived"], [r.message for r in results]
+    with backbone.begin() as conn:
+        counts = [
+            conn.execute(sa.text(f"SELECT count(*) FROM {namespace}.exposure")).scalar_one()
+            for namespace in CONSDB_INSTRUMENTS.values()
+        ]
+    assert counts == [0, 0, 0, 0]

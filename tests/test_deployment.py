@@ -188,6 +188,7 @@ def test_external_deployment_through_database_url(tmp_path: Path, external_url: 
     with psycopg.connect(external_url) as conn:
         left = conn.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema IN "
-            "('dms', 'apdb', 'ivoa', 'cdb_lsstcam', 'efd_lsstcam')"
+            "('dms', 'apdb', 'ivoa', 'cdb_lsstcam', 'cdb_lsstcomcam', 'cdb_lsstcomcamsim', 'cdb_latiss', "
+            "'efd_lsstcam')"
         ).fetchone()
         assert left == (0,)

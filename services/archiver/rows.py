@@ -23,7 +23,13 @@ INSTRUMENT_CLASSES = {  # Rubin's Butler instrument classes and detector counts
     "LSSTComCamSim": ("lsst.obs.lsst.LsstComCamSim", 9),
     "LSSTCam-imSim": ("lsst.obs.lsst.LsstCamImSim", 205),
 }
-CONSDB_INSTRUMENTS = {"LSSTCam": "cdb_lsstcam"}  # ConsDB schemas DMS holds (schema/__init__.py)
+#: The ConsDB schema of each instrument that has one (Rubin's cdb_* definitions, schema/__init__.py).
+CONSDB_INSTRUMENTS = {
+    "LSSTCam": "cdb_lsstcam",
+    "LSSTComCam": "cdb_lsstcomcam",
+    "LSSTComCamSim": "cdb_lsstcomcamsim",
+    "LATISS": "cdb_latiss",
+}
 GENERIC_CLASS = "dms.services.archiver.metadata.GenericTranslator"
 ID_MAX = 10**13  # exposure ids are day_obs * 100000 + seq_num < 10**13
 
@@ -90,7 +96,7 @@ def write_exposure(conn: sa.Connection, meta: ExposureMetadata, label: str) -> N
         },
     )
     if meta.instrument in CONSDB_INSTRUMENTS:
-        _write_consdb(conn, meta)
+        _write_consdb(conn, meta, CONSDB_INSTRUMENTS[meta.instrument])
 
 
 def _check_exposure(conn: sa.Connection, meta: ExposureMetadata, label: str) -> None:
@@ -118,12 +124,12 @@ def _check_exposure(conn: sa.Connection, meta: ExposureMetadata, label: str) -> 
         )
 
 
-def _write_consdb(conn: sa.Connection, meta: ExposureMetadata) -> None:
+def _write_consdb(conn: sa.Connection, meta: ExposureMetadata, namespace: str) -> None:
     mid = meta.begin + (meta.end - meta.begin) / 2
     zd = meta.zenith_angle
     _insert(
         conn,
-        "cdb_lsstcam.exposure",
+        f"{namespace}.exposure",
         {
             "exposure_id": meta.exposure_id,
             "exposure_name": meta.obs_id[:20],
@@ -157,7 +163,7 @@ def _write_consdb(conn: sa.Connection, meta: ExposureMetadata) -> None:
     )
     _insert(
         conn,
-        "cdb_lsstcam.ccdexposure",
+        f"{namespace}.ccdexposure",
         {
             "ccdexposure_id": meta.exposure_id * 1000 + meta.detector,
             "exposure_id": meta.exposure_id,

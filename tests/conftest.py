@@ -10,6 +10,10 @@ import duckdb
 import psycopg
 import pytest
 
+# Support modules that test files import helpers from and also load as fixture plugins: rewrite their asserts
+# before the first import (else pytest warns that it cannot).
+pytest.register_assert_rewrite("apdb_support", "backbone_support")
+
 
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:

@@ -1,0 +1,1 @@
+"""Prompt processing: the Alert Production payload's steps (being built; association first)."""

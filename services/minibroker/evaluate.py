@@ -1,0 +1,156 @@
+"""Evaluating every user's filters on a visit's alert batch, in the database, each with its own time limit.
+
+All filters of a visit run in one READ ONLY transaction as `dms_reader` (query/reader.py), one SQL statement
+per filter, each in a savepoint with its own ``statement_timeout``: a filter that runs too long (or fails, e.g.
+a division by zero) is stopped, rolled back to its savepoint and reported to its owner in `minibroker.run`;
+the other filters of the visit are unaffected. The matches are then written, as the deployment's login, in a
+transaction of their own (idempotent: evaluating a visit again adds no duplicates).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from dms.query.reader import reader_transaction
+from dms.query.sqlcompose import setting
+from dms.services.minibroker.errors import FilterError
+from dms.services.minibroker.filters import batch_query, compile_filter
+
+DEFAULT_TIMEOUT_S = 10.0
+"""Time limit of one filter on one visit (Lasair's cap)."""
+
+
+@dataclass
+class FilterRun:
+    """One filter's evaluation on one visit: its matches (alert id, DiaObject id, selected values) or why not."""
+
+    filter_id: int
+    owner: str
+    visit: int
+    rows: list[tuple[int, int | None, dict[str, Any]]] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """What the evaluator needs of a stored filter."""
+
+    filter_id: int
+    owner: str
+    where_text: str
+    select_text: str = ""
+
+
+def load_specs(conn: psycopg.Connection[Any], owner: str | None = None) -> list[FilterSpec]:
+    """The active filters (of one owner, or of everybody)."""
+    rows = conn.execute(
+        "SELECT filter_id, owner, where_text, select_text FROM minibroker.filter WHERE active "
+        "AND (%(o)s::text IS NULL OR owner = %(o)s) ORDER BY filter_id",
+        {"o": owner},
+    ).fetchall()
+    return [FilterSpec(int(r[0]), r[1], r[2], r[3]) for r in rows]
+
+
+def _context(conn: psycopg.Connection[Any]) -> tuple[dict[str, set[str]], bool]:
+    lists: dict[str, set[str]] = {}
+    for owner, name in conn.execute("SELECT DISTINCT owner, watchlist FROM minibroker.watch"):
+        lists.setdefault(owner, set()).add(name)
+    vector = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone() is not None
+    conn.commit()
+    return lists, vector
+
+
+def run_filters(
+    conn: psycopg.Connection[Any], specs: list[FilterSpec], visit: int, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> list[FilterRun]:
+    """Evaluate `specs` on the DiaSources of `visit`; nothing is written."""
+    lists, vector = _context(conn)
+    runs, queries = [], []
+    for spec in specs:
+        run = FilterRun(spec.filter_id, spec.owner, int(visit))
+        runs.append(run)
+        try:
+            compiled = compile_filter(
+                spec.where_text,
+                spec.select_text,
+                owner=spec.owner,
+                watchlists=lists.get(spec.owner, set()),
+                has_vector=vector,
+            )
+            queries.append((run, batch_query(compiled, int(visit))))
+        except FilterError as exc:
+            run.error = f"filter refused: {exc}"
+    with reader_transaction(conn, timeout=None):
+        for run, query in queries:
+            _run_one(conn, run, query, timeout_s)
+    return runs
+
+
+def _run_one(conn: psycopg.Connection[Any], run: FilterRun, query: str, timeout_s: float) -> None:
+    start = time.perf_counter()
+    try:
+        with conn.transaction():
+            conn.execute(setting("statement_timeout", max(1, int(timeout_s * 1000))))
+            with conn.cursor() as cur:
+                cur.execute(query.encode())
+                names = [d.name for d in cur.description or []][2:]
+                run.rows = [(int(r[0]), r[1], _selected(names, r[2:])) for r in cur.fetchall()]
+    except psycopg.errors.QueryCanceled:
+        run.error = f"stopped: ran longer than the limit of {timeout_s:g} s per filter"
+    except psycopg.Error as exc:
+        detail = exc.diag.message_primary or str(exc)
+        run.error = f"failed in the database: {detail}"
+    run.seconds = time.perf_counter() - start
+
+
+def _selected(names: list[str], values: tuple[Any, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in zip(names, values, strict=True):
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        elif not isinstance(value, str | int | float | bool | type(None)):
+            value = json.loads(json.dumps(value, default=str))
+        out[name] = value
+    return out
+
+
+def store_runs(conn: psycopg.Connection[Any], runs: list[FilterRun]) -> int:
+    """Record each run and its matches (the alert id is the packet's reference); returns matches added."""
+    added = 0
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO minibroker.run (filter_id, owner, visit, matches, seconds, error) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            [(r.filter_id, r.owner, r.visit, len(r.rows), r.seconds, r.error) for r in runs],
+        )
+        rows = [
+            (r.filter_id, r.owner, r.visit, alert, obj, Jsonb(selected))
+            for r in runs
+            for alert, obj, selected in r.rows
+        ]
+        if rows:
+            cur.executemany(
+                "INSERT INTO minibroker.match (filter_id, owner, visit, alert_id, dia_object_id, selected) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                rows,
+            )
+            added = len(rows)
+    return added
+
+
+def evaluate_visit(
+    conninfo: str, visit: int, *, timeout_s: float = DEFAULT_TIMEOUT_S, owner: str | None = None
+) -> list[FilterRun]:
+    """Run every active filter (or one owner's) on `visit`'s alerts and store the matches and the runs."""
+    with psycopg.connect(conninfo) as conn:
+        runs = run_filters(conn, load_specs(conn, owner), visit, timeout_s)
+        store_runs(conn, runs)
+    return runs

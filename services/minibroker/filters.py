@@ -164,8 +164,8 @@ class _Context:
     def check(self, node: exp.Expression) -> None:
         if isinstance(node, _SUBQUERY_NODES):
             raise FilterError(
-                "subqueries are not allowed in a filter (use diaSource, diaObject, features columns and "
-                "in_watchlist('NAME'))",
+                f"subqueries are not allowed in a filter (found {node.key.upper()}: {node.sql(DIALECT)[:60]}); "
+                "use diaSource, diaObject, features columns and in_watchlist('NAME')",
                 offending=node.key.upper(),
             )
         if isinstance(node, _ALLOWED_NODES):

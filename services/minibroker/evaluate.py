@@ -18,10 +18,10 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from dms.query.reader import reader_transaction
-from dms.query.sqlcompose import setting
+from dms.query.reader import READER_ROLE, drop_temp_tables, reader_transaction
+from dms.query.sqlcompose import ident, setting, statement
 from dms.services.minibroker.errors import FilterError
-from dms.services.minibroker.filters import batch_query, compile_filter
+from dms.services.minibroker.filters import BATCH_TABLE, batch_query, batch_table_sql, compile_filter
 
 DEFAULT_TIMEOUT_S = 10.0
 """Time limit of one filter on one visit (Lasair's cap)."""
@@ -73,7 +73,9 @@ def run_filters(
 ) -> list[FilterRun]:
     """Evaluate `specs` on the DiaSources of `visit`; nothing is written."""
     lists, vector = _context(conn)
-    runs, queries = [], []
+    runs: list[FilterRun] = []
+    queries: list[tuple[FilterRun, str]] = []
+    columns: set[tuple[str, str]] = set()
     for spec in specs:
         run = FilterRun(spec.filter_id, spec.owner, int(visit))
         runs.append(run)
@@ -85,13 +87,31 @@ def run_filters(
                 watchlists=lists.get(spec.owner, set()),
                 has_vector=vector,
             )
-            queries.append((run, batch_query(compiled, int(visit))))
+            queries.append((run, batch_query(compiled)))
+            columns |= compiled.columns
         except FilterError as exc:
             run.error = f"filter refused: {exc}"
-    with reader_transaction(conn, timeout=None):
-        for run, query in queries:
-            _run_one(conn, run, query, timeout_s)
+    if not queries:
+        return runs
+    _create_batch(conn, int(visit), columns)
+    try:
+        with reader_transaction(conn, timeout=None):
+            for run, query in queries:
+                _run_one(conn, run, query, timeout_s)
+    finally:
+        drop_temp_tables(conn)
     return runs
+
+
+def _create_batch(conn: psycopg.Connection[Any], visit: int, columns: set[tuple[str, str]]) -> None:
+    """The visit's alerts, with the DiaObject and feature columns the filters use, as a temporary table of the
+    reader (read once through the APDB's visit index, then scanned by each filter)."""
+    with conn.transaction():
+        conn.execute(statement("SET LOCAL ROLE {role}", role=READER_ROLE))
+        conn.execute(batch_table_sql(visit, columns).encode())
+        # watch lists are a few positions: the planner can then probe the batch by declination from each
+        conn.execute(statement('CREATE INDEX ON {table} ("dec")', table=ident(BATCH_TABLE)))
+        conn.execute(statement("ANALYZE {table}", table=ident(BATCH_TABLE)))
 
 
 def _run_one(conn: psycopg.Connection[Any], run: FilterRun, query: str, timeout_s: float) -> None:
@@ -123,27 +143,30 @@ def _selected(names: list[str], values: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def store_runs(conn: psycopg.Connection[Any], runs: list[FilterRun]) -> int:
-    """Record each run and its matches (the alert id is the packet's reference); returns matches added."""
-    added = 0
+    """Record each run and its matches (the alert id is the packet's reference); returns matches added.
+    Matches are copied into a staging table, then inserted once (a visit evaluated again adds nothing)."""
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO minibroker.run (filter_id, owner, visit, matches, seconds, error) "
             "VALUES (%s, %s, %s, %s, %s, %s)",
             [(r.filter_id, r.owner, r.visit, len(r.rows), r.seconds, r.error) for r in runs],
         )
-        rows = [
-            (r.filter_id, r.owner, r.visit, alert, obj, Jsonb(selected))
-            for r in runs
-            for alert, obj, selected in r.rows
-        ]
-        if rows:
-            cur.executemany(
-                "INSERT INTO minibroker.match (filter_id, owner, visit, alert_id, dia_object_id, selected) "
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                rows,
-            )
-            added = len(rows)
-    return added
+        cur.execute(
+            "CREATE TEMP TABLE minibroker_new_match (filter_id bigint, owner text, visit bigint, "
+            "alert_id bigint, dia_object_id bigint, selected jsonb) ON COMMIT DROP"
+        )
+        with cur.copy(
+            "COPY minibroker_new_match (filter_id, owner, visit, alert_id, dia_object_id, selected) FROM STDIN"
+        ) as copy:
+            for r in runs:
+                for alert, obj, selected in r.rows:
+                    copy.write_row((r.filter_id, r.owner, r.visit, alert, obj, Jsonb(selected)))
+        cur.execute(
+            "INSERT INTO minibroker.match (filter_id, owner, visit, alert_id, dia_object_id, selected) "
+            "SELECT filter_id, owner, visit, alert_id, dia_object_id, selected FROM minibroker_new_match "
+            "ORDER BY filter_id, alert_id ON CONFLICT DO NOTHING"
+        )
+        return int(cur.rowcount)
 
 
 def evaluate_visit(

@@ -75,6 +75,7 @@ class CompiledFilter:
     where: exp.Expression
     select: list[exp.Expression] = field(default_factory=list)
     tables: set[str] = field(default_factory=set)  # aliases used: decides the joins
+    columns: set[tuple[str, str]] = field(default_factory=set)  # (alias, column) read: the batch's columns
     watchlists: set[str] = field(default_factory=set)
 
 
@@ -217,7 +218,8 @@ class _Context:
             real = {c.lower(): c for c in table.columns}.get(name.lower())
             if real is not None:
                 self.compiled.tables.add(table.alias)
-                return exp.column(real, table=table.alias, quoted=True)
+                self.compiled.columns.add((table.alias, real))
+                return exp.column(batch_column(table.alias, real), table="s", quoted=True)
         where = f"{candidates[0].name}" if node.table else "diaSource, diaObject or features"
         raise FilterError(f"unknown column {node.sql(DIALECT)!r}: not a column of {where}", offending=name)
 
@@ -248,8 +250,10 @@ class _Context:
             )
         text = "[" + ",".join(repr(float(v)) for v in values if v is not None) + "]"
         self.compiled.tables.add("f")
+        self.compiled.columns.add(("f", "feature_vector"))
         vector = exp.cast(exp.Literal.string(text), exp.DataType.build("vector", dialect=DIALECT, udt=True))
-        return exp.Anonymous(this="l2_distance", expressions=[exp.column("feature_vector", table="f"), vector])
+        column = exp.column(batch_column("f", "feature_vector"), table="s", quoted=True)
+        return exp.Anonymous(this="l2_distance", expressions=[column, vector])
 
 
 def _bad_function(name: str) -> FilterError:
@@ -275,40 +279,71 @@ def _literal_for(node: exp.Expression, values: dict[str, str]) -> exp.Expression
 
 
 _WATCH = (
-    "EXISTS (SELECT 1 FROM minibroker.watch AS w WHERE w.owner = '__owner__' AND w.watchlist = '__list__' "
-    'AND w.dec BETWEEN s."dec" - w.radius_arcsec / 3600.0 AND s."dec" + w.radius_arcsec / 3600.0 '
-    "AND DEGREES(2 * ASIN(LEAST(1.0, SQRT(POWER(SIN(RADIANS(w.dec - s.\"dec\") / 2), 2) "
-    '+ COS(RADIANS(s."dec")) * COS(RADIANS(w.dec)) * POWER(SIN(RADIANS(w.ra - s."ra") / 2), 2))))) '
+    's."diaSourceId" IN (SELECT b."diaSourceId" FROM minibroker.watch AS w JOIN minibroker_batch AS b '
+    'ON b."dec" BETWEEN w.dec - w.radius_arcsec / 3600.0 AND w.dec + w.radius_arcsec / 3600.0 '
+    "WHERE w.owner = '__owner__' AND w.watchlist = '__list__' "
+    'AND DEGREES(2 * ASIN(LEAST(1.0, SQRT(POWER(SIN(RADIANS(w.dec - b."dec") / 2), 2) '
+    '+ COS(RADIANS(b."dec")) * COS(RADIANS(w.dec)) * POWER(SIN(RADIANS(w.ra - b."ra") / 2), 2))))) '
     "<= w.radius_arcsec / 3600.0)"
 )
+"""From each position of the list, the batch's alerts in its declination band (the batch table's index), then
+the exact distance; the set is computed once per filter (a hashed subplan), not once per alert."""
 
 
 @cache
 def _watch_template() -> exp.Expression:
-    """The condition `in_watchlist` becomes (a fixed text; owner and list are substituted as literals)."""
+    """The condition `in_watchlist` becomes (a fixed text; owner and list are substituted as literals; it reads
+    the batch table, BATCH_TABLE)."""
     return sqlglot.parse_one(_WATCH, read=DIALECT)
 
 
-def batch_query(compiled: CompiledFilter, visit: int) -> str:
-    """The SQL that selects the alerts of `visit` (its DiaSources) that pass the filter."""
+BATCH_TABLE = "minibroker_batch"
+"""The temporary table of one visit's alerts the filters read (the alias `s` in compiled filters)."""
+
+_PREFIX = {"o": "diaObject.", "f": "features."}
+
+
+def batch_column(alias: str, name: str) -> str:
+    """The column of the batch table holding column `name` of table `alias` (s: as is; o, f: prefixed)."""
+    return _PREFIX.get(alias, "") + name
+
+
+#: Columns every batch table has: the alert's ids and position (in_watchlist reads ra and dec).
+BATCH_KEYS = (("s", "diaSourceId"), ("s", "diaObjectId"), ("s", "ra"), ("s", "dec"))
+
+_JOINS = {
+    "o": ('apdb."DiaObject"', 'o."diaObjectId" = s."diaObjectId" AND o."validityEndMjdTai" IS NULL'),
+    "f": ("minibroker.feature", 'f.dia_object_id = s."diaObjectId"'),
+}
+
+
+def batch_table_sql(visit: int, columns: set[tuple[str, str]]) -> str:
+    """CREATE TEMP TABLE of `visit`'s DiaSources with just the `columns` (alias, name) the filters read, those
+    of the current DiaObject (o) and of the features (f) prefixed: every filter then scans this narrow table."""
+    wanted = list(BATCH_KEYS) + sorted(set(columns) - set(BATCH_KEYS))
+    query = exp.select(
+        *(exp.alias_(exp.column(c, table=a, quoted=True), batch_column(a, c), quoted=True) for a, c in wanted)
+    ).from_(exp.to_table('apdb."DiaSource"', dialect=DIALECT).as_("s"))
+    for alias in sorted({a for a, _ in wanted} - {"s"}):
+        target, on = _JOINS[alias]
+        query = query.join(
+            exp.to_table(target, dialect=DIALECT).as_(alias), on=on, join_type="left", dialect=DIALECT
+        )
+    visit_condition = exp.EQ(this=exp.column("visit", table="s"), expression=exp.Literal.number(int(visit)))
+    create = exp.Create(
+        this=exp.to_table(BATCH_TABLE),
+        kind="TABLE",
+        expression=query.where(visit_condition),
+        properties=exp.Properties(expressions=[exp.TemporaryProperty()]),
+    )
+    return create.sql(dialect=DIALECT)
+
+
+def batch_query(compiled: CompiledFilter) -> str:
+    """The SQL that selects the alerts of the batch table that pass the filter."""
     query = exp.select(
         exp.alias_(exp.column("diaSourceId", table="s", quoted=True), "alert_id"),
         exp.alias_(exp.column("diaObjectId", table="s", quoted=True), "dia_object_id"),
         *compiled.select,
-    ).from_(exp.to_table('apdb."DiaSource"', dialect=DIALECT).as_("s"))
-    if "o" in compiled.tables:
-        query = query.join(
-            exp.to_table('apdb."DiaObject"', dialect=DIALECT).as_("o"),
-            on='o."diaObjectId" = s."diaObjectId" AND o."validityEndMjdTai" IS NULL',
-            join_type="left",
-            dialect=DIALECT,
-        )
-    if "f" in compiled.tables:
-        query = query.join(
-            exp.to_table("minibroker.feature", dialect=DIALECT).as_("f"),
-            on='f.dia_object_id = s."diaObjectId"',
-            join_type="left",
-            dialect=DIALECT,
-        )
-    visit_condition = exp.EQ(this=exp.column("visit", table="s"), expression=exp.Literal.number(int(visit)))
-    return query.where(visit_condition).where(exp.paren(compiled.where)).sql(dialect=DIALECT)
+    ).from_(exp.to_table(BATCH_TABLE).as_("s"))
+    return query.where(exp.paren(compiled.where)).sql(dialect=DIALECT)

@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/minibroker.py [--alerts 10000] [--users 100] [--repeat 3]
 
-Builds, on an embedded PostgreSQL (pgserver), an APDB with 5 visits of `--alerts` DiaObjects (the last visit is
+Builds, on an embedded PostgreSQL (pgserver), an APDB with 5 visits of `--alerts` DiaObjects (the last is
 the alert batch), computes the light-curve features, and gives each of `--users` users one filter (five kinds
 in turn: flux and band, signal-to-noise and amplitude, a ratio or reliability, colour and slope, a watch list
 of 10 positions) with random thresholds. Times the evaluation of all filters on the batch as the mini-broker
@@ -47,7 +47,9 @@ def _haversine_deg(ra1: np.ndarray, dec1: np.ndarray, ra2: float, dec2: float) -
     return np.degrees(2 * np.arcsin(np.minimum(1.0, np.sqrt(h))))
 
 
-def make_filter(kind: int, rng: np.random.Generator, watch: list[tuple[float, float, float]]) -> tuple[str, Mask]:
+def make_filter(
+    kind: int, rng: np.random.Generator, watch: list[tuple[float, float, float]]
+) -> tuple[str, Mask]:
     """A filter's WHERE and the same condition in pandas."""
     if kind == 0:
         a, b = float(rng.uniform(2000, 6000)), str(rng.choice(list("ugrizy")))
@@ -109,7 +111,9 @@ def main() -> None:
     masks: dict[str, Mask] = {}
     with deployment.engine().begin() as conn:
         for i, user in enumerate(users):
-            watch = [(float(rng.uniform(148.5, 151.5)), float(rng.uniform(0.7, 3.7)), 600.0) for _ in range(10)]
+            watch = [
+                (float(rng.uniform(148.5, 151.5)), float(rng.uniform(0.7, 3.7)), 600.0) for _ in range(10)
+            ]
             store.add_watch(conn, user, "targets", [(*w, "") for w in watch])
             where, mask = make_filter(i % 5, rng, watch)
             store.add_filter(conn, user, "f", where)
@@ -132,7 +136,9 @@ def main() -> None:
         t0 = time.perf_counter()
         frame = _read_frame(url, batch.visit)
         t1 = time.perf_counter()
-        selected = {u: set(frame.loc[m(frame).fillna(False).astype(bool), "diaSourceId"]) for u, m in masks.items()}
+        selected = {
+            u: set(frame.loc[m(frame).fillna(False).astype(bool), "diaSourceId"]) for u, m in masks.items()
+        }
         t2 = time.perf_counter()
         pandas_times.append(t2 - t1)
         with_read.append(t2 - t0)
@@ -142,14 +148,18 @@ def main() -> None:
     print(f"filters: {len(runs)} of {args.users} users over {len(batch.sources)} alerts; {matches} matches; "
           f"{len(errors)} errors; same alerts as pandas: {same}")  # fmt: skip
     print(f"  in the database (dms_reader, READ ONLY, 10 s limit each): {best_db:.3f} s "
-          f"({1000 * best_db / len(runs):.1f} ms per filter); storing matches {store_times[0]:.3f} s")  # fmt: skip
+          f"({1000 * best_db / len(runs):.1f} ms per filter); "
+          f"storing matches {store_times[0]:.3f} s")  # fmt: skip
     per_kind = {k: sorted(r.seconds for i, r in enumerate(runs) if i % 5 == k) for k in range(5)}
     kinds = ", ".join(f"kind {k}: {1000 * v[len(v) // 2]:.1f} ms" for k, v in per_kind.items() if v)
     print(f"  median per filter by kind ({kinds}); preparing the batch table: "
           f"{best_db - sum(r.seconds for r in runs):.3f} s")  # fmt: skip
     print(f"  pandas on the frame in memory:                            {best_pd:.3f} s")
     print(f"  pandas counting the read of the batch from PostgreSQL:    {best_read:.3f} s")
-    print(f"  ratio pandas / database: {best_pd / best_db:.2f} (in memory), {best_read / best_db:.2f} (with read)")
+    print(
+        f"  ratio pandas / database: {best_pd / best_db:.2f} (in memory), "
+        f"{best_read / best_db:.2f} (with read)"
+    )
     print(f"  goal < 1 s for all filters: {'met' if best_db < 1.0 else 'NOT met'}")
     deployment.dispose()
     server.cleanup()
@@ -159,7 +169,8 @@ def _read_frame(url: str, visit: int) -> pd.DataFrame:
     """The batch as pandas would get it: the visit's DiaSources with their features (prefixed f_)."""
     with psycopg.connect(url) as conn:
         cur = conn.execute(
-            'SELECT s."diaSourceId", s."diaObjectId", s.ra, s.dec, s."psfFlux", s."psfFluxErr", s.snr, s.band, '
+            'SELECT s."diaSourceId", s."diaObjectId", s.ra, s.dec, s."psfFlux", s."psfFluxErr", s.snr, '
+            "s.band, "
             "s.reliability, f.amplitude AS f_amplitude, f.slope AS f_slope, f.colour_g_r AS f_colour_g_r "
             'FROM apdb."DiaSource" s LEFT JOIN minibroker.feature f ON f.dia_object_id = s."diaObjectId" '
             "WHERE s.visit = %s",
@@ -167,7 +178,17 @@ def _read_frame(url: str, visit: int) -> pd.DataFrame:
         )
         names = [d.name for d in cur.description or []]
         frame = pd.DataFrame(cur.fetchall(), columns=names)
-    floats = ["ra", "dec", "psfFlux", "psfFluxErr", "snr", "reliability", "f_amplitude", "f_slope", "f_colour_g_r"]
+    floats = [
+        "ra",
+        "dec",
+        "psfFlux",
+        "psfFluxErr",
+        "snr",
+        "reliability",
+        "f_amplitude",
+        "f_slope",
+        "f_colour_g_r",
+    ]
     return frame.astype({c: float for c in floats})
 
 

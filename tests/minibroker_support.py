@@ -1,5 +1,5 @@
-"""A mini-broker deployment for tests and the benchmark: users with tokens, an APDB with a few visits of history
-and one alert batch (the last visit's DiaSources), features computed from that history."""
+"""A mini-broker deployment for tests and the benchmark: users with tokens, an APDB with a few visits of
+history and one alert batch (the last visit's DiaSources), features computed from that history."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ HISTORY_VISITS = 5
 
 @dataclass
 class Batch:
-    """The alert batch of `visit`: its DiaSources joined with their DiaObject's features (as the filters see)."""
+    """The alert batch of `visit`: its DiaSources with their DiaObject and features (as filters see it)."""
 
     visit: int
     sources: pd.DataFrame
@@ -31,7 +31,9 @@ class Batch:
         """DiaSource columns as they are; feature columns prefixed `f_`; DiaObject columns prefixed `o_`."""
         feats = self.features.add_prefix("f_").rename(columns={"f_dia_object_id": "diaObjectId"})
         objs = self.objects.add_prefix("o_").rename(columns={"o_diaObjectId": "diaObjectId"})
-        return self.sources.merge(feats, on="diaObjectId", how="left").merge(objs, on="diaObjectId", how="left")
+        return self.sources.merge(feats, on="diaObjectId", how="left").merge(
+            objs, on="diaObjectId", how="left"
+        )
 
 
 def make_batch(apdb: Apdb, conninfo: str, n_objects: int, seed: int = 14) -> Batch:

@@ -1,5 +1,5 @@
-"""The Alert Mini-Broker on real PostgreSQL: filters evaluated in the database select the same alerts as the same
-condition computed in pandas on the same batch; features agree with numpy; users never see each other's
+"""The Alert Mini-Broker on real PostgreSQL: filters evaluated in the database select the same alerts as the
+same condition computed in pandas on the same batch; features agree with numpy; users never see each other's
 filters, watch lists or matches (Python and HTTP); bad filters and tokens get clear errors, others unaffected.
 """
 
@@ -79,7 +79,10 @@ CASES: list[tuple[str, Callable[[pd.DataFrame], pd.Series]]] = [
         lambda f: (f.snr > 50) | ((f.reliability < 0.1) & ~f.isDipole),
     ),
     ("psfFlux / psfFluxErr BETWEEN 10 AND 20", lambda f: (f.psfFlux / f.psfFluxErr).between(10, 20)),
-    ("band IN ('g', 'i') AND ABS(psfFlux) > 2500", lambda f: f.band.isin(["g", "i"]) & (f.psfFlux.abs() > 2500)),
+    (
+        "band IN ('g', 'i') AND ABS(psfFlux) > 2500",
+        lambda f: f.band.isin(["g", "i"]) & (f.psfFlux.abs() > 2500),
+    ),
     ("features.amplitude > 2500 AND features.slope < 0", lambda f: (f.f_amplitude > 2500) & (f.f_slope < 0)),
     ("features.colour_g_r > 0.3", lambda f: f.f_colour_g_r > 0.3),
     ("features.colour_g_r IS NULL AND snr > 80", lambda f: f.f_colour_g_r.isna() & (f.snr > 80)),
@@ -115,7 +118,8 @@ def test_random_thresholds_agree_with_pandas(
     world: World, flux: float, snr: float, band: str, amplitude: float, either: bool
 ) -> None:
     join = "OR" if either else "AND"
-    where = f"(psfFlux >= {flux!r} AND snr < {snr!r}) {join} (band = '{band}' AND features.amplitude > {amplitude!r})"
+    right_sql = f"(band = '{band}' AND features.amplitude > {amplitude!r})"
+    where = f"(psfFlux >= {flux!r} AND snr < {snr!r}) {join} {right_sql}"
     f = world.frame
     left, right = (f.psfFlux >= flux) & (f.snr < snr), (f.band == band) & (f.f_amplitude > amplitude)
     expected = _pandas_ids(f, (left | right) if either else (left & right))
@@ -141,7 +145,9 @@ def test_watchlist_filter_selects_the_alerts_astropy_finds_within_the_radius(wor
 def test_feature_distance_is_the_euclidean_distance_numpy_computes(world: World) -> None:
     target = [2000.0, 0.0, 10.0, 2.0, 0.0, 2000.0]
     feats = world.batch.features
-    values = feats[["amplitude", "slope", "periodogram_period", "periodogram_power", "colour_g_r", "mean_flux"]]
+    values = feats[
+        ["amplitude", "slope", "periodogram_period", "periodogram_power", "colour_g_r", "mean_flux"]
+    ]
     distance = np.linalg.norm(values.fillna(0.0).to_numpy() - np.array(target), axis=1)
     near = set(feats.loc[distance < 800, "dia_object_id"].astype(int))
     expected = sorted(world.frame.loc[world.frame.diaObjectId.isin(near), "diaSourceId"].astype(int))
@@ -174,7 +180,7 @@ def test_features_agree_with_numpy_on_the_apdb_history(world: World) -> None:
     ("where", "offending"),
     [
         ("snr >", None),
-        ("snr > (SELECT max(snr) FROM apdb.\"DiaSource\")", "SUBQUERY"),
+        ('snr > (SELECT max(snr) FROM apdb."DiaSource")', "SUBQUERY"),
         ("EXISTS (SELECT 1 FROM minibroker.filter)", "EXISTS"),
         ("pg_sleep(20) IS NULL", "pg_sleep"),
         ("dms.access_token.token_hash IS NOT NULL", "dms.access_token.token_hash"),
@@ -197,7 +203,10 @@ def test_bad_filters_are_refused_naming_the_problem(world: World, where: str, of
 
 def test_a_filter_running_too_long_is_stopped_and_others_are_unaffected(world: World) -> None:
     rng = np.random.default_rng(3)
-    many = [(float(r), float(d), 30000.0, "") for r, d in zip(rng.uniform(300, 320, 20000), rng.uniform(-8, 12, 20000), strict=True)]
+    many = [
+        (float(r), float(d), 30000.0, "")
+        for r, d in zip(rng.uniform(300, 320, 20000), rng.uniform(-8, 12, 20000), strict=True)
+    ]
     with world.deployment.engine().begin() as conn:
         store.add_watch(conn, "carol", "huge", many)
         slow = store.add_filter(conn, "carol", "slow", "in_watchlist('huge')")
@@ -208,7 +217,7 @@ def test_a_filter_running_too_long_is_stopped_and_others_are_unaffected(world: W
         assert runs[fast].error is None
         assert sorted(a for a, _, _ in runs[fast].rows) == _pandas_ids(world.frame, world.frame.snr > 95)
         with world.deployment.engine().begin() as conn:
-            assert [r["error"] for r in store.list_runs(conn, "carol")][0].startswith("stopped")
+            assert next(r["error"] for r in store.list_runs(conn, "carol")).startswith("stopped")
             assert all(r["error"] is None for r in store.list_runs(conn, "bob"))
             assert {m["filter_id"] for m in store.list_matches(conn, "bob")} == {fast}
             assert store.list_matches(conn, "carol") == []
@@ -264,7 +273,9 @@ def _as(world: World, user: str) -> dict[str, str]:
 
 
 def test_http_each_user_sees_only_their_own(world: World, server: str) -> None:
-    made = httpx.post(f"{server}/filters", json={"name": "h1", "where": "snr > 85"}, headers=_as(world, "alice"))
+    made = httpx.post(
+        f"{server}/filters", json={"name": "h1", "where": "snr > 85"}, headers=_as(world, "alice")
+    )
     assert made.status_code == 201, made.text
     alice_filter = made.json()["filter_id"]
     added = httpx.post(
@@ -280,10 +291,14 @@ def test_http_each_user_sees_only_their_own(world: World, server: str) -> None:
         assert httpx.get(f"{server}/matches", headers=_as(world, "bob")).json() == []
         alice = httpx.get(f"{server}/matches", headers=_as(world, "alice")).json()
         assert sorted(m["alert_id"] for m in alice) == _pandas_ids(world.frame, world.frame.snr > 85)
-        resumed = httpx.get(f"{server}/matches", params={"after": alice[-1]["seq"]}, headers=_as(world, "alice"))
+        resumed = httpx.get(
+            f"{server}/matches", params={"after": alice[-1]["seq"]}, headers=_as(world, "alice")
+        )
         assert resumed.json() == []
         refused = httpx.delete(f"{server}/filters/{alice_filter}", headers=_as(world, "bob"))
-        assert refused.status_code == 404 and refused.json() == {"error": f"you have no filter {alice_filter}"}
+        assert refused.status_code == 404 and refused.json() == {
+            "error": f"you have no filter {alice_filter}"
+        }
     finally:
         gone = httpx.delete(f"{server}/filters/{alice_filter}", headers=_as(world, "alice"))
         assert gone.status_code == 200
@@ -298,7 +313,9 @@ def test_http_each_user_sees_only_their_own(world: World, server: str) -> None:
         ({"Authorization": "Bearer dms_not-a-token"}, 401, "not known"),
     ],
 )
-def test_http_malformed_tokens_are_refused(server: str, headers: dict[str, str], status: int, message: str) -> None:
+def test_http_malformed_tokens_are_refused(
+    server: str, headers: dict[str, str], status: int, message: str
+) -> None:
     answer = httpx.get(f"{server}/filters", headers=headers)
     assert answer.status_code == status and message in answer.json()["error"], answer.text
 
@@ -343,7 +360,7 @@ def test_cli_filter_add_list_test_remove(world: World) -> None:
     assert tried.output.count('"alert_id"') == len(_pandas_ids(world.frame, world.frame.snr > 97))
     bad = runner.invoke(main, [*base, "filter", "add", "cli2", "foo > 1", "--user", "carol"])
     assert bad.exit_code != 0 and "unknown column 'foo'" in bad.output and "Traceback" not in bad.output
-    filter_id = [f for f in listed.output.split('"filter_id": ')[1:]][0].split(",")[0]
+    filter_id = next(iter(listed.output.split('"filter_id": ')[1:])).split(",")[0]
     removed = runner.invoke(main, [*base, "filter", "remove", filter_id, "--user", "carol"])
     assert removed.exit_code == 0, removed.output
 

@@ -10,7 +10,7 @@ class MinibrokerError(DMSError):
 
 
 class FilterError(MinibrokerError):
-    """A filter refused when it is checked: a syntax error, or a name (table, column, function) not allowed."""
+    """A filter refused when it is checked: a syntax error, or a table, column or function not allowed."""
 
     def __init__(self, message: str, *, offending: str | None = None) -> None:
         super().__init__(message)

@@ -1,11 +1,12 @@
 """Evaluating every user's filters on a visit's alert batch, in the database, each with its own time limit.
 
-All filters of a visit run in one READ ONLY transaction as `dms_reader` (query/reader.py), one SQL statement
-per filter, each in a savepoint with its own ``statement_timeout``: a filter that runs too long (or fails, e.g.
-a division by zero) is stopped, rolled back to its savepoint and reported to its owner in `minibroker.run`;
-the other filters of the visit are unaffected. The matches are then written, as the deployment's login, in a
-transaction of their own (idempotent: evaluating a visit again adds no duplicates).
-"""
+The visit's alerts are first copied, with just the columns the filters read, into a temporary table of the
+reader role (one read of the APDB through its visit index). All filters then run in one READ ONLY transaction
+as `dms_reader` (query/reader.py), one SQL statement per filter, each in a savepoint with its own
+``statement_timeout``: a filter that runs too long (or fails, e.g. a division by zero) is stopped, rolled
+back to its savepoint and reported to its owner in `minibroker.run`; the other filters are unaffected. The
+matches are then written, as the deployment's login, in a transaction of their own (idempotent: evaluating a
+visit again adds no duplicates)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ DEFAULT_TIMEOUT_S = 10.0
 
 @dataclass
 class FilterRun:
-    """One filter's evaluation on one visit: its matches (alert id, DiaObject id, selected values) or why not."""
+    """One filter's evaluation on one visit: its matches (alert, DiaObject, selected values) or why not."""
 
     filter_id: int
     owner: str
@@ -156,7 +157,8 @@ def store_runs(conn: psycopg.Connection[Any], runs: list[FilterRun]) -> int:
             "alert_id bigint, dia_object_id bigint, selected jsonb) ON COMMIT DROP"
         )
         with cur.copy(
-            "COPY minibroker_new_match (filter_id, owner, visit, alert_id, dia_object_id, selected) FROM STDIN"
+            "COPY minibroker_new_match (filter_id, owner, visit, alert_id, dia_object_id, selected) "
+            "FROM STDIN"
         ) as copy:
             for r in runs:
                 for alert, obj, selected in r.rows:

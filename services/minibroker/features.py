@@ -1,4 +1,4 @@
-"""Light-curve features per DiaObject from the APDB's history, computed by PyPI `light-curve`, kept with pgvector.
+"""Light-curve features per DiaObject from the APDB's history, computed by `light-curve`, kept with pgvector.
 
 Each DiaObject's light curve is its DiaForcedSource and DiaSource fluxes (psfFlux, nJy) in time order, one
 point per time (a forced measurement is preferred where both exist). Features (`FEATURES`): the half
@@ -10,6 +10,7 @@ and the weighted `mean_flux`. A light curve with fewer than `MIN_POINTS` points 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,10 +51,8 @@ def compute_features(history: pd.DataFrame) -> pd.DataFrame:
         t, flux, err = (curve[c].to_numpy(np.float64) for c in ("midpointMjdTai", "psfFlux", "psfFluxErr"))
         values = np.full(len(extractor.names), np.nan)
         if len(t) >= MIN_POINTS:
-            try:
+            with contextlib.suppress(ValueError, RuntimeError):
                 values = extractor(t, flux, err, sorted=True, check=False)
-            except (ValueError, RuntimeError):
-                pass
         named = dict(zip(extractor.names, values, strict=True))
         records.append(
             {
@@ -69,7 +68,9 @@ def compute_features(history: pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(
         records, columns=["dia_object_id", "n_points", *(f for f in FEATURES if f != "colour_g_r")]
     )
-    return frame.merge(_colours(clean), on="dia_object_id", how="left")[["dia_object_id", "n_points", *FEATURES]]
+    return frame.merge(_colours(clean), on="dia_object_id", how="left")[
+        ["dia_object_id", "n_points", *FEATURES]
+    ]
 
 
 def _colours(history: pd.DataFrame) -> pd.DataFrame:

@@ -40,12 +40,18 @@ ALLOWED_FUNCTIONS = frozenset(
 )  # fmt: skip
 OWN_FUNCTIONS = ("in_watchlist", "feature_distance")
 
-_ALLOWED_NODES: tuple[type[exp.Expression], ...] = (
+_ALLOWED_NODES: tuple[type[exp.Expr], ...] = (
     exp.Column, exp.Identifier, exp.Literal, exp.Boolean, exp.Null, exp.And, exp.Or, exp.Not, exp.Paren,
     exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Is, exp.In, exp.Between, exp.Add, exp.Sub,
     exp.Mul, exp.Div, exp.Mod, exp.Neg, exp.Like, exp.ILike, exp.Case, exp.If, exp.Alias,
 )  # fmt: skip
-_SUBQUERY_NODES: tuple[type[exp.Expression], ...] = (exp.Select, exp.Subquery, exp.Exists, exp.Union, exp.With)
+_SUBQUERY_NODES: tuple[type[exp.Expr], ...] = (
+    exp.Select,
+    exp.Subquery,
+    exp.Exists,
+    exp.Union,
+    exp.With,
+)
 
 
 @dataclass(frozen=True)
@@ -72,8 +78,8 @@ def filter_tables() -> dict[str, FilterTable]:
 class CompiledFilter:
     """A checked filter: its condition and selected expressions as sqlglot trees over the aliases s, o, f."""
 
-    where: exp.Expression
-    select: list[exp.Expression] = field(default_factory=list)
+    where: exp.Expr
+    select: list[exp.Expr] = field(default_factory=list)
     tables: set[str] = field(default_factory=set)  # aliases used: decides the joins
     columns: set[tuple[str, str]] = field(default_factory=set)  # (alias, column) read: the batch's columns
     watchlists: set[str] = field(default_factory=set)
@@ -98,7 +104,7 @@ def compile_filter(
     return compiled
 
 
-def _parse_condition(text: str) -> exp.Expression:
+def _parse_condition(text: str) -> exp.Expr:
     text = _bounded(text, "WHERE")
     if not text.strip():
         raise FilterError("the filter's WHERE is empty (write a condition, e.g. diaSource.snr > 10)")
@@ -111,7 +117,7 @@ def _parse_condition(text: str) -> exp.Expression:
     return parsed[0]
 
 
-def _parse_select(text: str) -> list[exp.Expression]:
+def _parse_select(text: str) -> list[exp.Expr]:
     text = _bounded(text, "SELECT")
     if not text.strip():
         return []
@@ -157,15 +163,16 @@ class _Context:
         self.has_vector = has_vector
         self.compiled = compiled
 
-    def rewrite(self, tree: exp.Expression) -> exp.Expression:
+    def rewrite(self, tree: exp.Expr) -> exp.Expr:
         for node in tree.walk():
             self.check(node)
         return tree.transform(self.replace, copy=True)
 
-    def check(self, node: exp.Expression) -> None:
+    def check(self, node: exp.Expr) -> None:
         if isinstance(node, _SUBQUERY_NODES):
             raise FilterError(
-                f"subqueries are not allowed in a filter (found {node.key.upper()}: {node.sql(DIALECT)[:60]}); "
+                f"subqueries are not allowed in a filter (found {node.key.upper()}: "
+                f"{node.sql(DIALECT)[:60]}); "
                 "use diaSource, diaObject, features columns and in_watchlist('NAME')",
                 offending=node.key.upper(),
             )
@@ -187,7 +194,7 @@ class _Context:
         if isinstance(node, exp.In) and node.args.get("query") is not None:
             raise FilterError("subqueries are not allowed in a filter", offending="IN (SELECT ...)")
 
-    def replace(self, node: exp.Expression) -> exp.Expression:
+    def replace(self, node: exp.Expr) -> exp.Expr:
         if isinstance(node, exp.Column):
             return self.column(node)
         if isinstance(node, exp.Anonymous) and node.name.lower() == "in_watchlist":
@@ -196,7 +203,7 @@ class _Context:
             return self.feature_distance(node)
         return node
 
-    def column(self, node: exp.Column) -> exp.Expression:
+    def column(self, node: exp.Column) -> exp.Expr:
         tables = filter_tables()
         if node.args.get("db") is not None or node.args.get("catalog") is not None:
             raise FilterError(
@@ -208,7 +215,8 @@ class _Context:
             table = tables.get(node.table.lower())
             if table is None:
                 raise FilterError(
-                    f"table {node.table!r} is not allowed in a filter; allowed: diaSource, diaObject, features",
+                    f"table {node.table!r} is not allowed in a filter; "
+                    "allowed: diaSource, diaObject, features",
                     offending=node.table,
                 )
             candidates = [table]
@@ -223,7 +231,7 @@ class _Context:
         where = f"{candidates[0].name}" if node.table else "diaSource, diaObject or features"
         raise FilterError(f"unknown column {node.sql(DIALECT)!r}: not a column of {where}", offending=name)
 
-    def in_watchlist(self, node: exp.Anonymous) -> exp.Expression:
+    def in_watchlist(self, node: exp.Anonymous) -> exp.Expr:
         args = node.expressions
         if len(args) != 1 or not (isinstance(args[0], exp.Literal) and args[0].is_string):
             raise FilterError("in_watchlist takes one quoted watch-list name, e.g. in_watchlist('my_snae')")
@@ -236,7 +244,7 @@ class _Context:
             lambda n: _literal_for(n, {"__owner__": self.owner, "__list__": name}), copy=True
         )
 
-    def feature_distance(self, node: exp.Anonymous) -> exp.Expression:
+    def feature_distance(self, node: exp.Anonymous) -> exp.Expr:
         if not self.has_vector:
             raise FilterError(
                 "feature_distance needs pgvector, which this database server does not have",
@@ -261,7 +269,7 @@ def _bad_function(name: str) -> FilterError:
     return FilterError(f"function {name} is not allowed in a filter; allowed: {allowed}", offending=name)
 
 
-def _number(node: exp.Expression) -> float | None:
+def _number(node: exp.Expr) -> float | None:
     negative = isinstance(node, exp.Neg)
     inner = node.this if negative else node
     if not (isinstance(inner, exp.Literal) and not inner.is_string):
@@ -272,7 +280,7 @@ def _number(node: exp.Expression) -> float | None:
     return -value if negative else value
 
 
-def _literal_for(node: exp.Expression, values: dict[str, str]) -> exp.Expression:
+def _literal_for(node: exp.Expr, values: dict[str, str]) -> exp.Expr:
     if isinstance(node, exp.Literal) and node.is_string and node.this in values:
         return exp.Literal.string(values[node.this])
     return node
@@ -291,9 +299,9 @@ the exact distance; the set is computed once per filter (a hashed subplan), not 
 
 
 @cache
-def _watch_template() -> exp.Expression:
-    """The condition `in_watchlist` becomes (a fixed text; owner and list are substituted as literals; it reads
-    the batch table, BATCH_TABLE)."""
+def _watch_template() -> exp.Expr:
+    """The condition `in_watchlist` becomes (a fixed text; owner and list are substituted as literals; it
+    reads the batch table, BATCH_TABLE)."""
     return sqlglot.parse_one(_WATCH, read=DIALECT)
 
 
@@ -319,7 +327,7 @@ _JOINS = {
 
 def batch_table_sql(visit: int, columns: set[tuple[str, str]]) -> str:
     """CREATE TEMP TABLE of `visit`'s DiaSources with just the `columns` (alias, name) the filters read, those
-    of the current DiaObject (o) and of the features (f) prefixed: every filter then scans this narrow table."""
+    of the current DiaObject (o) and of the features (f) prefixed: every filter then scans this narrow one."""
     wanted = list(BATCH_KEYS) + sorted(set(columns) - set(BATCH_KEYS))
     query = exp.select(
         *(exp.alias_(exp.column(c, table=a, quoted=True), batch_column(a, c), quoted=True) for a, c in wanted)

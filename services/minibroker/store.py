@@ -1,4 +1,4 @@
-"""Each user's filters, watch lists and matches in `minibroker.*`: every read and write is scoped to its owner.
+"""Each user's filters, watch lists and matches in `minibroker.*`: each read and write is scoped to its owner.
 
 A caller names a filter by id; one that is not theirs is answered exactly as one that does not exist, so a
 user learns nothing of others' filters. Filters are checked (compiled) before they are stored.
@@ -55,7 +55,8 @@ def watchlist_names(conn: sa.Connection, owner: str) -> set[str]:
 def _check_name(name: str, what: str) -> None:
     if not NAME.match(name):
         raise MinibrokerError(
-            f"{what} name {name!r} is invalid: start with a letter; letters, digits, '_', '.', '-'; at most 64"
+            f"{what} name {name!r} is invalid: start with a letter; letters, digits, '_', '.', '-'; "
+            "at most 64"
         )
 
 
@@ -122,7 +123,7 @@ def add_watch(
     for ra, dec, radius, label in entries:
         if not (0 <= ra < 360 and -90 <= dec <= 90 and 0 < radius <= 36000):
             raise MinibrokerError(
-                f"watch-list position ({ra}, {dec}, {radius}\"): ra must be in [0, 360), dec in [-90, 90] "
+                f'watch-list position ({ra}, {dec}, {radius}"): ra must be in [0, 360), dec in [-90, 90] '
                 "and the radius in (0, 36000] arcsec"
             )
         rows.append({"o": owner, "w": watchlist, "n": str(label)[:128], "r": ra, "d": dec, "x": radius})

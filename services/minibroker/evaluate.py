@@ -2,11 +2,13 @@
 
 The visit's alerts are first copied, with just the columns the filters read, into a temporary table of the
 reader role (one read of the APDB through its visit index). All filters then run in one READ ONLY transaction
-as `dms_reader` (query/reader.py), one SQL statement per filter, each in a savepoint with its own
-``statement_timeout``: a filter that runs too long (or fails, e.g. a division by zero) is stopped, rolled
-back to its savepoint and reported to its owner in `minibroker.run`; the other filters are unaffected. The
-matches are then written, as the deployment's login, in a transaction of their own (idempotent: evaluating a
-visit again adds no duplicates)."""
+as `dms_reader` (query/reader.py): first all together in one scan of that table (a combined statement
+limited to one filter's time); if it fails or runs too long, one SQL statement per filter, each in a
+savepoint with its own ``statement_timeout``: a filter that runs too long (or fails, e.g. a division by
+zero) is stopped, rolled back to its savepoint and reported to its owner in `minibroker.run`; the other
+filters are unaffected. The matches are then written, as the deployment's login, in a transaction of their
+own (idempotent: evaluating a visit again adds no duplicates).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import psycopg
@@ -22,7 +25,14 @@ from psycopg.types.json import Jsonb
 from dms.query.reader import READER_ROLE, drop_temp_tables, reader_transaction
 from dms.query.sqlcompose import ident, setting, statement
 from dms.services.minibroker.errors import FilterError
-from dms.services.minibroker.filters import BATCH_TABLE, batch_query, batch_table_sql, compile_filter
+from dms.services.minibroker.filters import (
+    BATCH_TABLE,
+    CompiledFilter,
+    batch_query,
+    batch_table_sql,
+    combined_query,
+    compile_filter,
+)
 
 DEFAULT_TIMEOUT_S = 10.0
 """Time limit of one filter on one visit (Lasair's cap)."""
@@ -75,20 +85,16 @@ def run_filters(
     """Evaluate `specs` on the DiaSources of `visit`; nothing is written."""
     lists, vector = _context(conn)
     runs: list[FilterRun] = []
-    queries: list[tuple[FilterRun, str]] = []
+    queries: list[tuple[FilterRun, CompiledFilter]] = []
     columns: set[tuple[str, str]] = set()
     for spec in specs:
         run = FilterRun(spec.filter_id, spec.owner, int(visit))
         runs.append(run)
         try:
-            compiled = compile_filter(
-                spec.where_text,
-                spec.select_text,
-                owner=spec.owner,
-                watchlists=lists.get(spec.owner, set()),
-                has_vector=vector,
+            compiled = _compiled(
+                spec.where_text, spec.select_text, spec.owner, frozenset(lists.get(spec.owner, ())), vector
             )
-            queries.append((run, batch_query(compiled)))
+            queries.append((run, compiled))
             columns |= compiled.columns
         except FilterError as exc:
             run.error = f"filter refused: {exc}"
@@ -97,11 +103,21 @@ def run_filters(
     _create_batch(conn, int(visit), columns)
     try:
         with reader_transaction(conn, timeout=None):
-            for run, query in queries:
-                _run_one(conn, run, query, timeout_s)
+            if not _run_combined(conn, queries, timeout_s):
+                for run, compiled in queries:
+                    _run_one(conn, run, batch_query(compiled), timeout_s)
     finally:
         drop_temp_tables(conn)
     return runs
+
+
+@lru_cache(maxsize=4096)
+def _compiled(
+    where_text: str, select_text: str, owner: str, watchlists: frozenset[str], vector: bool
+) -> CompiledFilter:
+    """Filters are compiled once and reused visit after visit (the same text, owner and watch lists); the
+    compiled trees are only copied from, never changed."""
+    return compile_filter(where_text, select_text, owner=owner, watchlists=set(watchlists), has_vector=vector)
 
 
 def _create_batch(conn: psycopg.Connection[Any], visit: int, columns: set[tuple[str, str]]) -> None:
@@ -113,6 +129,37 @@ def _create_batch(conn: psycopg.Connection[Any], visit: int, columns: set[tuple[
         # watch lists are a few positions: the planner can then probe the batch by declination from each
         conn.execute(statement('CREATE INDEX ON {table} ("dec")', table=ident(BATCH_TABLE)))
         conn.execute(statement("ANALYZE {table}", table=ident(BATCH_TABLE)))
+
+
+def _run_combined(
+    conn: psycopg.Connection[Any], queries: list[tuple[FilterRun, CompiledFilter]], timeout_s: float
+) -> bool:
+    """All filters in one scan, limited to one filter's time; False (nothing recorded) when it fails or runs
+    too long, and the filters are then run one by one, so only the culprit is stopped."""
+    start = time.perf_counter()
+    try:
+        with conn.transaction():
+            conn.execute(setting("statement_timeout", max(1, int(timeout_s * 1000))))
+            with conn.cursor() as cur:
+                cur.execute(combined_query([c for _, c in queries]))
+                row = cur.fetchone()
+    except psycopg.Error:
+        return False
+    assert row is not None
+    share = (time.perf_counter() - start) / len(queries)
+    position = 0
+    for run, compiled in queries:
+        ids, objects = row[position] or [], row[position + 1] or []
+        names = [e.alias_or_name for e in compiled.select]
+        values = [row[position + 2 + j] or [] for j in range(len(names))]
+        position += 2 + len(names)
+        if names:
+            picked = [_selected(names, tuple(v[k] for v in values)) for k in range(len(ids))]
+        else:
+            picked = [{} for _ in ids]
+        run.rows = list(zip(ids, objects, picked, strict=True))
+        run.seconds = share
+    return True
 
 
 def _run_one(conn: psycopg.Connection[Any], run: FilterRun, query: str, timeout_s: float) -> None:

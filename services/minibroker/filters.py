@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import cache
 
 import sqlglot
+from psycopg import sql
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
@@ -83,6 +84,7 @@ class CompiledFilter:
     tables: set[str] = field(default_factory=set)  # aliases used: decides the joins
     columns: set[tuple[str, str]] = field(default_factory=set)  # (alias, column) read: the batch's columns
     watchlists: set[str] = field(default_factory=set)
+    aggregate_sql: list[str] | None = None  # its part of the combined scan, generated once (`aggregates`)
 
 
 def compile_filter(
@@ -354,4 +356,27 @@ def batch_query(compiled: CompiledFilter) -> str:
         exp.alias_(exp.column("diaObjectId", table="s", quoted=True), "dia_object_id"),
         *compiled.select,
     ).from_(exp.to_table(BATCH_TABLE).as_("s"))
-    return query.where(exp.paren(compiled.where)).sql(dialect=DIALECT)
+    return query.where(exp.paren(compiled.where.copy())).sql(dialect=DIALECT)
+
+
+def aggregates(compiled: CompiledFilter) -> list[str]:
+    """The SQL of one filter's part of the combined scan: the arrays of its matching alert ids, DiaObject ids
+    and selected values, aligned (all aggregated in the same pass). Generated once per compiled filter."""
+    if compiled.aggregate_sql is None:
+        condition = exp.Where(this=exp.paren(compiled.where.copy()))
+        values: list[exp.Expr] = [
+            exp.column("diaSourceId", table="s", quoted=True),
+            exp.column("diaObjectId", table="s", quoted=True),
+            *(e.this if isinstance(e, exp.Alias) else e for e in compiled.select),
+        ]
+        compiled.aggregate_sql = [
+            exp.Filter(this=exp.ArrayAgg(this=v.copy()), expression=condition.copy()).sql(dialect=DIALECT)
+            for v in values
+        ]
+    return compiled.aggregate_sql
+
+
+def combined_query(compiled: list[CompiledFilter]) -> sql.Composed:
+    """One scan of the batch table evaluating every filter (`aggregates` of each, in order)."""
+    parts = [sql.SQL(fragment) for one in compiled for fragment in aggregates(one)]
+    return sql.SQL("SELECT {} FROM {} AS s").format(sql.SQL(", ").join(parts), sql.Identifier(BATCH_TABLE))

@@ -371,3 +371,31 @@ def test_feed_topics_fit_the_feed_alphabet_and_differ_per_user() -> None:
     names = ["alice", "Alice", "a.b@c-d", "x" * 64]
     topics = [feed_topic(n) for n in names]
     assert all(re.match(r"^[a-z][a-z0-9_\-]{0,62}$", t) for t in topics) and len(set(topics)) == len(names)
+
+
+def test_a_filter_failing_in_the_database_is_reported_and_others_still_match(world: World) -> None:
+    with psycopg.connect(world.conninfo) as conn:
+        broken, fine = run_filters(
+            conn,
+            [FilterSpec(1, "carol", "psfFlux / (snr - snr) > 1"), FilterSpec(2, "bob", "snr > 95", "snr")],
+            world.batch.visit,
+        )
+    assert broken.error is not None and "division by zero" in broken.error and broken.rows == []
+    assert fine.error is None
+    assert sorted(a for a, _, _ in fine.rows) == _pandas_ids(world.frame, world.frame.snr > 95)
+    by_id = world.frame.set_index("diaSourceId")["snr"]
+    assert all(abs(s["snr"] - by_id[a]) < 1e-4 for a, _, s in fine.rows)
+
+
+def test_evaluating_a_visit_again_adds_no_duplicate_matches(world: World) -> None:
+    with world.deployment.engine().begin() as conn:
+        once = store.add_filter(conn, "carol", "once", "snr > 96")
+    try:
+        evaluate_visit(world.conninfo, world.batch.visit, owner="carol")
+        evaluate_visit(world.conninfo, world.batch.visit, owner="carol")
+        with world.deployment.engine().begin() as conn:
+            matches = store.list_matches(conn, "carol", filter_id=once)
+        assert sorted(m["alert_id"] for m in matches) == _pandas_ids(world.frame, world.frame.snr > 96)
+    finally:
+        with world.deployment.engine().begin() as conn:
+            store.remove_filter(conn, "carol", once)

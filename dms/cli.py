@@ -336,3 +336,7 @@ main.add_command(users)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+from dms.cli_minibroker import minibroker  # noqa: E402  (uses the helpers above)
+
+main.add_command(minibroker)

@@ -127,7 +127,8 @@ class AlertFeed(ABC):
 
     @abstractmethod
     def committed(self, topic: str, group: str) -> dict[int, int]:
-        """The group's committed offset per partition (0: nothing committed)."""
+        """The group's committed offset per partition: every message of the partition up to it is processed
+        (0: nothing committed; a transport may report a later offset when the partition has none between)."""
 
     @abstractmethod
     def seek(

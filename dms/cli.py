@@ -336,3 +336,7 @@ main.add_command(users)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+from dms.cli_alerts import alerts  # noqa: E402  (the Alert Broker Feed: issue 14)
+
+main.add_command(alerts)

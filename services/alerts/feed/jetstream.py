@@ -41,6 +41,7 @@ from dms.services.alerts.feed.postgres import check_name
 T = TypeVar("T")
 KEY_HEADER = "Dms-Key"
 _PARTITIONS = "partitions="
+FETCH = 200  # messages per pull request (x ~30-80 kB per Rubin packet)
 
 
 def stream_name(topic: str) -> str:
@@ -201,10 +202,7 @@ class JetStreamFeed(AlertFeed):
             while True:
                 wait = max(0.01, min(deadline - self._loop.time(), 0.2 if len(subs) > 1 else timeout))
                 for sub in subs.values():
-                    if len(found) >= max_messages:
-                        break
-                    with contextlib.suppress(nats.errors.TimeoutError, TimeoutError):
-                        found += await sub.fetch(max_messages - len(found), timeout=wait)
+                    found += await self._fetch(sub, max_messages - len(found), wait)
                 if found or self._loop.time() >= deadline:
                     break
             messages = sorted((_message(topic, m) for m in found), key=lambda m: m.offset)
@@ -213,6 +211,20 @@ class JetStreamFeed(AlertFeed):
             return messages
 
         return self._run(fetch())
+
+    async def _fetch(self, sub: Any, wanted: int, wait: float) -> list[Msg]:
+        """Up to `wanted` messages, in pulls of at most FETCH: a pull of thousands of packets would exceed
+        the server's pending-bytes limit of a connection (64 MB) and be cut as a slow consumer."""
+        found: list[Msg] = []
+        while len(found) < wanted:
+            try:
+                got = await sub.fetch(min(FETCH, wanted - len(found)), timeout=wait if not found else 0.05)
+            except (nats.errors.TimeoutError, TimeoutError):
+                break
+            found += got
+            if len(got) < FETCH:
+                break
+        return found
 
     def commit(self, topic: str, group: str, messages: Iterable[FeedMessage]) -> None:
         check_name("group", group)

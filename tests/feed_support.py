@@ -7,15 +7,19 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+import uvicorn
 from apdb_support import field_positions, make_forced, make_objects, make_sources
 
 from dms.deployment import Deployment
@@ -112,3 +116,24 @@ def visit_alerts(visit: int, first_id: int, n: int = 200) -> tuple[pd.DataFrame,
     sources = make_sources(rng, objects, visit=visit, detector=42, mjd=MJD + visit / 1000, first_id=first_id)
     forced = make_forced(objects, visit=visit - 1, detector=42, mjd=MJD - 1, first_id=first_id)
     return sources, batch_packets(sources, objects, None, forced)
+
+
+@contextmanager
+def running_feed(app: Any) -> Iterator[str]:
+    """Serve a feed app on a free localhost port in a background thread; yields its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+        app.state.close()

@@ -5,7 +5,9 @@
 * `dms.alert_feed_message`: the log: one row per message (the packet bytes, the alert id it carries);
 * `dms.alert_feed_offset`: committed offsets per consumer group, topic and partition;
 * `dms.alert_feed_delivery`: which alerts each destination (consumer group) has been delivered, as the
-  offset ranges of each commit.
+  offset ranges of each commit;
+* schema `alerts` with the view `alerts.alert`: the alert archive as users query it (TAP, `dms query`;
+  schema/alerts.yaml), readable by the role dms_reader (a view, so dms.alert itself stays private).
 
 Revision ID: c0015
 Revises: c0014
@@ -121,14 +123,31 @@ def _offsets() -> None:
     )
 
 
+ARCHIVE_VIEW = (
+    "CREATE VIEW alerts.alert AS SELECT alert_id, visit, detector, dia_object_id, midpoint_mjd_tai, ra, dec, "
+    "_healpix_29, schema_id, packet_size FROM dms.alert"
+)
+
+
+def _archive_view() -> None:
+    op.execute("CREATE SCHEMA IF NOT EXISTS alerts")
+    op.execute(ARCHIVE_VIEW)
+    op.execute(
+        "DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'dms_reader') THEN "
+        "GRANT USAGE ON SCHEMA alerts TO dms_reader; GRANT SELECT ON alerts.alert TO dms_reader; END IF; END $$"
+    )
+
+
 def upgrade() -> None:
     _topic()
     _message()
     _offsets()
+    _archive_view()
     set_schema_version("1.10.0")
 
 
 def downgrade() -> None:
+    op.execute("DROP SCHEMA IF EXISTS alerts CASCADE")
     for table in TABLES:
         op.drop_table(table, schema="dms")
     set_schema_version("1.9.0")

@@ -73,8 +73,11 @@ def message_json(m: FeedMessage) -> str:
     return json.dumps(record) + "\n"
 
 
-def create_app(deployment: Deployment, config: FeedConfig) -> Starlette:
-    """The feed and archive service of `deployment`, carried by the transport `config` names."""
+def create_app(
+    deployment: Deployment, config: FeedConfig, *, allow_anonymous: bool | None = None
+) -> Starlette:
+    """The feed and archive service of `deployment`, carried by the transport `config` names; anonymous
+    callers are let in where the deployment allows it (or `allow_anonymous` says)."""
     shared: list[AlertFeed] = []
 
     def feed() -> AlertFeed:
@@ -176,7 +179,7 @@ def create_app(deployment: Deployment, config: FeedConfig) -> Starlette:
     auth = middleware(
         deployment.engine,
         _error,
-        allow_anonymous=deployment.config.anonymous_access,
+        allow_anonymous=deployment.config.anonymous_access if allow_anonymous is None else allow_anonymous,
         public_paths=("/health",),
         service=SCOPE,
     )

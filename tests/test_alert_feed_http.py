@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import astropy.units as u
 import httpx
@@ -167,3 +168,23 @@ def test_bad_tokens_topics_and_offsets_get_clear_errors(deployment: Deployment, 
             list(client.stream("alerts", "bad group!"))
         assert len(list(client.stream("alerts", "g", wait=0.5))) == 10  # nothing lost to the bad requests
         client.close()
+
+
+def test_the_readme_consumer_example_reads_the_feed(
+    deployment: Deployment, feed_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = readme.split("## Alert Broker Feed", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    sources, packets = visit_alerts(25, 96_000, n=30)
+    with open_feed(database_url=feed_url) as feed:
+        feed.create_topic("alerts")
+        feed.publish_visit("alerts", sources["diaSourceId"].tolist(), packets)
+    monkeypatch.setenv("DMS_TOKEN", _token(deployment))
+    with running_feed(_app(deployment, feed_url)) as url:
+        monkeypatch.setenv("DMS_FEED_URL", url)
+        exec(compile(example, "README.md", "exec"), {})
+        printed = [line.split() for line in capsys.readouterr().out.splitlines()]
+        assert [int(p[0]) for p in printed] == sources["diaSourceId"].tolist()
+        assert [float(p[1]) for p in printed] == pytest.approx(sources["ra"].tolist())
+        exec(compile(example, "README.md", "exec"), {})  # everything was committed: nothing comes again
+        assert capsys.readouterr().out == ""

@@ -47,7 +47,7 @@ def _drain(feed: AlertFeed, group: str, *, commit: bool = True) -> list[FeedMess
 def test_packets_round_trip_through_fastavro_against_rubins_schema(feed: AlertFeed) -> None:
     sources, packets = visit_alerts(11, 10_000)
     feed.create_topic(TOPIC, partitions=3)
-    result = feed.publish_visit(TOPIC, sources["diaSourceId"].tolist(), packets)
+    result = feed.publish_visit(TOPIC, sources, packets)  # DiaSource rows, in packet order
     assert result.count == len(packets) == 200 and result.last_offset - result.first_offset == 199
     got = _drain(feed, "broker")
     assert sorted(m.offset for m in got) == list(range(result.first_offset, result.last_offset + 1))
@@ -178,6 +178,8 @@ def test_bad_requests_name_the_topic_or_offset(feed: AlertFeed) -> None:
         feed.create_topic("Bad topic!")
     with pytest.raises(FeedError, match="invalid group name ''"):
         feed.consume(TOPIC, "", timeout=0.1)
+    with pytest.raises(FeedError, match=r"need an alert_id \(archive\) or diaSourceId"):
+        feed.publish_visit(TOPIC, sources[["ra", "dec"]], packets)
     with pytest.raises(FeedError, match="3 packets given for 2 alert ids"):
         feed.publish_visit(TOPIC, [1, 2], [b"a", b"b", b"c"])
     assert len(_drain(feed, "broker")) == 20  # nothing lost to the bad requests

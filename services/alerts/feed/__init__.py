@@ -151,11 +151,19 @@ class AlertFeed(ABC):
     def close(self) -> None:
         """Release connections."""
 
-    def publish_visit(self, topic: str, alert_ids: Sequence[int], packets: Sequence[bytes]) -> PublishResult:
-        """Publish one visit's alerts as one batch, keyed by alert id (archive rows' `alert_id`)."""
-        if len(alert_ids) != len(packets):
-            raise FeedError(f"{len(packets)} packets given for {len(alert_ids)} alert ids")
-        return self.publish(topic, [(str(int(a)), bytes(p)) for a, p in zip(alert_ids, packets, strict=True)])
+    def publish_visit(self, topic: str, alerts: Any, packets: Sequence[bytes]) -> PublishResult:
+        """Publish one visit's alerts as one batch, keyed by alert id: `alerts` is the ids, or archive rows
+        (a frame with `alert_id`, as `find_alerts` returns) or DiaSources (`diaSourceId`), in packet order."""
+        columns = getattr(alerts, "columns", None)
+        if columns is not None:
+            name = "alert_id" if "alert_id" in columns else "diaSourceId"
+            if name not in columns:
+                raise FeedError("alert rows need an alert_id (archive) or diaSourceId (DiaSource) column")
+            alerts = alerts[name].tolist()
+        ids = [int(a) for a in alerts]
+        if len(ids) != len(packets):
+            raise FeedError(f"{len(packets)} packets given for {len(ids)} alert ids")
+        return self.publish(topic, [(str(a), bytes(p)) for a, p in zip(ids, packets, strict=True)])
 
     def __enter__(self) -> AlertFeed:
         return self

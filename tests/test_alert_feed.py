@@ -207,3 +207,20 @@ def test_an_unreachable_nats_server_is_a_clear_error() -> None:
 
     with pytest.raises(FeedError, match=r"cannot reach NATS at nats://127\.0\.0\.1:"):
         open_feed(transport="nats", nats_url=f"nats://127.0.0.1:{free_port()}")
+
+
+def test_a_commit_from_another_feed_object_moves_the_group(feed: AlertFeed, feed_config: FeedConfig) -> None:
+    """As the HTTP server relays a consumer's commit after its stream ended: a feed that did not deliver
+    the messages commits their offsets, and the group's next session starts after them."""
+    sources, packets = visit_alerts(17, 65_000, n=30)
+    feed.create_topic(TOPIC)
+    feed.publish_visit(TOPIC, sources, packets)
+    with open_feed(feed_config) as reader:
+        seen = reader.consume(TOPIC, "relay", max_messages=12, timeout=5)
+    assert len(seen) == 12
+    marks = [FeedMessage(TOPIC, seen[-1].partition, seen[-1].offset, "", b"", seen[-1].published_at)]
+    feed.commit(TOPIC, "relay", marks)
+    assert feed.committed(TOPIC, "relay")[0] == seen[-1].offset
+    with open_feed(feed_config) as later:
+        rest = _drain(later, "relay")
+    assert [m.value for m in rest] == packets[12:]

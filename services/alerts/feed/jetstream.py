@@ -155,8 +155,7 @@ class JetStreamFeed(AlertFeed):
             try:
                 consumer = await self._js.consumer_info(info.config.name, name)  # type: ignore[arg-type]
                 if consumer.num_ack_pending:  # a previous session died holding messages: take them back
-                    floor = consumer.ack_floor.stream_seq if consumer.ack_floor else 0
-                    await self._recreate(topic, group, p, start=floor + 1)
+                    await self._recreate(topic, group, p, start=_floor(consumer) + 1)
             except nats.js.errors.NotFoundError:
                 await self._recreate(topic, group, p)
             subs[p] = await self._js.pull_subscribe_bind(durable=name, stream=info.config.name)
@@ -245,8 +244,21 @@ class JetStreamFeed(AlertFeed):
                     await pending.pop(o).ack()
                 if due:
                     await pending.pop(due[-1]).ack_sync()
+                elif (topic, group) not in self._sessions:
+                    await self._commit_offset(topic, group, partition, offset)
 
         self._run(ack())
+
+    async def _commit_offset(self, topic: str, group: str, partition: int, offset: int) -> None:
+        """Commit an offset this object did not receive (e.g. a commit relayed by the HTTP server after
+        its stream ended): the consumer is recreated to start after it, unless it is already past it."""
+        try:
+            consumer = await self._js.consumer_info(stream_name(topic), durable_name(group, partition))
+            floor = _floor(consumer)
+        except nats.js.errors.NotFoundError:
+            floor = 0
+        if offset > floor:
+            await self._recreate(topic, group, partition, start=offset + 1)
 
     def committed(self, topic: str, group: str) -> dict[int, int]:
         async def floors() -> dict[int, int]:
@@ -255,7 +267,7 @@ class JetStreamFeed(AlertFeed):
             for p in range(self._partitions(info)):
                 try:
                     c = await self._js.consumer_info(stream_name(topic), durable_name(group, p))
-                    result[p] = c.ack_floor.stream_seq if c.ack_floor else 0
+                    result[p] = _floor(c)
                 except nats.js.errors.NotFoundError:
                     result[p] = 0
             return result
@@ -338,6 +350,14 @@ class JetStreamFeed(AlertFeed):
     def _stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+def _floor(consumer: api.ConsumerInfo) -> int:
+    """The consumer's committed offset: its ack floor, or, before any ack, the offset before its start
+    (JetStream reports an ack floor of 0 for a consumer created to start at a sequence)."""
+    acked = consumer.ack_floor.stream_seq if consumer.ack_floor else 0
+    start = consumer.config.opt_start_seq or 1
+    return max(acked, start - 1)
 
 
 def _partition(raw: Msg) -> int:

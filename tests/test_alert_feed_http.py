@@ -44,15 +44,17 @@ def _app(deployment: Deployment, feed_url: str):  # type: ignore[no-untyped-def]
 
 
 def test_a_consumer_cut_mid_stream_and_a_server_restart_lose_nothing(
-    deployment: Deployment, feed_url: str
+    deployment: Deployment, feed_config: FeedConfig
 ) -> None:
+    """On both transports behind the server: the PostgreSQL log and NATS JetStream."""
     sources, packets = visit_alerts(21, 70_000)
-    with open_feed(database_url=feed_url) as feed:
+    app = lambda: create_app(deployment, feed_config, allow_anonymous=False)  # noqa: E731
+    with open_feed(feed_config) as feed:
         feed.create_topic("alerts", partitions=2)
         feed.publish_visit("alerts", sources["diaSourceId"].tolist(), packets)
     token = _token(deployment)
     handled: list[int] = []
-    with running_feed(_app(deployment, feed_url)) as url:
+    with running_feed(app()) as url:
         client = HttpConsumer(url, token)
         first = list(client.stream("alerts", "b1", max_messages=80, wait=1))
         client.commit("alerts", "b1", first)
@@ -63,7 +65,7 @@ def test_a_consumer_cut_mid_stream_and_a_server_restart_lose_nothing(
             if len(cut) == 30:
                 break
         client.close()
-    with running_feed(_app(deployment, feed_url)) as url:  # a new server on the same log
+    with running_feed(app()) as url:  # a new server on the same log
         client = HttpConsumer(url, token)
         rest = list(client.stream("alerts", "b1", wait=1))
         committed = client.commit("alerts", "b1", rest)
@@ -72,7 +74,7 @@ def test_a_consumer_cut_mid_stream_and_a_server_restart_lose_nothing(
     assert set(cut) <= set(rest_keys) and not set(rest_keys) & set(handled)
     assert sorted(handled + rest_keys) == sorted(sources["diaSourceId"])
     assert {m.value for m in first + rest} == set(packets)
-    with open_feed(database_url=feed_url) as feed:
+    with open_feed(feed_config) as feed:
         assert committed == feed.committed("alerts", "b1")
 
 

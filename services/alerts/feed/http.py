@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -105,22 +106,20 @@ def create_app(
 
         async def lines() -> AsyncIterator[str]:
             sent, batch = 0, first
-            try:
-                while True:
-                    for m in batch:
-                        yield message_json(m)
-                    sent += len(batch)
-                    if sent >= limit:
-                        return
-                    batch = await run_in_threadpool(
-                        session.consume, topic, group, max_messages=min(limit - sent, 1000), timeout=wait
-                    )
-                    if not batch:
-                        return
-            finally:
-                await run_in_threadpool(session.close)
+            while True:
+                for m in batch:
+                    yield message_json(m)
+                sent += len(batch)
+                if sent >= limit:
+                    return
+                batch = await run_in_threadpool(
+                    session.consume, topic, group, max_messages=min(limit - sent, 1000), timeout=wait
+                )
+                if not batch:
+                    return
 
-        return StreamingResponse(lines(), media_type=NDJSON)
+        # The session is closed after the response, also when the client drops the connection mid-stream.
+        return StreamingResponse(lines(), media_type=NDJSON, background=BackgroundTask(session.close))
 
     async def commit(request: Request) -> Response:
         topic = request.path_params["topic"]

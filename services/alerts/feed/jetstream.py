@@ -343,7 +343,9 @@ class JetStreamFeed(AlertFeed):
         return self._run(read())
 
     def close(self) -> None:
-        if self._nc is not None and not self._nc.is_closed:
+        if not self._thread.is_alive():
+            return
+        if not self._nc.is_closed:
             self._run(self._nc.close())
         self._stop()
 

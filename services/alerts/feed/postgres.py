@@ -264,7 +264,7 @@ class PostgresFeed(AlertFeed):
 
     def close(self) -> None:
         for conn in (self._conn, self._listener):
-            if conn is not None:
+            if conn is not None and not conn.closed:
                 conn.close()
 
 

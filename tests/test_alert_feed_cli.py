@@ -50,3 +50,14 @@ def test_consume_prints_writes_resumes_and_refuses_bad_input(
     assert "Traceback" not in out
     code, out = _dms(deployment, "consume", "nosuch", "--group", "cli")
     assert code == 1 and "unknown topic 'nosuch'" in out
+
+
+def test_the_demo_step_publishes_a_visit_and_a_broker_reads_it(deployment: Deployment, feed_url: str) -> None:
+    from dms.demo_alerts import run_alerts_demo
+
+    lines: list[str] = []
+    assert run_alerts_demo(deployment, lines.append, alerts=20) == 20
+    assert run_alerts_demo(deployment, lines.append, alerts=20) == 20  # again: the group reads only the new
+    assert "offsets 21..40" in lines[2] and "received and decoded 20" in lines[2]
+    with open_feed(database_url=feed_url) as feed:
+        assert len(feed.replay("alerts", from_offset=1, max_messages=100)) == 40

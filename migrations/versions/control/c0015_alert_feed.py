@@ -138,15 +138,29 @@ def _archive_view() -> None:
     )
 
 
+#: dms.schema_info facts of the published alerts schema (schema/alerts.yaml).
+ALERTS_INFO = {"felis_version.alerts": "1.0.0", "namespace.alerts": "alerts"}
+
+
 def upgrade() -> None:
     _topic()
     _message()
     _offsets()
     _archive_view()
+    for key, value in ALERTS_INFO.items():
+        op.execute(
+            sa.text(
+                "INSERT INTO dms.schema_info (key, value) VALUES (:k, :v) "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+            ).bindparams(k=key, v=value)
+        )
     set_schema_version("1.10.0")
 
 
 def downgrade() -> None:
+    op.execute(
+        sa.text("DELETE FROM dms.schema_info WHERE key = ANY(:keys)").bindparams(keys=list(ALERTS_INFO))
+    )
     op.execute("DROP SCHEMA IF EXISTS alerts CASCADE")
     for table in TABLES:
         op.drop_table(table, schema="dms")

@@ -125,7 +125,7 @@ def _offsets() -> None:
 
 ARCHIVE_VIEW = (
     "CREATE VIEW alerts.alert AS SELECT alert_id, visit, detector, dia_object_id, midpoint_mjd_tai, ra, dec, "
-    "_healpix_29, schema_id, packet_size FROM dms.alert"
+    "_healpix_29 AS healpix_29, schema_id, packet_size FROM dms.alert"
 )
 
 

@@ -340,3 +340,7 @@ if __name__ == "__main__":  # pragma: no cover
 from dms.cli_minibroker import minibroker  # noqa: E402  (uses the helpers above)
 
 main.add_command(minibroker)
+
+from dms.cli_alerts import alerts  # noqa: E402  (the Alert Broker Feed: issue 14)
+
+main.add_command(alerts)

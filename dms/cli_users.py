@@ -78,7 +78,8 @@ def users_list(ctx: click.Context) -> None:
     "--scope",
     "scopes",
     multiple=True,
-    help="A service the token may be used for (repeatable): tap, scs, sia, datalink, gateway [default: all].",
+    help="A service the token may be used for (repeatable): tap, scs, sia, datalink, gateway, alerts "
+    "[default: all].",
 )
 @click.option(
     "--expires",

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from dms.deployment import Deployment
 from dms.schema.catalog import CatalogTable, list_tables
 
-PUBLIC_CONTROL_SCHEMAS = ("ivoa", "tap_schema")
+PUBLIC_CONTROL_SCHEMAS = ("ivoa", "tap_schema", "alerts")
 
 
 @dataclass

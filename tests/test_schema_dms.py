@@ -32,6 +32,10 @@ STRICT_CONTEXT = {"id_generation": True, "check_description": True, "check_redun
 
 EXPECTED_TABLES = {
     "alert",
+    "alert_feed_delivery",
+    "alert_feed_message",
+    "alert_feed_offset",
+    "alert_feed_topic",
     "schema_info",
     "site",
     "shard",

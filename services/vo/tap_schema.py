@@ -22,8 +22,9 @@ from felis.tap_schema import DataLoader, TableManager
 from dms.schema import felis_schema
 
 TAP_SCHEMA = "tap_schema"
-DEFAULT_PUBLISHED = ("ivoa_obscore",)
-"""Felis schemas (keys of dms.schema.SOURCES) published by default: the ObsCore table of the images."""
+DEFAULT_PUBLISHED = ("ivoa_obscore", "alerts")
+"""Felis schemas (keys of dms.schema.SOURCES) published by default: the ObsCore table of the images and
+the alert archive (read-only views)."""
 _TABLES = ("schemas", "tables", "columns", "keys", "key_columns")
 
 

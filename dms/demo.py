@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from dms import migrate
 from dms.demo_alerts import run_alerts_demo
 from dms.demo_efd import run_efd_demo
+from dms.demo_minibroker import run_minibroker_demo
 from dms.deployment import Deployment
 from dms.errors import DeploymentExistsError
 from dms.schema import CONTROL_NAMESPACES
@@ -54,6 +55,7 @@ def run_demo(data_dir: Path | None, echo: Callable[[str], None] = print) -> Depl
     run_efd_demo(deployment, echo)
     vo_demo_step(deployment, echo)
     run_alerts_demo(deployment, echo)
+    run_minibroker_demo(deployment, echo)
     echo('Try: dms tables | dms query "SELECT ..." | dms status | dms --help')
     return deployment
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 from collections.abc import Coroutine, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -67,6 +69,9 @@ class JetStreamFeed(AlertFeed):
         self._sessions: dict[tuple[str, str], dict[int, Any]] = {}
         self._pending: dict[tuple[str, str], dict[int, Msg]] = {}
         try:
+            # nats-py retries a first connection forever when reconnects are allowed (they are, for later
+            # outages): probe the address first so a wrong URL is an error within seconds, not minutes.
+            _probe(config.nats_url)
             self._nc = self._run(
                 nats.connect(
                     config.nats_url,
@@ -381,3 +386,10 @@ def _message(topic: str, raw: Msg) -> FeedMessage:
 @register("nats")
 def _open(config: FeedConfig) -> AlertFeed:
     return JetStreamFeed(config)
+
+
+def _probe(url: str, timeout: float = 3.0) -> None:
+    """Open and close a TCP connection to the first server of a nats:// URL (OSError if none answers)."""
+    parsed = urlsplit(url.split(",")[0])
+    with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 4222), timeout=timeout):
+        pass

@@ -108,7 +108,12 @@ MATCH = """
 SELECT DISTINCT ON (c.source_id) c.source_id AS "diaSourceId", o."diaObjectId",
        scisql_angSep(c.ra, c.dec, o.ra, o.dec) * 3600 AS distance_arcsec
 FROM pg_temp.association_cell c
-JOIN {objects} o ON o."_healpix_29" BETWEEN c.lo AND c.hi AND o."validityEndMjdTai" IS NULL
+CROSS JOIN LATERAL (
+    -- OFFSET 0 keeps this a per-cell index range scan (the planner may not flatten it into a join that
+    -- reads every current DiaObject once per cell)
+    SELECT x."diaObjectId", x.ra, x.dec FROM {objects} x
+    WHERE x."_healpix_29" BETWEEN c.lo AND c.hi AND x."validityEndMjdTai" IS NULL OFFSET 0
+) o
 WHERE scisql_angSep(c.ra, c.dec, o.ra, o.dec) <= {radius}
 ORDER BY c.source_id, distance_arcsec, o."diaObjectId"
 """
@@ -120,7 +125,6 @@ def _match_in_database(apdb: Apdb, candidates: pa.Table, radius_arcsec: float) -
         [("diaSourceId", pa.int64()), ("diaObjectId", pa.int64()), ("distance_arcsec", pa.float64())]
     )
     with apdb._cursor() as cur, cur.connection.transaction():
-        cur.execute("SET LOCAL enable_seqscan = off")  # the candidates are index range scans, per cell
         cur.execute(
             "CREATE TEMP TABLE association_cell "
             "(source_id bigint, ra float8, dec float8, lo bigint, hi bigint) ON COMMIT DROP"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,13 +18,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from apdb_support import field_positions, make_forced, make_objects, make_sources
 
 from dms.deployment import Deployment
 from dms.services.alerts.batch import batch_packets
 from dms.services.alerts.feed import AlertFeed, FeedConfig, open_feed
 from dms.services.alerts.feed.postgres import conninfo
+from dms.services.vo.server import serve_in_thread
 
 MJD = 60_950.3
 FEED_TABLES = "dms.alert_feed_delivery, dms.alert_feed_offset, dms.alert_feed_message, dms.alert_feed_topic"
@@ -121,19 +120,8 @@ def visit_alerts(visit: int, first_id: int, n: int = 200) -> tuple[pd.DataFrame,
 @contextmanager
 def running_feed(app: Any) -> Iterator[str]:
     """Serve a feed app on a free localhost port in a background thread; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        with serve_in_thread(app) as base:
+            yield base
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
         app.state.close()

@@ -188,11 +188,6 @@ def serialize(record: dict[str, Any], schema: AlertSchema | None = None) -> byte
     return buffer.getvalue()
 
 
-def serialize_all(records: Iterable[dict[str, Any]], schema: AlertSchema | None = None) -> list[bytes]:
-    schema = schema or latest_schema()
-    return [serialize(r, schema) for r in records]
-
-
 def deserialize(packet: bytes, schema: AlertSchema | None = None) -> dict[str, Any]:
     """The record of one packet, checking its header names this schema."""
     schema = schema or latest_schema()

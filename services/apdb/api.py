@@ -113,7 +113,7 @@ class Apdb:
             "SELECT EXISTS (SELECT 1 FROM {s} WHERE visit = %(v)s AND detector = %(d)s) "
             "OR EXISTS (SELECT 1 FROM {f} WHERE visit = %(v)s AND detector = %(d)s)"
         ).format(s=self._table("DiaSource"), f=self._table("DiaForcedSource"))
-        with self._cursor() as cur:
+        with self.cursor() as cur:
             row = cur.execute(query, {"v": int(visit), "d": int(detector)}).fetchone()
         return bool(row and row[0])
 
@@ -122,7 +122,7 @@ class Apdb:
         query = sql.SQL('SELECT count(*) FROM {} WHERE "nDiaSources" = 1').format(
             self._table("DiaObjectLast")
         )
-        with self._cursor() as cur:
+        with self.cursor() as cur:
             row = cur.execute(query).fetchone()
         return int(row[0]) if row else 0
 
@@ -130,7 +130,7 @@ class Apdb:
         query = region_select(self._table(table.name), table, region, where)
         if query is None:
             return _frame(table.schema.empty_table())
-        with self._cursor() as cur:
+        with self.cursor() as cur:
             return _frame(copy_out(cur, query, table.schema))
 
     def _read_history(
@@ -154,7 +154,7 @@ class Apdb:
         query = sql.SQL(
             'SELECT {cols} FROM {table} t WHERE t."diaObjectId" = ANY({ids}::bigint[]) AND {w}'
         ).format(cols=_columns(table), table=self._table(name), ids=_bigint_array(ids), w=window)
-        with self._cursor() as cur, cur.connection.transaction():
+        with self.cursor() as cur, cur.connection.transaction():
             # A visit's ids are a large share of a young table, where the planner's estimate favours reading
             # the whole table; per-visit cost must not grow with the history, so the index is always used.
             cur.execute(SEEK_BY_INDEX)
@@ -182,7 +182,7 @@ class Apdb:
             _prepare(apdb_table("DiaForcedSource"), forced_sources) if forced_sources is not None else None
         )
         ids = new_objects.column("diaObjectId").to_pylist()
-        with self._cursor() as cur:
+        with self.cursor() as cur:
             try:
                 with cur.connection.transaction():
                     cur.execute(SEEK_BY_INDEX)
@@ -248,7 +248,8 @@ class Apdb:
         return sql.Identifier(self.config.namespace, name)
 
     @contextmanager
-    def _cursor(self) -> Iterator[psycopg.Cursor[Any]]:
+    def cursor(self) -> Iterator[psycopg.Cursor[Any]]:
+        """A cursor on the APDB's connection (for steps of the payload that compute in the database)."""
         with self._lock:
             if self._conn is None or self._conn.closed:
                 self._conn = self._connect()

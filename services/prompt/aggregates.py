@@ -107,7 +107,7 @@ def updated_objects(
         start=sql.Literal(start),
         bands=sql.SQL(", ").join(_band_columns()),
     )
-    with apdb._cursor() as cur, cur.connection.transaction():
+    with apdb.cursor() as cur, cur.connection.transaction():
         cur.execute(SEEK_BY_INDEX)
         cur.execute(
             'CREATE TEMP TABLE visit_source ("diaSourceId" bigint, "diaObjectId" bigint, '

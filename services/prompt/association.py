@@ -124,7 +124,7 @@ def _match_in_database(apdb: Apdb, candidates: pa.Table, radius_arcsec: float) -
     schema = pa.schema(
         [("diaSourceId", pa.int64()), ("diaObjectId", pa.int64()), ("distance_arcsec", pa.float64())]
     )
-    with apdb._cursor() as cur, cur.connection.transaction():
+    with apdb.cursor() as cur, cur.connection.transaction():
         cur.execute(
             "CREATE TEMP TABLE association_cell "
             "(source_id bigint, ra float8, dec float8, lo bigint, hi bigint) ON COMMIT DROP"

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import sqlalchemy as sa
 import uvicorn
@@ -63,24 +64,29 @@ def urls(base: str) -> list[str]:
 
 
 @contextmanager
-def running_server(
-    deployment: Deployment, executor: QueryExecutor | None = None, limits: RequestLimits | None = None
-) -> Iterator[str]:
-    """Serve on a free localhost port in a background thread; yields the base URL."""
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """Serve an ASGI app on a free localhost port in a background thread; yields the base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(make_app(deployment, executor, limits), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+@contextmanager
+def running_server(
+    deployment: Deployment, executor: QueryExecutor | None = None, limits: RequestLimits | None = None
+) -> Iterator[str]:
+    """Serve the VO services on a free localhost port in a background thread; yields the base URL."""
+    with serve_in_thread(make_app(deployment, executor, limits)) as base:
+        yield base

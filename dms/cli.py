@@ -344,3 +344,7 @@ main.add_command(minibroker)
 from dms.cli_alerts import alerts  # noqa: E402  (the Alert Broker Feed: issue 14)
 
 main.add_command(alerts)
+
+from dms.cli_tasks import task as _task_group  # noqa: E402  (tasks of prompt processing and the productions)
+
+main.add_command(_task_group)

@@ -56,6 +56,7 @@ class DetectorResult:
     detector: int
     dia_sources: pd.DataFrame  # apdb.yaml DiaSource columns (diaSourceId, visit, detector, ra, dec, ...)
     difference: Exposure | None  # None when the detector could not be subtracted (e.g. no template)
+    forced_sources: pd.DataFrame | None = None  # DiaForcedSource columns, one per known DiaObject
     metrics: dict[str, float] = field(default_factory=dict)  # QC metrics (seeing, n_sources, kernel rms, ...)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
     warnings: list[str] = field(default_factory=list)

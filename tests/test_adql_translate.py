@@ -33,7 +33,7 @@ def test_translation_matches_golden_file(case: dict[str, str], dialect: str) -> 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_translation_is_a_fixed_point(case: dict[str, str]) -> None:
     """The canonical SQL is itself accepted and unchanged: the engine may parse it again."""
-    assert translate(case["postgres"], "postgres", unit_of=unit_of) == case["postgres"]
+    assert translate(case["postgres"], "postgres", unit_of=unit_of, strict=False) == case["postgres"]
 
 
 @pytest.mark.parametrize("case", ERRORS, ids=[repr(c["adql"][:40]) for c in ERRORS])

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from dms.query.adql.grammar import quote_identifier
 from dms.services.auth import authenticate
 from dms.services.vo import formats, upload_fetch, vosi
 from dms.services.vo.column_metadata import result_metadata
@@ -394,16 +395,17 @@ def examples_document(tables: list[Table]) -> str:
         ),
     ]
     for table in tables:
-        ra, dec = table.column_with_ucd("pos.eq.ra"), table.column_with_ucd("pos.eq.dec")
-        if ra is not None and dec is not None and not table.name.lower().startswith("ivoa."):
+        ra_col, dec_col = table.column_with_ucd("pos.eq.ra"), table.column_with_ucd("pos.eq.dec")
+        if ra_col is not None and dec_col is not None and not table.name.lower().startswith("ivoa."):
+            ra, dec = quote_identifier(ra_col.name), quote_identifier(dec_col.name)
             examples.append(
                 (
                     f"cone-{re.sub(r'[^a-z0-9]+', '-', table.name.lower())}",
                     f"A cone search on {table.name}, nearest first",
-                    f"SELECT TOP 10 {ra.name}, {dec.name}, DISTANCE(POINT('ICRS', {ra.name}, {dec.name}), "
+                    f"SELECT TOP 10 {ra}, {dec}, DISTANCE(POINT('ICRS', {ra}, {dec}), "
                     "POINT('ICRS', 10.0, 20.0)) "
                     f"AS dist FROM {table.name}\n"
-                    f"WHERE CONTAINS(POINT('ICRS', {ra.name}, {dec.name}), CIRCLE('ICRS', 10.0, 20.0, 0.5)) "
+                    f"WHERE CONTAINS(POINT('ICRS', {ra}, {dec}), CIRCLE('ICRS', 10.0, 20.0, 0.5)) "
                     "= 1 "
                     "ORDER BY dist",
                 )

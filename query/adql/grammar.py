@@ -17,7 +17,13 @@ from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedInput, Unexp
 from dms.query.adql.errors import AdqlSyntaxError
 
 # SQL-92 and ADQL 2.1 reserved words that the grammar never uses: they can name nothing unless quoted.
-RESERVED_WORDS = frozenset(
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+RESERVED_WORDS = _words(
     """
     ABSOLUTE ACTION ADD ALLOCATE ALTER ARE ASSERTION AT AUTHORIZATION BEGIN BIT BIT_LENGTH BOTH CASCADE
     CASCADED CHARACTER CHAR_LENGTH CHARACTER_LENGTH CHECK CLOSE COLLATE COLLATION COLUMN COMMIT CONNECT
@@ -33,7 +39,7 @@ RESERVED_WORDS = frozenset(
     SYSTEM_USER TABLE TEMPORARY TIME TIMEZONE_HOUR TIMEZONE_MINUTE TO TRAILING TRANSACTION TRANSLATE
     TRANSLATION TRIM TRUE UNIQUE UNKNOWN UPDATE USAGE USER VALUE VALUES VARYING VIEW WHENEVER WORK WRITE
     YEAR ZONE
-    """.split()
+    """
 )
 # How the terminals that are not a fixed word are named in messages.
 DESCRIPTIONS = {
@@ -46,10 +52,11 @@ DESCRIPTIONS = {
     "$END": "the end of the query",
 }
 MAX_EXPECTED_SHOWN = 12
+POINT_VALUES = ("point", "centroid", "column_reference", "user_defined_function")
 CHARACTER_HINTS = {
     "_": "unexpected character '_' (a name must start with a letter: quote it as \"_name\")",
     ";": "unexpected ';': give exactly one query, without a statement terminator",
-    "'": "unexpected \"'\": a string literal is not closed",
+    "'": 'unexpected "\'": a string literal is not closed',
     '"': "unexpected '\"': a quoted name is not closed",
 }
 STATEMENT_HINTS = {
@@ -57,10 +64,10 @@ STATEMENT_HINTS = {
     "FOR": "locking clauses (FOR UPDATE/SHARE) are not allowed in a query",
 }
 # Reserved words that the grammar knows as functions with arguments.
-FUNCTION_WORDS = frozenset(
+FUNCTION_WORDS = _words(
     """ABS ACOS AREA ASIN ATAN ATAN2 AVG BOX CAST CEILING CENTROID CIRCLE COALESCE CONTAINS COORD1 COORD2
     COORDSYS COS COT COUNT DEGREES DISTANCE EXP FLOOR INTERSECTS IN_UNIT LOG LOG10 LOWER MAX MIN MOD
-    NULLIF PI POINT POLYGON POWER RADIANS RAND REGION ROUND SIN SQRT SUM TAN TRUNCATE UPPER""".split()
+    NULLIF PI POINT POLYGON POWER RADIANS RAND REGION ROUND SIN SQRT SUM TAN TRUNCATE UPPER"""
 )
 
 
@@ -99,7 +106,8 @@ def check(text: str) -> Tree[Token]:
 
 def _syntax_error(text: str, exc: UnexpectedInput) -> AdqlSyntaxError:
     if isinstance(exc, UnexpectedCharacters):
-        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else ""
+        position = exc.pos_in_stream or 0
+        char = text[position] if position < len(text) else ""
         message = CHARACTER_HINTS.get(char, f"unexpected character {char!r}")
         return AdqlSyntaxError(message, exc.line, exc.column)
     assert isinstance(exc, UnexpectedToken)
@@ -124,7 +132,7 @@ def _syntax_error(text: str, exc: UnexpectedInput) -> AdqlSyntaxError:
         message += " (WITH may only begin the whole query, not a subquery or a set operand)"
     elif exc.expected == {"LPAR"} and previous.upper() in FUNCTION_WORDS:
         message = (
-            f"{previous} is an ADQL function name (a reserved word): quote it as \"{previous}\" to use it "
+            f'{previous} is an ADQL function name (a reserved word): quote it as "{previous}" to use it '
             f"as a name; as a function it needs (...)"
         )
         line, column = _position(text, token.start_pos - len(previous) - _gap(text, token.start_pos))
@@ -210,7 +218,9 @@ def _check_geometry(node: Tree[Token]) -> None:
             raise _fail(node, f"CIRCLE takes a centre (a point or 2 coordinates) and a radius, got {count}")
     elif name == "BOX":
         if count not in (3, 4) or (count == 4 and points):
-            raise _fail(node, f"BOX takes a centre (a point or 2 coordinates), a width and a height, got {count}")
+            raise _fail(
+                node, f"BOX takes a centre (a point or 2 coordinates), a width and a height, got {count}"
+            )
     elif points:
         if any(not _may_be_point(c) for c in coordinates):
             raise _fail(node, "POLYGON takes either points or coordinates, not both")
@@ -219,11 +229,13 @@ def _check_geometry(node: Tree[Token]) -> None:
     elif count < 6 or count % 2:
         if count >= 3 and all(_may_be_point(c) for c in coordinates):
             return  # point-valued columns
-        raise _fail(node, f"POLYGON needs at least 3 vertices (pairs of coordinates), got {count} coordinates")
+        raise _fail(
+            node, f"POLYGON needs at least 3 vertices (pairs of coordinates), got {count} coordinates"
+        )
 
 
 def _may_be_point(node: Tree[Token] | Token) -> bool:
-    return isinstance(node, Tree) and node.data in ("point", "centroid", "column_reference", "user_defined_function")
+    return isinstance(node, Tree) and node.data in POINT_VALUES
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""check the ADQL 2.1 grammar -> parse -> check the statement -> lower functions and geometry -> check the functions used.
+"""ADQL 2.1 grammar -> parse -> check the statement -> lower functions and geometry -> check the functions.
 
 Each step is an AST -> AST function (or a check) on sqlglot expressions; the result is DMS's canonical
 SQL: a PostgreSQL-dialect sqlglot AST calling only functions that exist on both backends.

@@ -7,7 +7,6 @@ so SCS clients such as pyvo report the message.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from xml.sax.saxutils import escape
 

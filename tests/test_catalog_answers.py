@@ -246,3 +246,32 @@ def test_a_long_lived_engine_sees_a_load_that_commits_after_a_later_one(
     finally:
         deployment.dispose()
         drop_databases(pg_server, created)
+
+
+def test_dms_query_reads_adql_from_a_file_or_standard_input(
+    deployments: dict[str, Deployment], sample: Sample, tmp_path: Path
+) -> None:
+    """A query that starts with a comment, from -f FILE and from '-' (issue 17); a GALACTIC circle is
+    transformed to ICRS (noted on stderr) and counts what astropy counts."""
+    import numpy as np
+    from astropy.coordinates import SkyCoord
+
+    gaia = sample.tables["gaia"]
+    stars = SkyCoord(np.asarray(gaia["ra"]), np.asarray(gaia["dec"]), unit="deg")
+    centre = stars[0].galactic
+    l_deg, b_deg = float(centre.l.deg), float(centre.b.deg)
+    query = (
+        "-- stars near the first one, in galactic coordinates\n"
+        "SELECT COUNT(*) AS n FROM catalog.gaia\n"
+        f"WHERE CONTAINS(POINT(ra, dec), CIRCLE('GALACTIC', {l_deg!r}, {b_deg!r}, 20)) = 1"
+    )
+    expected = int((stars.separation(centre).deg <= 20).sum())
+    path = tmp_path / "near.adql"
+    path.write_text(query)
+    base = ["--data-dir", str(deployments["duckdb"].data_dir), "query", "--lang", "adql", "--format", "csv"]
+    for args, stdin in ((["-f", str(path)], None), (["-"], query)):
+        result = CliRunner().invoke(main, [*base, *args], input=stdin)
+        assert result.exit_code == 0, result.output
+        assert "note: CIRCLE: 1 position(s) in 'GALACTIC' transformed to ICRS" in result.output
+        assert result.output.strip().splitlines()[-1] == str(expected)
+    assert 0 < expected < gaia.num_rows

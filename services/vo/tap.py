@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from dms.query.adql import frames
 from dms.query.adql.grammar import quote_identifier
 from dms.services.auth import authenticate
 from dms.services.vo import formats, upload_fetch, vosi
@@ -92,13 +93,14 @@ class TapService:
         fmt = formats.choose(params.get("RESPONSEFORMAT") or params.get("FORMAT"))
         max_rows = self._maxrec(params.get("MAXREC"))
         uploads = self._uploads(params, stored=stored)
-        result = self.context.executor.execute(
-            query, lang=lang, max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
-        )
+        with frames.collect_notes() as notes:  # what the ADQL translation did (frames, RAND(seed))
+            result = self.context.executor.execute(
+                query, lang=lang, max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
+            )
         columns = result_metadata(self.context.tables(), query, lang, result.table, uploads)
         # ObsCore's file:// access URLs become the server's /files URLs (or nothing, without a base URL)
         table = public_access_urls(result.table, base or "")
-        body = formats.render(fmt, table, columns, overflow=result.overflow)
+        body = formats.render(fmt, table, columns, overflow=result.overflow, infos=frames.infos(notes))
         return body, fmt.mime, result.table.num_rows, result.overflow
 
     @staticmethod

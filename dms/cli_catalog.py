@@ -273,7 +273,7 @@ def query(
     The query is the SQL argument, the file given with -f, or standard input with '-' (a query that
     begins with a `--` comment needs -f, '-' or `--` before it).
     """
-    from dms.query.adql.frames import collect_notes
+    from dms.query.adql.frames import collect_notes, infos
     from dms.query.engine import QueryEngine
     from dms.query.output import write_result
 
@@ -286,7 +286,7 @@ def query(
             result = engine.execute(sql, lang=lang, max_rows=max_rows, timeout=timeout)
         for note in notes:
             click.echo(f"{'warning' if note.warning else 'note'}: {note.text}", err=True)
-        write_result(result, fmt, output or sys.stdout)
+        write_result(result, fmt, output or sys.stdout, infos=infos(notes))
     except RecursionError as exc:  # the engine's nesting limits should have refused the query first
         from dms.query.limits import too_complex
 

@@ -275,3 +275,52 @@ def test_dms_query_reads_adql_from_a_file_or_standard_input(
         assert "note: CIRCLE: 1 position(s) in 'GALACTIC' transformed to ICRS" in result.output
         assert result.output.strip().splitlines()[-1] == str(expected)
     assert 0 < expected < gaia.num_rows
+
+
+def test_dms_query_votable_keeps_nulls_typed(
+    deployments: dict[str, Deployment], sample: Sample, tmp_path: Path
+) -> None:
+    """`dms query --format votable`: a nullable double stays a double with its nulls masked (it was
+    written as unicodeChar "None"), and votlint finds nothing wrong when stilts is installed (issue 17)."""
+    import shutil
+    import subprocess
+
+    import numpy as np
+    from astropy.io.votable import parse_single_table
+
+    out = tmp_path / "west.vot"
+    sql = (
+        "SELECT source_id, CASE WHEN ra > 180 THEN NULL ELSE ra END AS ra_west, "
+        "CASE WHEN ra > 180 THEN NULL ELSE 'west' END AS side FROM catalog.gaia"
+    )
+    data_dir = str(deployments["duckdb"].data_dir)
+    result = CliRunner().invoke(
+        main,
+        [
+            "--data-dir",
+            data_dir,
+            "query",
+            sql,
+            "--format",
+            "votable",
+            "-o",
+            str(out),
+            "--max-rows",
+            "1000000",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    table = parse_single_table(str(out))
+    fields = {f.name: f for f in table.fields}
+    assert fields["ra_west"].datatype == "double" and fields["source_id"].datatype == "long"
+    ra = np.asarray(sample.tables["gaia"]["ra"])
+    assert int(np.ma.count_masked(table.array["ra_west"])) == int((ra > 180).sum()) > 0
+    assert b"None" not in out.read_bytes()
+    if shutil.which("stilts"):
+        lint = subprocess.run(
+            ["stilts", "votlint", f"location={out}"], capture_output=True, text=True, timeout=300
+        )
+        problems = [
+            line for line in (lint.stdout + lint.stderr).splitlines() if line.startswith(("ERROR", "WARN"))
+        ]
+        assert not problems, problems

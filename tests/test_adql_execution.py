@@ -406,3 +406,25 @@ def test_rand_with_a_seed_is_the_same_on_both_backends(backends: tuple[Backend, 
     for backend in backends:  # RAND() is a value per row, in [0, 1)
         values = [r[1] for r in backend.query("SELECT id, RAND() FROM catalog.obj WHERE id <= 50")]
         assert all(0 <= v < 1 for v in values) and len(set(values)) > 1
+
+
+def test_polygon_centroid_is_exact_on_the_sphere(backends: tuple[Backend, Backend]) -> None:
+    """CENTROID of a large irregular polygon against healpy: the mean direction of the HEALPix pixels
+    inside it (the fan-triangle approximation it replaces was 0.8 degrees off here)."""
+    import healpy as hp
+
+    quad = [(10.0, -30.0), (70.0, -25.0), (55.0, 20.0), (20.0, 35.0)]
+    coords = ", ".join(f"{lon}, {lat}" for lon, lat in quad)
+    reverse = ", ".join(f"{lon}, {lat}" for lon, lat in reversed(quad))
+    [row] = both(
+        backends,
+        f"SELECT CENTROID(POLYGON({coords})), CENTROID(POLYGON({reverse})) FROM catalog.obj WHERE id = 1",
+    )
+    nside = 1024
+    vertices = hp.ang2vec(np.array([p[0] for p in quad]), np.array([p[1] for p in quad]), lonlat=True)
+    pixels = hp.query_polygon(nside, vertices, inclusive=False)
+    mean = np.array(hp.pix2vec(nside, pixels)).sum(axis=1)
+    lon, lat = hp.vec2ang(mean / np.linalg.norm(mean), lonlat=True)
+    expected = SkyCoord(float(lon[0]) * u.deg, float(lat[0]) * u.deg)
+    for centroid in row:
+        assert SkyCoord(centroid[0] * u.deg, centroid[1] * u.deg).separation(expected).deg < 0.005

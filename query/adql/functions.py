@@ -125,7 +125,8 @@ def _seeded_rand(seed: exp.Expression) -> exp.Expression:
         "value per row",
         info_name="RAND",
     )
-    return exp.Literal.number(repr(value))
+    # a double on both backends (a bare literal is NUMERIC on PostgreSQL)
+    return exp.Cast(this=exp.Literal.number(repr(value)), to=exp.DataType.build("DOUBLE PRECISION"))
 
 
 def _rename(node: exp.Expression, unit_of: UnitOf | None) -> exp.Expression:

@@ -201,23 +201,31 @@ def _check_words(tree: Tree[Token]) -> None:
                 raise _fail(node, f"expected an unsigned integer, got {number}")
         elif node.data in ("point", "circle", "box", "polygon"):
             _check_geometry(node)
+        elif node.data == "coalesce_expression":
+            arguments = [c for c in node.children if isinstance(c, Tree)]
+            if all(a.data == "null" for a in arguments):
+                raise _fail(node, "COALESCE needs at least one argument that is not NULL")
 
 
 def _check_geometry(node: Tree[Token]) -> None:
     name = str(node.children[0]).upper()
     arguments = node.children[1]
     assert isinstance(arguments, Tree)
-    coordinates = [c for c in arguments.children if not (isinstance(c, Token) and c.type == "STRING")]
+    coordinates = [
+        c for c in arguments.children if not (isinstance(c, Token) and c.type in ("STRING", "NULL"))
+    ]
     points = [c for c in coordinates if isinstance(c, Tree) and c.data in ("point", "centroid")]
     count = len(coordinates)
     if name == "POINT":
         if count != 2 or points:
             raise _fail(node, f"POINT takes 2 coordinates, got {count}")
     elif name == "CIRCLE":
-        if count not in (2, 3) or (count == 3 and points):
+        centred = count == 2 and _may_be_point(coordinates[0])  # CIRCLE(point, radius)
+        if not (centred or (count == 3 and not points)):
             raise _fail(node, f"CIRCLE takes a centre (a point or 2 coordinates) and a radius, got {count}")
     elif name == "BOX":
-        if count not in (3, 4) or (count == 4 and points):
+        centred = count == 3 and _may_be_point(coordinates[0])  # BOX(point, width, height)
+        if not (centred or (count == 4 and not points)):
             raise _fail(
                 node, f"BOX takes a centre (a point or 2 coordinates), a width and a height, got {count}"
             )

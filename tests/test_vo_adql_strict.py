@@ -62,3 +62,25 @@ def test_unknown_frame_is_a_warning_info(live_vo: LiveVO) -> None:
     )
     assert response.status_code == 200, response.text
     assert "coordinate system 'ROVER' is not known" in infos(response)["WARNING"]
+
+
+def test_select_star_fields_carry_their_own_columns_metadata(live_vo: LiveVO) -> None:
+    """`SELECT *` lists columns in the database's order, TAP_SCHEMA in its own: each FIELD must still get
+    the UCD and unit of the column of its name (taplint's MDQ section)."""
+    declared = httpx.get(
+        f"{live_vo.url}/tap/sync",
+        params={
+            "LANG": "ADQL",
+            "QUERY": "SELECT column_name, ucd, unit FROM TAP_SCHEMA.columns "
+            "WHERE table_name = 'ivoa.ObsCore'",
+        },
+        timeout=60,
+    )
+    rows = parse(io.BytesIO(declared.content)).get_first_table().to_table()
+    expected = {str(r["column_name"]): (str(r["ucd"] or ""), str(r["unit"] or "")) for r in rows}
+    response = sync(live_vo, "SELECT TOP 1 * FROM ivoa.ObsCore")
+    fields = parse(io.BytesIO(response.content)).get_first_table().fields
+    assert len(fields) > 20
+    for field in fields:
+        ucd, unit = expected[field.name]
+        assert (field.ucd or "", str(field.unit or "")) == (ucd, unit), field.name

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from dms.cli import _friendly_errors, _open, data_dir_option
+from dms.cli_input import query_source
 from dms.errors import DMSError
 
 
@@ -219,7 +220,7 @@ def tables(ctx: click.Context, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("sql")
+@query_source("sql")
 @click.option(
     "--lang",
     type=click.Choice(["sql", "adql", "qserv"]),
@@ -267,7 +268,12 @@ def query(
     timeout: float,
     explain: bool,
 ) -> None:
-    """Run a SQL, ADQL or Qserv (MySQL) query over the catalog."""
+    """Run a SQL, ADQL or Qserv (MySQL) query over the catalog.
+
+    The query is the SQL argument, the file given with -f, or standard input with '-' (a query that
+    begins with a `--` comment needs -f, '-' or `--` before it).
+    """
+    from dms.query.adql.frames import collect_notes, infos
     from dms.query.engine import QueryEngine
     from dms.query.output import write_result
 
@@ -276,8 +282,11 @@ def query(
         if explain:
             click.echo(engine.explain(sql, lang=lang))
             return
-        result = engine.execute(sql, lang=lang, max_rows=max_rows, timeout=timeout)
-        write_result(result, fmt, output or sys.stdout)
+        with collect_notes() as notes:  # what the ADQL translation did (frames, RAND(seed))
+            result = engine.execute(sql, lang=lang, max_rows=max_rows, timeout=timeout)
+        for note in notes:
+            click.echo(f"{'warning' if note.warning else 'note'}: {note.text}", err=True)
+        write_result(result, fmt, output or sys.stdout, infos=infos(notes))
     except RecursionError as exc:  # the engine's nesting limits should have refused the query first
         from dms.query.limits import too_complex
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from dms.cli import _friendly_errors, _open, data_dir_option
+from dms.cli_input import query_source
 
 
 @click.group()
@@ -13,7 +14,7 @@ def adql() -> None:
 
 
 @adql.command("translate")
-@click.argument("query")
+@query_source("query")
 @click.option(
     "--dialect",
     type=click.Choice(["postgres", "duckdb"]),
@@ -23,10 +24,17 @@ def adql() -> None:
 )
 @_friendly_errors
 def adql_translate(query: str, dialect: str) -> None:
-    """Print QUERY (ADQL 2.1) as PostgreSQL or DuckDB SQL; an invalid query fails naming line and column."""
-    from dms.query.adql import translate
+    """Print QUERY (ADQL 2.1) as PostgreSQL or DuckDB SQL; an invalid query fails naming line and column.
 
-    click.echo(translate(query, dialect))
+    QUERY is the argument, the file given with -f, or standard input with '-'.
+    """
+    from dms.query.adql import translate
+    from dms.query.adql.frames import collect_notes
+
+    with collect_notes() as notes:
+        click.echo(translate(query, dialect))
+    for note in notes:
+        click.echo(f"{'warning' if note.warning else 'note'}: {note.text}", err=True)
 
 
 @click.command()

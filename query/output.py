@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -16,10 +17,13 @@ from dms.errors import DMSError
 FORMATS = ("table", "csv", "json", "parquet", "votable")
 
 
-def write_result(result: Any, fmt: str, target: Path | IO[str]) -> None:
+def write_result(
+    result: Any, fmt: str, target: Path | IO[str], *, infos: Mapping[str, str] | None = None
+) -> None:
     """Write `result` in `fmt`, marking a result cut at max_rows in-band where the format has a place:
     VOTable QUERY_STATUS=OVERFLOW, JSON "overflow": true, Parquet key-value metadata IVOA.QUERY_STATUS,
     the text table's last line. CSV has no such place: `dms query` says it on stderr (as for every format).
+    `infos` (name -> text, e.g. what the ADQL translation did) become VOTable INFO elements.
     """
     table: pa.Table = result.table
     overflow = bool(result.overflow)
@@ -30,17 +34,11 @@ def write_result(result: Any, fmt: str, target: Path | IO[str]) -> None:
         status = {b"IVOA.QUERY_STATUS": b"OVERFLOW" if overflow else b"OK"}
         pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **status}), target)
     elif fmt == "votable":
-        from astropy.io.votable import from_table
-        from astropy.table import Table
+        # the services' writer: nulls as masks, char/boolean/timestamp fields as TAP writes them
+        from dms.services.vo.votable import result_votable
 
         assert isinstance(target, Path)
-        # by position: a result may have two columns of one name (SELECT o.objectId, s.objectId), and
-        # VOTable FIELD names and IDs must be unique
-        names = unique_names(table.column_names)
-        votable = from_table(Table([c.to_pylist() for c in table.columns], names=names))
-        if result.overflow:
-            votable.resources[0].infos.append(_overflow_info())
-        votable.to_xml(str(target))
+        target.write_bytes(result_votable(table, overflow=overflow, infos=infos))
     else:
         text = {"csv": _csv, "json": _json, "table": _text}[fmt](table, overflow)
         if isinstance(target, Path):
@@ -66,12 +64,6 @@ def unique_names(names: list[str]) -> list[str]:
         taken.add(f"{name}_{k}".lower())
         result.append(f"{name}_{k}")
     return result
-
-
-def _overflow_info() -> Any:
-    from astropy.io.votable.tree import Info
-
-    return Info(name="QUERY_STATUS", value="OVERFLOW")
 
 
 def _csv(table: pa.Table, overflow: bool) -> str:

@@ -246,3 +246,81 @@ def test_a_long_lived_engine_sees_a_load_that_commits_after_a_later_one(
     finally:
         deployment.dispose()
         drop_databases(pg_server, created)
+
+
+def test_dms_query_reads_adql_from_a_file_or_standard_input(
+    deployments: dict[str, Deployment], sample: Sample, tmp_path: Path
+) -> None:
+    """A query that starts with a comment, from -f FILE and from '-' (issue 17); a GALACTIC circle is
+    transformed to ICRS (noted on stderr) and counts what astropy counts."""
+    import numpy as np
+    from astropy.coordinates import SkyCoord
+
+    gaia = sample.tables["gaia"]
+    stars = SkyCoord(np.asarray(gaia["ra"]), np.asarray(gaia["dec"]), unit="deg")
+    centre = stars[0].galactic
+    l_deg, b_deg = float(centre.l.deg), float(centre.b.deg)
+    query = (
+        "-- stars near the first one, in galactic coordinates\n"
+        "SELECT COUNT(*) AS n FROM catalog.gaia\n"
+        f"WHERE CONTAINS(POINT(ra, dec), CIRCLE('GALACTIC', {l_deg!r}, {b_deg!r}, 20)) = 1"
+    )
+    expected = int((stars.separation(centre).deg <= 20).sum())
+    path = tmp_path / "near.adql"
+    path.write_text(query)
+    base = ["--data-dir", str(deployments["duckdb"].data_dir), "query", "--lang", "adql", "--format", "csv"]
+    for args, stdin in ((["-f", str(path)], None), (["-"], query)):
+        result = CliRunner().invoke(main, [*base, *args], input=stdin)
+        assert result.exit_code == 0, result.output
+        assert "note: CIRCLE: 1 position(s) in 'GALACTIC' transformed to ICRS" in result.output
+        assert result.output.strip().splitlines()[-1] == str(expected)
+    assert 0 < expected < gaia.num_rows
+
+
+def test_dms_query_votable_keeps_nulls_typed(
+    deployments: dict[str, Deployment], sample: Sample, tmp_path: Path
+) -> None:
+    """`dms query --format votable`: a nullable double stays a double with its nulls masked (it was
+    written as unicodeChar "None"), and votlint finds nothing wrong when stilts is installed (issue 17)."""
+    import shutil
+    import subprocess
+
+    import numpy as np
+    from astropy.io.votable import parse_single_table
+
+    out = tmp_path / "west.vot"
+    sql = (
+        "SELECT source_id, CASE WHEN ra > 180 THEN NULL ELSE ra END AS ra_west, "
+        "CASE WHEN ra > 180 THEN NULL ELSE 'west' END AS side FROM catalog.gaia"
+    )
+    data_dir = str(deployments["duckdb"].data_dir)
+    result = CliRunner().invoke(
+        main,
+        [
+            "--data-dir",
+            data_dir,
+            "query",
+            sql,
+            "--format",
+            "votable",
+            "-o",
+            str(out),
+            "--max-rows",
+            "1000000",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    table = parse_single_table(str(out))
+    fields = {f.name: f for f in table.fields}
+    assert fields["ra_west"].datatype == "double" and fields["source_id"].datatype == "long"
+    ra = np.asarray(sample.tables["gaia"]["ra"])
+    assert int(np.ma.count_masked(table.array["ra_west"])) == int((ra > 180).sum()) > 0
+    assert b"None" not in out.read_bytes()
+    if shutil.which("stilts"):
+        lint = subprocess.run(
+            ["stilts", "votlint", f"location={out}"], capture_output=True, text=True, timeout=300
+        )
+        problems = [
+            line for line in (lint.stdout + lint.stderr).splitlines() if line.startswith(("ERROR", "WARN"))
+        ]
+        assert not problems, problems

@@ -110,6 +110,25 @@ def _in_unit(node: exp.Anonymous, unit_of: UnitOf | None) -> exp.Expression:
     )
 
 
+def _seeded_rand(seed: exp.Expression) -> exp.Expression:
+    """RAND(seed): one pseudo-random value in [0, 1) fixed by the seed, the same on both backends and on
+    every run (as SQL Server's RAND(seed)); RAND() gives a new value per row."""
+    import random
+
+    from dms.query.adql import frames
+
+    if not (isinstance(seed, exp.Literal) and seed.is_int):
+        raise AdqlSyntaxError("RAND takes an unsigned integer seed, e.g. RAND(42)", token="RAND")
+    value = random.Random(int(seed.this)).random()
+    frames.note(
+        f"RAND({seed.this}) is the value {value!r}, fixed by the seed for the whole query; use RAND() for a "
+        "value per row",
+        info_name="RAND",
+    )
+    # a double on both backends (a bare literal is NUMERIC on PostgreSQL)
+    return exp.Cast(this=exp.Literal.number(repr(value)), to=exp.DataType.build("DOUBLE PRECISION"))
+
+
 def _rename(node: exp.Expression, unit_of: UnitOf | None) -> exp.Expression:
     """One node: ADQL semantics spelled in functions that mean the same on PostgreSQL and DuckDB."""
     from dms.query.adql.geometry import as_int, fn
@@ -126,9 +145,7 @@ def _rename(node: exp.Expression, unit_of: UnitOf | None) -> exp.Expression:
             raise AdqlSyntaxError("LOG takes one argument; use LOG10 for the decimal logarithm")
         return fn("LOG10", node.expression)
     if isinstance(node, exp.Rand) and node.this is not None:
-        raise AdqlUnsupportedError(
-            "RAND(seed) is not supported: use RAND() (PostgreSQL and DuckDB seed differently)"
-        )
+        return _seeded_rand(node.this)
     if not isinstance(node, exp.Anonymous):
         return node
     name = node.name.lower()

@@ -13,7 +13,8 @@ The rules the query engine relies on for spatial chunk pruning (kept exactly as 
 Geometry values (a POINT, CIRCLE, BOX, POLYGON or REGION in the select list, or a column holding one) are
 DALI arrays of doubles: ``[lon, lat]``, ``[lon, lat, radius]``, ``[lon1, lat1, lon2, lat2, ...]``; the
 length tells the shape. AREA, CENTROID and generic CONTAINS on such values call ``adql_*`` functions from
-``udfs/*/50_adql.sql``. Only ICRS is supported: a coordinate system argument must be empty or ICRS.
+``udfs/*/50_adql.sql``. Values are ICRS: a coordinate-system argument other than ICRS is handled by
+:mod:`dms.query.adql.frames` (constant positions transformed, anything else taken as ICRS with a note).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
+from dms.query.adql import frames
 from dms.query.adql.errors import AdqlSyntaxError, AdqlUnsupportedError
 from dms.query.adql.rewrite import rewrite
 from dms.udfs import MAX_POLYGON_VERTICES
@@ -32,7 +34,6 @@ PREDICATES = frozenset({"CONTAINS", "INTERSECTS"})
 GEOMETRY_FUNCTIONS = (
     CONSTRUCTORS | PREDICATES | {"DISTANCE", "AREA", "CENTROID", "COORD1", "COORD2", "COORDSYS"}
 )
-FRAMES = frozenset({"", "ICRS", "ICRS GEOCENTER", "ICRS TOPOCENTER", "ICRS BARYCENTER", "UNKNOWNFRAME"})
 _ARITY = {"POINT": 2, "CIRCLE": 3, "BOX": 4}
 
 
@@ -109,22 +110,17 @@ def _fold(node: exp.Expression) -> exp.Expression:
     )
 
 
-def _strip_frame(name: str, args: list[exp.Expression]) -> list[exp.Expression]:
-    """Drop ADQL 2.0's leading coordinate-system argument, refusing frames other than ICRS."""
+def _split_frame(args: list[exp.Expression]) -> tuple[str, list[exp.Expression]]:
+    """ADQL 2.0's leading coordinate-system argument (any string, or NULL) and the other arguments."""
     if args and isinstance(args[0], exp.Literal) and args[0].is_string:
-        frame = " ".join(args[0].this.upper().split())
-        if frame not in FRAMES:
-            raise AdqlUnsupportedError(
-                f"{name}: coordinate system {args[0].this!r} is not supported (only ICRS)"
-            )
-        return args[1:]
+        return str(args[0].this), args[1:]
     if args and isinstance(args[0], exp.Null):
-        return args[1:]
-    return args
+        return "", args[1:]
+    return "", args
 
 
 def shape(node: exp.Expression) -> Shape:
-    """The shape a geometry expression denotes (a constructor), or a Value for anything else."""
+    """The shape a geometry expression denotes (a constructor, in ICRS), or a Value for anything else."""
     name = name_of(node)
     if name not in CONSTRUCTORS:
         return Value(node)
@@ -132,13 +128,22 @@ def shape(node: exp.Expression) -> Shape:
     args = list(node.expressions)
     if name == "REGION":
         return _region(args)
+    frame, args = _split_frame(args)
+    built = _build(name, args)
+    return _in_icrs(name, frame, built) if frame else built
+
+
+def _build(name: str, args: list[exp.Expression]) -> Shape:
     if name == "POLYGON":
         return _polygon(name, args)
-    if name == "CIRCLE" and len(args) in (2, 3) and name_of(args[-2]) == "POINT":
-        center = shape(args[-2])
+    if name == "CIRCLE" and len(args) == 2 and name_of(args[0]) == "POINT":
+        center = shape(args[0])
         assert isinstance(center, Point)
-        return Circle(center.lon, center.lat, args[-1])
-    args = _strip_frame(name, args)
+        return Circle(center.lon, center.lat, args[1])
+    if name == "BOX" and len(args) == 3 and name_of(args[0]) == "POINT":
+        center = shape(args[0])
+        assert isinstance(center, Point)
+        return _box(center.lon, center.lat, args[1], args[2])
     if len(args) != _ARITY[name]:
         raise AdqlSyntaxError(f"{name} takes {_ARITY[name]} coordinates, got {len(args)}")
     if name == "POINT":
@@ -146,6 +151,24 @@ def shape(node: exp.Expression) -> Shape:
     if name == "CIRCLE":
         return Circle(args[0], args[1], args[2])
     return _box(*args)
+
+
+def _in_icrs(name: str, frame: str, built: Shape) -> Shape:
+    """`built`, given in coordinate system `frame`, with its constant positions transformed to ICRS."""
+    if isinstance(built, Point | Circle):
+        pairs = [(_fold(built.lon), _fold(built.lat))]
+    elif isinstance(built, Polygon):
+        pairs = [(_fold(v.lon), _fold(v.lat)) for v in built.vertices]
+    else:
+        return built
+    moved = frames.to_icrs(name, frame, pairs)
+    if moved is None:
+        return built
+    if isinstance(built, Point):
+        return Point(*moved[0])
+    if isinstance(built, Circle):
+        return Circle(moved[0][0], moved[0][1], built.radius)
+    return Polygon(tuple(Point(lon, lat) for lon, lat in moved))
 
 
 def _box(lon: exp.Expression, lat: exp.Expression, width: exp.Expression, height: exp.Expression) -> Polygon:
@@ -172,7 +195,7 @@ def _polygon(name: str, args: list[exp.Expression]) -> Polygon:
         points = [shape(a) for a in args]
         vertices = tuple(p for p in points if isinstance(p, Point))
     else:
-        coords = _strip_frame(name, args)
+        coords = args
         if len(coords) % 2:
             raise AdqlSyntaxError(f"POLYGON needs pairs of coordinates, got {len(coords)} numbers")
         vertices = tuple(Point(coords[i], coords[i + 1]) for i in range(0, len(coords), 2))

@@ -1,4 +1,4 @@
-"""parse -> check the statement -> lower functions and geometry -> check the functions used.
+"""ADQL 2.1 grammar -> parse -> check the statement -> lower functions and geometry -> check the functions.
 
 Each step is an AST -> AST function (or a check) on sqlglot expressions; the result is DMS's canonical
 SQL: a PostgreSQL-dialect sqlglot AST calling only functions that exist on both backends.
@@ -12,6 +12,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
+from dms.query.adql import grammar
 from dms.query.adql.dialect import Adql
 from dms.query.adql.errors import AdqlError, AdqlSyntaxError
 from dms.query.adql.functions import UnitOf, check_functions, lower_functions
@@ -39,14 +40,15 @@ FORBIDDEN_NODES: tuple[type[exp.Expression], ...] = (
 )
 
 
-def parse(text: str, *, unit_of: UnitOf | None = None) -> exp.Expression:
+def parse(text: str, *, unit_of: UnitOf | None = None, strict: bool = True) -> exp.Expression:
     """Parse ADQL 2.1 into one SELECT (or set operation) in DMS's canonical SQL form.
 
     `unit_of` resolves column units for IN_UNIT. Raises AdqlSyntaxError (with line and column) for text that
     is not one valid ADQL query, and AdqlUnsupportedError for valid ADQL that DMS cannot evaluate.
+    `strict=False` skips the ADQL 2.1 grammar check: only for DMS's own canonical SQL, read again.
     """
     try:
-        tree = _parse_one(text)
+        tree = _parse_one(text, strict)
         tree = lower_functions(tree, unit_of)
         tree = lower_geometry(tree)
         check_functions(tree)
@@ -58,17 +60,21 @@ def parse(text: str, *, unit_of: UnitOf | None = None) -> exp.Expression:
     return tree
 
 
-def translate(text: str, dialect: str = "postgres", *, unit_of: UnitOf | None = None) -> str:
+def translate(
+    text: str, dialect: str = "postgres", *, unit_of: UnitOf | None = None, strict: bool = True
+) -> str:
     """ADQL -> SQL text for `dialect` (postgres or duckdb)."""
     if dialect not in DIALECTS:
         raise AdqlError(f"unknown dialect {dialect!r}; valid: {', '.join(DIALECTS)}")
-    return parse(text, unit_of=unit_of).sql(dialect=dialect, normalize_functions=False)
+    return parse(text, unit_of=unit_of, strict=strict).sql(dialect=dialect, normalize_functions=False)
 
 
-def _parse_one(text: str) -> exp.Expression:
+def _parse_one(text: str, strict: bool = True) -> exp.Expression:
     if not text or not text.strip():
         raise AdqlSyntaxError("the query is empty", 1, 1)
     check_nesting(text, Adql)
+    if strict:
+        grammar.check(text)
     try:
         statements = [s for s in sqlglot.parse(text, read=Adql) if s is not None]
     except RecursionError as exc:

@@ -196,7 +196,7 @@ def write_obscore(conn: sa.Connection, meta: ExposureMetadata, ref: DatasetRef, 
         "s_ra": fp.ra if fp else meta.tracking_ra,
         "s_dec": fp.dec if fp else meta.tracking_dec,
         "s_fov": fp.fov if fp else None,
-        "s_region": fp.stcs()[:512] if fp else None,
+        "s_region": fp.stcs() if fp else None,  # TEXT since c0018: never cut
         "s_xel1": meta.image_size[0] if meta.image_size else None,
         "s_xel2": meta.image_size[1] if meta.image_size else None,
         "t_min": meta.begin.tai.mjd,

@@ -86,9 +86,23 @@ def result_metadata(
     origins = output_origins(tree, table_lookup(tables, uploads))
     if origins is None or len(origins) != result.num_columns:
         return {}
+    origins = _in_result_order(origins, result.column_names)
     metadata: dict[str, Column] = {}
     for name, origin in zip(result.column_names, origins, strict=True):
         column = column_of(tables, origin) if origin is not None else None
         if column is not None:
             metadata.setdefault(name.lower(), column)
     return metadata
+
+
+def _in_result_order(origins: list[Origin | None], names: list[str]) -> list[Origin | None]:
+    """`SELECT *` expands in TAP_SCHEMA's column order, the database answers in its own: when the result's
+    names are exactly the origins' column names in another order (all distinct), match them by name."""
+    wanted = [n.lower() for n in names]
+    if any(o is None for o in origins):
+        return origins
+    given = [o.column.lower() for o in origins if o is not None]
+    if given == wanted or len(set(wanted)) != len(wanted) or sorted(given) != sorted(wanted):
+        return origins
+    by_name = {o.column.lower(): o for o in origins if o is not None}
+    return [by_name[n] for n in wanted]

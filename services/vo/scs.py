@@ -7,7 +7,6 @@ so SCS clients such as pyvo report the message.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from xml.sax.saxutils import escape
 
@@ -16,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from dms.query.adql.grammar import quote_identifier
 from dms.services.vo import formats, vosi
 from dms.services.vo.errors import QueryError, ServiceError
 from dms.services.vo.http import VOTABLE_MIME, XML, Context, public_message, read_params
@@ -87,9 +87,8 @@ def listing_page(base: str, tables: list[Table]) -> str:
 
 
 def _identifier(name: str) -> str:
-    """An ADQL identifier: bare when it is a plain lower-case name, else delimited (quotes doubled)."""
-    name = name.strip('"')
-    return name if re.fullmatch(r"[a-z_][a-z0-9_]*", name) else '"' + name.replace('"', '""') + '"'
+    """An ADQL identifier: bare when it is a plain lower-case name and no reserved word, else delimited."""
+    return quote_identifier(name.strip('"'))
 
 
 def _number(params_value: str | None, name: str, low: float, high: float) -> float:

@@ -20,6 +20,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from dms.query.adql import frames
+from dms.query.adql.grammar import quote_identifier
 from dms.services.auth import authenticate
 from dms.services.vo import formats, upload_fetch, vosi
 from dms.services.vo.column_metadata import result_metadata
@@ -91,13 +93,14 @@ class TapService:
         fmt = formats.choose(params.get("RESPONSEFORMAT") or params.get("FORMAT"))
         max_rows = self._maxrec(params.get("MAXREC"))
         uploads = self._uploads(params, stored=stored)
-        result = self.context.executor.execute(
-            query, lang=lang, max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
-        )
+        with frames.collect_notes() as notes:  # what the ADQL translation did (frames, RAND(seed))
+            result = self.context.executor.execute(
+                query, lang=lang, max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
+            )
         columns = result_metadata(self.context.tables(), query, lang, result.table, uploads)
         # ObsCore's file:// access URLs become the server's /files URLs (or nothing, without a base URL)
         table = public_access_urls(result.table, base or "")
-        body = formats.render(fmt, table, columns, overflow=result.overflow)
+        body = formats.render(fmt, table, columns, overflow=result.overflow, infos=frames.infos(notes))
         return body, fmt.mime, result.table.num_rows, result.overflow
 
     @staticmethod
@@ -394,16 +397,17 @@ def examples_document(tables: list[Table]) -> str:
         ),
     ]
     for table in tables:
-        ra, dec = table.column_with_ucd("pos.eq.ra"), table.column_with_ucd("pos.eq.dec")
-        if ra is not None and dec is not None and not table.name.lower().startswith("ivoa."):
+        ra_col, dec_col = table.column_with_ucd("pos.eq.ra"), table.column_with_ucd("pos.eq.dec")
+        if ra_col is not None and dec_col is not None and not table.name.lower().startswith("ivoa."):
+            ra, dec = quote_identifier(ra_col.name), quote_identifier(dec_col.name)
             examples.append(
                 (
                     f"cone-{re.sub(r'[^a-z0-9]+', '-', table.name.lower())}",
                     f"A cone search on {table.name}, nearest first",
-                    f"SELECT TOP 10 {ra.name}, {dec.name}, DISTANCE(POINT('ICRS', {ra.name}, {dec.name}), "
+                    f"SELECT TOP 10 {ra}, {dec}, DISTANCE(POINT('ICRS', {ra}, {dec}), "
                     "POINT('ICRS', 10.0, 20.0)) "
                     f"AS dist FROM {table.name}\n"
-                    f"WHERE CONTAINS(POINT('ICRS', {ra.name}, {dec.name}), CIRCLE('ICRS', 10.0, 20.0, 0.5)) "
+                    f"WHERE CONTAINS(POINT('ICRS', {ra}, {dec}), CIRCLE('ICRS', 10.0, 20.0, 0.5)) "
                     "= 1 "
                     "ORDER BY dist",
                 )

@@ -81,6 +81,8 @@ def sync(conn: sa.Connection, extra: Sequence[Schema] = (), reader: str = "dms_r
         quoted = conn.dialect.identifier_preparer.quote(schema.name)
         conn.execute(sa.text(f"GRANT USAGE ON SCHEMA {quoted} TO {reader}"))
         conn.execute(sa.text(f"GRANT SELECT ON ALL TABLES IN SCHEMA {quoted} TO {reader}"))
+    # Felis marks TEXT columns xtype "clob", which is no DALI xtype (taplint warns): they are plain strings.
+    conn.execute(sa.text("UPDATE tap_schema.columns SET xtype = NULL WHERE xtype = 'clob'"))
 
 
 def _forget(conn: sa.Connection, schemas: list[str]) -> None:
@@ -99,7 +101,14 @@ def _forget(conn: sa.Connection, schemas: list[str]) -> None:
 
 def _complete_obscore(conn: sa.Connection) -> None:
     """ObsCore 1.1 as the standard states it: utypes carry the obscore: prefix, and the two mandatory
-    columns Rubin's table lacks (added by migration c0005) are described."""
+    columns Rubin's table lacks (added by migration c0005) are described; the columns migration c0018
+    made TEXT are published without a maximum length."""
+    conn.execute(
+        sa.text(
+            "UPDATE tap_schema.columns SET arraysize = '*', size = NULL WHERE table_name = 'ivoa.ObsCore' "
+            "AND column_name IN ('s_region', 'lsst_filter')"
+        )
+    )
     conn.execute(
         sa.text(
             "UPDATE tap_schema.columns SET utype = 'obscore:' || utype WHERE table_name = 'ivoa.ObsCore' "

@@ -25,17 +25,6 @@ CASE
         lambda i: _dms_triangle_area(g[1], g[2], g[2 * i - 1], g[2 * i], g[2 * i + 1], g[2 * i + 2])))
 END;
 
--- One fan triangle's weighted direction: its area times the unit vector of its vertex mean.
-CREATE OR REPLACE MACRO _dms_weighted_direction(lon1, lat1, lon2, lat2, lon3, lat3) AS
-list_transform(
-    [_dms_sc_x(lon1, lat1) + _dms_sc_x(lon2, lat2) + _dms_sc_x(lon3, lat3),
-     _dms_sc_y(lon1, lat1) + _dms_sc_y(lon2, lat2) + _dms_sc_y(lon3, lat3),
-     _dms_sc_z(lat1) + _dms_sc_z(lat2) + _dms_sc_z(lat3)],
-    lambda m, j: _dms_triangle_area(lon1, lat1, lon2, lat2, lon3, lat3) * m / sqrt(
-        (_dms_sc_x(lon1, lat1) + _dms_sc_x(lon2, lat2) + _dms_sc_x(lon3, lat3)) ** 2
-        + (_dms_sc_y(lon1, lat1) + _dms_sc_y(lon2, lat2) + _dms_sc_y(lon3, lat3)) ** 2
-        + (_dms_sc_z(lat1) + _dms_sc_z(lat2) + _dms_sc_z(lat3)) ** 2));
-
 CREATE OR REPLACE MACRO _dms_direction_lonlat(v) AS
 [_dms_angred(degrees(atan2(v[2], v[1]))), degrees(atan2(v[3], sqrt(v[1] * v[1] + v[2] * v[2])))];
 
@@ -43,12 +32,30 @@ CREATE OR REPLACE MACRO _dms_sum_vectors(vs) AS
 [list_sum(list_transform(vs, lambda v: v[1])), list_sum(list_transform(vs, lambda v: v[2])),
  list_sum(list_transform(vs, lambda v: v[3]))];
 
+-- 1/2 theta n of the great-circle edge from unit vector a to b (theta its arc, n its unit normal), from
+-- c = a x b and d = a . b; lambdas bind each intermediate once (macro arguments would be expanded).
+CREATE OR REPLACE MACRO _dms_edge_moment(a, b) AS
+list_transform([[a[2] * b[3] - a[3] * b[2], a[3] * b[1] - a[1] * b[3], a[1] * b[2] - a[2] * b[1]]],
+    lambda c: list_transform([sqrt(c[1] * c[1] + c[2] * c[2] + c[3] * c[3])],
+        lambda cn: CASE WHEN cn = 0 THEN [0.0, 0.0, 0.0]::DOUBLE[]
+            ELSE list_transform(c, lambda x: 0.5 * atan2(cn, a[1] * b[1] + a[2] * b[2] + a[3] * b[3]) * x / cn)
+        END)[1])[1];
+
+-- The moment (integral of the position vector over the area) of a polygon given by its unit vectors vs,
+-- oriented towards its vertices, as adql_centroid in PostgreSQL.
+CREATE OR REPLACE MACRO _dms_polygon_moment(vs) AS
+list_transform([_dms_sum_vectors(list_transform(range(1, len(vs) + 1),
+        lambda i: _dms_edge_moment(vs[i], vs[i % len(vs) + 1])))],
+    lambda m: list_transform([_dms_sum_vectors(vs)],
+        lambda s: CASE WHEN m[1] * s[1] + m[2] * s[2] + m[3] * s[3] < 0 THEN [-m[1], -m[2], -m[3]] ELSE m END)[1])[1];
+
 CREATE OR REPLACE MACRO adql_centroid(g) AS
 CASE
     WHEN len(g) IN (2, 3) THEN [g[1], g[2]]::DOUBLE[]
-    WHEN len(g) >= 6 AND len(g) % 2 = 0 THEN _dms_direction_lonlat(_dms_sum_vectors(list_transform(
-        range(2, len(g) // 2),
-        lambda i: _dms_weighted_direction(g[1], g[2], g[2 * i - 1], g[2 * i], g[2 * i + 1], g[2 * i + 2]))))
+    WHEN len(g) >= 6 AND len(g) % 2 = 0 THEN list_transform(
+        [list_transform(range(1, len(g) // 2 + 1), lambda i: [_dms_sc_x(g[2 * i - 1], g[2 * i]),
+            _dms_sc_y(g[2 * i - 1], g[2 * i]), _dms_sc_z(g[2 * i])])],
+        lambda vs: _dms_direction_lonlat(_dms_polygon_moment(vs)))[1]
 END;
 
 -- scisql_s2PtInCPoly's test for a polygon given as a list [lon1, lat1, ..., lonN, latN].

@@ -5,9 +5,10 @@
 --   adql_area(g): area in square degrees; a point 0, a circle 2 pi (1 - cos r), a polygon the sum of
 --     the spherical excesses of its fan triangles (v1, vi, vi+1) (Van Oosterom & Strackee 1983:
 --     tan(E/2) = |a . (b x c)| / (1 + a.b + b.c + c.a)), exact for convex polygons.
---   adql_centroid(g): [lon, lat]; a point itself, a circle its center, a polygon the direction of
---     the area-weighted sum of its fan triangles' vertex-mean directions (the centroid of a convex
---     polygon to second order in its size).
+--   adql_centroid(g): [lon, lat]; a point itself, a circle its center, a polygon its centroid on the
+--     sphere, exactly: the direction of the integral of the position vector over the polygon's area,
+--     which is 1/2 sum(theta_i n_i) over its great-circle edges (theta_i the edge's arc, n_i its unit
+--     normal), oriented towards the polygon's vertices (polygons smaller than a hemisphere).
 --   adql_contains(p, g): 1/0 whether point p lies in circle or polygon g, exactly as
 --     scisql_s2PtInCircle / scisql_s2PtInCPoly decide.
 --   adql_round(x, n), adql_truncate(x, n): x rounded (half away from zero) or truncated to n decimals.
@@ -55,14 +56,19 @@ RETURNS double precision[]
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
 DECLARE
-    sx double precision := 0;
-    sy double precision := 0;
-    sz double precision := 0;
-    w double precision;
-    mx double precision;
-    my double precision;
-    mz double precision;
-    norm double precision;
+    n integer;
+    j integer;
+    a1 double precision; a2 double precision; a3 double precision;
+    b1 double precision; b2 double precision; b3 double precision;
+    cx double precision; cy double precision; cz double precision;
+    cn double precision;
+    theta double precision;
+    mx double precision := 0;
+    my double precision := 0;
+    mz double precision := 0;
+    vx double precision := 0;
+    vy double precision := 0;
+    vz double precision := 0;
 BEGIN
     IF g IS NULL OR cardinality(g) < 2 THEN
         RETURN NULL;
@@ -71,17 +77,25 @@ BEGIN
     ELSIF cardinality(g) < 6 OR cardinality(g) % 2 = 1 THEN
         RETURN NULL;
     END IF;
-    FOR i IN 2 .. cardinality(g) / 2 - 1 LOOP
-        w := _dms_triangle_area(g[1], g[2], g[2 * i - 1], g[2 * i], g[2 * i + 1], g[2 * i + 2]);
-        mx := _dms_sc_x(g[1], g[2]) + _dms_sc_x(g[2 * i - 1], g[2 * i]) + _dms_sc_x(g[2 * i + 1], g[2 * i + 2]);
-        my := _dms_sc_y(g[1], g[2]) + _dms_sc_y(g[2 * i - 1], g[2 * i]) + _dms_sc_y(g[2 * i + 1], g[2 * i + 2]);
-        mz := _dms_sc_z(g[2]) + _dms_sc_z(g[2 * i]) + _dms_sc_z(g[2 * i + 2]);
-        norm := sqrt(mx * mx + my * my + mz * mz);
-        sx := sx + w * mx / norm;
-        sy := sy + w * my / norm;
-        sz := sz + w * mz / norm;
+    n := cardinality(g) / 2;
+    FOR i IN 1 .. n LOOP
+        j := i % n + 1;
+        a1 := _dms_sc_x(g[2 * i - 1], g[2 * i]); a2 := _dms_sc_y(g[2 * i - 1], g[2 * i]); a3 := _dms_sc_z(g[2 * i]);
+        b1 := _dms_sc_x(g[2 * j - 1], g[2 * j]); b2 := _dms_sc_y(g[2 * j - 1], g[2 * j]); b3 := _dms_sc_z(g[2 * j]);
+        cx := a2 * b3 - a3 * b2; cy := a3 * b1 - a1 * b3; cz := a1 * b2 - a2 * b1;
+        cn := sqrt(cx * cx + cy * cy + cz * cz);
+        IF cn > 0 THEN
+            theta := atan2(cn, a1 * b1 + a2 * b2 + a3 * b3);
+            mx := mx + 0.5 * theta * cx / cn;
+            my := my + 0.5 * theta * cy / cn;
+            mz := mz + 0.5 * theta * cz / cn;
+        END IF;
+        vx := vx + a1; vy := vy + a2; vz := vz + a3;
     END LOOP;
-    RETURN ARRAY[_dms_angred(degrees(atan2(sy, sx))), degrees(atan2(sz, sqrt(sx * sx + sy * sy)))];
+    IF mx * vx + my * vy + mz * vz < 0 THEN  -- clockwise vertices: the moment points away
+        mx := -mx; my := -my; mz := -mz;
+    END IF;
+    RETURN ARRAY[_dms_angred(degrees(atan2(my, mx))), degrees(atan2(mz, sqrt(mx * mx + my * my)))];
 END;
 $$;
 

@@ -1,0 +1,124 @@
+"""QC metrics of prompt processing into the QC tables (dms.qc_measurement), where thresholds raise alarms
+and the Telemetry Gateway picks them up.
+
+Per visit: the median over detectors of each payload metric (PSF FWHM, zero point, background, ...), the
+number of DiaSources and alerts, and the seconds per step; per detector: each payload metric with the
+detector in the data ID. Calibration frames give their statistics (mean, standard deviation, hot pixels).
+Metrics are registered on first use, with a unit guessed from the metric's name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from dms.deployment import Deployment
+from dms.loaders.qc import api
+from dms.loaders.qc.errors import QCError
+from dms.services.archiver.rows import GENERIC_CLASS, ID_MAX, INSTRUMENT_CLASSES
+
+log = logging.getLogger(__name__)
+
+#: Units by the end of a metric's name.
+SUFFIX_UNITS = (
+    ("_arcsec", "arcsec"),
+    ("_pixels", "pix"),
+    ("_pix", "pix"),
+    ("_mag", "mag"),
+    ("zero_point", "mag"),
+    ("_seconds", "s"),
+    ("_adu", "adu"),
+    ("_electron", "electron"),
+)
+DESCRIPTIONS = {
+    "prompt_n_dia_sources": "DiaSources stored for a visit (or found on one detector).",
+    "prompt_n_alerts": "Alerts archived for a visit.",
+    "prompt_step_seconds": "Seconds one step of prompt processing took (data_id.step names it).",
+    "prompt_visit_seconds": "Seconds from the end of readout to the visit's alerts stored.",
+}
+
+
+def unit_of(metric: str) -> str:
+    for suffix, unit in SUFFIX_UNITS:
+        if metric.endswith(suffix):
+            return unit
+    return ""
+
+
+def connect(deployment: Deployment) -> psycopg.Connection[Any]:
+    url = deployment.control_url().set(drivername="postgresql").render_as_string(hide_password=False)
+    return psycopg.connect(url, autocommit=True, application_name="dms-prompt-qc")
+
+
+def ensure_instrument(conn: psycopg.Connection[Any], instrument: str) -> None:
+    """Register the instrument (as the archiver would) so visit-scope measurements may name it."""
+    class_name, detector_max = INSTRUMENT_CLASSES.get(instrument, (GENERIC_CLASS, 1000))
+    conn.execute(
+        "INSERT INTO dms.instrument (name, class_name, detector_max, exposure_max, visit_max) "
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (instrument, class_name, detector_max, ID_MAX, ID_MAX),
+    )
+
+
+def ensure_metric(conn: psycopg.Connection[Any], metric: str) -> None:
+    if conn.execute("SELECT 1 FROM dms.qc_metric WHERE name = %s", (metric,)).fetchone():
+        return
+    description = DESCRIPTIONS.get(metric, f"Prompt processing metric {metric} (from the payload).")
+    try:
+        api.add_metric(conn, metric, unit_of(metric), description, tags=["prompt"])
+    except QCError:
+        pass  # registered meanwhile by another process
+
+
+def record(
+    deployment: Deployment,
+    instrument: str,
+    visit: int,
+    values: Mapping[str, float],
+    data_id: Mapping[str, Any] | None = None,
+) -> int:
+    """Insert visit-scope measurements (metric -> value; NaN skipped); returns how many."""
+    written = 0
+    with connect(deployment) as conn:
+        ensure_instrument(conn, instrument)
+        for metric, value in values.items():
+            if value is None or not np.isfinite(float(value)):
+                continue
+            ensure_metric(conn, metric)
+            api.insert_measurement(
+                conn,
+                api.Measurement(
+                    metric=metric,
+                    value=float(value),
+                    scope="visit",
+                    instrument=instrument,
+                    visit=int(visit),
+                    data_id=dict(data_id or {}),
+                ),
+            )
+            written += 1
+    return written
+
+
+def visit_metrics(
+    detector_metrics: Mapping[int, Mapping[str, float]], n_dia_sources: int, n_alerts: int
+) -> dict[str, float]:
+    """The visit's metrics: the median over detectors of each payload metric, and the counts."""
+    names = sorted({name for metrics in detector_metrics.values() for name in metrics})
+    out: dict[str, float] = {}
+    for name in names:
+        values = [float(m[name]) for m in detector_metrics.values() if name in m]
+        finite = [v for v in values if np.isfinite(v)]
+        if finite:
+            out[metric_name(name)] = float(np.median(finite))
+    out["prompt_n_dia_sources"] = float(n_dia_sources)
+    out["prompt_n_alerts"] = float(n_alerts)
+    return out
+
+
+def metric_name(payload_metric: str) -> str:
+    return payload_metric if payload_metric.startswith("prompt_") else f"prompt_{payload_metric}"

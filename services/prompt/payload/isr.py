@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 from astropy.io import fits
@@ -29,7 +29,7 @@ from dms.services.prompt.payload.errors import CalibrationError, CorruptRawError
 from dms.services.prompt.payload.psf import measure_fwhm
 from dms.tasks import Task, TaskConfig, register_task
 
-RawInput = fits.HDUList | Path | str | bytes
+RawInput: TypeAlias = fits.HDUList | Path | str | bytes
 
 
 class IsrConfig(TaskConfig):
@@ -54,7 +54,9 @@ class IsrTask(Task[IsrConfig, Exposure]):
             image_hdu = _image_hdu(hdus, label)
             data = np.asarray(image_hdu.data, np.float64)
             header = image_hdu.header
-            gain, read_noise, saturate = (_number(header, key, label) for key in ("GAIN", "RDNOISE", "SATURATE"))
+            gain, read_noise, saturate = (
+                _number(header, key, label) for key in ("GAIN", "RDNOISE", "SATURATE")
+            )
             band = meta.band or ""
             if band not in photometry.ZERO_POINTS:
                 raise CorruptRawError(f"{label}: band {band!r} is not one of ugrizy; no photometric scale")

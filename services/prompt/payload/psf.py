@@ -36,8 +36,8 @@ def adaptive_moments(
     cx, cy, ixx, iyy, ixy = x, y, sigma0**2, sigma0**2, 0.0
     for _ in range(iterations):
         half = int(np.ceil(4 * sigma)) + 1
-        x0, x1 = max(0, int(round(cx)) - half), min(cols, int(round(cx)) + half + 1)
-        y0, y1 = max(0, int(round(cy)) - half), min(rows, int(round(cy)) + half + 1)
+        x0, x1 = max(0, round(cx) - half), min(cols, round(cx) + half + 1)
+        y0, y1 = max(0, round(cy) - half), min(rows, round(cy) + half + 1)
         if x1 - x0 < 3 or y1 - y0 < 3:
             return cx, cy, np.nan, np.nan, np.nan
         gy, gx = np.mgrid[y0:y1, x0:x1]
@@ -51,7 +51,7 @@ def adaptive_moments(
         mxx = (wf * (gx - cx) ** 2).sum() / total
         myy = (wf * (gy - cy) ** 2).sum() / total
         mxy = (wf * (gx - cx) * (gy - cy)).sum() / total
-        # weighted moment m of a Gaussian object of variance s2 under a weight of variance w2: 1/m = 1/s2 + 1/w2
+        # a Gaussian object of variance s2 under a weight of variance w2: 1/m = 1/s2 + 1/w2
         w2 = sigma**2
         ixx = 1.0 / max(1.0 / max(mxx, 1e-6) - 1.0 / w2, 1e-6)
         iyy = 1.0 / max(1.0 / max(myy, 1e-6) - 1.0 / w2, 1e-6)
@@ -103,4 +103,4 @@ def measure_fwhm(
     locus = values[(values > 0.9 * low) & (values < 1.1 * low)]
     if len(locus) < 3:
         locus = values[: max(3, len(values) // 3)]
-    return float(np.median(locus) * FWHM_PER_SIGMA), int(len(locus))
+    return float(np.median(locus) * FWHM_PER_SIGMA), len(locus)

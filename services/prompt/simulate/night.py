@@ -92,7 +92,7 @@ class SimulatedNight:
 
     instrument: str
     day_obs: int
-    field: tuple[float, float]
+    field_center: tuple[float, float]  # (ra, dec) of the nominal boresight, degrees
     shape: tuple[int, int]
     detectors: list[int]
     visits: list[SimulatedVisit]
@@ -121,7 +121,7 @@ class SimulatedNight:
         return self.templates[(detector, band)]
 
     def science(self, backbone: Backbone, visit: int, detector: int) -> Exposure:
-        """The calibrated exposure of a visit's detector: its raw through ISR with the night's calibrations."""
+        """The calibrated exposure of a visit's detector: its raw through ISR with the night's calibs."""
         from dms.services.prompt.payload.isr import IsrTask
 
         band = self.visit(visit).band
@@ -184,12 +184,14 @@ def simulate_night(
         pointing = ((ra0 + offset[0] / np.cos(np.radians(dec0))) % 360.0, dec0 + offset[1])
         seeing = float(rng.uniform(0.6, 1.2))
         pointing = (float(pointing[0]), float(pointing[1]))
-        plan.append((exposure_id(day_obs, seq, "S"), seq, bands[k % len(bands)], float(mjd), seeing, pointing))
+        plan.append(
+            (exposure_id(day_obs, seq, "S"), seq, bands[k % len(bands)], float(mjd), seeing, pointing)
+        )
     visit_ids = [p[0] for p in plan]
     night = SimulatedNight(
         instrument=INSTRUMENT,
         day_obs=day_obs,
-        field=(ra0, dec0),
+        field_center=(ra0, dec0),
         shape=(rows, cols),
         detectors=[d.id for d in chosen],
         visits=[
@@ -217,11 +219,23 @@ def simulate_night(
         flats = {}
         for band in sorted(set(bands)):
             flats[band] = render.master_flat(det_rng, (rows, cols))
-            night.flats[(detector.id, band)] = _put_calib(backbone, flats[band], FLAT, detector.id, band, calib_run)
+            night.flats[(detector.id, band)] = _put_calib(
+                backbone, flats[band], FLAT, detector.id, band, calib_run
+            )
         for band in sorted(set(bands)):
-            template, fwhm, frame = _template(det_rng, scene, nominal, detector.id, band, night_start, template_visits, (rows, cols))
-            ref = DatasetHandle(TEMPLATE, {"instrument": INSTRUMENT, "detector": detector.id, "band": band}, template_run)
-            backbone.put(exposure_to_hdus(template, "template"), TEMPLATE, ref.data_id, run=template_run, dimensions=TEMPLATE_DIMENSIONS)
+            template, fwhm, frame = _template(
+                det_rng, scene, nominal, detector.id, band, night_start, template_visits, (rows, cols)
+            )
+            ref = DatasetHandle(
+                TEMPLATE, {"instrument": INSTRUMENT, "detector": detector.id, "band": band}, template_run
+            )
+            backbone.put(
+                exposure_to_hdus(template, "template"),
+                TEMPLATE,
+                ref.data_id,
+                run=template_run,
+                dimensions=TEMPLATE_DIMENSIONS,
+            )
             night.templates[(detector.id, band)] = ref
             night.template_fwhm_arcsec[(detector.id, band)] = fwhm
             truth_frames.append(frame)
@@ -242,7 +256,9 @@ def simulate_night(
                 full_well=FULL_WELL,
             )
             path = out_dir / "raw" / f"{INSTRUMENT}_{visit_id}_{detector.name}.fits"
-            _raw_hdus(raw, wcs, detector, day_obs, seq, band, mjd, pointing, seeing).writeto(path, overwrite=True)
+            _raw_hdus(raw, wcs, detector, day_obs, seq, band, mjd, pointing, seeing).writeto(
+                path, overwrite=True
+            )
             result = archive_file(backbone, path)
             assert result.ref is not None
             visit.raws[detector.id] = DatasetHandle("raw", dict(result.ref.data_id), raw_run(INSTRUMENT))
@@ -281,7 +297,13 @@ def _put_calib(
     data_id: dict[str, Any] = {"instrument": INSTRUMENT, "detector": detector}
     if band is not None:
         data_id["band"] = band
-    backbone.put(fits.HDUList([fits.PrimaryHDU(data, header)]), kind, data_id, run=run, dimensions=CALIB_DIMENSIONS[kind])
+    backbone.put(
+        fits.HDUList([fits.PrimaryHDU(data, header)]),
+        kind,
+        data_id,
+        run=run,
+        dimensions=CALIB_DIMENSIONS[kind],
+    )
     return DatasetHandle(kind, data_id, run)
 
 
@@ -291,18 +313,28 @@ def _sources_at(scene: Scene, visit: int | None, mjd: float) -> pd.DataFrame:
     frames = [
         scene.stars.assign(sigma_arcsec=0.0, q=1.0, theta=0.0),
         scene.galaxies.assign(kind="galaxy"),
-        scene.variables.assign(kind="variable", mag=variable_mag(scene.variables, mjd), sigma_arcsec=0.0, q=1.0, theta=0.0)[
-            ["id", "kind", "ra", "dec", "mag", "sigma_arcsec", "q", "theta"]
-        ],
+        scene.variables.assign(
+            kind="variable", mag=variable_mag(scene.variables, mjd), sigma_arcsec=0.0, q=1.0, theta=0.0
+        )[["id", "kind", "ra", "dec", "mag", "sigma_arcsec", "q", "theta"]],
     ]
     if visit is not None:
         transients = scene.transients[scene.transients["visit"] == visit]
-        frames.append(transients.assign(kind="transient", sigma_arcsec=0.0, q=1.0, theta=0.0).drop(columns="visit"))
+        frames.append(
+            transients.assign(kind="transient", sigma_arcsec=0.0, q=1.0, theta=0.0).drop(columns="visit")
+        )
         ra, dec = mover_positions(scene.movers, mjd)
         frames.append(
             pd.DataFrame(
-                {"id": scene.movers["id"], "kind": "mover", "ra": ra, "dec": dec, "mag": scene.movers["mag"],
-                 "sigma_arcsec": 0.0, "q": 1.0, "theta": 0.0}
+                {
+                    "id": scene.movers["id"],
+                    "kind": "mover",
+                    "ra": ra,
+                    "dec": dec,
+                    "mag": scene.movers["mag"],
+                    "sigma_arcsec": 0.0,
+                    "q": 1.0,
+                    "theta": 0.0,
+                }
             )
         )
     columns = ["id", "kind", "ra", "dec", "mag", "sigma_arcsec", "q", "theta"]
@@ -376,13 +408,17 @@ def _template(
         exposure_time=EXPOSURE_TIME * count,
     )
     mean_flux = pd.concat(fluxes, axis=1).mean(axis=1).rename("flux").reset_index()
-    first = _sources_at(scene, None, night_start - 1.0).drop(columns="flux").merge(mean_flux, on=["kind", "id"])
+    first = (
+        _sources_at(scene, None, night_start - 1.0).drop(columns="flux").merge(mean_flux, on=["kind", "id"])
+    )
     frame = _truth(first, wcs, shape, 0, detector, None)
     return template, fwhm, frame
 
 
 def _template_fluxes(frames: list[pd.DataFrame], detector: int) -> pd.Series:
-    templates = pd.concat([f for f in frames if len(f) and (f["visit"] == 0).all() and (f["detector"] == detector).all()])
+    templates = pd.concat(
+        [f for f in frames if len(f) and (f["visit"] == 0).all() and (f["detector"] == detector).all()]
+    )
     return templates.set_index(["kind", "id"])["flux"]
 
 

@@ -26,7 +26,7 @@ class Densities:
 
     stars: float = 60_000.0
     galaxies: float = 40_000.0
-    variables: float = 6_000.0
+    variables: float = 1_500.0
     transients: float = 6_000.0
     movers: float = 3_000.0
 
@@ -103,7 +103,10 @@ def make_scene(
     centre = wcs.pixel_to_world_values((shape[1] - 1) / 2, (shape[0] - 1) / 2)
     near = gaia[
         (np.abs(gaia["dec"] - float(centre[1])) < 0.2)
-        & (np.abs(((gaia["ra"] - float(centre[0]) + 180) % 360) - 180) < 0.2 / max(0.05, np.cos(np.radians(float(centre[1])))))
+        & (
+            np.abs(((gaia["ra"] - float(centre[0]) + 180) % 360) - 180)
+            < 0.2 / max(0.05, np.cos(np.radians(float(centre[1]))))
+        )
     ]
     if len(near):
         x, y = wcs.world_to_pixel_values(near["ra"].to_numpy(), near["dec"].to_numpy())
@@ -121,7 +124,13 @@ def make_scene(
     n_stars = rng.poisson(densities.stars * area)
     ra, dec = sky(_uniform_pixels(rng, n_stars, shape, margin))
     faint = pd.DataFrame(
-        {"id": ids(n_stars), "kind": "star", "ra": ra, "dec": dec, "mag": _power_law_mags(rng, n_stars, 17, 24)}
+        {
+            "id": ids(n_stars),
+            "kind": "star",
+            "ra": ra,
+            "dec": dec,
+            "mag": _power_law_mags(rng, n_stars, 17, 24),
+        }
     )
     stars = pd.concat([gaia_rows, faint], ignore_index=True)
 
@@ -146,7 +155,7 @@ def make_scene(
             "id": ids(n_var),
             "ra": ra,
             "dec": dec,
-            "mag": rng.uniform(18.0, 20.5, n_var),
+            "mag": rng.uniform(18.5, 21.0, n_var),
             "amplitude": rng.uniform(0.3, 1.0, n_var),  # peak to peak, mag
             "period": rng.uniform(0.05, 0.5, n_var),
             "phase": rng.uniform(0, 2 * np.pi, n_var),
@@ -158,7 +167,9 @@ def make_scene(
         n = max(1, rng.poisson(densities.transients * area))
         ra, dec = sky(_uniform_pixels(rng, n, shape, -20.0))
         transient_rows.append(
-            pd.DataFrame({"id": ids(n), "ra": ra, "dec": dec, "mag": rng.uniform(19.0, 23.0, n), "visit": visit})
+            pd.DataFrame(
+                {"id": ids(n), "ra": ra, "dec": dec, "mag": rng.uniform(19.0, 23.0, n), "visit": visit}
+            )
         )
     transients = (
         pd.concat(transient_rows, ignore_index=True)

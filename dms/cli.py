@@ -348,3 +348,7 @@ main.add_command(alerts)
 from dms.cli_tasks import task as _task_group  # noqa: E402  (tasks of prompt processing and the productions)
 
 main.add_command(_task_group)
+
+from dms.cli_night import night as _night_group  # noqa: E402  (simulated nights: issue 13)
+
+main.add_command(_night_group)

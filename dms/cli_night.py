@@ -33,11 +33,26 @@ def night() -> None:
     help="Good-seeing earlier visits coadded into each template.",
 )
 @click.option("--bands", default="r", show_default=True, help="Bands of the visits, in turn (e.g. gri).")
+@click.option(
+    "--process/--no-process",
+    default=False,
+    show_default=True,
+    help="Also run the night through the Prompt Processing service (events over HTTP, APDB, alerts).",
+)
+@click.option("--workers", type=click.IntRange(1, 256), default=None, help="Prompt worker processes (--process).")
 @data_dir_option
 @click.pass_context
 @_friendly_errors
 def night_simulate(
-    ctx: click.Context, visits: int, detectors: int, size: int, seed: int, template_visits: int, bands: str
+    ctx: click.Context,
+    visits: int,
+    detectors: int,
+    size: int,
+    seed: int,
+    template_visits: int,
+    bands: str,
+    process: bool,
+    workers: int | None,
 ) -> None:
     """Simulate a night of one field: raws archived into the Data Backbone (LSSTCamSim), master bias and
     flat per detector, a template per detector and band, and the truth of every injected source."""
@@ -74,3 +89,7 @@ def night_simulate(
     click.echo("  sources: " + ", ".join(f"{counts[k]} {k}" for k in sorted(counts)))
     click.echo(f"  calibrations: {result.calib_run}; templates: {result.template_run}")
     click.echo(f"  truth: {result.truth_path}")
+    if process:
+        from dms.services.prompt.night import process_night
+
+        process_night(deployment, result, workers=workers, echo=click.echo)

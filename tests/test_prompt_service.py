@@ -95,7 +95,7 @@ def test_a_visit_end_to_end_over_http(
         assert packet[kind] is not None and packet[kind][:6] == b"SIMPLE"
     for detector in field.detectors:
         hdus = backbone.get(DIFFERENCE, {"instrument": INSTRUMENT, "visit": visit, "detector": detector})
-        assert hdus[0].data.shape == (256, 256) and hdus[0].header["VISIT"] == visit
+        assert hdus["IMAGE"].data.shape == (256, 256) and hdus[0].header["VISIT"] == visit
     metrics = {
         r[0]
         for r in _rows(prompt_deployment, "SELECT DISTINCT metric FROM dms.qc_measurement WHERE visit = %s", (visit,))

@@ -159,23 +159,11 @@ def _cutouts(result: DetectorResult, processed: ProcessedDetector, size: int) ->
 
 
 def exposure_fits(exposure: Exposure) -> bytes:
-    """An Exposure as a FITS file: the image (with its WCS and identity) and VARIANCE and MASK extensions."""
-    header = exposure.wcs.to_header() if exposure.wcs is not None else fits.Header()
-    header["VISIT"] = exposure.visit
-    header["DETECTOR"] = exposure.detector
-    header["BAND"] = exposure.band
-    header["MJD-TAI"] = exposure.mjd_tai
-    header["PSFFWHM"] = (exposure.psf_fwhm_pixels, "PSF FWHM, pixels")
-    header["BUNIT"] = "nJy"
-    hdus = fits.HDUList(
-        [
-            fits.PrimaryHDU(np.asarray(exposure.image, np.float32), header=header),
-            fits.ImageHDU(np.asarray(exposure.variance, np.float32), name="VARIANCE"),
-            fits.ImageHDU(np.asarray(exposure.mask, np.int32), name="MASK"),
-        ]
-    )
+    """An Exposure as the payload's FITS layout (IMAGE, VARIANCE, MASK with the WCS and identity)."""
+    from dms.services.prompt.payload.fitsio import exposure_to_hdus
+
     buffer = io.BytesIO()
-    hdus.writeto(buffer)
+    exposure_to_hdus(exposure, "difference").writeto(buffer)
     return buffer.getvalue()
 
 
@@ -188,6 +176,22 @@ class WorkerPool(Protocol):
     def run(self, payload: Payload, works: Sequence[DetectorWork]) -> Iterator[DetectorOutput]: ...
 
     def close(self) -> None: ...
+
+
+#: Modules a worker imports when it starts (the payload's, and what the cutouts need).
+WARM_MODULES = ("dms.services.prompt.ap_payload", "dms.services.alerts.cutouts", "astropy.nddata")
+
+
+def _import_modules(modules: tuple[str, ...]) -> int:
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+    time.sleep(0.2)  # hold this worker so the pool starts the others too
+    return os.getpid()
 
 
 class LocalPool:
@@ -203,6 +207,13 @@ class LocalPool:
             context = multiprocessing.get_context("spawn")
             self._executor = ProcessPoolExecutor(self.workers, mp_context=context)
         return self._executor
+
+    def warm(self, modules: Sequence[str] = WARM_MODULES) -> None:
+        """Start every worker and import the payload's modules there, so the first visit does not wait for
+        process start-up and imports (seconds each)."""
+        pool = self._pool()
+        for future in [pool.submit(_import_modules, tuple(modules)) for _ in range(self.workers)]:
+            future.result()
 
     def run(self, payload: Payload, works: Sequence[DetectorWork]) -> Iterator[DetectorOutput]:
         pool = self._pool()

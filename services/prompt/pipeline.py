@@ -365,9 +365,12 @@ class VisitProcessor:
             if det not in archived:
                 cutouts = _cutouts_for(batch, good.get(det))
                 packets = batch_packets(batch, objects, history, forced, cutouts)
-                archive_batch(self.backbone, event.visit, det, batch, packets)
+                self._archive(event, det, batch, packets)
             total += len(batch)
         return total
+
+    def _archive(self, event: NextVisit, detector: int, batch: pd.DataFrame, packets: list[bytes]) -> None:
+        archive_batch(self.backbone, event.visit, detector, batch, packets)
 
     def _archived_detectors(self, visit: int) -> set[int]:
         import sqlalchemy as sa
@@ -387,23 +390,12 @@ class VisitProcessor:
         timings: Mapping[str, float],
     ) -> None:
         per_detector = {d: o.result.metrics for d, o in good.items() if o.result is not None}
+        rows: list[tuple[str, float, Mapping[str, Any]]] = []
         for detector, metrics in per_detector.items():
-            named = {qc.metric_name(k): v for k, v in metrics.items()}
-            qc.record(self.deployment, event.instrument, event.visit, named, {"detector": detector})
-        qc.record(
-            self.deployment,
-            event.instrument,
-            event.visit,
-            qc.visit_metrics(per_detector, n_sources, n_alerts),
-        )
-        for step, seconds in timings.items():
-            qc.record(
-                self.deployment,
-                event.instrument,
-                event.visit,
-                {"prompt_step_seconds": seconds},
-                {"step": step},
-            )
+            rows += [(qc.metric_name(k), v, {"detector": detector}) for k, v in metrics.items()]
+        rows += [(k, v, {}) for k, v in qc.visit_metrics(per_detector, n_sources, n_alerts).items()]
+        rows += [("prompt_step_seconds", seconds, {"step": step}) for step, seconds in timings.items()]
+        qc.record_many(self.deployment, event.instrument, event.visit, rows)
 
     # -- calibration ---------------------------------------------------------------------------------------
 

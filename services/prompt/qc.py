@@ -10,7 +10,7 @@ Metrics are registered on first use, with a unit guessed from the metric's name.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -82,13 +82,24 @@ def record(
     data_id: Mapping[str, Any] | None = None,
 ) -> int:
     """Insert visit-scope measurements (metric -> value; NaN skipped); returns how many."""
+    return record_many(deployment, instrument, visit, [(m, v, data_id or {}) for m, v in values.items()])
+
+
+def record_many(
+    deployment: Deployment,
+    instrument: str,
+    visit: int,
+    rows: Sequence[tuple[str, float, Mapping[str, Any]]],
+) -> int:
+    """Insert (metric, value, data_id) visit-scope measurements over one connection; NaN values skipped."""
     written = 0
     with connect(deployment) as conn:
         ensure_instrument(conn, instrument)
-        for metric, value in values.items():
+        for metric in sorted({m for m, _, _ in rows}):
+            ensure_metric(conn, metric)
+        for metric, value, data_id in rows:
             if value is None or not np.isfinite(float(value)):
                 continue
-            ensure_metric(conn, metric)
             api.insert_measurement(
                 conn,
                 api.Measurement(
@@ -97,7 +108,7 @@ def record(
                     scope="visit",
                     instrument=instrument,
                     visit=int(visit),
-                    data_id=dict(data_id or {}),
+                    data_id=dict(data_id),
                 ),
             )
             written += 1

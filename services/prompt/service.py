@@ -73,6 +73,9 @@ class PromptService:
             PipelineConfig(self.config.association_radius_arcsec, self.config.cutout_size),
         )
         self.visits = VisitStore(deployment)
+        warm = getattr(self.pool, "warm", None)
+        if warm is not None:
+            warm()
         self._prefetching: dict[int, Future[Prefetched]] = {}
         self._done: dict[int, Future[VisitOutcome]] = {}
         self._lock = threading.Lock()

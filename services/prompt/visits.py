@@ -26,7 +26,7 @@ BANDS = ("u", "g", "r", "i", "z", "y")
 MODES = ("science", "calibration")
 #: States from which a visit-ready (or an offline redo) may start processing.
 PROMPT_CLAIMABLE = ("expected",)
-OFFLINE_CLAIMABLE = ("expected", "failed", "cancelled", "late", "processing")
+OFFLINE_CLAIMABLE = ("expected", "failed", "cancelled", "late")
 
 
 class NextVisit(BaseModel):
@@ -362,7 +362,7 @@ class VisitStore:
             rows = conn.execute(
                 sa.text(
                     "SELECT visit FROM dms.prompt_visit WHERE state IN ('failed', 'cancelled', 'late') "
-                    "AND coalesce(visit_ready_at, next_visit_at) >= CURRENT_TIMESTAMP - make_interval(hours => :h) "
+                    "AND coalesce(visit_ready_at, next_visit_at) >= CURRENT_TIMESTAMP - make_interval(secs => :h * 3600) "
                     "ORDER BY mjd_tai NULLS LAST, visit"
                 ),
                 {"h": float(within_hours)},

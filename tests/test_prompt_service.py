@@ -141,3 +141,107 @@ def _rows(deployment: Deployment, query: str, params: tuple[object, ...] = ()) -
 
 def _sources(deployment: Deployment, visit: int) -> np.ndarray:
     return np.array(_rows(deployment, 'SELECT ra, dec FROM apdb."DiaSource" WHERE visit = %s', (visit,)), float)
+
+
+def test_malformed_events_are_refused_with_a_message(base_url: str, backbone: Backbone) -> None:
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        cases = [
+            ("/next-visit", b"{not json", 400, "not JSON"),
+            ("/next-visit", b"[1, 2]", 400, "JSON object"),
+            ("/next-visit", b'{"visit": 1, "band": "q", "ra": 1, "dec": 1, "mjd_tai": 61000, "detectors": [0]}', 400, "band"),
+            ("/next-visit", b'{"visit": 1, "band": "r", "ra": 400, "dec": 1, "mjd_tai": 61000, "detectors": [0]}', 400, "ra"),
+            ("/next-visit", b'{"visit": 1, "band": "r", "ra": 1, "dec": 1, "mjd_tai": 61000, "detectors": [0, 0]}', 400, "twice"),
+            ("/next-visit", b'{"visit": 1, "band": "r", "ra": 1, "dec": 1, "detectors": [0]}', 400, "mjd_tai"),
+            ("/next-visit", b'{"visit": 1, "sql": "DROP TABLE dms.alert", "detectors": [0]}', 400, "sql"),
+            ("/next-visit", b'{"visit": 1, "detectors": [' + b"1," * 40000 + b"1]}", 400, "exceeds"),
+            ("/visit-ready", b'{"visit": "1; DROP TABLE dms.alert"}', 400, "integer"),
+            ("/visit-ready", b'{"visit": 987654321}', 404, "no next-visit"),
+        ]
+        for path, body, status, words in cases:
+            response = client.post(path, content=body, headers={"content-type": "application/json"})
+            assert response.status_code == status, (path, body[:60], response.text)
+            assert words in response.json()["error"], (body[:60], response.json())
+        assert client.get("/visits/abc").status_code == 400
+        assert client.get("/visits/987654321").status_code == 404
+    assert count(backbone.deployment, "SELECT count(*) FROM dms.prompt_visit") == 0
+
+
+def test_bad_detector_inputs_are_recorded_and_the_rest_of_the_visit_goes_on(
+    service: PromptService, backbone: Backbone, prompt_deployment: Deployment
+) -> None:
+    """Detector 5 has no template, detector 6 a corrupt raw; in another field every bias is missing."""
+    field = make_field(backbone, 152.0, 2.0, (0, 1, 6), seed=3)
+    visit = next(VISITS)
+    observe(backbone, field, visit, detectors=(0, 1))
+    corrupt = prompt_deployment.data_dir / "corrupt.fits"
+    corrupt.write_bytes(b"SIMPLE  =                    T" + b"\0" * 100)  # a truncated header
+    backbone.put(corrupt, "prompt_test_science", {"instrument": INSTRUMENT, "visit": visit, "detector": 6}, run="prompt/test")
+    service.next_visit(field.event(visit, MJD, detectors=(0, 1, 5, 6)))
+    service.visit_ready(visit)
+    outcome = service.wait(visit)
+    record = service.status(visit)
+    assert outcome.state == record.state == "done"
+    assert "no template" in record.detectors[5]["error"] and record.detectors[5]["state"] == "failed"
+    assert "not a readable FITS" in record.detectors[6]["error"]
+    assert record.detectors[0]["state"] == record.detectors[1]["state"] == "done"
+    assert "detector 5" in (record.error or "") and "detector 6" in (record.error or "")
+    stored = {r[0] for r in _rows(prompt_deployment, 'SELECT DISTINCT detector FROM apdb."DiaSource" WHERE visit = %s', (visit,))}
+    assert stored == {0, 1}
+
+    no_bias = make_field(backbone, 153.0, 2.0, (0,), seed=4, bias=False)
+    other = next(VISITS)
+    observe(backbone, no_bias, other)
+    service.next_visit(no_bias.event(other, MJD))
+    service.visit_ready(other)
+    service.wait(other)
+    record = service.status(other)
+    assert "no calibration (bias)" in record.detectors[0]["error"]
+    assert record.n_dia_sources == 0
+    assert count(prompt_deployment, 'SELECT count(*) FROM apdb."DiaSource" WHERE visit = %s', (other,)) == 0
+
+
+def test_calibration_frames_become_qc_metrics_that_raise_alarms(
+    service: PromptService, backbone: Backbone, prompt_deployment: Deployment
+) -> None:
+    import psycopg
+
+    from dms.loaders.qc import api
+    from dms.services.archiver.ingest import RAW, RAW_DIMENSIONS, raw_run
+    from dms.services.prompt import qc
+    from dms.services.prompt.calibration import frame_bytes
+    from dms.services.prompt.visits import NextVisit
+    from prompt_support import conninfo
+
+    visit = next(VISITS)
+    rng = np.random.default_rng(11)
+    frames = {}
+    for detector, hot in ((0, 3), (1, 40)):
+        image = rng.normal(1000.0, 8.0, (200, 200))
+        where = rng.choice(image.size, hot, replace=False)
+        image.flat[where] = 5000.0
+        frames[detector] = image
+        path = prompt_deployment.data_dir / f"bias_{detector}.fits"
+        path.write_bytes(frame_bytes(image.astype(np.float32), {"IMGTYPE": "BIAS"}))
+        data_id = {"instrument": INSTRUMENT, "exposure": visit, "detector": detector}
+        backbone.put(path, RAW, data_id, run=raw_run(INSTRUMENT), dimensions=RAW_DIMENSIONS)
+    with psycopg.connect(conninfo(prompt_deployment), autocommit=True) as conn:
+        qc.ensure_metric(conn, "calib_bias_hot_pixels")
+        if not any(t["name"] == "bias-hot-pixels" for t in api.list_thresholds(conn)):
+            api.add_threshold(conn, "bias-hot-pixels", "calib_bias_hot_pixels", "<=", 10, "", "minimum")
+    service.next_visit(NextVisit(visit=visit, instrument=INSTRUMENT, mode="calibration", detectors=(0, 1)))
+    service.visit_ready(visit)
+    assert service.wait(visit).state == "done"
+    rows = _rows(
+        prompt_deployment,
+        "SELECT metric, (data_id->>'detector')::int, value FROM dms.qc_measurement WHERE visit = %s",
+        (visit,),
+    )
+    values = {(m, d): v for m, d, v in rows}
+    for detector, hot in ((0, 3), (1, 40)):
+        clean = np.delete(frames[detector].ravel(), np.flatnonzero(frames[detector].ravel() == 5000.0))
+        assert values["calib_bias_hot_pixels", detector] == hot
+        assert values["calib_bias_mean_adu", detector] == pytest.approx(clean.mean(), abs=0.1)
+        assert values["calib_bias_std_adu", detector] == pytest.approx(clean.std(), rel=0.03)
+    with psycopg.connect(conninfo(prompt_deployment), autocommit=True) as conn:
+        alarms = [a for a in api.list_alarms(conn, active=True) if a["threshold"] == "bias-hot-pixels"]
+    assert len(alarms) == 1 and alarms[0]["data_id"].get("detector") == 1

@@ -259,7 +259,7 @@ class VisitProcessor:
                 self._put_differences(event, good)
             with _timed(timings, "apdb_store"):
                 writable = self._drop_later_versions(objects, float(visit_time.tai.mjd))
-                self.apdb.store(visit_time, writable, sources, forced)
+                self.apdb.store(visit_time, writable, sources if len(sources) else None, forced)
         with _timed(timings, "alerts"):
             n_alerts = self._alerts(event, visit_time, sources, objects, good)
         with _timed(timings, "qc"):
@@ -453,13 +453,11 @@ def _no_sources() -> pd.DataFrame:
 
 
 def _no_objects() -> pd.DataFrame:
-    return pa.table(
-        {
-            "diaObjectId": pa.array([], pa.int64()),
-            "ra": pa.array([], pa.float64()),
-            "dec": pa.array([], pa.float64()),
-        }
-    ).to_pandas()
+    """An empty DiaObject frame with every column a store needs (a visit without DiaSources)."""
+    fixed = {"validityStartMjdTai", "validityEndMjdTai", "_healpix_29"}
+    table = apdb_table("DiaObject").schema.empty_table()
+    frame: pd.DataFrame = table.select([c for c in table.column_names if c not in fixed]).to_pandas()
+    return frame
 
 
 def _before(frame: pd.DataFrame | None, mjd: float) -> pd.DataFrame | None:

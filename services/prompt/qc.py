@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 #: Units by the end of a metric's name.
 SUFFIX_UNITS = (
+    ("_hot_pixels", ""),  # a count of pixels, not a length
     ("_arcsec", "arcsec"),
     ("_pixels", "pix"),
     ("_pix", "pix"),
@@ -64,6 +65,22 @@ def ensure_instrument(conn: psycopg.Connection[Any], instrument: str) -> None:
     )
 
 
+def ensure_detector(conn: psycopg.Connection[Any], instrument: str, detector: int) -> None:
+    """Register the detector (with the camera's name for it) so detector-scope measurements may name it."""
+    from dms.services.archiver.camera import camera
+
+    geometry = camera(instrument)
+    known = {d.id: d for d in geometry.detectors.values()} if geometry is not None else {}
+    name = known[detector].name if detector in known else f"D{detector:03d}"
+    raft, _, in_raft = name.partition("_")
+    conn.execute(
+        "INSERT INTO dms.detector (instrument, id, full_name, raft, name_in_raft, purpose) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (instrument, detector, name, raft if in_raft else None, in_raft or None,
+         known[detector].purpose.upper() if detector in known else None),
+    )
+
+
 def ensure_metric(conn: psycopg.Connection[Any], metric: str) -> None:
     if conn.execute("SELECT 1 FROM dms.qc_metric WHERE name = %s", (metric,)).fetchone():
         return
@@ -91,23 +108,28 @@ def record_many(
     visit: int,
     rows: Sequence[tuple[str, float, Mapping[str, Any]]],
 ) -> int:
-    """Insert (metric, value, data_id) visit-scope measurements over one connection; NaN values skipped."""
+    """Insert (metric, value, data_id) measurements of a visit over one connection (NaN values skipped). A
+    data ID with a detector makes a detector-scope measurement, so each detector is its own alarm series."""
     written = 0
     with connect(deployment) as conn:
         ensure_instrument(conn, instrument)
+        for detector in sorted({int(d["detector"]) for _, _, d in rows if "detector" in d}):
+            ensure_detector(conn, instrument, detector)
         for metric in sorted({m for m, _, _ in rows}):
             ensure_metric(conn, metric)
         for metric, value, data_id in rows:
             if value is None or not np.isfinite(float(value)):
                 continue
+            detector = data_id.get("detector")
             api.insert_measurement(
                 conn,
                 api.Measurement(
                     metric=metric,
                     value=float(value),
-                    scope="visit",
+                    scope="visit" if detector is None else "detector",
                     instrument=instrument,
                     visit=int(visit),
+                    detector=None if detector is None else int(detector),
                     data_id=dict(data_id),
                 ),
             )

@@ -151,7 +151,14 @@ class ProcessDetectorTask(Task[ProcessDetectorConfig, DetectorResult]):
         half, basis = basis_for(ref_sigma, target_sigma, config)
         stamp_half = int(max(half, np.ceil(2.5 * target_sigma * FWHM_PER_SIGMA / 2)))
         bad = ((science.mask | aligned.mask) & (MASK_SAT | MASK_NO_DATA | MASK_EDGE)) != 0
-        stars = _kernel_stars(ref, ref_var, bad, half + stamp_half, config.stamp_snr, config.max_stamps)
+        # stars come from the template, whichever image is convolved: a science image's brightest isolated
+        # point sources may be the very transients and movers the difference is for
+        stars = _kernel_stars(
+            tmpl_image, aligned.variance, bad, half + stamp_half, config.stamp_snr, 4 * config.max_stamps
+        )
+        stars = _consistent(stars, sci_image, tmpl_image, 2.0 * target_sigma * FWHM_PER_SIGMA)[
+            : config.max_stamps
+        ]
         kernel = fit_kernel(
             ref,
             target,
@@ -421,6 +428,32 @@ def _kernel_stars(
     chosen = np.flatnonzero(ok)
     chosen = chosen[np.argsort(-found["flux"][chosen])][:count]
     return np.stack([xs[chosen], ys[chosen]], axis=1)
+
+
+def _consistent(stars: np.ndarray, science: np.ndarray, template: np.ndarray, radius: float) -> np.ndarray:
+    """The stars whose science/template aperture-flux ratio is the common one (not variables, not blended
+    with a transient): within three robust sigmas of the median ratio."""
+    if len(stars) < 3:
+        return stars
+    rows, cols = science.shape
+    reach = int(np.ceil(radius))
+    yy, xx = np.mgrid[-reach : reach + 1, -reach : reach + 1]
+    disk = xx**2 + yy**2 <= radius**2
+    ratios = []
+    for x, y in np.round(stars).astype(int):
+        window = (slice(y - reach, y + reach + 1), slice(x - reach, x + reach + 1))
+        sci, tmpl = science[window], template[window]
+        if sci.shape != disk.shape:
+            ratios.append(np.nan)
+            continue
+        ratios.append(float(sci[disk].sum() / tmpl[disk].sum()) if tmpl[disk].sum() > 0 else np.nan)
+    ratio = np.asarray(ratios)
+    finite = np.isfinite(ratio)
+    if finite.sum() < 3:
+        return stars[finite]
+    centre = np.median(ratio[finite])
+    spread = 1.4826 * np.median(np.abs(ratio[finite] - centre)) + 0.01 * abs(centre)
+    return stars[finite & (np.abs(ratio - centre) < 3 * spread)]
 
 
 def _empty_sources() -> pd.DataFrame:

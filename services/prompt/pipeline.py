@@ -118,11 +118,7 @@ class VisitProcessor:
     def prefetch(self, event: NextVisit) -> Prefetched:
         """Templates and calibrations of every detector, and the field's current DiaObjects."""
         start = time.perf_counter()
-        known = None
-        if event.mode == "science" and event.ra is not None and event.dec is not None:
-            region = Circle(event.ra, event.dec, self.config.field_radius_deg)
-            objects = self.apdb.get_dia_objects(region)
-            known = objects[["diaObjectId", "ra", "dec"]].reset_index(drop=True)
+        known = self._known_objects(event)
         inputs: dict[int, Any] = {}
         errors: dict[int, str] = {}
         for detector in event.detectors:
@@ -131,6 +127,13 @@ class VisitProcessor:
             except DMSError as exc:
                 errors[detector] = str(exc)
         return Prefetched(known, inputs, errors, time.perf_counter() - start)
+
+    def _known_objects(self, event: NextVisit) -> pd.DataFrame | None:
+        """diaObjectId, ra, dec of the current DiaObjects of the visit's field (for forced photometry)."""
+        if event.mode != "science" or event.ra is None or event.dec is None:
+            return None
+        objects = self.apdb.get_dia_objects(Circle(event.ra, event.dec, self.config.field_radius_deg))
+        return objects[["diaObjectId", "ra", "dec"]].reset_index(drop=True)
 
     # -- after readout -------------------------------------------------------------------------------------
 
@@ -165,6 +168,9 @@ class VisitProcessor:
             if prefetched is None:
                 prefetched = self.prefetch(event)
         errors = dict(prefetched.detector_errors)
+        with _timed(timings, "known_objects"):
+            # read again now: the previous visit of the field may have been stored after the prefetch
+            known = self._known_objects(event)
         works = []
         with _timed(timings, "fetch_raw"):
             for detector in event.detectors:
@@ -181,7 +187,7 @@ class VisitProcessor:
                         detector,
                         raw,
                         prefetched.detector_inputs.get(detector),
-                        prefetched.known_objects,
+                        known,
                         self.config.cutout_size,
                     )
                 )

@@ -39,7 +39,9 @@ def night() -> None:
     show_default=True,
     help="Also run the night through the Prompt Processing service (events over HTTP, APDB, alerts).",
 )
-@click.option("--workers", type=click.IntRange(1, 256), default=None, help="Prompt worker processes (--process).")
+@click.option(
+    "--workers", type=click.IntRange(1, 256), default=None, help="Prompt worker processes (--process)."
+)
 @data_dir_option
 @click.pass_context
 @_friendly_errors
@@ -86,7 +88,7 @@ def night_simulate(
         )
     injected = result.truth[result.truth["visit"] != 0]
     counts = injected.groupby("kind")["id"].nunique().to_dict()
-    click.echo("  sources: " + ", ".join(f"{counts[k]} {k}" for k in sorted(counts)))
+    click.echo("  sources: " + ", ".join(f"{counts[k]} {k}" for k in sorted(counts, key=str)))
     click.echo(f"  calibrations: {result.calib_run}; templates: {result.template_run}")
     click.echo(f"  truth: {result.truth_path}")
     if process:

@@ -1,4 +1,4 @@
-"""`dms prompt` (the Prompt Processing service) and `dms offline` (offline redo of missed visits) (issue 13)."""
+"""`dms prompt` (the Prompt Processing service) and `dms offline` (redo of missed visits) (issue 13)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,12 @@ def _service_options(func: Any) -> Any:
         show_default=True,
         help="Where detectors run: a local process pool, or Dask (--dask-address, else a LocalCluster).",
     )(func)
-    func = click.option("--workers", type=click.IntRange(1, 256), default=None, help="Worker processes.")(func)
-    func = click.option("--dask-address", default=None, help="Dask scheduler address (tcp://host:8786).")(func)
+    func = click.option("--workers", type=click.IntRange(1, 256), default=None, help="Worker processes.")(
+        func
+    )
+    func = click.option("--dask-address", default=None, help="Dask scheduler address (tcp://host:8786).")(
+        func
+    )
     func = click.option(
         "--calib-collection",
         "calib_collections",
@@ -55,7 +59,11 @@ def prompt() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8200, show_default=True, type=int, help="TCP port to listen on.")
 @click.option(
-    "--window", type=click.FloatRange(min=1), default=60.0, show_default=True, help="Seconds a visit may take."
+    "--window",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Seconds a visit may take.",
 )
 @_service_options
 @data_dir_option
@@ -116,7 +124,11 @@ def offline() -> None:
     help="A visit unfinished this many seconds after readout is late.",
 )
 @click.option(
-    "--within", type=click.FloatRange(min=0), default=24.0, show_default=True, help="Redo visits of the last N hours."
+    "--within",
+    type=click.FloatRange(min=0),
+    default=24.0,
+    show_default=True,
+    help="Redo visits of the last N hours.",
 )
 @click.option("--daily", is_flag=True, help="Daily pass: any age, and archived exposures never announced.")
 @_service_options

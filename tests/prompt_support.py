@@ -98,20 +98,22 @@ def detector_wcs(ra0: float, dec0: float, detector: int, size: int = SIZE) -> WC
     return wcs
 
 
-def render(shape: tuple[int, int], xs: np.ndarray, ys: np.ndarray, fluxes: np.ndarray, fwhm: float) -> np.ndarray:
+def render(
+    shape: tuple[int, int], xs: np.ndarray, ys: np.ndarray, fluxes: np.ndarray, fwhm: float
+) -> np.ndarray:
     """Gaussian point sources (flux in nJy) on an empty image, each drawn on a stamp of +-4 sigma."""
     sigma = fwhm / 2.3548
     image = np.zeros(shape, np.float64)
     half = int(np.ceil(4 * sigma))
     for x, y, flux in zip(xs, ys, fluxes, strict=True):
-        x0, y0 = int(round(x)), int(round(y))
+        x0, y0 = round(x), round(y)
         ylo, yhi = max(0, y0 - half), min(shape[0], y0 + half + 1)
         xlo, xhi = max(0, x0 - half), min(shape[1], x0 + half + 1)
         if ylo >= yhi or xlo >= xhi:
             continue
         yy, xx = np.mgrid[ylo:yhi, xlo:xhi]
-        image[ylo:yhi, xlo:xhi] += flux * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2)) / (
-            2 * np.pi * sigma**2
+        image[ylo:yhi, xlo:xhi] += (
+            flux * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2)) / (2 * np.pi * sigma**2)
         )
     return image
 
@@ -140,7 +142,7 @@ class TestField:
 
 def tract_of(ra: float) -> int:
     """Each test field has templates of its own (a field's "tract": its RA in units of 0.01 deg)."""
-    return int(round(ra * 100))
+    return round(ra * 100)
 
 
 def image_fits(image: np.ndarray, wcs: WCS, **cards: Any) -> bytes:
@@ -204,8 +206,15 @@ def observe(
         )
         image += rng.normal(0, NOISE, image.shape) + 100.0
         ra, dec = wcs.pixel_to_world_values(xs, ys)
-        truth.append(pd.DataFrame({"detector": detector, "x": xs, "y": ys, "ra": ra, "dec": dec, "flux": fluxes}))
-        _put(backbone, SCIENCE, {"instrument": INSTRUMENT, "visit": visit, "detector": detector}, image_fits(image, wcs, noise=NOISE))
+        truth.append(
+            pd.DataFrame({"detector": detector, "x": xs, "y": ys, "ra": ra, "dec": dec, "flux": fluxes})
+        )
+        _put(
+            backbone,
+            SCIENCE,
+            {"instrument": INSTRUMENT, "visit": visit, "detector": detector},
+            image_fits(image, wcs, noise=NOISE),
+        )
     frame = pd.concat(truth, ignore_index=True)
     field.truth.append(frame)
     return frame
@@ -225,7 +234,9 @@ def _read_image(data: bytes, label: str) -> tuple[np.ndarray, WCS, fits.Header]:
         image = np.asarray(hdus[0].data, np.float64)
         header = hdus[0].header
     except Exception as exc:
-        raise DetectorInputError(f"{label}: not a readable FITS image ({type(exc).__name__}: {exc})") from None
+        raise DetectorInputError(
+            f"{label}: not a readable FITS image ({type(exc).__name__}: {exc})"
+        ) from None
     if image.ndim != 2:
         raise DetectorInputError(f"{label}: not a 2-d image")
     return image, WCS(header), header
@@ -252,7 +263,9 @@ class SepPayload:
         return out
 
     def fetch_raw(self, backbone: Backbone, visit: NextVisit, detector: int) -> bytes:
-        ref = backbone.find(SCIENCE, {"instrument": visit.instrument, "visit": visit.visit, "detector": detector}, [RUN])
+        ref = backbone.find(
+            SCIENCE, {"instrument": visit.instrument, "visit": visit.visit, "detector": detector}, [RUN]
+        )
         if ref is None:
             raise DetectorInputError(f"detector {detector}: no raw for visit {visit.visit}")
         try:
@@ -282,7 +295,9 @@ class SepPayload:
         found = found[order]
         n = len(found)
         radius = 1.5 * FWHM
-        flux, flux_err, _ = sep.sum_circle(np.ascontiguousarray(difference), found["x"], found["y"], radius, err=err)
+        flux, flux_err, _ = sep.sum_circle(
+            np.ascontiguousarray(difference), found["x"], found["y"], radius, err=err
+        )
         ra, dec = wcs.pixel_to_world_values(found["x"], found["y"])
         base = event.visit * 10_000_000 + work.detector * 100_000
         mjd = float(event.mjd_tai or 0.0)
@@ -336,10 +351,26 @@ class SepPayload:
             difference, variance, mask, wcs, FWHM, event.band or "r", event.visit, work.detector, mjd
         )
         science = Exposure(
-            science_image.astype(np.float32), variance, mask, wcs, FWHM, event.band or "r", event.visit, work.detector, mjd
+            science_image.astype(np.float32),
+            variance,
+            mask,
+            wcs,
+            FWHM,
+            event.band or "r",
+            event.visit,
+            work.detector,
+            mjd,
         )
         template = Exposure(
-            template_image.astype(np.float32), variance, mask, wcs, FWHM, event.band or "r", event.visit, work.detector, mjd
+            template_image.astype(np.float32),
+            variance,
+            mask,
+            wcs,
+            FWHM,
+            event.band or "r",
+            event.visit,
+            work.detector,
+            mjd,
         )
         result = DetectorResult(
             event.visit,

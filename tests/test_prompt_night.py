@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from prompt_support import count, reset
 from scipy.spatial import cKDTree
 
 from dms.deployment import Deployment
@@ -17,7 +18,6 @@ from dms.services.backbone import Backbone
 from dms.services.prompt.night import feed_night, local_service, next_visit_event
 from dms.services.prompt.simulate import simulate_night
 from dms.services.prompt.simulate.night import SimulatedNight
-from prompt_support import count, reset
 
 pytest_plugins = ["prompt_support"]
 
@@ -41,7 +41,14 @@ def test_a_simulated_night_through_the_service(prompt_deployment: Deployment, ni
         n = count(prompt_deployment, 'SELECT count(*) FROM apdb."DiaSource" WHERE visit = %s', (visit,))
         alerts = find_alerts(backbone, visit=visit)
         assert n == report.n_dia_sources == len(alerts) == alerts.alert_id.nunique()
-        for step in ("payload", "association", "apdb_store", "alerts", "payload.psf_match", "payload.isr.calibrate"):
+        for step in (
+            "payload",
+            "association",
+            "apdb_store",
+            "alerts",
+            "payload.psf_match",
+            "payload.isr.calibrate",
+        ):
             assert step in report.timings
         found = np.array(
             _rows(prompt_deployment, 'SELECT ra, dec FROM apdb."DiaSource" WHERE visit = %s', (visit,)), float
@@ -57,7 +64,10 @@ def test_a_simulated_night_through_the_service(prompt_deployment: Deployment, ni
         assert packet["cutoutDifference"] is not None and packet["cutoutScience"] is not None
     # the field's DiaObjects known before the second visit were measured on it
     second = reports[1].visit
-    assert count(prompt_deployment, 'SELECT count(*) FROM apdb."DiaForcedSource" WHERE visit = %s', (second,)) > 0
+    assert (
+        count(prompt_deployment, 'SELECT count(*) FROM apdb."DiaForcedSource" WHERE visit = %s', (second,))
+        > 0
+    )
 
 
 def test_an_unknown_detector_is_an_error_for_that_detector(
@@ -84,7 +94,6 @@ def test_an_unknown_detector_is_an_error_for_that_detector(
 
 def _rows(deployment: Deployment, query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
     import psycopg
-
     from prompt_support import conninfo
 
     with psycopg.connect(conninfo(deployment)) as conn:

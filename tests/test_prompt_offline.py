@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pandas as pd
 import pytest
+from prompt_support import SepPayload, count, make_field, observe, reset
 
 from dms.deployment import Deployment
 from dms.services.backbone import Backbone
@@ -19,7 +20,6 @@ from dms.services.prompt.payloads import LocalPool
 from dms.services.prompt.pipeline import VisitProcessor
 from dms.services.prompt.service import PromptService
 from dms.services.prompt.visits import NextVisit, VisitStore
-from prompt_support import SepPayload, count, make_field, observe, reset
 
 pytest_plugins = ["prompt_support"]
 
@@ -41,7 +41,9 @@ def backbone(prompt_deployment: Deployment) -> Backbone:
     return Backbone(prompt_deployment)
 
 
-def _offline(deployment: Deployment, pool: LocalPool, processor_class: type[VisitProcessor] = VisitProcessor) -> VisitProcessor:
+def _offline(
+    deployment: Deployment, pool: LocalPool, processor_class: type[VisitProcessor] = VisitProcessor
+) -> VisitProcessor:
     return processor_class(deployment, {"science": SepPayload(), "calibration": CalibrationPayload()}, pool)
 
 
@@ -49,7 +51,11 @@ def _counts(deployment: Deployment, visit: int) -> tuple[int, int, int, int]:
     """DiaSources, distinct DiaSource ids, alerts and distinct alert ids of a visit."""
     return (
         count(deployment, 'SELECT count(*) FROM apdb."DiaSource" WHERE visit = %s', (visit,)),
-        count(deployment, 'SELECT count(DISTINCT "diaSourceId") FROM apdb."DiaSource" WHERE visit = %s', (visit,)),
+        count(
+            deployment,
+            'SELECT count(DISTINCT "diaSourceId") FROM apdb."DiaSource" WHERE visit = %s',
+            (visit,),
+        ),
         count(deployment, "SELECT count(*) FROM dms.alert WHERE visit = %s", (visit,)),
         count(deployment, "SELECT count(DISTINCT alert_id) FROM dms.alert WHERE visit = %s", (visit,)),
     )
@@ -125,7 +131,9 @@ def test_a_failure_after_the_store_is_redone_with_only_the_missing_alerts(
     assert report.outcomes[0].state == "done" and report.outcomes[0].redone_from_store
     after = _counts(prompt_deployment, visit)
     assert after == (n, n, n, n)  # every DiaSource once, and now every alert, once
-    assert count(prompt_deployment, 'SELECT count(*) FROM apdb."DiaObject"') == objects_before  # no new versions
+    assert (
+        count(prompt_deployment, 'SELECT count(*) FROM apdb."DiaObject"') == objects_before
+    )  # no new versions
 
 
 def test_a_visit_past_its_window_is_marked_late_and_redone(

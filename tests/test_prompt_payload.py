@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
+from night_support import INJECTED, Night, Processed
 from scipy.signal import fftconvolve
 from scipy.spatial import cKDTree
 
@@ -32,7 +33,6 @@ from dms.services.prompt.payload.kernel import KernelConfig, basis_for, fit_kern
 from dms.services.prompt.payload.process import ProcessDetectorTask, _kernel_stars
 from dms.services.prompt.payload.psf import FWHM_PER_SIGMA
 from dms.tasks import TaskError, lookup_task, run_task
-from night_support import INJECTED, Night, Processed
 
 pytest_plugins = ["night_support"]  # the simulated night and the payload's results on it
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
+from prompt_support import INSTRUMENT, SepPayload, count, make_field, observe, reset
 from scipy.spatial import cKDTree
 
 from dms.deployment import Deployment
@@ -21,7 +22,6 @@ from dms.services.prompt.payloads import LocalPool
 from dms.services.prompt.pipeline import DIFFERENCE
 from dms.services.prompt.service import PromptService
 from dms.services.vo.server import serve_in_thread
-from prompt_support import INSTRUMENT, SepPayload, count, make_field, observe, reset
 
 pytest_plugins = ["prompt_support"]
 
@@ -48,7 +48,9 @@ def backbone(prompt_deployment: Deployment) -> Backbone:
     return Backbone(prompt_deployment)
 
 
-def _match(found_ra: np.ndarray, found_dec: np.ndarray, ra: np.ndarray, dec: np.ndarray, arcsec: float) -> np.ndarray:
+def _match(
+    found_ra: np.ndarray, found_dec: np.ndarray, ra: np.ndarray, dec: np.ndarray, arcsec: float
+) -> np.ndarray:
     """For each truth position, whether a found position lies within `arcsec` (flat-sky KD-tree)."""
     scale = np.cos(np.radians(np.mean(dec)))
     tree = cKDTree(np.column_stack([found_ra * scale, found_dec]))
@@ -90,7 +92,10 @@ def test_a_visit_end_to_end_over_http(
     alerts = find_alerts(backbone, visit=visit)
     assert len(alerts) == n == status["n_alerts"]
     packet = deserialize(read_packet(backbone, int(alerts.alert_id.iloc[0])))
-    assert packet["diaSource"]["visit"] == visit and packet["diaObject"]["diaObjectId"] == packet["diaSource"]["diaObjectId"]
+    assert (
+        packet["diaSource"]["visit"] == visit
+        and packet["diaObject"]["diaObjectId"] == packet["diaSource"]["diaObjectId"]
+    )
     for kind in ("cutoutScience", "cutoutTemplate", "cutoutDifference"):
         assert packet[kind] is not None and packet[kind][:6] == b"SIMPLE"
     for detector in field.detectors:
@@ -98,7 +103,9 @@ def test_a_visit_end_to_end_over_http(
         assert hdus["IMAGE"].data.shape == (256, 256) and hdus[0].header["VISIT"] == visit
     metrics = {
         r[0]
-        for r in _rows(prompt_deployment, "SELECT DISTINCT metric FROM dms.qc_measurement WHERE visit = %s", (visit,))
+        for r in _rows(
+            prompt_deployment, "SELECT DISTINCT metric FROM dms.qc_measurement WHERE visit = %s", (visit,)
+        )
     }
     assert {"prompt_psf_fwhm_arcsec", "prompt_n_dia_sources", "prompt_step_seconds"} <= metrics
 
@@ -118,13 +125,15 @@ def test_second_visit_associates_and_forces_photometry(
         assert service.wait(visit).state == "done"
     n_first = count(prompt_deployment, 'SELECT count(*) FROM apdb."DiaSource" WHERE visit = %s', (first,))
     n_second = count(prompt_deployment, 'SELECT count(*) FROM apdb."DiaSource" WHERE visit = %s', (second,))
-    current = count(prompt_deployment, 'SELECT count(*) FROM apdb."DiaObject" WHERE "validityEndMjdTai" IS NULL')
-    assert current <= max(n_first, n_second) + 2  # the second visit's sources joined the first's objects
-    twice = count(
-        prompt_deployment, 'SELECT count(*) FROM apdb."DiaObjectLast" WHERE "nDiaSources" = 2'
+    current = count(
+        prompt_deployment, 'SELECT count(*) FROM apdb."DiaObject" WHERE "validityEndMjdTai" IS NULL'
     )
+    assert current <= max(n_first, n_second) + 2  # the second visit's sources joined the first's objects
+    twice = count(prompt_deployment, 'SELECT count(*) FROM apdb."DiaObjectLast" WHERE "nDiaSources" = 2')
     assert twice >= 0.9 * min(n_first, n_second)
-    forced = count(prompt_deployment, 'SELECT count(*) FROM apdb."DiaForcedSource" WHERE visit = %s', (second,))
+    forced = count(
+        prompt_deployment, 'SELECT count(*) FROM apdb."DiaForcedSource" WHERE visit = %s', (second,)
+    )
     assert forced == n_first  # every DiaObject known before the second visit lies on its detectors
     history = deserialize(read_packet(backbone, int(find_alerts(backbone, visit=second).alert_id.iloc[0])))
     assert history["prvDiaSources"] and history["prvDiaSources"][0]["visit"] == first
@@ -132,7 +141,6 @@ def test_second_visit_associates_and_forces_photometry(
 
 def _rows(deployment: Deployment, query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
     import psycopg
-
     from prompt_support import conninfo
 
     with psycopg.connect(conninfo(deployment)) as conn:
@@ -140,7 +148,9 @@ def _rows(deployment: Deployment, query: str, params: tuple[object, ...] = ()) -
 
 
 def _sources(deployment: Deployment, visit: int) -> np.ndarray:
-    return np.array(_rows(deployment, 'SELECT ra, dec FROM apdb."DiaSource" WHERE visit = %s', (visit,)), float)
+    return np.array(
+        _rows(deployment, 'SELECT ra, dec FROM apdb."DiaSource" WHERE visit = %s', (visit,)), float
+    )
 
 
 def test_malformed_events_are_refused_with_a_message(base_url: str, backbone: Backbone) -> None:
@@ -148,10 +158,30 @@ def test_malformed_events_are_refused_with_a_message(base_url: str, backbone: Ba
         cases = [
             ("/next-visit", b"{not json", 400, "not JSON"),
             ("/next-visit", b"[1, 2]", 400, "JSON object"),
-            ("/next-visit", b'{"visit": 1, "band": "q", "ra": 1, "dec": 1, "mjd_tai": 61000, "detectors": [0]}', 400, "band"),
-            ("/next-visit", b'{"visit": 1, "band": "r", "ra": 400, "dec": 1, "mjd_tai": 61000, "detectors": [0]}', 400, "ra"),
-            ("/next-visit", b'{"visit": 1, "band": "r", "ra": 1, "dec": 1, "mjd_tai": 61000, "detectors": [0, 0]}', 400, "twice"),
-            ("/next-visit", b'{"visit": 1, "band": "r", "ra": 1, "dec": 1, "detectors": [0]}', 400, "mjd_tai"),
+            (
+                "/next-visit",
+                b'{"visit": 1, "band": "q", "ra": 1, "dec": 1, "mjd_tai": 61000, "detectors": [0]}',
+                400,
+                "band",
+            ),
+            (
+                "/next-visit",
+                b'{"visit": 1, "band": "r", "ra": 400, "dec": 1, "mjd_tai": 61000, "detectors": [0]}',
+                400,
+                "ra",
+            ),
+            (
+                "/next-visit",
+                b'{"visit": 1, "band": "r", "ra": 1, "dec": 1, "mjd_tai": 61000, "detectors": [0, 0]}',
+                400,
+                "twice",
+            ),
+            (
+                "/next-visit",
+                b'{"visit": 1, "band": "r", "ra": 1, "dec": 1, "detectors": [0]}',
+                400,
+                "mjd_tai",
+            ),
             ("/next-visit", b'{"visit": 1, "sql": "DROP TABLE dms.alert", "detectors": [0]}', 400, "sql"),
             ("/next-visit", b'{"visit": 1, "detectors": [' + b"1," * 40000 + b"1]}", 400, "exceeds"),
             ("/visit-ready", b'{"visit": "1; DROP TABLE dms.alert"}', 400, "integer"),
@@ -175,7 +205,12 @@ def test_bad_detector_inputs_are_recorded_and_the_rest_of_the_visit_goes_on(
     observe(backbone, field, visit, detectors=(0, 1))
     corrupt = prompt_deployment.data_dir / "corrupt.fits"
     corrupt.write_bytes(b"SIMPLE  =                    T" + b"\0" * 100)  # a truncated header
-    backbone.put(corrupt, "prompt_test_science", {"instrument": INSTRUMENT, "visit": visit, "detector": 6}, run="prompt/test")
+    backbone.put(
+        corrupt,
+        "prompt_test_science",
+        {"instrument": INSTRUMENT, "visit": visit, "detector": 6},
+        run="prompt/test",
+    )
     service.next_visit(field.event(visit, MJD, detectors=(0, 1, 5, 6)))
     service.visit_ready(visit)
     outcome = service.wait(visit)
@@ -185,7 +220,12 @@ def test_bad_detector_inputs_are_recorded_and_the_rest_of_the_visit_goes_on(
     assert "not a readable FITS" in record.detectors[6]["error"]
     assert record.detectors[0]["state"] == record.detectors[1]["state"] == "done"
     assert "detector 5" in (record.error or "") and "detector 6" in (record.error or "")
-    stored = {r[0] for r in _rows(prompt_deployment, 'SELECT DISTINCT detector FROM apdb."DiaSource" WHERE visit = %s', (visit,))}
+    stored = {
+        r[0]
+        for r in _rows(
+            prompt_deployment, 'SELECT DISTINCT detector FROM apdb."DiaSource" WHERE visit = %s', (visit,)
+        )
+    }
     assert stored == {0, 1}
 
     no_bias = make_field(backbone, 153.0, 2.0, (0,), seed=4, bias=False)
@@ -204,13 +244,13 @@ def test_calibration_frames_become_qc_metrics_that_raise_alarms(
     service: PromptService, backbone: Backbone, prompt_deployment: Deployment
 ) -> None:
     import psycopg
+    from prompt_support import conninfo
 
     from dms.loaders.qc import api
     from dms.services.archiver.ingest import RAW, RAW_DIMENSIONS, raw_run
     from dms.services.prompt import qc
     from dms.services.prompt.calibration import frame_bytes
     from dms.services.prompt.visits import NextVisit
-    from prompt_support import conninfo
 
     visit = next(VISITS)
     rng = np.random.default_rng(11)

@@ -76,7 +76,9 @@ class AlertProductionPayload:
         data_id = {"visit": work.visit.visit, "detector": work.detector}
         inputs = work.prefetched or {}
         calibs = {kind: _hdus(inputs.get(kind)) for kind in (BIAS, FLAT)}
-        isr = run_task(IsrTask, self.isr_config, data_id=data_id, raw=work.raw, bias=calibs[BIAS], flat=calibs[FLAT])
+        isr = run_task(
+            IsrTask, self.isr_config, data_id=data_id, raw=work.raw, bias=calibs[BIAS], flat=calibs[FLAT]
+        )
         science = isr.result
         assert science is not None
         template_hdus = _hdus(inputs.get(TEMPLATE))

@@ -31,7 +31,9 @@ IMAGE_TYPES = ("bias", "dark", "flat")
 
 class CalibrationQCConfig(TaskConfig):
     sigma: float = Field(default=3.0, gt=0, description="Clipping threshold of the mean and std, in sigmas.")
-    hot_sigma: float = Field(default=5.0, gt=0, description="A hot pixel lies this many sigmas above the mean.")
+    hot_sigma: float = Field(
+        default=5.0, gt=0, description="A hot pixel lies this many sigmas above the mean."
+    )
 
 
 @register_task
@@ -41,7 +43,7 @@ class CalibrationQCTask(Task[CalibrationQCConfig, dict[str, float]]):
     name = "prompt.calibration_qc"
     ConfigClass = CalibrationQCConfig
 
-    def run(self, image: np.ndarray, image_type: str) -> dict[str, float]:  # type: ignore[override]
+    def run(self, image: np.ndarray, image_type: str) -> dict[str, float]:
         with self.timed("statistics"):
             data = np.asarray(image, dtype=np.float64)
             finite = data[np.isfinite(data)]
@@ -71,7 +73,8 @@ def frame_image(raw: bytes, label: str) -> tuple[np.ndarray, str]:
     kind = str(header.get("IMGTYPE") or header.get("OBSTYPE") or "").strip().lower()
     if kind not in IMAGE_TYPES:
         raise DetectorInputError(
-            f"{label}: IMGTYPE/OBSTYPE {kind or '(none)'!r} is not a calibration frame ({', '.join(IMAGE_TYPES)})"
+            f"{label}: IMGTYPE/OBSTYPE {kind or '(none)'!r} is not a calibration frame "
+            f"({', '.join(IMAGE_TYPES)})"
         )
     return np.asarray(image), kind
 
@@ -92,7 +95,9 @@ class CalibrationPayload:
         try:
             ref = backbone.find(RAW, data_id, [raw_run(visit.instrument)])
             if ref is None:
-                raise DetectorInputError(f"no raw of {visit.instrument} exposure {visit.visit} detector {detector}")
+                raise DetectorInputError(
+                    f"no raw of {visit.instrument} exposure {visit.visit} detector {detector}"
+                )
             data: bytes = backbone.read_bytes(ref)
         except BackboneError as exc:
             raise DetectorInputError(f"detector {detector}: {exc}") from None
@@ -102,8 +107,11 @@ class CalibrationPayload:
         label = f"visit {work.visit.visit} detector {work.detector}"
         image, kind = frame_image(work.raw, label)
         run = run_task(
-            CalibrationQCTask, self.config, data_id={"visit": work.visit.visit, "detector": work.detector},
-            image=image, image_type=kind,
+            CalibrationQCTask,
+            self.config,
+            data_id={"visit": work.visit.visit, "detector": work.detector},
+            image=image,
+            image_type=kind,
         )
         assert run.result is not None
         result = DetectorResult(

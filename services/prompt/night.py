@@ -131,7 +131,7 @@ def process_night(
     workers: int | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> list[VisitReport]:
-    """Run a simulated night through a local prompt service and summarise it (`dms night simulate --process`)."""
+    """A simulated night through a local prompt service, summarised (`dms night simulate --process`)."""
     import numpy as np
 
     say = echo or (lambda _text: None)

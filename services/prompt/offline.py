@@ -46,12 +46,15 @@ def unannounced_exposures(deployment: Deployment) -> list[NextVisit]:
     query = sa.text(
         "SELECT e.instrument, e.id, f.band, e.tracking_ra, e.tracking_dec, e.timespan_begin, e.timespan_end, "
         "array_agg(DISTINCT (d.data_id->>'detector')::int) AS detectors "
-        "FROM dms.exposure e JOIN dms.physical_filter f ON f.instrument = e.instrument AND f.name = e.physical_filter "
+        "FROM dms.exposure e JOIN dms.physical_filter f "
+        "ON f.instrument = e.instrument AND f.name = e.physical_filter "
         "JOIN dms.dataset d ON d.dataset_type = 'raw' AND d.data_id->>'instrument' = e.instrument "
         "AND (d.data_id->>'exposure')::bigint = e.id "
-        "WHERE e.observation_type IN ('science', 'object') AND e.tracking_ra IS NOT NULL AND f.band IS NOT NULL "
+        "WHERE e.observation_type IN ('science', 'object') AND e.tracking_ra IS NOT NULL "
+        "AND f.band IS NOT NULL "
         "AND NOT EXISTS (SELECT 1 FROM dms.prompt_visit p WHERE p.visit = e.id) "
-        "GROUP BY e.instrument, e.id, f.band, e.tracking_ra, e.tracking_dec, e.timespan_begin, e.timespan_end "
+        "GROUP BY e.instrument, e.id, f.band, e.tracking_ra, e.tracking_dec, e.timespan_begin, "
+        "e.timespan_end "
         "ORDER BY e.timespan_begin"
     )
     with deployment.engine().connect() as conn:
@@ -103,7 +106,8 @@ def run_offline(
         report.outcomes.append(outcome)
         if echo is not None:
             echo(
-                f"  visit {visit}: {outcome.state}, {outcome.n_dia_sources} DiaSources, {outcome.n_alerts} alerts"
+                f"  visit {visit}: {outcome.state}, {outcome.n_dia_sources} DiaSources, "
+                f"{outcome.n_alerts} alerts"
                 + (" (stored before; missing alerts sent)" if outcome.redone_from_store else "")
                 + (f" ({outcome.error})" if outcome.error else "")
             )

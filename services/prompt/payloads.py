@@ -32,7 +32,7 @@ import pandas as pd
 from astropy.io import fits
 
 from dms.errors import ConfigError, DMSError
-from dms.services.alerts.cutouts import stamp
+from dms.services.alerts.cutouts import StampWriter
 from dms.services.alerts.packets import AlertPacketError, Cutouts
 from dms.services.prompt.exposure import DetectorResult, Exposure
 from dms.services.prompt.visits import NextVisit
@@ -144,16 +144,19 @@ def _cutouts(result: DetectorResult, processed: ProcessedDetector, size: int) ->
         "template": processed.template,
         "difference": result.difference,
     }
+    writers = {
+        kind: StampWriter(exposure.image, exposure.wcs, size)
+        for kind, exposure in images.items()
+        if exposure is not None
+    }
     out = []
     for x, y in zip(xs, ys, strict=True):
-        stamps: dict[str, bytes | None] = {}
-        for kind, exposure in images.items():
-            stamps[kind] = None
-            if exposure is not None and np.isfinite(x) and np.isfinite(y):
-                try:
-                    stamps[kind] = stamp(exposure.image, x, y, exposure.wcs, size)
-                except AlertPacketError:
-                    pass  # the source lies off this image (e.g. outside the template's overlap)
+        stamps: dict[str, bytes | None] = dict.fromkeys(images)
+        if np.isfinite(x) and np.isfinite(y):
+            for kind, writer in writers.items():
+                # a source may lie off this image (e.g. outside the template's overlap): no stamp
+                with contextlib.suppress(AlertPacketError):
+                    stamps[kind] = writer.stamp(x, y)
         out.append(Cutouts(**stamps))
     return out
 

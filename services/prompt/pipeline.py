@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from astropy.io import fits
 from astropy.time import Time
 from psycopg import sql
@@ -111,7 +110,9 @@ class VisitProcessor:
         try:
             return self.payloads[event.mode]
         except KeyError:
-            raise VisitFailed(f"visit {event.visit}: no payload is configured for {event.mode} mode") from None
+            raise VisitFailed(
+                f"visit {event.visit}: no payload is configured for {event.mode} mode"
+            ) from None
 
     # -- before readout ------------------------------------------------------------------------------------
 
@@ -249,7 +250,7 @@ class VisitProcessor:
         stored_detectors = self._stored_detectors(event.visit)
         redo = bool(stored_detectors)
         if redo:
-            # The store of this visit committed before a failure: the APDB is the truth; nothing is stored again.
+            # The store of this visit committed before a failure: the APDB is the truth, stored once.
             with _timed(timings, "read_stored"):
                 sources = self._stored_sources(event.visit)
                 objects = self._current_objects(event, sources)
@@ -366,7 +367,7 @@ class VisitProcessor:
             objects = objects.assign(validityStartMjdTai=mjd)  # the version this visit's store made
         total = 0
         for detector, batch in sources.groupby("detector", sort=True):
-            det = int(detector)  # type: ignore[call-overload]
+            det = int(str(detector))
             batch = batch.reset_index(drop=True)
             if det not in archived:
                 cutouts = _cutouts_for(batch, good.get(det))

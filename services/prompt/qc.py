@@ -9,6 +9,7 @@ Metrics are registered on first use, with a unit guessed from the metric's name.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -76,8 +77,14 @@ def ensure_detector(conn: psycopg.Connection[Any], instrument: str, detector: in
     conn.execute(
         "INSERT INTO dms.detector (instrument, id, full_name, raft, name_in_raft, purpose) "
         "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-        (instrument, detector, name, raft if in_raft else None, in_raft or None,
-         known[detector].purpose.upper() if detector in known else None),
+        (
+            instrument,
+            detector,
+            name,
+            raft if in_raft else None,
+            in_raft or None,
+            known[detector].purpose.upper() if detector in known else None,
+        ),
     )
 
 
@@ -85,10 +92,8 @@ def ensure_metric(conn: psycopg.Connection[Any], metric: str) -> None:
     if conn.execute("SELECT 1 FROM dms.qc_metric WHERE name = %s", (metric,)).fetchone():
         return
     description = DESCRIPTIONS.get(metric, f"Prompt processing metric {metric} (from the payload).")
-    try:
+    with contextlib.suppress(QCError):  # registered meanwhile by another process
         api.add_metric(conn, metric, unit_of(metric), description, tags=["prompt"])
-    except QCError:
-        pass  # registered meanwhile by another process
 
 
 def record(
@@ -120,16 +125,16 @@ def record_many(
         for metric, value, data_id in rows:
             if value is None or not np.isfinite(float(value)):
                 continue
-            detector = data_id.get("detector")
+            on_detector: Any = data_id.get("detector")
             api.insert_measurement(
                 conn,
                 api.Measurement(
                     metric=metric,
                     value=float(value),
-                    scope="visit" if detector is None else "detector",
+                    scope="visit" if on_detector is None else "detector",
                     instrument=instrument,
                     visit=int(visit),
-                    detector=None if detector is None else int(detector),
+                    detector=None if on_detector is None else int(on_detector),
                     data_id=dict(data_id),
                 ),
             )

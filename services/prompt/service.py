@@ -36,7 +36,9 @@ class PromptConfig(BaseModel):
     workers: int | None = Field(default=None, gt=0, le=256, description="Worker processes (default: cores).")
     dask_address: str | None = Field(default=None, description="Dask scheduler address (pool=dask).")
     window_seconds: float = Field(
-        default=60.0, gt=0, description="A visit not done this long after readout is late (offline redoes it)."
+        default=60.0,
+        gt=0,
+        description="A visit not done this long after readout is late (offline redoes it).",
     )
     association_radius_arcsec: float = Field(default=1.0, gt=0, le=60, description="Association radius.")
     cutout_size: int = Field(default=30, ge=8, le=256, description="Side of the alert cutouts, pixels.")
@@ -63,7 +65,9 @@ class PromptService:
     ) -> None:
         self.deployment = deployment
         self.config = config or PromptConfig()
-        self.pool = pool or make_pool(self.config.pool, workers=self.config.workers, address=self.config.dask_address)
+        self.pool = pool or make_pool(
+            self.config.pool, workers=self.config.workers, address=self.config.dask_address
+        )
         payloads: dict[str, Payload] = {"calibration": CalibrationPayload()}
         payloads["science"] = science_payload or default_science_payload()
         self.processor = VisitProcessor(
@@ -122,7 +126,9 @@ class PromptService:
             while time.monotonic() < deadline:
                 record = self.visits.get(visit)
                 if record.state not in ("expected", "processing"):
-                    return VisitOutcome(visit, record.state, record.error, record.n_dia_sources or 0, record.n_alerts or 0)
+                    return VisitOutcome(
+                        visit, record.state, record.error, record.n_dia_sources or 0, record.n_alerts or 0
+                    )
                 time.sleep(0.1)
             raise TimeoutError(f"visit {visit} not processed within {timeout} s")
         return future.result(timeout=timeout)

@@ -162,7 +162,8 @@ class VisitStore:
         with self.deployment.engine().begin() as conn:
             inserted = conn.execute(
                 sa.text(
-                    "INSERT INTO dms.prompt_visit (visit, instrument, mode, band, ra, dec, mjd_tai, detectors, "
+                    "INSERT INTO dms.prompt_visit (visit, instrument, mode, band, ra, dec, mjd_tai, "
+                    "detectors, "
                     "state, expected_at) VALUES (:visit, :instrument, :mode, :band, :ra, :dec, :mjd_tai, "
                     "CAST(:detectors AS jsonb), 'expected', :expected_at) ON CONFLICT (visit) DO NOTHING "
                     "RETURNING visit"
@@ -205,7 +206,8 @@ class VisitStore:
         with self.deployment.engine().begin() as conn:
             found = conn.execute(
                 sa.text(
-                    "UPDATE dms.prompt_visit SET visit_ready_at = coalesce(visit_ready_at, CURRENT_TIMESTAMP) "
+                    "UPDATE dms.prompt_visit "
+                    "SET visit_ready_at = coalesce(visit_ready_at, CURRENT_TIMESTAMP) "
                     "WHERE visit = :v RETURNING visit"
                 ),
                 {"v": visit},
@@ -249,7 +251,8 @@ class VisitStore:
         with self.deployment.engine().begin() as conn:
             conn.execute(
                 sa.text(
-                    "UPDATE dms.prompt_visit SET state = :state, error = :error, ended_at = CURRENT_TIMESTAMP, "
+                    "UPDATE dms.prompt_visit SET state = :state, error = :error, "
+                    "ended_at = CURRENT_TIMESTAMP, "
                     "timings = CAST(:timings AS jsonb), n_dia_sources = :n, n_alerts = :a WHERE visit = :v"
                 ),
                 {
@@ -317,7 +320,8 @@ class VisitStore:
                 conn.execute(
                     sa.text(
                         "SELECT detector, state, attempts, error, timings, worker, n_dia_sources, "
-                        "n_forced_sources, started_at, ended_at FROM dms.prompt_detector_run WHERE visit = :v "
+                        "n_forced_sources, started_at, ended_at FROM dms.prompt_detector_run "
+                        "WHERE visit = :v "
                         "ORDER BY detector"
                     ),
                     {"v": visit},
@@ -362,7 +366,8 @@ class VisitStore:
             rows = conn.execute(
                 sa.text(
                     "SELECT visit FROM dms.prompt_visit WHERE state IN ('failed', 'cancelled', 'late') "
-                    "AND coalesce(visit_ready_at, next_visit_at) >= CURRENT_TIMESTAMP - make_interval(secs => :h * 3600) "
+                    "AND coalesce(visit_ready_at, next_visit_at) >= "
+                    "CURRENT_TIMESTAMP - make_interval(secs => :h * 3600) "
                     "ORDER BY mjd_tai NULLS LAST, visit"
                 ),
                 {"h": float(within_hours)},
@@ -373,7 +378,8 @@ class VisitStore:
         with self.deployment.engine().begin() as conn:
             conn.execute(
                 sa.text(
-                    "UPDATE dms.prompt_visit SET state = 'cancelled', error = :why, ended_at = CURRENT_TIMESTAMP "
+                    "UPDATE dms.prompt_visit SET state = 'cancelled', error = :why, "
+                    "ended_at = CURRENT_TIMESTAMP "
                     "WHERE visit = :v AND state IN ('expected', 'processing')"
                 ),
                 {"v": visit, "why": why},
@@ -393,7 +399,7 @@ class VisitStore:
         return _event_of(row)
 
 
-def _event_of(row: Mapping[str, Any]) -> NextVisit:
+def _event_of(row: Any) -> NextVisit:
     return NextVisit(
         visit=int(row["visit"]),
         instrument=row["instrument"],

@@ -57,7 +57,9 @@ class StampWriter:
         # the WCS moves by the unclipped origin (negative past the image's edge), as Cutout2D moves its own
         ox, oy = getattr(cut, "_origin_original_true", cut.origin_original)
         for index, (key, value) in zip(
-            self._crpix_at, (("CRPIX1", self.crpix[0]), ("CRPIX2", self.crpix[1]))
+            self._crpix_at,
+            (("CRPIX1", self.crpix[0]), ("CRPIX2", self.crpix[1])),
+            strict=False,  # no CRPIX cards without a WCS
         ):
             comment = fits.Card.fromstring(cards[index]).comment
             cards[index] = fits.Card(key, float(value) - (ox if key == "CRPIX1" else oy), comment).image

@@ -15,8 +15,10 @@ distributed scheduler address, or a LocalCluster).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import multiprocessing
 import os
 import socket
 import time
@@ -26,10 +28,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import multiprocessing
 import numpy as np
 import pandas as pd
-from astropy.io import fits
 
 from dms.errors import ConfigError, DMSError
 from dms.services.alerts.cutouts import StampWriter
@@ -189,10 +189,8 @@ def _import_modules(modules: tuple[str, ...]) -> int:
     import importlib
 
     for module in modules:
-        try:
+        with contextlib.suppress(ImportError):
             importlib.import_module(module)
-        except ImportError:
-            pass
     time.sleep(0.2)  # hold this worker so the pool starts the others too
     return os.getpid()
 

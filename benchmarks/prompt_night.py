@@ -10,7 +10,8 @@ reports the service's own clock from visit-ready to the alerts archived (the "to
 p50 / p98 over visits with the time of each step, the per-detector payload cost (the slowest detector of
 each visit, per step), and what that means for the 189 science detectors of LSSTCam (core-seconds per
 visit; the wall time with one core per detector, against the 60 s requirement and the 10 s goal, at this
-machine's per-core speed). The first visit also pays for worker start-up, so it is reported but left out of the percentiles.
+machine's per-core speed). The first visit also pays for worker start-up, so it is reported but left
+out of the percentiles.
 
 Uses the PostgreSQL at --database-url (default: the machine's 127.0.0.1:5432 if it answers, else a
 throw-away pgserver) and creates and drops its database.
@@ -154,7 +155,8 @@ def main() -> None:
     wall = camera_detector + serial
     print(
         f"LSSTCam, 189 detectors: {core_seconds:.0f} core-seconds of payload per visit. "
-        f"A detector is one task, so the wall time is at least one detector's {camera_detector:.1f} s + {serial:.1f} s per visit = "
+        f"A detector is one task, so the wall time is at least one detector's {camera_detector:.1f} s "
+        f"+ {serial:.1f} s per visit = "
         f"{wall:.1f} s, reached with 189 cores (one per detector); with N cores it is "
         f"ceil(189 / N) x {camera_detector:.1f} s + {serial:.1f} s."
     )

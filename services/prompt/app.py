@@ -6,7 +6,8 @@
     GET  /health
 
 A malformed body, a wrong type or a missing field is a 400 naming it; an unknown visit a 404; a repeated
-visit-ready a 409 (the visit is processed once).
+visit-ready a 409 (the visit is processed once). The handlers' database work runs in Starlette's thread pool,
+so the event loop keeps answering while a visit is claimed or its status read.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -55,7 +57,7 @@ def make_app(service: PromptService) -> Starlette:
     async def next_visit(request: Request) -> JSONResponse:
         try:
             event = parse_next_visit(await _body(request))
-            return JSONResponse(service.next_visit(event), status_code=201)
+            return JSONResponse(await run_in_threadpool(service.next_visit, event), status_code=201)
         except DMSError as exc:
             return _handle(exc)
 
@@ -65,7 +67,7 @@ def make_app(service: PromptService) -> Starlette:
             visit = body.get("visit") if isinstance(body, dict) else None
             if not isinstance(visit, int) or isinstance(visit, bool) or not 0 <= visit < 2**62:
                 raise VisitEventError('a visit-ready event is {"visit": <integer id>}')
-            return JSONResponse(service.visit_ready(visit), status_code=202)
+            return JSONResponse(await run_in_threadpool(service.visit_ready, visit), status_code=202)
         except DMSError as exc:
             return _handle(exc)
 
@@ -74,7 +76,8 @@ def make_app(service: PromptService) -> Starlette:
         if not text.isdigit() or len(text) > 19:
             return _error(400, f"visit id {text[:40]!r} is not an integer")
         try:
-            return JSONResponse(service.status(int(text)).as_json())
+            record = await run_in_threadpool(service.status, int(text))
+            return JSONResponse(record.as_json())
         except DMSError as exc:
             return _handle(exc)
 

@@ -87,8 +87,8 @@ def night_simulate(
             f'  seeing {visit.seeing_arcsec:.2f}"  raws: {len(visit.raws)} archived'
         )
     injected = result.truth[result.truth["visit"] != 0]
-    counts = injected.groupby("kind")["id"].nunique().to_dict()
-    click.echo("  sources: " + ", ".join(f"{counts[k]} {k}" for k in sorted(counts, key=str)))
+    counts = {str(k): int(v) for k, v in injected.groupby("kind")["id"].nunique().items()}
+    click.echo("  sources: " + ", ".join(f"{counts[k]} {k}" for k in sorted(counts)))
     click.echo(f"  calibrations: {result.calib_run}; templates: {result.template_run}")
     click.echo(f"  truth: {result.truth_path}")
     if process:

@@ -18,7 +18,7 @@ from dms.deployment import Deployment
 from dms.services.backbone import Backbone
 from dms.services.prompt.exposure import DetectorResult, Exposure
 from dms.services.prompt.payload.process import ProcessDetectorTask
-from dms.services.prompt.simulate import SimulatedNight, simulate_night
+from dms.services.prompt.simulate import Densities, SimulatedNight, simulate_night
 
 SIZE = (512, 512)
 VISITS = 4
@@ -55,7 +55,11 @@ def make_deployment(pg_server: object, tmp_path_factory: pytest.TempPathFactory)
 def simulated(pg_server: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Night]:
     deployment, name = make_deployment(pg_server, tmp_path_factory)
     backbone = Backbone(deployment)
-    night = simulate_night(deployment, VISITS, DETECTORS, size=SIZE, seed=11, template_visits=3)
+    # more transients and movers than the default sky, for completeness statistics from a few detectors
+    densities = Densities(transients=15_000.0, movers=6_000.0, variables=3_000.0)
+    night = simulate_night(
+        deployment, VISITS, DETECTORS, size=SIZE, seed=11, template_visits=3, densities=densities
+    )
     yield Night(deployment, backbone, night)
     deployment.dispose()
     with psycopg.connect(pg_server.get_uri(), autocommit=True) as conn:  # type: ignore[attr-defined]

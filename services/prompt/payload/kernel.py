@@ -38,6 +38,10 @@ class KernelConfig(TaskConfig):
     max_stamps: int = Field(default=80, ge=3, le=1000, description="Stars used to fit the kernel.")
     min_stamps: int = Field(default=5, ge=1, le=100, description="Fewest stars that make a kernel fit.")
     stamp_snr: float = Field(default=20.0, gt=0, description="Peak S/N a kernel star needs.")
+    fix_sum: bool = Field(
+        default=True,
+        description="Hold the kernel sum at the stars' median science/template flux ratio (robust scale).",
+    )
     clip_sigma: float = Field(
         default=3.0, gt=0, description="Stamps whose residual is this far out are dropped."
     )
@@ -94,11 +98,18 @@ def fit_kernel(
     stamp_half: int,
     min_stamps: int = 5,
     clip_sigma: float = 3.0,
+    kernel_sum: float | None = None,
 ) -> MatchingKernel:
     """The kernel K (and background b) minimising |target - (K * reference + b)|^2 / variance on star stamps.
 
     `stars` are (x, y) pixel positions; a stamp is (2 stamp_half + 1)^2 pixels of the target, and the
-    reference pixels within `half` more around it."""
+    reference pixels within `half` more around it. With `kernel_sum` (the photometric ratio, measured
+    robustly from the stars' flux ratios) the kernel's sum is held at it: the first basis function is
+    normalised to sum 1 and the others to sum 0, as in Alard (2000), so a few stamps spoiled by a variable
+    star or a transient cannot move the photometric scale."""
+    if kernel_sum is not None:
+        first = basis[0] / basis[0].sum()
+        basis = [first] + [b - b.sum() * first for b in basis[1:]]
     rows, cols = reference.shape
     edge = stamp_half + half
     designs, targets, weights = [], [], []
@@ -112,8 +123,13 @@ def fit_kernel(
             continue
         columns = [fftconvolve(ref, b, mode="valid").ravel() for b in basis]
         columns.append(np.ones(columns[0].size))
-        designs.append(np.stack(columns, axis=1))
-        targets.append(target[core].ravel())
+        design = np.stack(columns, axis=1)
+        wanted = target[core].ravel()
+        if kernel_sum is not None:  # the fixed first term moves to the data side
+            wanted = wanted - kernel_sum * design[:, 0]
+            design = design[:, 1:]
+        designs.append(design)
+        targets.append(wanted)
         weights.append(1.0 / np.sqrt(var.ravel()))
     if len(designs) < min_stamps:
         raise SubtractionError(
@@ -137,6 +153,8 @@ def fit_kernel(
         if new_keep.sum() < min_stamps or np.array_equal(new_keep, keep):
             break
         keep = new_keep
+    if kernel_sum is not None:
+        solution = np.concatenate([[kernel_sum], solution])
     kernel = np.sum([c * b for c, b in zip(solution[:-1], basis, strict=True)], axis=0)
     return MatchingKernel(
         image=kernel,

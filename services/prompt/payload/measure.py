@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.signal import fftconvolve
 
 from dms.services.prompt.exposure import MASK_EDGE, MASK_NO_DATA, MASK_SAT
 from dms.services.prompt.payload.psf import adaptive_moments, psf_stamp
@@ -24,18 +25,33 @@ class PsfFit:
 
 
 def psf_flux(
-    image: np.ndarray, variance: np.ndarray, good: np.ndarray, x: float, y: float, sigma: float
+    image: np.ndarray,
+    variance: np.ndarray,
+    good: np.ndarray,
+    x: float,
+    y: float,
+    sigma: float,
+    correlation: float = 1.0,
+    kernel: np.ndarray | None = None,
 ) -> PsfFit:
-    """Flux (and error) of the PSF model centred at (x, y): sum(P D / V) / sum(P^2 / V) over good pixels."""
+    """Flux (and error) of the PSF model centred at (x, y): sum(P D / V) / sum(P^2 / V) over good pixels;
+    `correlation` scales the error for correlated noise (a difference image's). The model is a Gaussian of
+    `sigma`, convolved with `kernel` when given (a difference of a convolved science image: its PSF is the
+    science PSF convolved with the matching kernel, and the flux is in the science image's units)."""
     rows, cols = image.shape
-    half = int(np.ceil(3 * sigma)) + 1
+    reach = 0 if kernel is None else kernel.shape[0] // 2
+    half = int(np.ceil(3 * sigma)) + 1 + reach
     xi, yi = round(x), round(y)
     x0, x1 = max(0, xi - half), min(cols, xi + half + 1)
     y0, y1 = max(0, yi - half), min(rows, yi + half + 1)
     truncated = (x1 - x0) < 2 * half + 1 or (y1 - y0) < 2 * half + 1
     if x0 >= x1 or y0 >= y1:
         return PsfFit(np.nan, np.nan, np.nan, 0, True)
-    model = psf_stamp(x, y, sigma, x0, y0, (y1 - y0, x1 - x0))
+    if kernel is None:
+        model = psf_stamp(x, y, sigma, x0, y0, (y1 - y0, x1 - x0))
+    else:
+        wide = psf_stamp(x, y, sigma, x0 - reach, y0 - reach, (y1 - y0 + 2 * reach, x1 - x0 + 2 * reach))
+        model = fftconvolve(wide, kernel, mode="valid")
     use = good[y0:y1, x0:x1]
     truncated = truncated or not use.all()
     if use.sum() < 3:
@@ -46,7 +62,7 @@ def psf_flux(
     information = float(np.sum(p * p / v))
     flux = float(np.sum(p * d / v) / information)
     chi2 = float(np.sum((d - flux * p) ** 2 / v))
-    return PsfFit(flux, float(1.0 / np.sqrt(information)), chi2, int(use.sum()), truncated)
+    return PsfFit(flux, float(correlation / np.sqrt(information)), chi2, int(use.sum()), truncated)
 
 
 def refine_peak(snr: np.ndarray, xpeak: int, ypeak: int, sign: int) -> tuple[float, float]:

@@ -17,12 +17,13 @@ from astropy.stats import sigma_clipped_stats
 from astropy.time import Time
 from pydantic import Field
 from scipy import ndimage
+from scipy.signal import fftconvolve
 
 from dms.services.archiver.camera import camera
 from dms.services.prompt.exposure import MASK_EDGE, MASK_NO_DATA, MASK_SAT, DetectorResult, Exposure
 from dms.services.prompt.payload import measure
 from dms.services.prompt.payload.align import align
-from dms.services.prompt.payload.detect import detect, snr_image
+from dms.services.prompt.payload.detect import detect, psf_kernel, snr_image
 from dms.services.prompt.payload.errors import NoTemplateError, PayloadError, UnknownDetectorError
 from dms.services.prompt.payload.ids import dia_source_id
 from dms.services.prompt.payload.kernel import (
@@ -57,6 +58,8 @@ class ProcessDetectorTask(Task[ProcessDetectorConfig, DetectorResult]):
     name = "prompt.process_detector"
     ConfigClass = ProcessDetectorConfig
     resources = Resources(cpus=1, memory_mb=2048)
+    _psf_kernel: np.ndarray | None = None  # set by _subtract: the difference's PSF for measurement
+    _psf_sigma: float = 1.0
 
     def run(
         self, science: Exposure, template: Exposure | None, known_objects: pd.DataFrame | None = None
@@ -86,7 +89,8 @@ class ProcessDetectorTask(Task[ProcessDetectorConfig, DetectorResult]):
             )
         bad = (difference.mask & (MASK_SAT | MASK_NO_DATA | MASK_EDGE)) != 0
         with self.timed("detect"):
-            snr = snr_image(difference.image, difference.variance, bad, diff_sigma)
+            correlation = float(difference.metadata["noise_correlation"])
+            snr = snr_image(difference.image, difference.variance, bad, diff_sigma) / correlation
             peaks = detect(snr, bad, self.config.threshold, max_sources=self.config.max_sources)
         with self.timed("measure"):
             sources = self._measure(
@@ -96,6 +100,7 @@ class ProcessDetectorTask(Task[ProcessDetectorConfig, DetectorResult]):
             forced = self._forced(known_objects, science, sci_image, difference, diff_sigma)
         clipped = sigma_clipped_stats(snr[~bad & (snr != 0)], sigma=3.0) if (~bad).any() else (0.0, 0.0, 0.0)
         metrics = {
+            "noise_correlation": float(difference.metadata["noise_correlation"]),
             "psf_fwhm_arcsec": science.psf_fwhm_pixels * PIXEL_SCALE,
             "template_fwhm_arcsec": template.psf_fwhm_pixels * PIXEL_SCALE,
             "background": sci_level,
@@ -130,7 +135,7 @@ class ProcessDetectorTask(Task[ProcessDetectorConfig, DetectorResult]):
         tmpl_sigma = aligned.psf_fwhm_pixels / FWHM_PER_SIGMA
         convolve_template = tmpl_sigma <= sci_sigma
         if convolve_template:
-            ref, ref_var, ref_sigma, target, target_var, target_sigma = (
+            ref, _ref_var, ref_sigma, target, target_var, target_sigma = (
                 tmpl_image,
                 aligned.variance,
                 tmpl_sigma,
@@ -139,7 +144,7 @@ class ProcessDetectorTask(Task[ProcessDetectorConfig, DetectorResult]):
                 sci_sigma,
             )
         else:
-            ref, ref_var, ref_sigma, target, target_var, target_sigma = (
+            ref, _ref_var, ref_sigma, target, target_var, target_sigma = (
                 sci_image,
                 science.variance,
                 sci_sigma,
@@ -149,16 +154,19 @@ class ProcessDetectorTask(Task[ProcessDetectorConfig, DetectorResult]):
             )
         config = self.config.kernel
         half, basis = basis_for(ref_sigma, target_sigma, config)
-        stamp_half = int(max(half, np.ceil(2.5 * target_sigma * FWHM_PER_SIGMA / 2)))
+        # stamps of three FWHM: big enough that a broad kernel term cannot pass for the background term
+        stamp_half = int(max(half + 2, np.ceil(3.0 * target_sigma * FWHM_PER_SIGMA)))
         bad = ((science.mask | aligned.mask) & (MASK_SAT | MASK_NO_DATA | MASK_EDGE)) != 0
         # stars come from the template, whichever image is convolved: a science image's brightest isolated
         # point sources may be the very transients and movers the difference is for
         stars = _kernel_stars(
             tmpl_image, aligned.variance, bad, half + stamp_half, config.stamp_snr, 4 * config.max_stamps
         )
-        stars = _consistent(stars, sci_image, tmpl_image, 2.0 * target_sigma * FWHM_PER_SIGMA)[
-            : config.max_stamps
-        ]
+        stars, ratio = _consistent(stars, sci_image, tmpl_image, 2.0 * target_sigma * FWHM_PER_SIGMA)
+        stars = stars[: config.max_stamps]
+        kernel_sum = None
+        if config.fix_sum and np.isfinite(ratio) and ratio > 0:
+            kernel_sum = ratio if convolve_template else 1.0 / ratio
         kernel = fit_kernel(
             ref,
             target,
@@ -169,8 +177,14 @@ class ProcessDetectorTask(Task[ProcessDetectorConfig, DetectorResult]):
             stamp_half=stamp_half,
             min_stamps=config.min_stamps,
             clip_sigma=config.clip_sigma,
+            kernel_sum=kernel_sum,
         )
         return kernel, convolve_template
+
+    def _psf_model(self) -> np.ndarray:
+        """The difference's PSF as the measurement uses it (pixels, centred)."""
+        psf = psf_kernel(self._psf_sigma)
+        return psf if self._psf_kernel is None else fftconvolve(psf, self._psf_kernel, mode="full")
 
     def _subtract(
         self,
@@ -183,6 +197,9 @@ class ProcessDetectorTask(Task[ProcessDetectorConfig, DetectorResult]):
     ) -> tuple[Exposure, float]:
         k2 = kernel.image**2
         tmpl_var = np.where(np.isfinite(aligned.variance) & (aligned.variance < 1e29), aligned.variance, 0.0)
+        # the difference's PSF for measurement: the science PSF, or it convolved with the kernel
+        self._psf_kernel = None if convolve_template else kernel.image
+        self._psf_sigma = science.psf_fwhm_pixels / FWHM_PER_SIGMA
         if convolve_template:
             matched = convolve(tmpl_image, kernel.image) + kernel.background
             image = sci_image - matched
@@ -213,7 +230,16 @@ class ProcessDetectorTask(Task[ProcessDetectorConfig, DetectorResult]):
             detector=science.detector,
             mjd_tai=science.mjd_tai,
             exposure_time=science.exposure_time,
-            metadata={"kernel_sum": kernel.sum, "convolved": "template" if convolve_template else "science"},
+            metadata={
+                "kernel_sum": kernel.sum,
+                "convolved": "template" if convolve_template else "science",
+                "noise_correlation": _noise_correlation(
+                    kernel.image,
+                    self._psf_model(),
+                    convolved=float(np.median(tmpl_var if convolve_template else science.variance)),
+                    unconvolved=float(np.median(science.variance if convolve_template else tmpl_var)),
+                ),
+            },
         )
         return difference, float(sigma)
 
@@ -240,6 +266,7 @@ class ProcessDetectorTask(Task[ProcessDetectorConfig, DetectorResult]):
         fwhm = sigma * FWHM_PER_SIGMA
         pairs = measure.pair_dipoles(peaks, self.config.dipole_radius_fwhm * fwhm)
         all_peaks = peaks
+        correlation = float(difference.metadata["noise_correlation"])
         good_diff = (difference.mask & (MASK_SAT | MASK_NO_DATA)) == 0
         good_sci = (science.mask & MASK_SAT) == 0
         good_tmpl = (aligned.mask & (MASK_SAT | MASK_NO_DATA)) == 0
@@ -251,7 +278,16 @@ class ProcessDetectorTask(Task[ProcessDetectorConfig, DetectorResult]):
         columns = [pairs[c].to_numpy() for c in ("x", "y", "sign", "peak", "partner")]
         for x, y, sign, peak_snr, partner in zip(*columns, strict=True):
             x, y, sign = float(x), float(y), int(sign)
-            fit = measure.psf_flux(difference.image, difference.variance, good_diff, x, y, sigma)
+            fit = measure.psf_flux(
+                difference.image,
+                difference.variance,
+                good_diff,
+                x,
+                y,
+                self._psf_sigma,
+                correlation,
+                self._psf_kernel,
+            )
             sci = measure.psf_flux(sci_image, science.variance, good_sci, x, y, sci_sigma)
             tmpl = measure.psf_flux(tmpl_image, aligned.variance, good_tmpl, x, y, tmpl_sigma)
             ixx, iyy, ixy = measure.shape_of(difference.image, x, y, sign, sigma)
@@ -287,7 +323,16 @@ class ProcessDetectorTask(Task[ProcessDetectorConfig, DetectorResult]):
             }
             if int(partner) >= 0:
                 ox, oy = float(all_peaks["x"].iloc[int(partner)]), float(all_peaks["y"].iloc[int(partner)])
-                neg = measure.psf_flux(difference.image, difference.variance, good_diff, ox, oy, sigma)
+                neg = measure.psf_flux(
+                    difference.image,
+                    difference.variance,
+                    good_diff,
+                    ox,
+                    oy,
+                    self._psf_sigma,
+                    correlation,
+                    self._psf_kernel,
+                )
                 dx, dy = ox - x, oy - y
                 row.update(
                     {
@@ -364,7 +409,14 @@ class ProcessDetectorTask(Task[ProcessDetectorConfig, DetectorResult]):
         rows: list[dict[str, object]] = []
         for k in np.flatnonzero(inside):
             fit = measure.psf_flux(
-                difference.image, difference.variance, good_diff, float(x[k]), float(y[k]), sigma
+                difference.image,
+                difference.variance,
+                good_diff,
+                float(x[k]),
+                float(y[k]),
+                self._psf_sigma,
+                float(difference.metadata["noise_correlation"]),
+                self._psf_kernel,
             )
             sci = measure.psf_flux(sci_image, science.variance, good_sci, float(x[k]), float(y[k]), sci_sigma)
             if fit.ndata == 0:
@@ -390,6 +442,21 @@ class ProcessDetectorTask(Task[ProcessDetectorConfig, DetectorResult]):
         return frame.astype(
             {"diaForcedSourceId": "int64", "diaObjectId": "int64", "visit": "int64", "detector": "int16"}
         )
+
+
+def _noise_correlation(kernel: np.ndarray, psf: np.ndarray, *, convolved: float, unconvolved: float) -> float:
+    """How much the noise the kernel correlates inflates a PSF-weighted sum over the per-pixel variance.
+
+    The difference's noise is K * n_c + n_u (n_c the convolved image's, n_u the other's). Its per-pixel
+    variance is v_c sum(K^2) + v_u, which a PSF fit treats as independent; the PSF-weighted sum's true
+    variance is v_c sum((K x P)^2) + v_u sum(P^2)
+    (x: correlation; P the PSF model the fit uses). The square root of their ratio (>= 1 for a smoothing
+    kernel) scales PSF-flux errors and the detection S/N (the role of ip_diffim's decorrelation, for the
+    point-source measurements the payload makes)."""
+    smoothed = fftconvolve(psf, kernel[::-1, ::-1], mode="full")  # the noise's correlation with the weights
+    true = convolved * float((smoothed**2).sum()) + unconvolved * float((psf**2).sum())
+    assumed = (convolved * float((kernel**2).sum()) + unconvolved) * float((psf**2).sum())
+    return float(np.sqrt(true / assumed)) if assumed > 0 else 1.0
 
 
 def _subtract_background(exposure: Exposure, mesh: int) -> tuple[np.ndarray, float]:
@@ -430,12 +497,13 @@ def _kernel_stars(
     return np.stack([xs[chosen], ys[chosen]], axis=1)
 
 
-def _consistent(stars: np.ndarray, science: np.ndarray, template: np.ndarray, radius: float) -> np.ndarray:
+def _consistent(
+    stars: np.ndarray, science: np.ndarray, template: np.ndarray, radius: float
+) -> tuple[np.ndarray, float]:
     """The stars whose science/template aperture-flux ratio is the common one (not variables, not blended
-    with a transient): within three robust sigmas of the median ratio."""
+    with a transient): within three robust sigmas of the median ratio; and that ratio (nan if unknown)."""
     if len(stars) < 3:
-        return stars
-    rows, cols = science.shape
+        return stars, float("nan")
     reach = int(np.ceil(radius))
     yy, xx = np.mgrid[-reach : reach + 1, -reach : reach + 1]
     disk = xx**2 + yy**2 <= radius**2
@@ -450,10 +518,11 @@ def _consistent(stars: np.ndarray, science: np.ndarray, template: np.ndarray, ra
     ratio = np.asarray(ratios)
     finite = np.isfinite(ratio)
     if finite.sum() < 3:
-        return stars[finite]
+        return stars[finite], float("nan")
     centre = np.median(ratio[finite])
     spread = 1.4826 * np.median(np.abs(ratio[finite] - centre)) + 0.01 * abs(centre)
-    return stars[finite & (np.abs(ratio - centre) < 3 * spread)]
+    keep = finite & (np.abs(ratio - centre) < 3 * spread)
+    return stars[keep], float(np.median(ratio[keep]))
 
 
 def _empty_sources() -> pd.DataFrame:

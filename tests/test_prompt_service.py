@@ -285,3 +285,28 @@ def test_calibration_frames_become_qc_metrics_that_raise_alarms(
     with psycopg.connect(conninfo(prompt_deployment), autocommit=True) as conn:
         alarms = [a for a in api.list_alarms(conn, active=True) if a["threshold"] == "bias-hot-pixels"]
     assert len(alarms) == 1 and alarms[0]["data_id"].get("detector") == 1
+
+
+def test_a_visit_on_a_dask_cluster(backbone: Backbone, prompt_deployment: Deployment) -> None:
+    """The same visit processing with the detectors on a Dask LocalCluster (the scale-out configuration)."""
+    from dms.services.prompt.payloads import DaskPool
+
+    field = make_field(backbone, 154.0, 2.0, (0, 1), seed=8)
+    visit = next(VISITS)
+    truth = observe(backbone, field, visit)
+    service = PromptService(prompt_deployment, SepPayload(), pool=DaskPool(workers=2))
+    try:
+        service.next_visit(field.event(visit, MJD))
+        service.visit_ready(visit)
+        outcome = service.wait(visit)
+        record = service.status(visit)
+    finally:
+        service.close()
+    assert outcome.state == "done", outcome.error
+    assert {d["worker"] for d in record.detectors.values()} and all(
+        d["state"] == "done" for d in record.detectors.values()
+    )
+    sources = _sources(prompt_deployment, visit)
+    recovered = _match(sources[:, 0], sources[:, 1], truth.ra.to_numpy(), truth.dec.to_numpy(), 0.5)
+    assert recovered.mean() >= 0.9
+    assert len(find_alerts(backbone, visit=visit)) == len(sources)

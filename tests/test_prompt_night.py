@@ -98,3 +98,89 @@ def _rows(deployment: Deployment, query: str, params: tuple[object, ...] = ()) -
 
     with psycopg.connect(conninfo(deployment)) as conn:
         return conn.execute(query, params).fetchall()
+
+
+def test_a_killed_service_leaves_the_visit_for_offline_processing(prompt_deployment: Deployment) -> None:
+    """`dms prompt serve` killed (SIGKILL) while it processes a visit: the visit stays 'processing', offline
+    processing marks it late and redoes it; every DiaSource and alert exists once."""
+    import os
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    from dms.services.prompt.ap_payload import AlertProductionPayload
+    from dms.services.prompt.calibration import CalibrationPayload
+    from dms.services.prompt.offline import run_offline
+    from dms.services.prompt.payloads import LocalPool
+    from dms.services.prompt.pipeline import VisitProcessor
+    from dms.services.prompt.visits import VisitStore
+
+    night = simulate_night(prompt_deployment, 1, 2, size=(384, 384), seed=22)  # a visit never processed
+    visit = night.visits[0].visit
+    store = VisitStore(prompt_deployment)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dms = shutil.which("dms", path=str(Path(sys.executable).parent))
+    assert dms
+    command = [dms, "--data-dir", str(prompt_deployment.data_dir), "prompt", "serve", "--port", str(port)]
+    command += [
+        "--workers",
+        "1",
+        "--calib-collection",
+        night.calib_run,
+        "--template-collection",
+        night.template_run,
+    ]
+    server = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        with httpx.Client(base_url=base, timeout=30) as client:
+            assert client.post("/next-visit", json=next_visit_event(night, visit)).status_code == 201
+            assert client.post("/visit-ready", json={"visit": visit}).status_code == 202
+        while store.get(visit).detectors[night.detectors[0]]["state"] != "processing":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)  # the service and its worker processes, mid-visit
+        server.wait(timeout=30)
+    assert store.get(visit).state == "processing"
+    assert count(prompt_deployment, 'SELECT count(*) FROM apdb."DiaSource" WHERE visit = %s', (visit,)) == 0
+
+    pool = LocalPool(1)
+    payload = AlertProductionPayload([night.calib_run], [night.template_run])
+    processor = VisitProcessor(
+        prompt_deployment, {"science": payload, "calibration": CalibrationPayload()}, pool
+    )
+    try:
+        time.sleep(1.1)
+        report = run_offline(prompt_deployment, processor, window_seconds=1)
+    finally:
+        processor.close()
+        pool.close()
+    assert visit in report.marked_late and [o.state for o in report.outcomes if o.visit == visit] == ["done"]
+    n = count(prompt_deployment, 'SELECT count(*) FROM apdb."DiaSource" WHERE visit = %s', (visit,))
+    distinct = count(
+        prompt_deployment,
+        'SELECT count(DISTINCT "diaSourceId") FROM apdb."DiaSource" WHERE visit = %s',
+        (visit,),
+    )
+    alerts = count(
+        prompt_deployment, "SELECT count(DISTINCT alert_id) FROM dms.alert WHERE visit = %s", (visit,)
+    )
+    assert n == distinct == alerts == store.get(visit).n_dia_sources > 0

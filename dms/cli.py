@@ -348,3 +348,13 @@ main.add_command(alerts)
 from dms.cli_tasks import task as _task_group  # noqa: E402  (tasks of prompt processing and the productions)
 
 main.add_command(_task_group)
+
+from dms.cli_night import night as _night_group  # noqa: E402  (simulated nights: issue 13)
+
+main.add_command(_night_group)
+
+from dms.cli_prompt import offline as _offline_group  # noqa: E402  (prompt processing: issue 13)
+from dms.cli_prompt import prompt as _prompt_group  # noqa: E402
+
+main.add_command(_prompt_group)
+main.add_command(_offline_group)

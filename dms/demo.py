@@ -11,6 +11,7 @@ from dms import migrate
 from dms.demo_alerts import run_alerts_demo
 from dms.demo_efd import run_efd_demo
 from dms.demo_minibroker import run_minibroker_demo
+from dms.demo_prompt import run_prompt_demo
 from dms.deployment import Deployment
 from dms.errors import DeploymentExistsError
 from dms.schema import CONTROL_NAMESPACES
@@ -56,6 +57,7 @@ def run_demo(data_dir: Path | None, echo: Callable[[str], None] = print) -> Depl
     vo_demo_step(deployment, echo)
     run_alerts_demo(deployment, echo)
     run_minibroker_demo(deployment, echo)
+    run_prompt_demo(deployment, echo)
     echo('Try: dms tables | dms query "SELECT ..." | dms status | dms --help')
     return deployment
 

@@ -197,7 +197,11 @@ def lookup_task(name: str) -> type[Task[Any, Any]]:
 
 
 # Modules that define registered tasks; imported lazily so `dms --help` stays fast.
-TASK_MODULES: list[str] = []
+TASK_MODULES: list[str] = [
+    "dms.services.prompt.calibration",
+    "dms.services.prompt.payload.isr",
+    "dms.services.prompt.payload.process",
+]
 
 
 def _import_task_modules() -> None:

@@ -32,6 +32,8 @@ STRICT_CONTEXT = {"id_generation": True, "check_description": True, "check_redun
 
 EXPECTED_TABLES = {
     "alert",
+    "prompt_visit",
+    "prompt_detector_run",
     "alert_feed_delivery",
     "alert_feed_message",
     "alert_feed_offset",
@@ -705,6 +707,9 @@ def test_column_types_follow_the_overrides(db: psycopg.Connection, felis_schema:
         ("distribution_subscription", "dataset_types"),
         ("distribution_subscription", "runs"),
         ("distribution_subscription", "tables"),
+        ("prompt_visit", "detectors"),
+        ("prompt_visit", "timings"),
+        ("prompt_detector_run", "timings"),
     }
 
 

@@ -1,4 +1,4 @@
-"""Level 1: the Prompt Processing service's bookkeeping (schema 1.14.0).
+"""Level 1: the Prompt Processing service's bookkeeping (schema 1.15.0).
 
 * `dms.prompt_visit`: one row per visit announced by a "next visit" event (or calibration frame): its
   state (expected, processing, done, failed, cancelled, late), the times of the events, the number of
@@ -10,7 +10,7 @@
 Offline processing (`dms offline run`) reads both to find what to redo.
 
 Revision ID: c0019
-Revises: c0015
+Revises: c0018
 Create Date: 2026-12-03
 """
 
@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql
 from dms.migrations.schema_info import set_schema_version
 
 revision: str = "c0019"
-down_revision: str | None = "c0015"
+down_revision: str | None = "c0018"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -128,11 +128,11 @@ def _detector_run() -> None:
 def upgrade() -> None:
     _visit()
     _detector_run()
-    set_schema_version("1.14.0")
+    set_schema_version("1.15.0")
 
 
 def downgrade() -> None:
     op.drop_table("prompt_detector_run", schema="dms")
     op.drop_index("idx_prompt_visit_state", table_name="prompt_visit", schema="dms")
     op.drop_table("prompt_visit", schema="dms")
-    set_schema_version("1.13.0")
+    set_schema_version("1.14.0")

@@ -344,3 +344,8 @@ main.add_command(minibroker)
 from dms.cli_alerts import alerts  # noqa: E402  (the Alert Broker Feed: issue 14)
 
 main.add_command(alerts)
+
+from dms.cli_workspace import release, workspace  # noqa: E402  (the Science Platform: issue 18)
+
+main.add_command(workspace)
+main.add_command(release)

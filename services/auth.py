@@ -26,12 +26,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from dms.errors import DMSError
 
-SCOPES = ("tap", "scs", "sia", "datalink", "gateway", "minibroker", "alerts")
-"""The services a token may be used for; a token's scopes are a subset (default: all)."""
+SCOPES = ("tap", "scs", "sia", "datalink", "gateway", "minibroker", "alerts", "workspace", "unreleased")
+"""The services a token may be used for (a token's scopes are a subset), plus `unreleased`: on a QA or
+Commissioning instance, the token also sees unreleased data."""
+DEFAULT_SCOPES = tuple(s for s in SCOPES if s != "unreleased")
+"""The scopes of a token issued without --scope: every service, released data only."""
 
 TOKEN_PREFIX = "dms_"
 USER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.@-]{0,63}$")
@@ -142,14 +145,20 @@ class TokenBackend(AuthenticationBackend):
         path = conn.url.path
         header = conn.headers.get("authorization")
         try:
-            if not header:
+            session = conn.cookies.get(SESSION_COOKIE)
+            if not header and session:
+                user = await run_in_threadpool(self.lookup_session, session)
+            elif not header:
                 if not self.allow_anonymous and not self.is_public(path):
                     raise AuthError(NEEDS_TOKEN, error=None)
                 return None
-            scheme, _, token = header.strip().partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise AuthError("the Authorization header must be 'Bearer TOKEN'", error="invalid_request")
-            user = await run_in_threadpool(self.lookup, token.strip())
+            else:
+                scheme, _, token = header.strip().partition(" ")
+                if scheme.lower() != "bearer" or not token.strip():
+                    raise AuthError(
+                        "the Authorization header must be 'Bearer TOKEN'", error="invalid_request"
+                    )
+                user = await run_in_threadpool(self.lookup, token.strip())
             scope = self.service or path.strip("/").split("/", 1)[0]
             if scope in SCOPES and scope not in user.scopes:
                 raise AuthError(
@@ -181,6 +190,50 @@ class TokenBackend(AuthenticationBackend):
             raise AuthError(f"the token {token_id} has expired; ask for a new one (dms users token)")
         return User(name, token_id, frozenset(scopes.split()))
 
+    def lookup_session(self, session: str) -> User:
+        """The user of a portal session cookie: its token must still be valid (scopes and expiry apply)."""
+        with self.engine().connect() as conn:
+            token_id = conn.execute(
+                sa.text(
+                    "SELECT token_id FROM dms.web_session WHERE session_hash = :hash AND expires_at > now()"
+                ),
+                {"hash": hash_token(session)},
+            ).scalar()
+            if token_id is None:
+                raise AuthError("the session has ended; log in again")
+            row = conn.execute(
+                sa.text(
+                    "SELECT user_name, scopes FROM dms.access_token WHERE token_id = :id "
+                    "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
+                ),
+                {"id": token_id},
+            ).first()
+        if row is None:
+            raise AuthError("the token of this session was revoked or has expired; log in again")
+        return User(row[0], token_id, frozenset(row[1].split()))
+
+
+SESSION_COOKIE = "dms_session"
+SESSION_HOURS = 12
+
+
+def start_session(conn: sa.Connection, user: User) -> str:
+    """A new portal session for a user who logged in with a token: the cookie value (only its hash is
+    kept); it ends after SESSION_HOURS, at logout, or with its token."""
+    session = secrets.token_urlsafe(32)
+    conn.execute(
+        sa.text(
+            "INSERT INTO dms.web_session (session_hash, token_id, expires_at) VALUES (:hash, :id, "
+            "now() + make_interval(hours => :hours))"
+        ),
+        {"hash": hash_token(session), "id": user.token_id, "hours": SESSION_HOURS},
+    )
+    return session
+
+
+def end_session(conn: sa.Connection, session: str) -> None:
+    conn.execute(sa.text("DELETE FROM dms.web_session WHERE session_hash = :h"), {"h": hash_token(session)})
+
 
 def middleware(
     engine: Callable[[], sa.Engine],
@@ -197,7 +250,10 @@ def middleware(
     def on_error(conn: HTTPConnection, exc: AuthenticationError) -> Response:
         cause = exc.cause if isinstance(exc, _Refused) else AuthError(str(exc))
         if isinstance(cause, AuthError):
-            response = render(str(cause), cause.status)
+            if conn.url.path.startswith("/api/"):  # the portal's JSON API answers in JSON
+                response: Response = JSONResponse({"error": str(cause)}, cause.status)
+            else:
+                response = render(str(cause), cause.status)
             response.headers["WWW-Authenticate"] = cause.challenge()
             return response
         if database_unreachable(cause):
@@ -248,7 +304,7 @@ def list_users(conn: sa.Connection) -> list[dict[str, Any]]:
 
 
 def issue_token(
-    conn: sa.Connection, name: str, scopes: Sequence[str] = SCOPES, expires: datetime | None = None
+    conn: sa.Connection, name: str, scopes: Sequence[str] = DEFAULT_SCOPES, expires: datetime | None = None
 ) -> tuple[str, str]:
     """A new token for user `name`: (token id, token). The token is returned once and never stored."""
     unknown = sorted(set(scopes) - set(SCOPES))

@@ -25,6 +25,8 @@ from dms.services.vo.limits import BodyLimit, RequestLimits
 from dms.services.vo.scs import ConeSearch, cone_tables
 from dms.services.vo.sia import ImageAccess
 from dms.services.vo.tap import TapService
+from dms.services.workspace.api import platform_routes
+from dms.services.workspace.viewer import ViewerMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ def make_app(
 
     routes = [Route("/", landing, methods=["GET"]), Route("/tap", landing, methods=["GET"])]
     routes += tap.routes() + scs.routes() + sia.routes() + datalink.routes() + ImageFiles(context).routes()
+    routes += platform_routes(context)
     middleware = [
         Middleware(BodyLimit, limits=limits or RequestLimits(), render=error_response),
         auth_middleware(
@@ -79,6 +82,7 @@ def make_app(
             allow_anonymous=deployment.config.anonymous_access,
             public_paths=PUBLIC_PATHS,
         ),
+        Middleware(ViewerMiddleware, config=deployment.config),
     ]
     app = Starlette(
         routes=routes,

@@ -345,7 +345,8 @@ from dms.cli_alerts import alerts  # noqa: E402  (the Alert Broker Feed: issue 1
 
 main.add_command(alerts)
 
-from dms.cli_workspace import release, workspace  # noqa: E402  (the Science Platform: issue 18)
+from dms.cli_workspace import group, release, workspace  # noqa: E402  (the Science Platform: issue 18)
 
+users.add_command(group)
 main.add_command(workspace)
 main.add_command(release)

@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 
 from dms.cli import _friendly_errors, _open, data_dir_option
-from dms.cli_users import users
 
 user_option = click.option("--user", "user", required=True, help="The user whose workspace this is.")
 
@@ -178,7 +177,7 @@ def workspace_quota(ctx: click.Context, max_bytes: int | None, max_rows: int | N
 # ---- dms users group ---------------------------------------------------------------------------------------
 
 
-@users.group("group")
+@click.group("group")
 def group() -> None:
     """Groups of users, to share workspace tables with."""
 
@@ -295,7 +294,7 @@ def release_instance(ctx: click.Context, kind: str) -> None:
     from dms.config import CONFIG_FILE, save_config
 
     deployment = _open(ctx)
-    deployment.config.instance = kind  # type: ignore[assignment]
+    deployment.config.instance = kind
     save_config(deployment.config, deployment.data_dir / CONFIG_FILE)
     click.echo(f"instance: {kind} (restart dms serve)")
 

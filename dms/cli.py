@@ -349,4 +349,8 @@ from dms.cli_workspace import group, release, workspace  # noqa: E402  (the Scie
 
 users.add_command(group)
 main.add_command(workspace)
+
+from dms.cli_notebook import notebook  # noqa: E402  (notebook access: issue 18)
+
+main.add_command(notebook)
 main.add_command(release)

@@ -8,6 +8,7 @@ import io
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -17,6 +18,8 @@ import pytest
 import sqlalchemy as sa
 from astropy.table import Table
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_upload_crossmatch import ADQL, astropy_pairs, make_upload
 from vo_meta_support import MetaVO, meta_vo_fixture  # noqa: F401 (the meta_vo fixture)
 
@@ -421,3 +424,66 @@ def test_unreleased_data_on_the_dac_and_on_qa(meta_vo: MetaVO, tokens: dict[str,
         dms(deployment, "release", "set", "survey", "released")
         dms(deployment, "release", "set", "catalog.gaia", "released")
     assert rows(tap(url, catalog, tokens["alice"]))["n"][0] == meta_vo.gaia.num_rows
+
+
+# ---- hostile input over the whole API --------------------------------------------------------------------
+
+HOSTILE = st.one_of(
+    st.sampled_from(
+        [
+            "'; DROP TABLE dms.workspace; --",
+            '" OR 1=1 --',
+            "../../etc/passwd",
+            "\x00",
+            "user_alice.secret",
+            "SELECT * FROM dms.access_token",
+            "pg_sleep(10)",
+            "%s%s%s",
+            "<script>alert(1)</script>",
+        ]
+    ),
+    st.text(max_size=30),
+    st.text(min_size=1, max_size=4).map(lambda s: s * 300),
+)
+API_CALLS = [
+    ("POST", "/api/login", ["token"]),
+    ("GET", "/api/whoami", []),
+    ("GET", "/api/workspace/tables/{x}", []),
+    ("DELETE", "/api/workspace/tables/{x}", []),
+    ("POST", "/api/workspace/tables/{x}/shares", ["user", "group"]),
+    ("DELETE", "/api/workspace/tables/{x}/shares/user/{x}", []),
+    ("POST", "/api/workspace/results", ["name", "query", "lang"]),
+]
+
+
+def _state(deployment: Deployment) -> tuple[object, ...]:
+    with deployment.engine().connect() as conn:
+        return tuple(
+            tuple(conn.execute(sa.text(q)).all())
+            for q in (
+                "SELECT owner, table_name, row_count FROM dms.workspace_table ORDER BY 1, 2",
+                "SELECT * FROM dms.workspace_share ORDER BY 1, 2, 3, 4",
+                "SELECT token_id, revoked_at FROM dms.access_token ORDER BY 1",
+            )
+        )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(data=st.data())
+def test_hostile_api_input_answers_clearly_and_changes_nothing(
+    data: st.DataObject, meta_vo: MetaVO, tokens: dict[str, str]
+) -> None:
+    method, template, fields = data.draw(st.sampled_from(API_CALLS), label="call")
+    value = data.draw(HOSTILE, label="value")
+    path = template.replace("{x}", quote(value, safe="") or "x")
+    body = {f: data.draw(HOSTILE, label=f) for f in fields if data.draw(st.booleans(), label=f"with {f}")}
+    before = _state(meta_vo.deployment)
+    response = httpx.request(
+        method, f"{meta_vo.url}{path}", json=body or None, headers=bearer(tokens["carol"]), timeout=TIMEOUT
+    )
+    assert response.status_code < 500, (path, body, response.text[:300])
+    assert "Traceback" not in response.text and str(meta_vo.deployment.data_dir) not in response.text
+    if response.status_code >= 400:
+        assert response.json()["error"]
+    if method != "POST" or template != "/api/workspace/results" or response.status_code >= 400:
+        assert _state(meta_vo.deployment) == before

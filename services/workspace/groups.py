@@ -12,11 +12,15 @@ from dms.services.workspace.errors import AlreadyExists, NotFound, WorkspaceErro
 
 
 def _require_user(conn: sa.Connection, name: str) -> None:
+    if not USER_NAME.match(name):
+        raise NotFound(f"no user {name[:80]!r} (see `dms users list`)")
     if not conn.execute(sa.text("SELECT 1 FROM dms.user_account WHERE name = :n"), {"n": name}).first():
         raise NotFound(f"no user {name!r} (see `dms users list`)")
 
 
 def _require_group(conn: sa.Connection, group: str) -> None:
+    if not USER_NAME.match(group):
+        raise NotFound(f"no group {group[:80]!r} (see `dms users group list`)")
     if not conn.execute(sa.text("SELECT 1 FROM dms.user_group WHERE name = :g"), {"g": group}).first():
         raise NotFound(f"no group {group!r} (see `dms users group list`)")
 

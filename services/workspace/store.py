@@ -26,6 +26,7 @@ from psycopg import sql
 from dms.deployment import Deployment
 from dms.query.reader import READER_ROLE
 from dms.schema.catalog import SQL_TYPES, column_type_name
+from dms.services.auth import USER_NAME
 from dms.services.workspace import visibility
 from dms.services.workspace.errors import AlreadyExists, NotFound, QuotaExceeded, WorkspaceError
 
@@ -411,7 +412,10 @@ def schema_for_owner(conn: sa.Connection, owner: str) -> str:
 def _grantee(user: str | None, group: str | None) -> tuple[str, str]:
     if (user is None) == (group is None):
         raise WorkspaceError("name exactly one of a user or a group to share with")
-    return ("user", user) if user is not None else ("group", group or "")
+    kind, name = ("user", user) if user is not None else ("group", group or "")
+    if not USER_NAME.match(name):
+        raise NotFound(f"no {kind} {name[:80]!r} to share with")
+    return kind, name
 
 
 def read_table_file(path: Path) -> pa.Table:

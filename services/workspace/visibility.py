@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from dms.services.workspace.viewer import Viewer
 
-CACHE_SECONDS = 5.0
+CACHE_SECONDS = 2.0
 _lock = threading.Lock()
 _generation = 0
 _cache: dict[tuple[Any, ...], tuple[float, int, frozenset[str]]] = {}
@@ -46,10 +46,27 @@ def viewer_settings(conn: psycopg.Connection[Any], viewer: Viewer) -> None:
 
 
 def hidden_tables(conn: sa.Connection, viewer: Viewer, tables: Iterable[tuple[str, str]]) -> list[str]:
-    """The (schema, table) pairs of `tables` the viewer may not read, as schema.table."""
+    """The (schema, table) pairs of `tables` the viewer may not read, as schema.table (cached briefly)."""
     pairs = sorted({(s.lower(), t.lower()) for s, t in tables})
     if not pairs:
         return []
+    key = ("hidden", str(conn.engine.url), viewer.key, tuple(pairs))
+    now = time.monotonic()
+    with _lock:
+        found = _cache.get(key)
+        if found is not None and now - found[0] < CACHE_SECONDS and found[1] == _generation:
+            return sorted(found[2])
+        current = _generation
+    hidden = _hidden(conn, viewer, pairs)
+    with _lock:
+        if current == _generation:
+            if len(_cache) > 10_000:
+                _cache.clear()
+            _cache[key] = (now, current, frozenset(hidden))
+    return hidden
+
+
+def _hidden(conn: sa.Connection, viewer: Viewer, pairs: list[tuple[str, str]]) -> list[str]:
     rows = conn.execute(
         sa.text(
             "SELECT s, t FROM unnest(CAST(:schemas AS text[]), CAST(:tables AS text[])) AS x(s, t) "

@@ -487,3 +487,28 @@ def test_hostile_api_input_answers_clearly_and_changes_nothing(
         assert response.json()["error"]
     if method != "POST" or template != "/api/workspace/results" or response.status_code >= 400:
         assert _state(meta_vo.deployment) == before
+
+
+def test_async_jobs_run_with_their_owners_rights(
+    meta_vo: MetaVO, tokens: dict[str, str], cleanup: None
+) -> None:
+    url, alice = meta_vo.url, tokens["alice"]
+    assert upload(url, alice, "jobbed", csv_bytes(hipparcos(7))).status_code == 201
+    job = httpx.post(
+        f"{url}/tap/async",
+        data={"LANG": "ADQL", "QUERY": "SELECT hip FROM user_alice.jobbed", "PHASE": "RUN"},
+        headers=bearer(alice),
+        follow_redirects=True,
+    )
+    done = httpx.get(f"{job.url}?WAIT=60", headers=bearer(alice), timeout=TIMEOUT)
+    assert "COMPLETED" in done.text, done.text
+    result = httpx.get(f"{job.url}/results/result", headers=bearer(alice), timeout=TIMEOUT)
+    got = rows(result)
+    assert sorted(got["hip"].tolist()) == sorted(hipparcos(7)["hip"].to_pylist())
+    # the session cookie of the portal works on TAP too
+    with httpx.Client(base_url=url) as browser:
+        assert browser.post("/api/login", json={"token": alice}).status_code == 200
+        response = browser.post(
+            "/tap/sync", data={"LANG": "ADQL", "QUERY": "SELECT count(*) AS n FROM user_alice.jobbed"}
+        )
+        assert rows(response)["n"][0] == 7

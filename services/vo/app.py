@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from dms.deployment import Deployment
@@ -63,7 +63,17 @@ def make_app(
         await run_in_threadpool(tap.jobs.shutdown)
 
     async def not_found(request: Request, exc: Exception) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": f"no such resource: {request.url.path}"}, 404)
         return error_response(f"no such resource: {request.url.path}", 404)
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        headers = getattr(exc, "headers", None)
+        if request.url.path.startswith("/api/"):
+            return JSONResponse(
+                {"error": f"{request.method} is not allowed on {request.url.path}"}, 405, headers
+            )
+        return PlainTextResponse("Method Not Allowed", 405, headers)
 
     async def server_error(request: Request, exc: Exception) -> Response:
         if database_unreachable(exc):
@@ -88,7 +98,7 @@ def make_app(
         routes=routes,
         lifespan=lifespan,
         middleware=middleware,
-        exception_handlers={404: not_found, 500: server_error},
+        exception_handlers={404: not_found, 405: not_allowed, 500: server_error},
     )
     app.state.context = context
     app.state.tap = tap

@@ -358,3 +358,12 @@ from dms.cli_prompt import prompt as _prompt_group  # noqa: E402
 
 main.add_command(_prompt_group)
 main.add_command(_offline_group)
+from dms.cli_workspace import group, release, workspace  # noqa: E402  (the Science Platform: issue 18)
+
+users.add_command(group)
+main.add_command(workspace)
+
+from dms.cli_notebook import notebook  # noqa: E402  (notebook access: issue 18)
+
+main.add_command(notebook)
+main.add_command(release)

@@ -255,6 +255,12 @@ def tables(ctx: click.Context, as_json: bool) -> None:
 @click.option(
     "--explain", is_flag=True, help="Show the plan (chunks, shards, per-shard SQL) instead of running."
 )
+@click.option(
+    "--user",
+    "as_user",
+    help="Run as this user, through the services' checks: what the user may read (released data, their "
+    "workspace and shares), TAP_SCHEMA and ObsCore beside the catalog.",
+)
 @data_dir_option
 @click.pass_context
 @_friendly_errors
@@ -267,6 +273,7 @@ def query(
     max_rows: int,
     timeout: float,
     explain: bool,
+    as_user: str | None,
 ) -> None:
     """Run a SQL, ADQL or Qserv (MySQL) query over the catalog.
 
@@ -277,6 +284,11 @@ def query(
     from dms.query.engine import QueryEngine
     from dms.query.output import write_result
 
+    if as_user is not None:
+        from dms.cli_workspace import query_as_user
+
+        query_as_user(_open(ctx), as_user, sql, lang, fmt, output, max_rows, timeout)
+        return
     engine = QueryEngine(_open(ctx))
     try:
         if explain:

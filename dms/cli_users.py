@@ -78,8 +78,9 @@ def users_list(ctx: click.Context) -> None:
     "--scope",
     "scopes",
     multiple=True,
-    help="A service the token may be used for (repeatable): tap, scs, sia, datalink, gateway, alerts "
-    "[default: all].",
+    help="A service the token may be used for (repeatable): tap, scs, sia, datalink, gateway, minibroker, "
+    "alerts, workspace; or unreleased (QA/Commissioning instances: also unreleased data) [default: every "
+    "service, released data only].",
 )
 @click.option(
     "--expires",
@@ -92,11 +93,11 @@ def users_list(ctx: click.Context) -> None:
 @_friendly_errors
 def users_token(ctx: click.Context, name: str, scopes: tuple[str, ...], expires: str) -> None:
     """Issue a new token for NAME and print it once (only its hash is kept)."""
-    from dms.services.auth import SCOPES, issue_token
+    from dms.services.auth import DEFAULT_SCOPES, issue_token
 
     expiry = parse_expiry(expires)
     with _open(ctx).connect() as conn:
-        token_id, token = issue_token(conn, name, scopes or SCOPES, expiry)
+        token_id, token = issue_token(conn, name, scopes or DEFAULT_SCOPES, expiry)
         conn.commit()
     click.echo(token)
     until = expiry.isoformat(timespec="seconds") if expiry else "never"

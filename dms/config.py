@@ -88,6 +88,18 @@ class DeploymentConfig(BaseModel):
     created_at: datetime = Field(
         default_factory=lambda: datetime.now(UTC), description="When `dms init` ran."
     )
+    instance: Literal["dac", "qa", "commissioning"] = Field(
+        default="dac",
+        description="Which Science Platform instance this deployment is: 'dac' shows released data only; "
+        "'qa' and 'commissioning' also show unreleased and intermediate products to tokens with the "
+        "'unreleased' scope.",
+    )
+    workspace_max_bytes: int = Field(
+        default=1 << 30, ge=0, description="Default quota of a personal workspace, in bytes on disk."
+    )
+    workspace_max_rows: int = Field(
+        default=10_000_000, ge=0, description="Default quota of a personal workspace, in rows."
+    )
     vo_upload_allow: list[str] = Field(
         default_factory=list,
         description="Hosts, addresses or CIDR networks that TAP uploads by URL may read although they are "

@@ -31,6 +31,13 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schema" / "dms.yaml"
 STRICT_CONTEXT = {"id_generation": True, "check_description": True, "check_redundant_datatypes": True}
 
 EXPECTED_TABLES = {
+    "user_group",
+    "group_member",
+    "data_release",
+    "workspace",
+    "workspace_table",
+    "workspace_share",
+    "web_session",
     "alert",
     "prompt_visit",
     "prompt_detector_run",

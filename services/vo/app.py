@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from dms.deployment import Deployment
@@ -25,6 +25,8 @@ from dms.services.vo.limits import BodyLimit, RequestLimits
 from dms.services.vo.scs import ConeSearch, cone_tables
 from dms.services.vo.sia import ImageAccess
 from dms.services.vo.tap import TapService
+from dms.services.workspace.api import platform_routes
+from dms.services.workspace.viewer import ViewerMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,17 @@ def make_app(
         await run_in_threadpool(tap.jobs.shutdown)
 
     async def not_found(request: Request, exc: Exception) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": f"no such resource: {request.url.path}"}, 404)
         return error_response(f"no such resource: {request.url.path}", 404)
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        headers = getattr(exc, "headers", None)
+        if request.url.path.startswith("/api/"):
+            return JSONResponse(
+                {"error": f"{request.method} is not allowed on {request.url.path}"}, 405, headers
+            )
+        return PlainTextResponse("Method Not Allowed", 405, headers)
 
     async def server_error(request: Request, exc: Exception) -> Response:
         if database_unreachable(exc):
@@ -71,6 +83,7 @@ def make_app(
 
     routes = [Route("/", landing, methods=["GET"]), Route("/tap", landing, methods=["GET"])]
     routes += tap.routes() + scs.routes() + sia.routes() + datalink.routes() + ImageFiles(context).routes()
+    routes += platform_routes(context)
     middleware = [
         Middleware(BodyLimit, limits=limits or RequestLimits(), render=error_response),
         auth_middleware(
@@ -79,12 +92,13 @@ def make_app(
             allow_anonymous=deployment.config.anonymous_access,
             public_paths=PUBLIC_PATHS,
         ),
+        Middleware(ViewerMiddleware, config=deployment.config),
     ]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=middleware,
-        exception_handlers={404: not_found, 500: server_error},
+        exception_handlers={404: not_found, 405: not_allowed, 500: server_error},
     )
     app.state.context = context
     app.state.tap = tap

@@ -32,6 +32,8 @@ from dms.query.parse import cte_for
 from dms.query.reader import READER_ROLE, reader_transaction
 from dms.query.sqlcompose import column_definitions, ident, statement
 from dms.services.vo.errors import QueryCancelled, QueryError, QueryRefused, QuerySyntaxError, QueryTimeout
+from dms.services.workspace.viewer import current_viewer
+from dms.services.workspace.visibility import generation, viewer_settings
 
 UPLOAD_SCHEMA = "pg_temp"  # uploads are temporary tables: TAP_UPLOAD.x is rewritten to pg_temp.x
 UPLOAD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
@@ -63,8 +65,10 @@ class QueryExecutor(Protocol):
 
 def make_executor(deployment: Deployment) -> QueryExecutor:
     """The executor the services use: catalog tables go to the distributed query engine, ObsCore and
-    TAP_SCHEMA to the control database."""
-    return RoutingExecutor(deployment)
+    TAP_SCHEMA to the control database, once the tables a query names are visible to its caller."""
+    from dms.services.workspace.guard import VisibleExecutor
+
+    return VisibleExecutor(deployment, RoutingExecutor(deployment))
 
 
 class RoutingExecutor:
@@ -171,6 +175,7 @@ class ControlDatabaseExecutor:
         self._cache_seconds = cache_seconds
         self._published: tuple[float, dict[str, tuple[str, str]], dict[str, str]] = (0.0, {}, {})
         self._lock = threading.Lock()
+        self._generation = -1
 
     def execute(
         self,
@@ -260,8 +265,9 @@ class ControlDatabaseExecutor:
         """Published tables (lower-case schema.table -> exact schema, table) and column units (cached)."""
         with self._lock:
             when, tables, units = self._published
-            if time.monotonic() - when < self._cache_seconds:
+            if time.monotonic() - when < self._cache_seconds and self._generation == generation():
                 return tables, units
+        current = generation()
         with psycopg.connect(self._conninfo, autocommit=True) as conn:
             tables = {
                 qualified.lower(): (schema, qualified.split(".", 1)[-1])
@@ -274,6 +280,7 @@ class ControlDatabaseExecutor:
                 units.setdefault(column.lower().strip('"'), unit)
         with self._lock:
             self._published = (time.monotonic(), tables, units)
+            self._generation = current
         return tables, units
 
     def _load_uploads(self, conn: psycopg.Connection[Any], uploads: dict[str, pa.Table]) -> None:
@@ -314,6 +321,7 @@ class ControlDatabaseExecutor:
             threading.Thread(target=_cancel_when_set, args=(conn, cancel, done), daemon=True).start()
         try:
             with reader_transaction(conn, timeout), conn.cursor(name="dms_query") as cur:
+                viewer_settings(conn, current_viewer())  # TAP_SCHEMA lists what the caller may read
                 cur.itersize = 10_000
                 cur.execute(text.encode())
                 rows = cur.fetchall() if max_rows is None else cur.fetchmany(max_rows + 1)

@@ -21,6 +21,8 @@ from dms.services.vo.executor import QueryExecutor
 from dms.services.vo.limits import request_limits
 from dms.services.vo.tap_schema import Table, load_keys, load_tables
 from dms.services.vo.votable import MAX_UPLOAD_BYTES, error_votable
+from dms.services.workspace.viewer import current_viewer
+from dms.services.workspace.visibility import generation, visible_names
 
 XML = "text/xml; charset=utf-8"
 VOTABLE_MIME = "application/x-votable+xml"
@@ -136,11 +138,13 @@ class Context:
         self._tables: list[Table] = []
         self._keys: list[tuple[str, str, str, list[tuple[str, str]]]] = []
         self._lock = threading.Lock()
+        self._generation = -1
 
     def _refresh(self) -> None:
         with self._lock:
-            if time.monotonic() - self._loaded < self._cache_seconds:
+            if time.monotonic() - self._loaded < self._cache_seconds and self._generation == generation():
                 return
+            self._generation = generation()
             with self.deployment.engine().connect() as conn:
                 self._tables = load_tables(conn)
                 self._keys = load_keys(conn)
@@ -151,12 +155,15 @@ class Context:
             self._loaded = 0.0
 
     def tables(self) -> list[Table]:
+        """The published tables the current viewer may read."""
         self._refresh()
-        return self._tables
+        visible = visible_names(self.deployment.engine(), current_viewer())
+        return [t for t in self._tables if t.name.lower() in visible]
 
     def keys(self) -> list[tuple[str, str, str, list[tuple[str, str]]]]:
         self._refresh()
-        return self._keys
+        visible = visible_names(self.deployment.engine(), current_viewer())
+        return [k for k in self._keys if k[1].lower() in visible and k[2].lower() in visible]
 
     def table(self, name: str) -> Table | None:
         return next((t for t in self.tables() if t.name.lower() == name.lower()), None)

@@ -35,6 +35,7 @@ from dms.deployment import Deployment
 from dms.services.auth import User
 from dms.services.dbstate import database_unreachable
 from dms.services.vo.errors import QueryCancelled, QueryError, ServiceError, without_server_paths
+from dms.services.workspace.viewer import Viewer, acting_as, viewer_of_user
 
 log = logging.getLogger(__name__)
 
@@ -376,7 +377,7 @@ class JobStore:
             self._notify(job_id)
             job = self._get_any(job_id)
             limit = float(job.execution_duration or MAX_DURATION)
-            with tagged(job_tag(job_id)):
+            with tagged(job_tag(job_id)), acting_as(self._viewer(job.owner_id)):
                 content, mime, rows = self.runner(job.parameters, cancel, limit)
             path = self.results_dir / f"{job_id}.result"
             path.write_bytes(content)
@@ -401,6 +402,11 @@ class JobStore:
             with self._lock:
                 self._cancels.pop(job_id, None)
             self._notify(job_id)
+
+    def _viewer(self, owner: str | None) -> Viewer:
+        """A job runs for its owner, with the rights the owner holds when it starts."""
+        with self.deployment.engine().connect() as conn:
+            return viewer_of_user(conn, owner, self.deployment.config)
 
     def _get_any(self, job_id: str) -> Job:
         job = self._load(job_id, "", None)

@@ -14,6 +14,7 @@ import pytest
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.nddata import Cutout2D
+from astropy.table import Table
 from astropy.visualization import ZScaleInterval
 from astropy.wcs import WCS
 from PIL import Image
@@ -161,3 +162,35 @@ def test_whoami_and_public_pages(live_portal: LivePortal) -> None:
     assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
     for name in ("../api.py", "..%2Fapi.py", "nope.js"):
         assert httpx.get(f"{live_portal.url}/portal/static/{name}").status_code in (401, 404)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT TOP 50 source_id, ra, dec, phot_g_mean_mag FROM catalog.gaia ORDER BY source_id",
+        "SELECT obs_id, s_ra, s_dec, t_exptime, calib_level FROM ivoa.ObsCore ORDER BY obs_id",
+    ],
+)
+def test_tap_fits_output_equals_the_json_result(live_portal: LivePortal, query: str) -> None:
+    results = {}
+    for fmt in ("json", "fits"):
+        response = httpx.post(
+            f"{live_portal.url}/tap/sync",
+            data={"LANG": "ADQL", "QUERY": query, "RESPONSEFORMAT": fmt, "MAXREC": "2"},
+            headers={"Authorization": f"Bearer {live_portal.token}"},
+        )
+        assert response.status_code == 200, response.text
+        results[fmt] = response
+    assert results["fits"].headers["content-type"] == "application/fits"
+    with fits.open(io.BytesIO(results["fits"].content)) as hdus:
+        table = Table.read(hdus[1])
+        assert hdus[1].header["OVERFLOW"] is True
+    expected = results["json"].json()
+    assert len(table) == len(expected["data"]) == 2
+    for index, meta in enumerate(expected["metadata"]):
+        values = [row[index] for row in expected["data"]]
+        column = table[meta["name"]]
+        got = column.tolist()
+        assert got == values or np.allclose(got, values), meta["name"]
+        assert (str(column.unit) if column.unit else None) == meta["unit"], meta["name"]
+    assert any(meta["unit"] == "deg" for meta in expected["metadata"]) or "gaia" in query

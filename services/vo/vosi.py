@@ -81,6 +81,7 @@ OUTPUT_IDS = {
     formats.TSV: None,
     formats.JSON: None,
     formats.PARQUET: None,
+    formats.FITS: "ivo://ivoa.net/std/TAPRegExt#output-fits-binary",
 }
 
 

@@ -5,7 +5,7 @@ import { EditorView, keymap, lineNumbers, highlightActiveLine } from "@codemirro
 import { defaultKeymap, history, historyKeymap } from "@codemirror/commands";
 import { syntaxHighlighting, defaultHighlightStyle, bracketMatching } from "@codemirror/language";
 import { autocompletion, completionKeymap } from "@codemirror/autocomplete";
-import { sql, SQLDialect, StandardSQL } from "@codemirror/lang-sql";
+import { sql, SQLDialect, PostgreSQL } from "@codemirror/lang-sql";
 
 const ADQL_WORDS =
   "top offset contains intersects point circle box polygon region distance area centroid coord1 coord2 " +
@@ -13,9 +13,10 @@ const ADQL_WORDS =
   "mod power sqrt log log10 exp abs ceiling floor round truncate pi rand sin cos tan asin acos atan atan2 " +
   "degrees radians cast coalesce";
 
+// ADQL is translated to PostgreSQL: its keywords are PostgreSQL's plus ADQL's own (StandardSQL's spec is empty).
 export const ADQL = SQLDialect.define({
-  keywords: StandardSQL.spec.keywords + " " + ADQL_WORDS,
-  types: StandardSQL.spec.types,
+  keywords: PostgreSQL.spec.keywords + " " + ADQL_WORDS,
+  types: PostgreSQL.spec.types,
   builtin: "",
   identifierQuotes: '"',
   caseInsensitiveIdentifiers: true,

@@ -5,9 +5,15 @@ const DMSPlots = (() => {
   const SQRT2 = Math.SQRT2;
   const VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725"];
 
-  // Mollweide projection of (ra, dec) in degrees, RA 180 at the centre and increasing to the left.
+  // Longitude on the map: RA 180 at the centre, RA increasing to the left (RA 0 at the right edge).
+  const longitude = (ra) => 180 - (((ra % 360) + 360) % 360);
+
+  // Mollweide projection of (ra, dec) in degrees.
   function mollweide(ra, dec) {
-    let lon = ((180 - ra) % 360 + 540) % 360 - 180;
+    return project(longitude(ra), dec);
+  }
+
+  function project(lon, dec) {
     const phi = (dec * Math.PI) / 180;
     let theta = phi;
     if (Math.abs(phi) < Math.PI / 2 - 1e-9) {
@@ -29,8 +35,8 @@ const DMSPlots = (() => {
 
   function outline(ctx, f) {
     ctx.beginPath();
-    for (let dec = -90; dec <= 90; dec += 2) ctx.lineTo(...f.toPixel(mollweide(360 - 1e-9, dec)));
-    for (let dec = 90; dec >= -90; dec -= 2) ctx.lineTo(...f.toPixel(mollweide(0, dec)));
+    for (let dec = -90; dec <= 90; dec += 2) ctx.lineTo(...f.toPixel(project(-180, dec)));
+    for (let dec = 90; dec >= -90; dec -= 2) ctx.lineTo(...f.toPixel(project(180, dec)));
     ctx.closePath();
   }
 
@@ -44,13 +50,13 @@ const DMSPlots = (() => {
     }
     for (let dec = -60; dec <= 60; dec += 30) {
       ctx.beginPath();
-      for (let ra = 0; ra <= 360; ra += 3) ctx.lineTo(...f.toPixel(mollweide(Math.min(ra, 359.999), dec)));
+      for (let lon = -180; lon <= 180; lon += 3) ctx.lineTo(...f.toPixel(project(lon, dec)));
       ctx.stroke();
     }
     ctx.fillStyle = "#333";
     ctx.font = "11px sans-serif";
     for (const ra of [0, 90, 180, 270]) {
-      const [x, y] = f.toPixel(mollweide(ra === 0 ? 359.9 : ra, 0));
+      const [x, y] = f.toPixel(mollweide(ra === 0 ? 0.1 : ra, 0));
       ctx.fillText(`${ra}°`, x + 2, y - 2);
     }
   }
@@ -73,13 +79,13 @@ const DMSPlots = (() => {
     if (density && density.pixels.length) {
       const max = Math.max(...density.pixels.map((p) => p.count));
       for (const p of density.pixels) {
-        let lons = p.corners.map(([ra]) => ((180 - ra) % 360 + 540) % 360 - 180);
+        let lons = p.corners.map(([ra]) => longitude(ra));
         if (Math.max(...lons) - Math.min(...lons) > 180) {
           const centre = lons.reduce((a, b) => a + Math.sign(b), 0) >= 0 ? 1 : -1;
           lons = lons.map((l) => (Math.sign(l) === centre ? l : l + 360 * centre));
         }
         ctx.beginPath();
-        p.corners.forEach(([, dec], i) => ctx.lineTo(...f.toPixel(mollweide(180 - Math.max(-180, Math.min(180, lons[i])), dec))));
+        p.corners.forEach(([, dec], i) => ctx.lineTo(...f.toPixel(project(Math.max(-180, Math.min(180, lons[i])), dec))));
         ctx.closePath();
         ctx.fillStyle = colour(p.count, max);
         ctx.fill();

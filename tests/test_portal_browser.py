@@ -156,6 +156,8 @@ def test_run_a_cone_query_sort_and_page(page: Any, live_portal: LivePortal, shot
     assert page.get_attribute("#results th[data-index='3']", "aria-sort") == "ascending"
     mags = np.sort(expected["phot_g_mean_mag"].to_numpy())
     assert np.allclose([float(v) for v in _column(page, 3)], mags[:50])
+    by_mag = expected.sort_values("phot_g_mean_mag")["source_id"].astype(str).tolist()
+    assert _column(page, 0) == by_mag[:50]  # 64-bit ids shown exactly (not rounded to a double)
     page.click("#page-next")
     assert np.allclose([float(v) for v in _column(page, 3)], mags[50:100])
     assert page.inner_text("#page-info") == f"Page 2 of {math.ceil(len(expected) / 50)}"

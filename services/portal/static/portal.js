@@ -37,9 +37,15 @@
     return body;
   }
 
+  // JSON results keep 64-bit integers exact (Gaia source_id > 2**53) as BigInt, from the number's source text.
+  function exactJson(text) {
+    return JSON.parse(text, (key, value, context) =>
+      typeof value === "number" && !Number.isSafeInteger(value) && context && /^-?\d+$/.test(context.source) ? BigInt(context.source) : value);
+  }
+
   async function adql(query, extra = {}) {
     const response = await call("/tap/sync", { method: "POST", body: form({ LANG: "ADQL", QUERY: query, RESPONSEFORMAT: "json", ...extra }) });
-    return response.json();
+    return exactJson(await response.text());
   }
 
   const literal = (text) => `'${String(text).replaceAll("'", "''")}'`;
@@ -233,7 +239,7 @@
     const job = await call(`/tap/async/${encodeURIComponent(id)}/parameters`);
     const doc = new DOMParser().parseFromString(await job.text(), "application/xml");
     const query = [...doc.getElementsByTagName("uws:parameter")].find((p) => p.getAttribute("id").toUpperCase() === "QUERY");
-    const result = await (await call(`/tap/async/${encodeURIComponent(id)}/results/result`)).json();
+    const result = exactJson(await (await call(`/tap/async/${encodeURIComponent(id)}/results/result`)).text());
     showResult(result, query ? query.textContent : "");
     status(`Job ${id}: ${result.data.length} rows`);
   }
@@ -308,7 +314,8 @@
   function compare(a, b) {
     if (a === null) return b === null ? 0 : 1;
     if (b === null) return -1;
-    if (typeof a === "number" && typeof b === "number") return a - b;
+    const numeric = (v) => typeof v === "number" || typeof v === "bigint";
+    if (numeric(a) && numeric(b)) return a < b ? -1 : a > b ? 1 : 0;
     return String(a).localeCompare(String(b), undefined, { numeric: true });
   }
 

@@ -96,6 +96,7 @@ def make_app(
 
 def landing_page(base: str, cone_tables: list[str]) -> str:
     links = [
+        ("Portal", f"{base}/portal/", "ADQL editor, schema, results, sky plot, images, light curves"),
         ("TAP 1.1 (ADQL 2.1)", f"{base}/tap", "tables, capabilities, examples, sync and async queries"),
         ("TAP tables", f"{base}/tap/tables", "VOSI table set"),
         ("TAP capabilities", f"{base}/tap/capabilities", "TAPRegExt"),

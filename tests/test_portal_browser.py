@@ -312,6 +312,49 @@ def test_accessibility_basics(page: Any) -> None:
     page.wait_for_function("document.getElementById('query-status').textContent.startsWith('Done')")
 
 
+def test_hostile_strings_are_shown_as_text(page: Any) -> None:
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    hostile = "<img src=x onerror=alert(1)><script>alert(2)</script>"
+    _type_query(page, f"SELECT TOP 2 id, '{hostile}' AS h FROM survey.obj ORDER BY id")
+    page.click("#run-sync")
+    page.wait_for_function("document.getElementById('query-status').textContent.startsWith('Done')")
+    assert _column(page, 1) == [hostile, hostile]
+    assert page.locator("#results img, #results script").count() == 0 and dialogs == []
+    _type_query(page, "SELECT nope FROM survey.obj WHERE '<b>x</b>' = 1")
+    page.click("#run-sync")
+    page.wait_for_function("document.getElementById('query-error').textContent.includes('failed')")
+    assert page.locator("#query-error b").count() == 0
+
+
+def test_anonymous_access_where_the_deployment_allows_it(
+    live_portal: LivePortal, browser: Any, shots: Path
+) -> None:
+    from dms.deployment import Deployment
+    from dms.services.vo.server import running_server
+
+    open_deployment = Deployment.open(live_portal.deployment.data_dir)
+    open_deployment.config.anonymous_access = True  # this server only; the file still says deny
+    try:
+        with running_server(open_deployment) as url:
+            context = browser.new_context(bypass_csp=True)
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT)
+            page.goto(f"{url}/portal/")
+            page.click("#anonymous-button")
+            page.wait_for_selector("#app:not([hidden])")
+            assert "Anonymous" in page.inner_text("#who")
+            _type_query(page, "SELECT TOP 3 id, name FROM survey.obj ORDER BY id")
+            page.click("#run-sync")
+            page.wait_for_function("document.getElementById('query-status').textContent.startsWith('Done')")
+            assert _column(page, 1) == ["star 1", "star 2", "star 3"]
+            assert page.evaluate("sessionStorage.getItem('dms.portal.token')") is None
+            page.screenshot(path=shots / "08-anonymous.png")
+            context.close()
+    finally:
+        open_deployment.dispose()
+
+
 def test_logout_forgets_the_token(page: Any) -> None:
     page.click("#logout")
     assert page.evaluate("sessionStorage.getItem('dms.portal.token')") is None

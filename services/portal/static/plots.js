@@ -116,7 +116,7 @@ const DMSPlots = (() => {
 
   // An SVG light curve of {diaObjectId, sources, forced}: flux (nJy) against MJD, one colour per band.
   function lightCurve(data) {
-    const width = 800, height = 360, left = 70, right = 90, top = 20, bottom = 45;
+    const width = 820, height = 360, left = 70, right = 110, top = 20, bottom = 45;
     const points = [
       ...data.sources.map((p) => ({ ...p, forced: false })),
       ...data.forced.map((p) => ({ ...p, forced: true })),
@@ -158,7 +158,8 @@ const DMSPlots = (() => {
       svg.appendChild(el("circle", { cx: width - right + 15, cy: top + 10 + i * 16, r: 4, fill: BAND_COLOURS[b] || "#666" }));
       svg.appendChild(el("text", { x: width - right + 25, y: top + 14 + i * 16, "font-size": 12 }, b));
     });
-    svg.appendChild(el("text", { x: width - right + 5, y: top + 20 + bands.length * 16, "font-size": 10 }, "● source ▢ forced"));
+    svg.appendChild(el("text", { x: width - right + 10, y: top + 24 + bands.length * 16, "font-size": 11 }, "● DiaSource"));
+    svg.appendChild(el("text", { x: width - right + 10, y: top + 40 + bands.length * 16, "font-size": 11 }, "▢ forced"));
     return svg;
   }
 

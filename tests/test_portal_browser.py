@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -276,6 +277,13 @@ def test_async_job_runs_and_is_listed(page: Any, live_portal: LivePortal, shots:
     ids = sorted(live_portal.gaia["source_id"].to_pylist())[:7]
     assert [int(v) for v in _column(page, 0)] == ids
     page.locator("#jobs-section").screenshot(path=shots / "07-jobs.png")
+    job = row.get_attribute("data-job")
+    page.click(f"button[aria-label='Delete job {job}']")
+    page.wait_for_selector(f"#jobs tbody tr[data-job='{job}']", state="detached")
+    gone = httpx.get(
+        f"{live_portal.url}/tap/async/{job}", headers={"Authorization": f"Bearer {live_portal.token}"}
+    )
+    assert gone.status_code == 404
 
 
 def test_accessibility_basics(page: Any) -> None:

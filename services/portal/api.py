@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def _float(request: Request, name: str) -> float | None:
         value = float(text)
     except ValueError:
         raise ServiceError(f"{name} {text!r} is not a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise ServiceError(f"{name} must be a finite number")
     return value
 

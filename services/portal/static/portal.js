@@ -270,7 +270,7 @@
       const actions = row.insertCell();
       if (job.phase === "COMPLETED") actions.appendChild(button(`Show results of ${job.id}`, "Show results", () => showJobResult(job.id)));
       actions.appendChild(button(`Delete job ${job.id}`, "Delete", async () => {
-        await call(`/tap/async/${encodeURIComponent(job.id)}`, { method: "DELETE", redirect: "manual" });
+        await call(`/tap/async/${encodeURIComponent(job.id)}`, { method: "DELETE" });
         await loadJobs();
       }));
     }

@@ -235,7 +235,9 @@ def test_sky_plot_shows_the_density_map_and_the_results(
     page.locator("#sky").screenshot(path=shots / "04-sky.png")
 
 
-def test_image_search_and_preview(page: Any, live_portal: LivePortal, shots: Path) -> None:
+def test_image_search_preview_and_download(
+    page: Any, live_portal: LivePortal, shots: Path, tmp_path: Path
+) -> None:
     page.fill("#sia-ra", "250.42")
     page.fill("#sia-dec", "36.46")
     page.fill("#sia-radius", "1")
@@ -247,6 +249,11 @@ def test_image_search_and_preview(page: Any, live_portal: LivePortal, shots: Pat
     assert page.evaluate("[preview.naturalWidth, preview.naturalHeight]") == [300, 300]
     assert "Preview of image m13" in page.get_attribute("#preview", "alt")
     page.locator("#preview-figure").screenshot(path=shots / "05-image.png")
+    with page.expect_download() as download:
+        page.click("button[aria-label='Download m13']")  # through its DataLink #this link
+    saved = tmp_path / "m13.fits"
+    download.value.save_as(saved)
+    assert saved.read_bytes() == live_portal.images["ivo://dms.example/image?0"].read_bytes()
     page.fill("#cutout-size", "0.02")
     page.click("button[aria-label='Preview m13']")
     page.wait_for_function("document.getElementById('preview').alt.includes('cutout')")

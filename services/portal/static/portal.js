@@ -368,15 +368,8 @@
     const format = $("download-format").value;
     try {
       const response = await call("/tap/sync", { method: "POST", body: form({ LANG: "ADQL", QUERY: state.query, RESPONSEFORMAT: format, MAXREC: $("maxrec").value }) });
-      const blob = await response.blob();
       const ext = { votable: "xml", "votable/b2": "xml", csv: "csv", tsv: "tsv", fits: "fits", parquet: "parquet", json: "json" }[format];
-      const a = document.createElement("a");
-      a.href = URL.createObjectURL(blob);
-      a.download = `result.${ext}`;
-      document.body.appendChild(a);
-      a.click();
-      a.remove();
-      setTimeout(() => URL.revokeObjectURL(a.href), 60000);
+      saveBlob(await response.blob(), `result.${ext}`);
     } catch (e) {
       $("results-info").textContent = `Download failed: ${e.message}`;
     }
@@ -429,12 +422,38 @@
       for (const row of result.data) {
         const r = body.insertRow();
         for (const value of [row[obs], row[ra], row[dec], row[fmt]]) r.insertCell().textContent = value === null ? "" : String(value);
-        r.insertCell().appendChild(button(`Preview ${row[obs]}`, "Preview", () => preview(row[did], row[obs], row[ra], row[dec])));
+        const actions = r.insertCell();
+        actions.appendChild(button(`Preview ${row[obs]}`, "Preview", () => preview(row[did], row[obs], row[ra], row[dec])));
+        actions.appendChild(button(`Download ${row[obs]}`, "Download file", () => downloadImage(row[did], row[obs])));
       }
       $("sia-status").textContent = `${result.data.length} images`;
     } catch (e) {
       $("sia-status").textContent = `The image search failed: ${e.message}`;
     }
+  }
+
+  function saveBlob(blob, name) {
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = name;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 60000);
+  }
+
+  // The image file by its DataLink #this link; the token goes only to this server, never to another host.
+  async function downloadImage(did, obsId) {
+    const doc = new DOMParser().parseFromString(await (await call(`/datalink?ID=${encodeURIComponent(did)}`)).text(), "application/xml");
+    const fields = [...doc.getElementsByTagName("FIELD")].map((f) => f.getAttribute("name"));
+    const links = [...doc.getElementsByTagName("TR")].map((tr) => Object.fromEntries([...tr.getElementsByTagName("TD")].map((td, i) => [fields[i], td.textContent])));
+    const link = links.find((l) => l.semantics === "#this");
+    if (!link || !link.access_url) throw new Error((link && link.error_message) || `no file link for ${obsId}`);
+    const url = new URL(link.access_url, window.location.href);
+    if (url.origin !== window.location.origin) { window.open(url.href, "_blank", "noopener"); return; }
+    const blob = await (await call(url.pathname + url.search)).blob();
+    saveBlob(blob, url.pathname.split("/").pop().includes(".") ? decodeURIComponent(url.pathname.split("/").pop()) : `${obsId}.fits`);
+    $("sia-status").textContent = `Downloaded ${obsId}`;
   }
 
   async function preview(did, obsId, ra, dec) {

@@ -370,6 +370,28 @@ def test_anonymous_access_where_the_deployment_allows_it(
         open_deployment.dispose()
 
 
+def test_a_token_revoked_during_the_session_returns_to_the_login_page(
+    live_portal: LivePortal, browser: Any
+) -> None:
+    from portal_support import dms
+
+    output = dms(live_portal.deployment, "users", "token", "alice")
+    token, token_id = output.splitlines()[0].strip(), output.split("id ")[1].split()[0].strip("():,")
+    context = browser.new_context(bypass_csp=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT)
+    page.goto(f"{live_portal.url}/portal/")
+    page.fill("#token", token)
+    page.press("#token", "Enter")
+    page.wait_for_selector("#app:not([hidden])")
+    dms(live_portal.deployment, "users", "revoke", token_id)
+    page.click("#run-sync")
+    page.wait_for_selector("#login:not([hidden])")
+    assert "was revoked" in page.inner_text("#login-error")
+    assert page.evaluate("sessionStorage.getItem('dms.portal.token')") is None
+    context.close()
+
+
 def test_logout_forgets_the_token(page: Any) -> None:
     page.click("#logout")
     assert page.evaluate("sessionStorage.getItem('dms.portal.token')") is None

@@ -392,9 +392,19 @@ def test_a_token_revoked_during_the_session_returns_to_the_login_page(
     context.close()
 
 
-def test_logout_forgets_the_token(page: Any) -> None:
+def test_logout_forgets_the_token(page: Any, live_portal: LivePortal) -> None:
     page.click("#logout")
     assert page.evaluate("sessionStorage.getItem('dms.portal.token')") is None
     page.reload()
     page.wait_for_selector("#login:not([hidden])")
     assert not page.is_visible("#app")
+    options = page.locator("#examples option").count()
+    page.fill("#token", live_portal.token)
+    page.press("#token", "Enter")
+    page.wait_for_selector("body[data-ready=true]", state="attached")
+    again = page.locator("#examples option").count()
+    page.click("#logout")  # a second log-in in the same page lists each example once
+    page.fill("#token", live_portal.token)
+    page.press("#token", "Enter")
+    page.wait_for_selector("body[data-ready=true]", state="attached")
+    assert page.locator("#examples option").count() == again > options

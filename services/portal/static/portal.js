@@ -52,6 +52,7 @@
 
   // ---- login ----------------------------------------------------------------------------------------------
   function showLogin(message) {
+    delete document.body.dataset.ready;
     sessionStorage.removeItem(KEY);
     sessionStorage.removeItem(ANON);
     $("app").hidden = true;
@@ -87,6 +88,7 @@
     $("who").textContent = me.user ? `Logged in as ${me.user} (scopes: ${me.scopes.join(", ")})` : "Anonymous (public data only)";
     if (!state.editor) setUpEditor();
     await Promise.allSettled([loadSchema(), loadExamples(), loadJobs(), loadDensityTables()]);
+    document.body.dataset.ready = "true"; // every panel has loaded (or shown its error)
   }
 
   async function logIn(event) {
@@ -116,6 +118,7 @@
     const response = await call("/tap/examples");
     const doc = new DOMParser().parseFromString(await response.text(), "application/xml");
     const select = $("examples");
+    select.length = 1; // keep the "Choose" option: a second log-in must not list the examples twice
     for (const example of doc.querySelectorAll('[typeof="example"]')) {
       const option = document.createElement("option");
       option.textContent = example.querySelector('[property="name"]').textContent;

@@ -19,6 +19,7 @@ pytest.register_assert_rewrite(
     "minibroker_support",
     "night_support",
     "prompt_support",
+    "portal_support",
 )
 
 

@@ -125,7 +125,7 @@ def test_upload_names_cannot_inject(live_vo: LiveVO) -> None:
         {"LANG": "ADQL"},
         {"LANG": "ADQL", "QUERY": "SELECT FROM WHERE"},
         {"LANG": "ADQL", "QUERY": "SELECT id FROM survey.obj", "MAXREC": "-3"},
-        {"LANG": "ADQL", "QUERY": "SELECT id FROM survey.obj", "RESPONSEFORMAT": "fits"},
+        {"LANG": "ADQL", "QUERY": "SELECT id FROM survey.obj", "RESPONSEFORMAT": "hdf5"},
         {"LANG": "ADQL", "QUERY": "SELECT * FROM TAP_UPLOAD.t", "UPLOAD": "t,ftp://example.org/t.xml"},
         {"LANG": "ADQL", "QUERY": "SELECT * FROM TAP_UPLOAD.t", "UPLOAD": "t,param:missing"},
     ],

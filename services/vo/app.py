@@ -17,6 +17,8 @@ from starlette.routing import Route
 from dms.deployment import Deployment
 from dms.services.auth import middleware as auth_middleware
 from dms.services.dbstate import DATABASE_DOWN, database_unreachable
+from dms.services.portal.api import Portal
+from dms.services.portal.api import public_paths as portal_paths
 from dms.services.vo.datalink import DataLink
 from dms.services.vo.executor import QueryExecutor, make_executor
 from dms.services.vo.files import ImageFiles
@@ -84,13 +86,14 @@ def make_app(
     routes = [Route("/", landing, methods=["GET"]), Route("/tap", landing, methods=["GET"])]
     routes += tap.routes() + scs.routes() + sia.routes() + datalink.routes() + ImageFiles(context).routes()
     routes += platform_routes(context)
+    routes += Portal(context).routes()
     middleware = [
         Middleware(BodyLimit, limits=limits or RequestLimits(), render=error_response),
         auth_middleware(
             deployment.engine,
             error_response,
             allow_anonymous=deployment.config.anonymous_access,
-            public_paths=PUBLIC_PATHS,
+            public_paths=PUBLIC_PATHS + portal_paths(),
         ),
         Middleware(ViewerMiddleware, config=deployment.config),
     ]
@@ -107,6 +110,7 @@ def make_app(
 
 def landing_page(base: str, cone_tables: list[str]) -> str:
     links = [
+        ("Portal", f"{base}/portal/", "ADQL editor, schema, results, sky plot, images, light curves"),
         ("TAP 1.1 (ADQL 2.1)", f"{base}/tap", "tables, capabilities, examples, sync and async queries"),
         ("TAP tables", f"{base}/tap/tables", "VOSI table set"),
         ("TAP capabilities", f"{base}/tap/capabilities", "TAPRegExt"),

@@ -37,7 +37,8 @@ JSON = Format("application/json", ("json",), "json")
 PARQUET = Format(
     "application/vnd.apache.parquet", ("parquet", "application/x-parquet", "vnd.apache.parquet"), "parquet"
 )
-FORMATS = (VOTABLE, VOTABLE_B2, CSV, TSV, JSON, PARQUET)
+FITS = Format("application/fits", ("fits", "image/fits"), "fits")
+FORMATS = (VOTABLE, VOTABLE_B2, CSV, TSV, JSON, PARQUET, FITS)
 
 
 # Every result response says whether MAXREC cut it (VOTable and JSON say it in-band as well; Parquet in its
@@ -113,6 +114,10 @@ def render(
             )
         rows = [list(r) for r in zip(*(c.to_pylist() for c in table.columns), strict=True)]
         return json.dumps({"metadata": metadata, "data": rows, "overflow": overflow}, default=str).encode()
+    if fmt is FITS:
+        from dms.services.vo.fits_table import fits_bytes
+
+        return fits_bytes(table, columns, overflow=overflow)
     # VOParquet: Parquet whose key-value metadata carries the VOTable description of the columns.
     return parquet_bytes(table, result_votable(table.slice(0, 0), columns, overflow=overflow), overflow)
 

@@ -54,6 +54,7 @@ def serve_demo(
 def urls(base: str) -> list[str]:
     return [
         f"VO services at {base}/ (Ctrl-C stops them)",
+        f"  Portal   {base}/portal/ (log in with a token from `dms users token NAME`)",
         f"  TAP      {base}/tap",
         f"  SIA 2.0  {base}/sia/query",
         f"  DataLink {base}/datalink",

@@ -81,6 +81,7 @@ OUTPUT_IDS = {
     formats.TSV: None,
     formats.JSON: None,
     formats.PARQUET: None,
+    formats.FITS: None,  # TAPRegExt defines no standard key for FITS output (taplint: E-CAP-XOFK-1)
 }
 
 

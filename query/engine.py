@@ -38,10 +38,11 @@ from dms.query.plan import JoinAnalyzer
 from dms.query.registry import Registry, Snapshot
 from dms.query.restrict import RestrictionFinder, intersect_ranges
 from dms.query.rewrite import PARTIALS, decompose
-from dms.query.shard_store import LOCKED_DOWN, ShardStore, confine, store_for
 from dms.query.sources import ShardSql, normalize_partial
 from dms.query.upload_match import prepare_upload_match
 from dms.query.validate import LOCAL_SCHEMA, Catalog, TableRef, bind
+from dms.shards import ShardBackend
+from dms.shards.parquet.transfer import LOCKED_DOWN, confine
 
 log = logging.getLogger(__name__)
 INLINE_IN_LIMIT = 10_000
@@ -89,12 +90,12 @@ class QueryEngine:
     ) -> None:
         self.deployment = deployment
         self.registry = Registry(deployment)
-        self.stores: dict[str, ShardStore] = {s.name: store_for(s) for s in deployment.shards()}
+        self.stores: dict[str, ShardBackend] = {s.name: s for s in deployment.shards()}
         self.pool = ThreadPoolExecutor(
             max_workers=workers or max(4, 2 * (os.cpu_count() or 2)), thread_name_prefix="dms-query"
         )
         self.dask_client = dask_client
-        self.roots = {n: str(getattr(s, "root", "")) for n, s in self.stores.items()}
+        self.roots = {n: str(getattr(s, "root", "")) for n, s in self.stores.items()}  # Parquet shards' files
         self._merge = duckdb.connect(config=LOCKED_DOWN)
         confine(self._merge, [])  # the merge reads only the Arrow tables it is given
         self._merge_udfs = False
@@ -279,7 +280,7 @@ class QueryEngine:
         if "control" in kinds:
             return dispatch.run_control(self.deployment, _with_cap(select, cap), aliases, shipped, run)
         if "catalog" not in kinds:
-            sql = ShardSql(select, aliases, run.snapshot, self.roots).local_sql(_with_cap(select, cap))
+            sql = ShardSql(select, aliases, run.snapshot, self.stores).local_sql(_with_cap(select, cap))
             return self._run_merge(sql, shipped, run)
         return self._distributed(select, aliases, shipped, run, cap)
 
@@ -318,14 +319,14 @@ class QueryEngine:
         upload_ranges = prepare_upload_match(
             select, aliases, partitioned, run.catalog.uploads, shipped, run.snapshot.chunks
         )
-        sql_builder = ShardSql(select, aliases, run.snapshot, self.roots)
+        sql_builder = ShardSql(select, aliases, run.snapshot, self.stores)
         decomposition = decompose(select, cap)
         if not partitioned:
             shard = sql_builder.replicated_shard(self.stores)
             problems = damaged_files(run.snapshot, on_files, self.roots, shard, None)
             if problems and not run.explain_only:
                 raise ChunkDamaged(f"replicated data cannot be read: {'; '.join(problems)}")
-            jobs = {shard: sql_builder.shard_sql(decomposition.shard, shard, self.stores[shard].dialect, [])}
+            jobs = {shard: sql_builder.shard_sql(decomposition.shard, shard, [])}
         else:
             join_plan = JoinAnalyzer(select, partitioned).plan()
             sql_builder.overlap_aliases = join_plan.overlap_aliases
@@ -361,7 +362,7 @@ class QueryEngine:
             sql_builder.ranges = {join_plan.primary: ranges} if ranges is not None else {}
 
             def build(shard: str, chunks: list[tuple[int, int]]) -> str:
-                return sql_builder.shard_sql(decomposition.shard, shard, self.stores[shard].dialect, chunks)
+                return sql_builder.shard_sql(decomposition.shard, shard, chunks)
 
             jobs = {shard: build(shard, chunks) for shard, chunks in chunk_sets.items()}
             run.notes.append(

@@ -36,6 +36,7 @@ from dms.shards import (
     ShardBackend,
     ShardCancelled,
     ShardQueryError,
+    ShardUnavailable,
     backend_for,
 )
 
@@ -297,3 +298,18 @@ def test_close_releases_connections_and_the_backend_reconnects(backend: ShardBac
     assert backend.execute("SELECT 2 AS x", timeout=30, cancel=None)["x"].to_pylist() == [2]
     backend.close()
     assert backend.execute("SELECT 3 AS x", timeout=30, cancel=None)["x"].to_pylist() == [3]
+
+
+def test_an_unreachable_shard_is_unavailable(backend: ShardBackend, tmp_path: Path) -> None:
+    """A server that is not there (PostgreSQL) or a database file that is gone (DuckDB)."""
+    location = (
+        {"url": "postgresql://dms@127.0.0.1:1/nowhere"}
+        if backend.config.url
+        else {"path": str(tmp_path / "gone.duckdb")}
+    )
+    gone = backend_for(backend.config.model_copy(update=location), backend.data_dir)
+    try:
+        with pytest.raises(ShardUnavailable, match=rf"shard {backend.name!r}"):
+            gone.execute("SELECT 1 AS x", timeout=30, cancel=None)
+    finally:
+        gone.close()

@@ -9,7 +9,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from queue import Empty, LifoQueue
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -17,6 +16,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
 from psycopg.sql import Identifier
+from psycopg_pool import ConnectionPool, PoolTimeout
 from sqlglot import exp
 
 from dms.config import ShardConfig, mask_password, parse_postgres_url
@@ -36,6 +36,13 @@ from dms.shards.postgres.transfer import PostgresConnection, copy_ready
 if TYPE_CHECKING:
     from dms.schema.catalog import CatalogTable
 
+CONNECT_TIMEOUT = 10
+"""Seconds to wait for a new connection to the shard's server."""
+POOL_SIZE = 16
+"""Most connections the process keeps to one shard."""
+POOL_WAIT = 2.0
+"""Seconds to wait for a pooled connection before opening one of its own (whose error is the server's)."""
+
 
 def physical_name(table: CatalogTable) -> str:
     """The table's name on a PostgreSQL shard as the registry records it (schema-qualified, quoted); SQL
@@ -54,7 +61,8 @@ class PostgresShard(ShardBackend):
 
     def __init__(self, config: ShardConfig, data_dir: Path) -> None:
         super().__init__(config, data_dir)
-        self._pool: LifoQueue[psycopg.Connection] = LifoQueue()
+        self._pool: ConnectionPool | None = None
+        self._pool_lock = threading.Lock()
 
     def sqlalchemy_url(self) -> sa.URL:
         assert self.config.url is not None
@@ -70,20 +78,45 @@ class PostgresShard(ShardBackend):
         url = self.sqlalchemy_url()
         return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
+    def _connections(self) -> ConnectionPool:
+        """The shard's connection pool (psycopg-pool), opened on first use; connections are kept between
+        queries, so a per-shard query costs no connection set-up."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.conninfo,
+                    kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
+                    min_size=1,
+                    max_size=POOL_SIZE,
+                    open=False,
+                    name=f"dms-shard-{self.name}",
+                    timeout=POOL_WAIT,
+                    num_workers=1,
+                )
+                self._pool.open(wait=False)
+            return self._pool
+
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection; when the pool has none within POOL_WAIT seconds (the server is down, or every
+        connection is busy), a connection of its own, so the caller sees the server's own error."""
+        pool = self._connections()
         try:
-            conn = self._pool.get_nowait()
-        except Empty:
-            conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10)
+            context = pool.connection(timeout=POOL_WAIT)
+            conn = context.__enter__()
+        except PoolTimeout:
+            with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT) as conn:
+                yield conn
+            return
         try:
             yield conn
-        except psycopg.OperationalError:
-            conn.close()
+        except BaseException as exc:
+            if isinstance(exc, psycopg.OperationalError):
+                conn.close()  # broken: the pool discards it and opens another
+            context.__exit__(type(exc), exc, exc.__traceback__)
             raise
         else:
-            if not conn.closed:
-                self._pool.put(conn)
+            context.__exit__(None, None, None)
 
     # storing chunks ------------------------------------------------------------------------------------
 
@@ -205,8 +238,7 @@ class PostgresShard(ShardBackend):
             raise ShardUnavailable(self.name, str(exc).splitlines()[0]) from exc
 
     def close(self) -> None:
-        while True:
-            try:
-                self._pool.get_nowait().close()
-            except Empty:
-                return
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None

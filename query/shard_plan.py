@@ -141,6 +141,10 @@ class PlanCache:
             while len(self._plans) > self.size:
                 self._plans.popitem(last=False)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._plans.clear()
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._plans)

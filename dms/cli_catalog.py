@@ -348,14 +348,13 @@ def verify(ctx: click.Context, quiet: bool) -> None:
     from tqdm import tqdm
 
     from dms.query.integrity import file_problem
-    from dms.query.shard_store import ParquetStore, store_for
+    from dms.shards.parquet.backend import DuckDBShard
 
     deployment = _open(ctx)
     roots = {}
     for shard in deployment.shards():
-        store = store_for(shard)
-        if isinstance(store, ParquetStore):
-            roots[store.name] = store.root
+        if isinstance(shard, DuckDBShard):
+            roots[shard.name] = shard.root
     with deployment.connect() as conn:
         files = conn.execute(
             sa.text(

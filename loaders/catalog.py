@@ -31,7 +31,6 @@ from dms.loaders.catalog_errors import LoadError
 from dms.loaders.orphans import DEFAULT_ORPHANS, check_policy, place_children, refuse_placed_orphans
 from dms.loaders.partition import ChunkLayout, adaptive_layout, healpix_29, nuniq, overlap_rows
 from dms.loaders.readers import file_checksum, read_catalog_file
-from dms.query.shard_store import ChunkFile, ShardStore, store_for
 from dms.schema.catalog import (
     CatalogError,
     CatalogTable,
@@ -43,6 +42,7 @@ from dms.schema.catalog import (
     register_table,
 )
 from dms.schema.catalog import chunks as registered_chunks
+from dms.shards import ChunkFile, ShardBackend
 
 log = logging.getLogger(__name__)
 
@@ -543,8 +543,8 @@ def _with_overlap(
     return pa.concat_tables([rows, extra])
 
 
-def _stores(deployment: Deployment, table: CatalogTable) -> list[ShardStore]:
-    stores = [store_for(s) for s in deployment.shards() if s.kind == table.storage_kind]
+def _stores(deployment: Deployment, table: CatalogTable) -> list[ShardBackend]:
+    stores = [s for s in deployment.shards() if s.kind == table.storage_kind]
     if not stores:
         raise LoadError(f"no {table.storage_kind} shard in this deployment for {table.name}")
     return sorted(stores, key=lambda s: s.name)

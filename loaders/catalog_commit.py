@@ -8,8 +8,8 @@ import sqlalchemy as sa
 
 from dms.deployment import Deployment
 from dms.loaders.partition import nuniq
-from dms.query.shard_store import ChunkFile
 from dms.schema.catalog import CatalogTable
+from dms.shards import ChunkFile
 
 
 def replica_offset(chunk: np.ndarray | int, shard_index: int, shards: int) -> np.ndarray | int:

@@ -18,7 +18,6 @@ import sqlalchemy as sa
 
 from dms.deployment import Deployment
 from dms.loaders.catalog_errors import LoadError
-from dms.query.shard_store import store_for
 from dms.schema.catalog import CatalogError, CatalogTable, get_table, list_tables, qualified_name
 
 
@@ -79,7 +78,7 @@ def shards_holding(deployment: Deployment, table: CatalogTable) -> set[str]:
     """The shards that hold something under the table's name."""
     held = set()
     for shard in deployment.shards():
-        store = store_for(shard)
+        store = shard
         try:
             if store.has_table(table):
                 held.add(store.name)
@@ -96,7 +95,7 @@ def remove_table(
     _unregister(deployment, table)
     cleaned, failures = [], []
     for shard in deployment.shards():
-        store = store_for(shard)
+        store = shard
         if store.name in spare:
             continue
         try:

@@ -18,13 +18,8 @@ from sqlglot import exp
 
 from dms.appname import application_name
 from dms.query.errors import QueryCancelled, QueryError, QueryTimeout
-from dms.query.shard_store import (
-    PostgresConnection,
-    ShardCancelled,
-    ShardQueryError,
-    ShardStore,
-    ShardUnavailable,
-)
+from dms.shards import ShardBackend, ShardCancelled, ShardQueryError, ShardUnavailable
+from dms.shards.postgres.transfer import PostgresConnection
 
 if TYPE_CHECKING:
     from dms.deployment import Deployment
@@ -32,7 +27,7 @@ if TYPE_CHECKING:
     from dms.query.validate import TableRef
 
 
-def run_shard(store: ShardStore, sql: str, shipped: dict[str, pa.Table], run: _Run) -> pa.Table:
+def run_shard(store: ShardBackend, sql: str, shipped: dict[str, pa.Table], run: _Run) -> pa.Table:
     run.check()
     return store.execute(sql, timeout=run.remaining(), cancel=run.cancel, tables=shipped)
 
@@ -88,13 +83,12 @@ def gather_each(futures: dict[str, Future[pa.Table]], run: _Run) -> dict[str, pa
 
 
 @functools.lru_cache(maxsize=16)
-def _worker_store(kind: str, config_json: str, data_dir: str) -> ShardStore:
+def _worker_store(kind: str, config_json: str, data_dir: str) -> ShardBackend:
     from dms.config import ShardConfig
-    from dms.query.shard_store import store_for
     from dms.shards import backend_for
 
     config = ShardConfig.model_validate_json(config_json)
-    return store_for(backend_for(config, Path(data_dir)))
+    return backend_for(config, Path(data_dir))
 
 
 def _dask_task(

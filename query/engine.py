@@ -18,7 +18,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,18 +29,17 @@ from sqlglot import exp
 from dms.deployment import Deployment
 from dms.query import dispatch, qserv_sql
 from dms.query.errors import QueryCancelled, QueryError, QueryRefused, QueryTimeout
-from dms.query.integrity import ChunkDamaged, check_files_exist, damaged_files, reroute_damaged
 from dms.query.lineage import catalog_unit_resolver
 from dms.query.mysql_semantics import mysql_semantics
 from dms.query.parse import parse
-from dms.query.plan import JoinAnalyzer
+from dms.query.planner import Planner
 from dms.query.registry import Registry, Snapshot
-from dms.query.restrict import RestrictionFinder, intersect_ranges
-from dms.query.rewrite import PARTIALS, decompose
-from dms.query.shard_store import LOCKED_DOWN, ShardStore, confine, store_for
+from dms.query.rewrite import PARTIALS
+from dms.query.shard_plan import QueryPlan
 from dms.query.sources import ShardSql, normalize_partial
-from dms.query.upload_match import prepare_upload_match
 from dms.query.validate import LOCAL_SCHEMA, Catalog, TableRef, bind
+from dms.shards import ShardBackend
+from dms.shards.parquet.transfer import LOCKED_DOWN, confine
 
 log = logging.getLogger(__name__)
 INLINE_IN_LIMIT = 10_000
@@ -64,8 +62,10 @@ class _Run:
     deadline: float | None
     cancel: threading.Event
     explain_only: bool = False
+    run_inner: bool = False  # with explain_only: subqueries still run (for `plan`)
     lang: str = "sql"
     notes: list[str] = field(default_factory=list)
+    plans: list[QueryPlan] = field(default_factory=list)
     counter: itertools.count[int] = field(default_factory=itertools.count)
 
     def check(self) -> None:
@@ -89,12 +89,13 @@ class QueryEngine:
     ) -> None:
         self.deployment = deployment
         self.registry = Registry(deployment)
-        self.stores: dict[str, ShardStore] = {s.name: store_for(s) for s in deployment.shards()}
+        self.stores: dict[str, ShardBackend] = {s.name: s for s in deployment.shards()}
         self.pool = ThreadPoolExecutor(
             max_workers=workers or max(4, 2 * (os.cpu_count() or 2)), thread_name_prefix="dms-query"
         )
         self.dask_client = dask_client
-        self.roots = {n: str(getattr(s, "root", "")) for n, s in self.stores.items()}
+        self.roots = {n: str(getattr(s, "root", "")) for n, s in self.stores.items()}  # Parquet shards' files
+        self.planner = Planner(self.stores, self.roots)
         self._merge = duckdb.connect(config=LOCKED_DOWN)
         confine(self._merge, [])  # the merge reads only the Arrow tables it is given
         self._merge_udfs = False
@@ -129,6 +130,14 @@ class QueryEngine:
         run.explain_only = True
         self._evaluate(parse(query, lang), run, top=True)
         return "\n".join(run.notes)
+
+    def plan(self, query: str, *, lang: str = "sql", max_rows: int | None = None) -> list[QueryPlan]:
+        """The distributed plans of a query without running it: one per flat SELECT over catalog tables, in
+        the order the engine evaluates them (subqueries are evaluated, so their plans come first)."""
+        run = self._run(lang, query, max_rows, None, None, None)
+        run.explain_only = run.run_inner = True
+        self._evaluate(parse(query, lang), run, top=True)
+        return run.plans
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -166,7 +175,14 @@ class QueryEngine:
     def _evaluate(self, query: exp.Query, run: _Run, top: bool = False) -> pa.Table:
         """The rows of a query: the final result when `top` (cut after run.max_rows + 1 rows; the caller
         reports the overflow), else an intermediate result, complete or an error."""
-        result = self._evaluate_whole(query, run, top)
+        if not top and run.explain_only and run.run_inner:
+            run.explain_only = False  # the outer query's plan depends on this one's rows
+            try:
+                result = self._evaluate_whole(query, run, top)
+            finally:
+                run.explain_only = True
+        else:
+            result = self._evaluate_whole(query, run, top)
         if not top and result.num_rows > self.inner_row_limit:
             raise QueryRefused(
                 f"an intermediate result (a WITH query, derived table, subquery or side of a set operation) "
@@ -279,7 +295,7 @@ class QueryEngine:
         if "control" in kinds:
             return dispatch.run_control(self.deployment, _with_cap(select, cap), aliases, shipped, run)
         if "catalog" not in kinds:
-            sql = ShardSql(select, aliases, run.snapshot, self.roots).local_sql(_with_cap(select, cap))
+            sql = ShardSql(select, aliases, run.snapshot, self.stores).local_sql(_with_cap(select, cap))
             return self._run_merge(sql, shipped, run)
         return self._distributed(select, aliases, shipped, run, cap)
 
@@ -300,96 +316,32 @@ class QueryEngine:
         run: _Run,
         cap: int | None,
     ) -> pa.Table:
-        catalog_refs = {a: r.catalog for a, r in aliases.items() if r.catalog is not None}
-        kinds = {t.storage_kind for t in catalog_refs.values()}
-        if len(kinds) > 1:
-            raise QueryRefused(
-                "this query joins tables stored on PostgreSQL shards with tables on DuckDB "
-                "shards; they cannot be joined shard by shard"
-            )
-        on_files = [t for t in catalog_refs.values() if t.storage_kind == "duckdb"]
-        counted = _count_shortcut(select, catalog_refs)
-        if counted is not None:
-            for table in on_files:
-                check_files_exist(run.snapshot, table, self.roots)
-            run.notes.append(f"answered from the registry's row count of {counted[1]}")
-            return pa.table({counted[0]: pa.array([counted[2]], pa.int64())})
-        partitioned = {a: t for a, t in catalog_refs.items() if t.partitioned}
-        upload_ranges = prepare_upload_match(
-            select, aliases, partitioned, run.catalog.uploads, shipped, run.snapshot.chunks
-        )
-        sql_builder = ShardSql(select, aliases, run.snapshot, self.roots)
-        decomposition = decompose(select, cap)
-        if not partitioned:
-            shard = sql_builder.replicated_shard(self.stores)
-            problems = damaged_files(run.snapshot, on_files, self.roots, shard, None)
-            if problems and not run.explain_only:
-                raise ChunkDamaged(f"replicated data cannot be read: {'; '.join(problems)}")
-            jobs = {shard: sql_builder.shard_sql(decomposition.shard, shard, self.stores[shard].dialect, [])}
-        else:
-            join_plan = JoinAnalyzer(select, partitioned).plan()
-            sql_builder.overlap_aliases = join_plan.overlap_aliases
-            sql_builder.primary_alias = join_plan.primary
-            sql_builder.radius = join_plan.radius
-            ranges, ids = upload_ranges, None
-            if upload_ranges is not None:
-                run.notes.append(f"upload crossmatch: zone join over {len(upload_ranges)} chunk ranges")
-            for alias, table in partitioned.items():
-                if alias in join_plan.overlap_aliases:
-                    continue
-                restriction = RestrictionFinder(alias, table).find(select.args.get("where"))
-                if restriction.ranges is not None:
-                    ranges = (
-                        restriction.ranges if ranges is None else intersect_ranges(ranges, restriction.ranges)
-                    )
-                # a match table's key names its first director's object, whose chunk is the primary's only
-                # when the primary is that director (or the match table itself)
-                usable = (
-                    table.role != "match"
-                    or join_plan.primary == alias
-                    or (partitioned[join_plan.primary].name == table.director_table)
-                )
-                if restriction.ids is not None and usable:
-                    ids = restriction.ids if ids is None else ids & restriction.ids
-            primary = partitioned[join_plan.primary]
-            chunk_sets = sql_builder.choose_chunks(primary, ranges, ids)
-            sql_builder.check_layouts(join_plan.primary, chunk_sets)
-            replicas = run.snapshot.chunks[primary.name].replicas
-            if on_files and not run.explain_only:
-                chunk_sets, moved = reroute_damaged(run.snapshot, on_files, self.roots, chunk_sets, replicas)
-                run.notes.extend(moved)
-            sql_builder.ranges = {join_plan.primary: ranges} if ranges is not None else {}
-
-            def build(shard: str, chunks: list[tuple[int, int]]) -> str:
-                return sql_builder.shard_sql(decomposition.shard, shard, self.stores[shard].dialect, chunks)
-
-            jobs = {shard: build(shard, chunks) for shard, chunks in chunk_sets.items()}
-            run.notes.append(
-                f"primary {primary.name} as {join_plan.primary}: "
-                f"{sum(len(c) for c in chunk_sets.values())} chunks on {len(chunk_sets)} shards"
-                + (
-                    f"; overlap used for {sorted(join_plan.overlap_aliases)}"
-                    if join_plan.overlap_aliases
-                    else ""
-                )
-            )
-        for shard, sql in jobs.items():
-            run.notes.append(f"[{shard}] {sql}")
-        merge_sql = decomposition.merge.sql("duckdb")
-        run.notes.append(f"[merge] {merge_sql}")
+        plan = self.planner.plan(select, aliases, shipped, run, cap)
+        run.plans.append(plan)
+        run.notes.extend(plan.describe())
+        if plan.strategy == "registry":
+            assert plan.output is not None
+            return pa.table({plan.output: pa.array([plan.registry_count], pa.int64())})
         if run.explain_only:
             return pa.table({})
-        if partitioned and self.dask_client is None:
-            partials = self._dispatch_chunks(chunk_sets, build, replicas, shipped, run)
+        return self._execute_plan(plan, shipped, run)
+
+    def _execute_plan(self, plan: QueryPlan, shipped: dict[str, pa.Table], run: _Run) -> pa.Table:
+        """Dispatch the plan's per-shard queries and merge their partial results."""
+        assert plan.decomposition is not None and plan.merge is not None
+        if plan.strategy == "chunks" and self.dask_client is None:
+            assert plan.primary is not None
+            replicas = run.snapshot.chunks[plan.primary].replicas
+            partials = self._dispatch_chunks(plan, replicas, shipped, run)
         else:
-            partials = self._dispatch(jobs, shipped, run)
+            partials = self._dispatch({job.shard: job.sql for job in plan.jobs}, shipped, run)
         if not partials:
-            empty_sql = sql_builder.local_sql(decomposition.shard, empty=True)
-            partials = [self._run_merge(empty_sql, shipped, run)]
-        if len(partials) == 1 and not decomposition.aggregated:
-            return normalize_partial(decomposition.finish_single(partials[0]))
+            assert plan.empty is not None
+            partials = [self._run_merge(plan.empty, shipped, run)]
+        if len(partials) == 1 and not plan.aggregated:
+            return normalize_partial(plan.decomposition.finish_single(partials[0]))
         merged = pa.concat_tables([normalize_partial(p) for p in partials], promote_options="permissive")
-        return self._run_merge(merge_sql, {PARTIALS: merged}, run)
+        return self._run_merge(plan.merge, {PARTIALS: merged}, run)
 
     def _dispatch(self, jobs: dict[str, str], shipped: dict[str, pa.Table], run: _Run) -> list[pa.Table]:
         if self.dask_client is not None:
@@ -402,22 +354,22 @@ class QueryEngine:
 
     def _dispatch_chunks(
         self,
-        chunk_sets: dict[str, list[tuple[int, int]]],
-        build: Callable[[str, list[tuple[int, int]]], str],
+        plan: QueryPlan,
         replicas: dict[tuple[int, int], list[str]],
         shipped: dict[str, pa.Table],
         run: _Run,
     ) -> list[pa.Table]:
-        """Per-shard queries; the chunks of a shard that cannot be reached are asked of their replicas."""
+        """The plan's per-shard queries; the chunks of a shard that cannot be reached are asked of their
+        replicas (with SQL built for those chunks on the replica's shard)."""
+        assert plan.rebuild is not None
         results: list[pa.Table] = []
         failed: set[str] = set()
-        pending = chunk_sets
+        pending = plan.chunk_sets
+        queries = {job.shard: job.sql for job in plan.jobs}
         while pending:
             futures = {
-                shard: self.pool.submit(
-                    dispatch.run_shard, self.stores[shard], build(shard, chunks), shipped, run
-                )
-                for shard, chunks in pending.items()
+                shard: self.pool.submit(dispatch.run_shard, self.stores[shard], queries[shard], shipped, run)
+                for shard in pending
             }
             outcome = dispatch.gather_each(futures, run)
             retry: dict[str, list[tuple[int, int]]] = {}
@@ -436,6 +388,7 @@ class QueryEngine:
                     retry.setdefault(others[0], []).append(chunk)
             run.notes.extend(f"failover: {len(c)} chunks to {s}" for s, c in retry.items())
             pending = retry
+            queries = {shard: plan.rebuild(shard, chunks) for shard, chunks in retry.items()}
         return results
 
     def _run_merge(self, sql: str, tables: dict[str, pa.Table], run: _Run) -> pa.Table:
@@ -497,22 +450,3 @@ def _with_cap(select: exp.Select, max_rows: int | None) -> exp.Select:
     if current is None or current > max_rows + 1:
         capped.set("limit", exp.Limit(expression=exp.Literal.number(max_rows + 1)))
     return capped
-
-
-def _count_shortcut(select: exp.Select, tables: dict[str, Any]) -> tuple[str, str, int] | None:
-    """`SELECT COUNT(*) FROM t`: the registry knows the answer."""
-    if len(tables) != 1 or len(select.expressions) != 1:
-        return None
-    if any(select.args.get(k) for k in ("where", "group", "having", "joins", "distinct", "offset")):
-        return None
-    projection = select.expressions[0]
-    inner = projection.unalias() if isinstance(projection, exp.Alias) else projection
-    if not (isinstance(inner, exp.Count) and isinstance(inner.this, exp.Star)):
-        return None
-    limit = select.args.get("limit")
-    if limit is not None and not (
-        isinstance(limit.expression, exp.Literal) and int(limit.expression.this) > 0
-    ):
-        return None
-    table = next(iter(tables.values()))
-    return projection.alias_or_name or "count", table.name, table.row_count

@@ -19,9 +19,9 @@ from dms.loaders.partition import nuniq
 from dms.query.errors import QueryRefused
 from dms.query.registry import Snapshot
 from dms.query.restrict import merge_ranges
-from dms.query.shard_store import ShardStore
 from dms.query.validate import TableRef
 from dms.schema.catalog import SQL_TYPES, CatalogTable
+from dms.shards import ShardBackend
 
 MAX_RANGES = 64
 ChunkKey = tuple[int, int]
@@ -33,9 +33,9 @@ class ShardSql:
         select: exp.Select,
         aliases: dict[str, TableRef],
         snapshot: Snapshot,
-        roots: dict[str, str] | None = None,
+        shards: dict[str, ShardBackend] | None = None,
     ) -> None:
-        self.roots = roots or {}
+        self.shards = shards or {}
         self.select = select
         self.aliases = aliases
         self.snapshot = snapshot
@@ -94,23 +94,28 @@ class ShardSql:
                     if (order, pixel) in own and partner.shard[list(own).index((order, pixel))] is None:
                         raise QueryRefused(f"chunk {order}/{pixel} of {table.name} is not placed on {shard}")
 
-    def replicated_shard(self, stores: dict[str, ShardStore]) -> str:
+    def replicated_shard(self, stores: dict[str, ShardBackend]) -> str:
         tables = [r.catalog for r in self.aliases.values() if r.catalog is not None]
         kind = tables[0].storage_kind
         for name in sorted(stores):
-            if stores[name].kind == kind and all(
-                kind == "postgres" or name in self.snapshot.chunks[t.name].replicated_files for t in tables
+            shard = stores[name]
+            if shard.kind == kind and all(
+                shard.shared_table or name in self.snapshot.chunks[t.name].replicated_files for t in tables
             ):
                 return name
         raise QueryRefused(f"no shard holds all of {', '.join(t.name for t in tables)}")
 
     # per-shard SQL ------------------------------------------------------------------------------------------
 
-    def shard_sql(self, template: exp.Select, shard: str, dialect: str, chunks: list[ChunkKey]) -> str:
+    def shard_sql(self, template: exp.Select, shard: str, chunks: list[ChunkKey]) -> str:
+        """The per-shard query of `shard` over its `chunks`, in the shard's dialect."""
+        return self.shard_expression(template, shard, chunks).sql(self.shards[shard].dialect)
+
+    def shard_expression(self, template: exp.Select, shard: str, chunks: list[ChunkKey]) -> exp.Select:
         query = template.copy()
         for table in list(query.find_all(exp.Table)):
-            self._replace_table(query, table, shard, dialect, chunks)
-        return query.sql(dialect)
+            self._replace_table(query, table, self.shards[shard], chunks)
+        return query
 
     def local_sql(self, template: exp.Select, *, empty: bool = False) -> str:
         """The query over empty catalog tables and the shipped small tables, for the merge database."""
@@ -124,7 +129,7 @@ class ShardSql:
         return query.sql("duckdb")
 
     def _replace_table(
-        self, query: exp.Select, table: exp.Table, shard: str, dialect: str, chunks: list[ChunkKey]
+        self, query: exp.Select, table: exp.Table, backend: ShardBackend, chunks: list[ChunkKey]
     ) -> None:
         alias = table.alias_or_name
         ref = self.aliases.get(alias)
@@ -136,32 +141,20 @@ class ShardSql:
             return
         catalog = ref.catalog
         data = self.snapshot.chunks[catalog.name]
-        if dialect == "duckdb":
-            if catalog.partitioned:
-                files = [f for key in chunks for f in data.files.get((shard, *key), [])]
-            else:
-                files = data.replicated_files.get(shard, [])
-            if not files:
-                table.replace(empty_relation(catalog, alias))
-            else:
-                root = self.roots[shard]
-                paths = [f"{root}/{f}" for f in files]
-                table.replace(
-                    exp.Table(
-                        this=exp.Anonymous(
-                            this="read_parquet",
-                            expressions=[exp.Array(expressions=[exp.Literal.string(p) for p in paths])],
-                        ),
-                        alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True)),
-                    )
-                )
+        shard = backend.name
+        if catalog.partitioned:
+            files = [f for key in chunks for f in data.files.get((shard, *key), [])]
         else:
-            schema, name = catalog.schema_name, catalog.table_name
-            table.set("db", exp.to_identifier(schema, quoted=True))
-            table.set("this", exp.to_identifier(name, quoted=True))
+            files = data.replicated_files.get(shard, [])
+        relation = backend.relation(catalog, files)
+        if relation is None:
+            table.replace(empty_relation(catalog, alias))
+        else:
+            relation.set("alias", exp.TableAlias(this=exp.to_identifier(alias, quoted=True)))
+            table.replace(relation)
         if alias in self.radius:  # a near-neighbour partner (one reached by a match table has no radius)
             self._expand_zones(query, alias, catalog)
-        self._add_chunk_predicates(query, join, alias, catalog, shard, dialect, chunks)
+        self._add_chunk_predicates(query, join, alias, catalog, backend, chunks)
 
     def _expand_zones(self, query: exp.Select, alias: str, catalog: CatalogTable) -> None:
         """A near-neighbour partner's rows, each repeated for its declination zone and the two next to it
@@ -199,12 +192,12 @@ class ShardSql:
         join: exp.Join | None,
         alias: str,
         catalog: CatalogTable,
-        shard: str,
-        dialect: str,
+        backend: ShardBackend,
         chunks: list[ChunkKey],
     ) -> None:
-        """Chunk-locality predicates of a partitioned table, and (on PostgreSQL) the committed-loads filter of
-        every catalog table."""
+        """Chunk-locality predicates of a partitioned table, and (on shards that keep every load in one table)
+        the committed-loads filter of every catalog table."""
+        shard = backend.name
         predicates: list[exp.Expression] = []
         column = _column
         if alias in self.overlap_aliases:
@@ -241,14 +234,14 @@ class ShardSql:
 
             clipped = intersect_ranges(merge_ranges(ranges), merge_ranges(shard_ranges))
             predicates.append(_range_predicate(column("_healpix_29", alias), clipped))
-        if dialect == "postgres" and catalog.partitioned and alias not in self.overlap_aliases:
-            # a PostgreSQL shard's table also holds the replicas of other shards' chunks
+        if backend.shared_table and catalog.partitioned and alias not in self.overlap_aliases:
+            # the shard's table also holds the replicas of other shards' chunks
             total = self.snapshot.chunks[catalog.name]
             on_shard = int((total.shard == shard).sum())
             if catalog.replicas > 1 or (ranges is None and on_shard and len(chunks) < on_shard):
                 values = [exp.Literal.number(int(nuniq(o, p))) for o, p in chunks]
                 predicates.append(exp.In(this=column("_chunk", alias), expressions=values))
-        if dialect == "postgres":
+        if backend.shared_table:
             predicates.append(self._committed_rows(column("_load_id", alias), catalog))
         if not predicates:
             return
@@ -259,8 +252,8 @@ class ShardSql:
             query.where(condition, copy=False)
 
     def _committed_rows(self, load_id: exp.Column, catalog: CatalogTable) -> exp.Expression:
-        """Rows of a PostgreSQL shard a query may read: those of the loads committed as of the snapshot, named
-        one by one, so rows of a load still being written, or of one that failed, are never read."""
+        """Rows of a shared-table shard a query may read: those of the loads committed as of the snapshot,
+        named one by one, so rows of a load still being written, or of one that failed, are never read."""
         committed = self.snapshot.committed_loads.get(catalog.name, [])
         if not committed:
             return exp.false()

@@ -38,9 +38,10 @@ from dms.loaders.catalog import TableOptions, load_files
 from dms.loaders.samples import gaia_table, write_parquet
 from dms.query.engine import QueryEngine
 from dms.query.limits import MAX_DEPTH, MAX_NESTING
-from dms.query.shard_store import ParquetStore, PostgresConnection, store_for
 from dms.services.vo.server import running_server
 from dms.services.vo.tap_schema import sync
+from dms.shards.parquet.backend import DuckDBShard
+from dms.shards.postgres.transfer import PostgresConnection
 
 REPO = Path(__file__).resolve().parent.parent
 BREAKOUT = 'a"" integer); {sql}; CREATE TEMP TABLE ""zz"" (""b'
@@ -212,7 +213,7 @@ def test_user_queries_run_as_the_reader_in_read_only_transactions(live: Live) ->
     with PostgresConnection(live.control_url) as conn:
         row = conn.query(probe, timeout=10, cancel=None, tables=shipped).to_pylist()[0]
     assert row["who"] == "dms_reader" and row["ro"] == "on" and row["mem"] == "64MB"
-    store = store_for(next(s for s in live.deployment.shards() if s.kind == "postgres"))
+    store = next(s for s in live.deployment.shards() if s.kind == "postgres")
     try:
         row = store.execute(probe, timeout=10, cancel=None, tables=shipped).to_pylist()[0]
         assert row["who"] == "dms_reader" and row["ro"] == "on"
@@ -231,8 +232,8 @@ def test_user_queries_run_as_the_reader_in_read_only_transactions(live: Live) ->
 
 def test_duckdb_connections_read_no_files_and_load_no_extensions(live: Live) -> None:
     engine = QueryEngine(live.deployment)
-    store = store_for(next(s for s in live.deployment.shards() if s.kind == "duckdb"))
-    assert isinstance(store, ParquetStore)
+    store = next(s for s in live.deployment.shards() if s.kind == "duckdb")
+    assert isinstance(store, DuckDBShard)
     try:
         for cursor in (engine._merge_cursor("SELECT 1"), store.connection()):
             for statement in (

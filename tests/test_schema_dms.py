@@ -75,6 +75,12 @@ EXPECTED_TABLES = {
     "qc_unit",
     "gateway_event",
     "job",
+    "batch_job",
+    "batch_task",
+    "batch_dataset",
+    "batch_task_input",
+    "batch_quota",
+    "ocs_command",
     "user_account",
     "access_token",
     "catalog_generation",
@@ -705,6 +711,10 @@ def test_column_types_follow_the_overrides(db: psycopg.Connection, felis_schema:
         ("distribution_subscription", "dataset_types"),
         ("distribution_subscription", "runs"),
         ("distribution_subscription", "tables"),
+        ("batch_job", "workflow"),
+        *(("batch_task", c) for c in ("config", "data_id", "inputs", "args", "outputs")),
+        ("batch_dataset", "value"),
+        ("ocs_command", "parameters"),
     }
 
 

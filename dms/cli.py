@@ -348,3 +348,7 @@ main.add_command(alerts)
 from dms.cli_tasks import task as _task_group  # noqa: E402  (tasks of prompt processing and the productions)
 
 main.add_command(_task_group)
+
+from dms.cli_batch import batch  # noqa: E402  (the Batch Processing service: issue 15)
+
+main.add_command(batch)

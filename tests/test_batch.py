@@ -3,6 +3,7 @@ priorities, quotas, retries with backoff, cancel, retry, and bad input recorded 
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -31,7 +32,13 @@ def test_dag_runs_each_task_after_the_tasks_writing_its_inputs(
             "name": "diamond",
             "tasks": [
                 record("d", log, inputs={"left": "B", "right": "C"}, outputs=["D"]),
-                {"label": "b", "task": "batch.sum", "config": {"offset": 10}, "inputs": {"x": "A"}, "outputs": ["B"]},
+                {
+                    "label": "b",
+                    "task": "batch.sum",
+                    "config": {"offset": 10},
+                    "inputs": {"x": "A"},
+                    "outputs": ["B"],
+                },
                 {"label": "c", "task": "batch.sum", "inputs": {"xs": ["A", "A"]}, "outputs": ["C"]},
                 {"label": "a", "task": "batch.sum", "args": {"x": 1.5, "y": 2}, "outputs": ["A"]},
                 record("e", log, after=["d"]),
@@ -40,14 +47,19 @@ def test_dag_runs_each_task_after_the_tasks_writing_its_inputs(
     )
     by_label = tasks(batch_conn, job)
     assert {label: t["state"] for label, t in by_label.items()} == {
-        "a": "queued", "b": "blocked", "c": "blocked", "d": "blocked", "e": "blocked"
+        "a": "queued",
+        "b": "blocked",
+        "c": "blocked",
+        "d": "blocked",
+        "e": "blocked",
     }
     counts = run(conninfo, dask_client)
     assert counts["done"] == 5
     a = 1.5 + 2
     assert store.dataset_values(batch_conn, job) == {"A": a, "B": a + 10, "C": 2 * a, "D": (a + 10) + 2 * a}
     rows = batch_conn.execute(
-        "SELECT label, started_at, finished_at, config_hash, dms_version FROM dms.batch_task WHERE job_id = %s",
+        "SELECT label, started_at, finished_at, config_hash, dms_version FROM dms.batch_task "
+        "WHERE job_id = %s",
         (job,),
     ).fetchall()
     times = {label: (start, end) for label, start, end, _, _ in rows}
@@ -61,7 +73,9 @@ def test_dag_runs_each_task_after_the_tasks_writing_its_inputs(
 def test_the_config_hash_recorded_is_the_task_frameworks(batch_conn: psycopg.Connection) -> None:
     from dms.services.batch.tasks import SumConfig
 
-    job = submit(batch_conn, {"name": "h", "tasks": [{"label": "s", "task": "batch.sum", "config": {"offset": 2}}]})
+    job = submit(
+        batch_conn, {"name": "h", "tasks": [{"label": "s", "task": "batch.sum", "config": {"offset": 2}}]}
+    )
     assert tasks(batch_conn, job)["s"]["config_hash"] == SumConfig(offset=2).config_hash()
 
 
@@ -85,7 +99,9 @@ def test_prompt_task_overtakes_queued_drp_tasks(
     # that one had finished and the next was claimed before the prompt task was submitted)
     assert order.index("prompt") <= 2, order
     assert sorted(order) == sorted([f"drp{i}" for i in range(6)] + ["prompt"])
-    assert store.job_status(batch_conn, drp)["state"] == store.job_status(batch_conn, prompt)["state"] == "done"
+    assert (
+        store.job_status(batch_conn, drp)["state"] == store.job_status(batch_conn, prompt)["state"] == "done"
+    )
 
 
 def test_within_a_class_the_oldest_task_runs_first(
@@ -170,13 +186,14 @@ def test_retries_with_backoff_then_the_failure_is_recorded(
     assert by_label["after-never"]["state"] == "upstream_failed"
     assert by_label["after-never"]["error"] == "upstream task 'never' failed"
     starts = [e["t"] for e in journal(log) if e["label"] == "never"]
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert gaps[0] >= 0.2 and gaps[1] >= 0.4  # 0.2 s, then doubled
     # the failed task's input is still there, and retrying it runs it again on the same input
     assert store.dataset_values(batch_conn, job)["S"] == 4
     assert store.job_status(batch_conn, job)["state"] == "failed"
     batch_conn.execute(
-        "UPDATE dms.batch_task SET config = config || '{\"fail_times\": 0}' WHERE job_id = %s AND label = 'never'",
+        "UPDATE dms.batch_task SET config = config || '{\"fail_times\": 0}' "
+        "WHERE job_id = %s AND label = 'never'",
         (job,),
     )
     assert store.retry(batch_conn, job, ["never"]) == 1
@@ -262,10 +279,22 @@ def test_bad_input_is_recorded_on_the_tasks_and_the_rest_goes_on(
     [
         ([1, 2], "must be a mapping"),
         ({"name": "x", "tasks": []}, "tasks: List should have at least 1 item"),
-        ({"name": "x", "priority": "urgent", "tasks": [{"label": "a", "task": "t"}]}, "priority: Input should be"),
-        ({"name": "x", "tasks": [{"label": "a", "task": "t"}, {"label": "a", "task": "t"}]}, "two tasks are labelled 'a'"),
         (
-            {"name": "x", "tasks": [{"label": "a", "task": "t", "outputs": ["D"]}, {"label": "b", "task": "t", "outputs": ["D"]}]},
+            {"name": "x", "priority": "urgent", "tasks": [{"label": "a", "task": "t"}]},
+            "priority: Input should be",
+        ),
+        (
+            {"name": "x", "tasks": [{"label": "a", "task": "t"}, {"label": "a", "task": "t"}]},
+            "two tasks are labelled 'a'",
+        ),
+        (
+            {
+                "name": "x",
+                "tasks": [
+                    {"label": "a", "task": "t", "outputs": ["D"]},
+                    {"label": "b", "task": "t", "outputs": ["D"]},
+                ],
+            },
             "dataset 'D' is written by both 'a' and 'b'",
         ),
         ({"name": "x", "tasks": [{"label": "a; DROP TABLE x", "task": "t"}]}, "tasks.0.label"),

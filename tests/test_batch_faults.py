@@ -50,7 +50,9 @@ def test_a_worker_killed_mid_task_is_retried_and_its_outputs_appear_once(
     )
     client = open_cluster(workers=2, threads=1, processes=True)
     try:
-        runner = BatchRunner(conninfo, client, RunnerSettings(task_modules=("batch_support",), backoff_seconds=0.2))
+        runner = BatchRunner(
+            conninfo, client, RunnerSettings(task_modules=("batch_support",), backoff_seconds=0.2)
+        )
         thread = threading.Thread(target=runner.run, kwargs={"timeout": 120})
         thread.start()
         _wait_for(lambda: any(e["label"] == "victim" for e in journal(log)))

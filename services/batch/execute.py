@@ -108,5 +108,7 @@ def _outputs(names: Sequence[str], value: Any, task: str) -> dict[str, Any]:
     try:
         return {name: json.loads(json.dumps(v, default=_plain)) for name, v in values.items()}
     except (TypeError, ValueError) as exc:
-        raise DMSError(f"task {task}: an output is not JSON ({exc}); store large products in the Data "
-                       "Backbone and return a reference") from None
+        raise DMSError(
+            f"task {task}: an output is not JSON ({exc}); store large products in the Data "
+            "Backbone and return a reference"
+        ) from None

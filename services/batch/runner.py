@@ -116,9 +116,8 @@ class BatchRunner:
                 finished = self._collect(wait=s.poll_seconds if not claimed else 0.0)
                 if finished:
                     self._record(conn, finished)
-                elif until_idle and not self.inflight and not claimed:
-                    if not store.any_work(conn, job_ids):
-                        break
+                elif until_idle and not self.inflight and not claimed and not store.any_work(conn, job_ids):
+                    break
             self._abandon(conn)
         return dict(self.totals)
 
@@ -163,7 +162,7 @@ class BatchRunner:
     def _record(self, conn: psycopg.Connection, finished: list[Future]) -> None:
         outcomes = []
         for future in finished:
-            entry = self.inflight.pop(future.key, None)
+            entry = self.inflight.pop(str(future.key), None)
             if entry is None:
                 continue
             task, _ = entry
@@ -199,7 +198,10 @@ class BatchRunner:
             future.release()
         if outcomes:
             counts = store.finish(
-                conn, outcomes, backoff_seconds=self.settings.backoff_seconds, backoff_max=self.settings.backoff_max
+                conn,
+                outcomes,
+                backoff_seconds=self.settings.backoff_seconds,
+                backoff_max=self.settings.backoff_max,
             )
             self.totals.update(counts)
 

@@ -107,7 +107,9 @@ def submit(conn: psycopg.Connection, workflow: WorkflowFile, *, check_tasks: boo
                     copy.write_row((ids[task.entry.label], job_id, name))
         _close_jobs(cur, [job_id])
     bad = sum(1 for task in tasks if task.error is not None)
-    log.info("job %d (%s): %d tasks submitted, %d failed at submission", job_id, workflow.name, len(tasks), bad)
+    log.info(
+        "job %d (%s): %d tasks submitted, %d failed at submission", job_id, workflow.name, len(tasks), bad
+    )
     return job_id
 
 
@@ -337,15 +339,21 @@ WITH RECURSIVE down(task_id, root) AS (
     JOIN dms.batch_task root ON root.task_id = down.root ORDER BY down.task_id, down.root
 )
 """
-FAIL_DOWNSTREAM = DOWNSTREAM + """
+FAIL_DOWNSTREAM = (
+    DOWNSTREAM
+    + """
 UPDATE dms.batch_task t SET state = 'upstream_failed', finished_at = now(),
     error = format('upstream task %%L failed', r.label)
 FROM r WHERE t.task_id = r.task_id AND t.state = 'blocked'
 """
-UNFAIL_DOWNSTREAM = DOWNSTREAM + """
+)
+UNFAIL_DOWNSTREAM = (
+    DOWNSTREAM
+    + """
 UPDATE dms.batch_task t SET state = 'blocked', finished_at = NULL, error = NULL
 FROM r WHERE t.task_id = r.task_id AND t.state IN ('upstream_failed', 'cancelled')
 """
+)
 
 
 def _fail_downstream(cur: psycopg.Cursor[Any], failed: list[int]) -> None:
@@ -360,10 +368,12 @@ def _close_jobs(cur: psycopg.Cursor[Any], jobs: Iterable[int]) -> None:
         return
     cur.execute(
         "UPDATE dms.batch_job j SET finished_at = now(), state = CASE WHEN EXISTS ("
-        "  SELECT 1 FROM dms.batch_task t WHERE t.job_id = j.job_id AND t.state IN ('failed', 'upstream_failed')"
+        "  SELECT 1 FROM dms.batch_task t WHERE t.job_id = j.job_id"
+        "  AND t.state IN ('failed', 'upstream_failed')"
         ") THEN 'failed' ELSE 'done' END "
         "WHERE j.job_id = ANY(%s) AND j.state = 'active' AND NOT EXISTS ("
-        "  SELECT 1 FROM dms.batch_task t WHERE t.job_id = j.job_id AND t.state IN ('blocked', 'queued', 'running'))",
+        "  SELECT 1 FROM dms.batch_task t WHERE t.job_id = j.job_id"
+        "  AND t.state IN ('blocked', 'queued', 'running'))",
         (ids,),
     )
 
@@ -393,7 +403,8 @@ def reap(conn: psycopg.Connection, *, runner: str | None = None, refund: bool = 
         condition = "worker = %s" if runner is not None else "lease_expires_at < now()"
         if refund:
             cur.execute(
-                f"UPDATE dms.batch_task SET attempts = greatest(attempts - 1, 0) WHERE state = 'running' AND {condition}",
+                "UPDATE dms.batch_task SET attempts = greatest(attempts - 1, 0) "
+                f"WHERE state = 'running' AND {condition}",
                 (runner,) if runner is not None else (),
             )
         cur.execute(
@@ -475,7 +486,8 @@ def retry(conn: psycopg.Connection, job_id: int, labels: Sequence[str] = ()) -> 
         unknown = set(labels) - {r[1] for r in rows}
         if unknown:
             raise BatchError(
-                f"job {job_id} has no failed or cancelled task labelled {', '.join(sorted(map(repr, unknown)))}"
+                f"job {job_id} has no failed or cancelled task labelled "
+                + ", ".join(sorted(map(repr, unknown)))
             )
         never_ran = [r[1] for r in rows if r[2] == 0 and r[3] == "failed"]
         if never_ran and labels:
@@ -508,9 +520,9 @@ def jobs(conn: psycopg.Connection, *, limit: int = 50) -> list[dict[str, Any]]:
     """The latest jobs with their task counts per state."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            "SELECT j.job_id, j.name, j.production, j.priority_class, j.state, j.submitted_at, j.finished_at, "
-            "  (SELECT jsonb_object_agg(state, n) FROM (SELECT state, count(*) AS n FROM dms.batch_task t "
-            "   WHERE t.job_id = j.job_id GROUP BY state) s) AS tasks "
+            "SELECT j.job_id, j.name, j.production, j.priority_class, j.state, j.submitted_at, "
+            "  j.finished_at, (SELECT jsonb_object_agg(state, n) FROM (SELECT state, count(*) AS n "
+            "   FROM dms.batch_task t WHERE t.job_id = j.job_id GROUP BY state) s) AS tasks "
             "FROM dms.batch_job j ORDER BY j.job_id DESC LIMIT %s",
             (limit,),
         )

@@ -30,7 +30,9 @@ class NoopTask(Task[NoopConfig, None]):
 
 
 class SleepConfig(TaskConfig):
-    seconds: float = Field(default=1.0, ge=0, le=86_400, description="How long to hold the worker, in seconds.")
+    seconds: float = Field(
+        default=1.0, ge=0, le=86_400, description="How long to hold the worker, in seconds."
+    )
 
 
 @register_task

@@ -121,7 +121,8 @@ def parse(data: Any, *, source: str = "workflow") -> WorkflowFile:
         return WorkflowFile.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(workflow)'}: {err['msg']}" for err in exc.errors()[:10]
+            f"{'.'.join(str(p) for p in err['loc']) or '(workflow)'}: {err['msg']}"
+            for err in exc.errors()[:10]
         )
         raise WorkflowError(f"invalid {source}: {problems}") from None
 
@@ -171,7 +172,9 @@ def _check_task(task: PlannedTask) -> None:
 
 
 def _link(task: PlannedTask, planned: dict[str, PlannedTask], writer: dict[str, str]) -> None:
-    names = [n for value in task.entry.inputs.values() for n in ([value] if isinstance(value, str) else value)]
+    names = [
+        n for value in task.entry.inputs.values() for n in ([value] if isinstance(value, str) else value)
+    ]
     missing = [n for n in names if n not in writer]
     if missing and task.error is None:
         task.error = (
@@ -183,7 +186,9 @@ def _link(task: PlannedTask, planned: dict[str, PlannedTask], writer: dict[str, 
     for label in task.entry.after:
         if label not in planned:
             if task.error is None:
-                task.error = f"task {task.entry.label!r}: 'after' names {label!r}, which is not in the workflow"
+                task.error = (
+                    f"task {task.entry.label!r}: 'after' names {label!r}, which is not in the workflow"
+                )
             continue
         task.upstream.add(label)
         task.reads.add(after_dataset(label))

@@ -108,6 +108,17 @@ def dask_client() -> Iterator[Client]:
         cluster.close()
 
 
+@pytest.fixture(scope="module")
+def single_thread_client() -> Iterator[Client]:
+    """A LocalCluster in this process with one thread: one task at a time, the rest queued in Dask."""
+    client = open_cluster(workers=1, threads=1, processes=False)
+    yield client
+    cluster = client.cluster
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
 def submit(conn: psycopg.Connection, data: dict[str, Any]) -> int:
     return store.submit(conn, workflow.parse(data))
 

@@ -80,14 +80,16 @@ def test_the_config_hash_recorded_is_the_task_frameworks(batch_conn: psycopg.Con
 
 
 def test_prompt_task_overtakes_queued_drp_tasks(
-    batch_conn: psycopg.Connection, conninfo: str, dask_client: Client, tmp_path: Path
+    batch_conn: psycopg.Connection, conninfo: str, single_thread_client: Client, tmp_path: Path
 ) -> None:
+    # one Dask thread; the runner hands DRP tasks to Dask ahead (prefetch), and the prompt task, claimed
+    # as soon as there is room, goes before them in Dask's queue (task priorities)
     log = tmp_path / "journal"
     drp = submit(
         batch_conn,
         {"name": "drp", "priority": "drp", "tasks": [record(f"drp{i}", log, seconds=0.3) for i in range(6)]},
     )
-    runner = BatchRunner(conninfo, dask_client, RunnerSettings(slots=1, task_modules=("batch_support",)))
+    runner = BatchRunner(conninfo, single_thread_client, RunnerSettings(task_modules=("batch_support",)))
     thread = threading.Thread(target=runner.run, kwargs={"timeout": 60})
     thread.start()
     while len(journal(log)) < 1:
@@ -105,14 +107,14 @@ def test_prompt_task_overtakes_queued_drp_tasks(
 
 
 def test_within_a_class_the_oldest_task_runs_first(
-    batch_conn: psycopg.Connection, conninfo: str, dask_client: Client, tmp_path: Path
+    batch_conn: psycopg.Connection, conninfo: str, single_thread_client: Client, tmp_path: Path
 ) -> None:
     log = tmp_path / "journal"
     submit(batch_conn, {"name": "old", "priority": "cpp", "tasks": [record("old", log)]})
     submit(batch_conn, {"name": "dac", "priority": "dac", "tasks": [record("dac", log)]})
     submit(batch_conn, {"name": "new", "priority": "cpp", "tasks": [record("new", log)]})
     submit(batch_conn, {"name": "ocs", "priority": "ocs", "tasks": [record("ocs", log)]})
-    run(conninfo, dask_client, slots=1)
+    run(conninfo, single_thread_client, prefetch=1)
     assert [entry["label"] for entry in journal(log)] == ["ocs", "dac", "old", "new"]
 
 
@@ -212,7 +214,7 @@ def test_cancel_stops_a_job_and_keeps_what_is_done(
         batch_conn, {"name": "long", "tasks": [record(f"t{i}", log, seconds=0.5) for i in range(12)]}
     )
     runner = BatchRunner(
-        conninfo, dask_client, RunnerSettings(slots=2, lease_seconds=0.6, task_modules=("batch_support",))
+        conninfo, dask_client, RunnerSettings(slots=2, prefetch=1, lease_seconds=0.6, task_modules=("batch_support",))
     )
     thread = threading.Thread(target=runner.run, kwargs={"timeout": 60})
     thread.start()

@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -63,7 +64,14 @@ def execute(spec: dict[str, Any], modules: Sequence[str] = ()) -> dict[str, Any]
         task_logger.setLevel(logging.INFO)
     handler = _ThreadLog()
     task_logger.addHandler(handler)
-    result: dict[str, Any] = {"ok": False, "outputs": {}, "error": None, "seconds": None, "config_hash": None}
+    result: dict[str, Any] = {
+        "ok": False,
+        "outputs": {},
+        "error": None,
+        "seconds": None,
+        "config_hash": None,
+        "started": time.time(),
+    }
     try:
         for module in modules:
             importlib.import_module(module)

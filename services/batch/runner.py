@@ -29,7 +29,7 @@ import psycopg
 from distributed import Client, Future, LocalCluster
 
 from dms.services.batch import store
-from dms.services.batch.classes import PRIORITY_CLASSES, Quota, allowance
+from dms.services.batch.classes import PRIORITY_CLASSES, Quota, allowance, rank
 from dms.services.batch.execute import execute
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class RunnerSettings:
     backoff_seconds: float = 2.0  # first retry delay; doubled per attempt
     backoff_max: float = 600.0
     slots: int | None = None  # workers to use (default: the cluster's threads)
+    prefetch: int = 4  # tasks handed to Dask per slot ahead of time, while no quota holds a class back
     task_modules: tuple[str, ...] = ()  # modules the workers import to register tasks
 
 
@@ -124,10 +125,28 @@ class BatchRunner:
     # ---- steps ---------------------------------------------------------------------------------------
 
     def _claim(self, conn: psycopg.Connection, slots: int, quotas: dict[str, Quota]) -> int:
+        """Claim what each class may start, highest first. Tasks are handed to Dask ahead of free threads
+        (`prefetch` per slot; tasks of lower classes do not count against a higher one, whose tasks Dask
+        runs first by priority) unless a quota applies: a class
+        with a maximum, or while another class's reserved workers are unused, gets no more than the free
+        threads, so the maximum and the reservation hold exactly."""
         s = self.settings
         total = 0
         for cls in PRIORITY_CLASSES:
-            n = min(allowance(cls, slots, dict(self.running), quotas), s.batch_size)
+            running = dict(self.running)
+            strict = quotas.get(cls, Quota()).maximum is not None or any(
+                quotas.get(other, Quota()).reserved > running.get(other, 0)
+                for other in PRIORITY_CLASSES
+                if other != cls
+            )
+            if strict:
+                n = allowance(cls, slots, running, quotas)
+            else:
+                # tasks of lower classes handed to Dask ahead do not hold a higher class back: it is
+                # claimed now and runs before them (Dask priority)
+                ahead = {c: k for c, k in running.items() if rank(c) <= rank(cls)}
+                n = allowance(cls, slots * max(1, s.prefetch), ahead, quotas)
+            n = min(n, s.batch_size)
             if n <= 0:
                 continue
             claimed = store.claim(conn, s.name, cls, n, lease_seconds=s.lease_seconds)
@@ -139,7 +158,12 @@ class BatchRunner:
     def _submit(self, claimed: list[store.Claimed]) -> None:
         keys = [f"batch-{c.task_id}-{c.attempt}" for c in claimed]
         futures = self.client.map(
-            execute, [c.spec() for c in claimed], modules=self.settings.task_modules, key=keys, pure=False
+            execute,
+            [c.spec() for c in claimed],
+            modules=self.settings.task_modules,
+            key=keys,
+            pure=False,
+            priority=len(PRIORITY_CLASSES) - rank(claimed[0].priority_class),
         )
         for task, key, future in zip(claimed, keys, futures, strict=True):
             self.inflight[key] = (task, future)
@@ -182,6 +206,7 @@ class BatchRunner:
                         seconds=res["seconds"],
                         worker=f"{self.settings.name} {res['worker']}",
                         config_hash=res["config_hash"],
+                        started=res.get("started"),
                     )
                 )
             else:

@@ -224,6 +224,7 @@ class Outcome:
     seconds: float | None = None
     worker: str | None = None
     config_hash: str | None = None
+    started: float | None = None  # when the worker started it (epoch seconds)
 
 
 def finish(
@@ -246,9 +247,10 @@ def finish(
             cur.execute(
                 "UPDATE dms.batch_task t SET state = 'done', finished_at = now(), seconds = v.seconds, "
                 "log_excerpt = v.log, worker = v.worker, error = NULL, lease_expires_at = NULL, "
-                "config_hash = coalesce(v.config_hash, t.config_hash) "
-                "FROM unnest(%s::bigint[], %s::int[], %s::float8[], %s::text[], %s::text[], %s::text[]) "
-                "AS v(task_id, attempt, seconds, log, worker, config_hash) "
+                "config_hash = coalesce(v.config_hash, t.config_hash), "
+                "started_at = coalesce(to_timestamp(v.started), t.started_at) "
+                "FROM unnest(%s::bigint[], %s::int[], %s::float8[], %s::text[], %s::text[], %s::text[], "
+                "%s::float8[]) AS v(task_id, attempt, seconds, log, worker, config_hash, started) "
                 "WHERE t.task_id = v.task_id AND t.state = 'running' AND t.attempts = v.attempt "
                 "RETURNING t.task_id, t.job_id",
                 (
@@ -258,6 +260,7 @@ def finish(
                     [o.log for o in good],
                     [o.worker for o in good],
                     [o.config_hash for o in good],
+                    [o.started for o in good],
                 ),
             )
             accepted = {int(task_id): int(job_id) for task_id, job_id in cur.fetchall()}

@@ -133,6 +133,7 @@ def plan(workflow: WorkflowFile, *, check_tasks: bool = True) -> list[PlannedTas
     raises WorkflowError."""
     planned: dict[str, PlannedTask] = {}
     writer: dict[str, str] = {}
+    checked: dict[tuple[str, str], tuple[float, int, str | None, str | None]] = {}
     for entry in workflow.tasks:
         if entry.label in planned:
             raise WorkflowError(f"workflow {workflow.name!r}: two tasks are labelled {entry.label!r}")
@@ -152,23 +153,32 @@ def plan(workflow: WorkflowFile, *, check_tasks: bool = True) -> list[PlannedTas
                 )
             writer[name] = entry.label
         if check_tasks:
-            _check_task(task)
+            _check_task(task, checked)
     for task in planned.values():
         _link(task, planned, writer)
     _propagate(planned, _fail_cycles(planned))
     return list(planned.values())
 
 
-def _check_task(task: PlannedTask) -> None:
+def _check_task(
+    task: PlannedTask, checked: dict[tuple[str, str], tuple[float, int, str | None, str | None]]
+) -> None:
+    """Resolve the task class and validate its configuration (once per distinct task and configuration:
+    a production repeats the same few over millions of data IDs)."""
     from dms.tasks import lookup_task, make_config
 
-    try:
-        task_class = lookup_task(task.entry.task)
-        task.cpus = task_class.resources.cpus
-        task.memory_mb = task_class.resources.memory_mb
-        task.config_hash = make_config(task_class.ConfigClass, task.entry.config).config_hash()
-    except DMSError as exc:
-        task.error = f"task {task.entry.label!r}: {exc}"
+    key = (task.entry.task, json.dumps(task.entry.config, sort_keys=True, default=str))
+    if key not in checked:
+        try:
+            task_class = lookup_task(task.entry.task)
+            config_hash = make_config(task_class.ConfigClass, task.entry.config).config_hash()
+            resources = task_class.resources
+            checked[key] = (resources.cpus, resources.memory_mb, config_hash, None)
+        except DMSError as exc:
+            checked[key] = (1.0, 1024, None, str(exc))
+    task.cpus, task.memory_mb, task.config_hash, error = checked[key]
+    if error is not None:
+        task.error = f"task {task.entry.label!r}: {error}"
 
 
 def _link(task: PlannedTask, planned: dict[str, PlannedTask], writer: dict[str, str]) -> None:

@@ -203,13 +203,15 @@ def main() -> None:
         print(f"\n1. {n} no-op tasks")
         print(f"   plain Dask client.map           {o['dask_s']:8.2f} s  {n / o['dask_s']:9.0f} tasks/s")
         print(
-            f"   client.map of execute (no DB)   {o['framework_s']:8.2f} s  {n / o['framework_s']:9.0f} tasks/s"
+            f"   client.map of execute (no DB)   {o['framework_s']:8.2f} s  "
+            f"{n / o['framework_s']:9.0f} tasks/s"
         )
         print(f"   batch service: submit           {o['submit_s']:8.2f} s  {n / o['submit_s']:9.0f} tasks/s")
         print(f"   batch service: run              {o['run_s']:8.2f} s  {n / o['run_s']:9.0f} tasks/s")
         print(f"   ratio batch run / plain Dask    {o['run_s'] / o['dask_s']:8.2f}")
         print(
-            f"   overhead per task vs Dask       {per_task:8.3f} ms (goal < 2 ms: {'met' if per_task < 2 else 'NOT met'})"
+            f"   overhead per task vs Dask       {per_task:8.3f} ms "
+            f"(goal < 2 ms: {'met' if per_task < 2 else 'NOT met'})"
         )
         t = tracking(conninfo, args.tracked)
         print(f"\n2. {args.tracked} tracked tasks")
@@ -219,7 +221,8 @@ def main() -> None:
             f"({(t['table_mb'] + t['index_mb']) * 2**20 / args.tracked:.0f} bytes/task)"
         )
         print(
-            f"   claim 1000        {t['claim_1000_ms']:8.2f} ms   finish 1000 {t['finish_1000_ms']:8.2f} ms   "
+            f"   claim 1000        {t['claim_1000_ms']:8.2f} ms   "
+            f"finish 1000 {t['finish_1000_ms']:8.2f} ms   "
             f"claim 1 {t['claim_1_ms']:.2f} ms"
         )
         print("\n3. prompt task start while 1 s DRP tasks saturate the workers")

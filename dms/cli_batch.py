@@ -220,3 +220,21 @@ def batch_run(
     click.echo(
         "Runner stopped: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()) if n) or "nothing ran"
     )
+
+
+@batch.command("serve-ocs")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8090, show_default=True, help="Port.")
+@data_dir_option
+@click.pass_context
+@_friendly_errors
+def batch_serve_ocs(ctx: click.Context, host: str, port: int) -> None:
+    """Serve OCS-driven batch commands over HTTP (POST /ocs/commands; tokens with scope ocs). Run
+    `dms batch run --forever` beside it to execute the productions."""
+    import uvicorn
+
+    from dms.services.batch.ocs import make_app
+
+    deployment = _open(ctx)
+    click.echo(f"OCS batch commands on http://{host}:{port}/ocs/commands")
+    uvicorn.run(make_app(_conninfo(ctx), deployment.engine), host=host, port=port, log_level="warning")

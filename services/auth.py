@@ -30,7 +30,7 @@ from starlette.responses import Response
 
 from dms.errors import DMSError
 
-SCOPES = ("tap", "scs", "sia", "datalink", "gateway", "minibroker", "alerts")
+SCOPES = ("tap", "scs", "sia", "datalink", "gateway", "minibroker", "alerts", "ocs")
 """The services a token may be used for; a token's scopes are a subset (default: all)."""
 
 TOKEN_PREFIX = "dms_"

@@ -214,7 +214,9 @@ def test_cancel_stops_a_job_and_keeps_what_is_done(
         batch_conn, {"name": "long", "tasks": [record(f"t{i}", log, seconds=0.5) for i in range(12)]}
     )
     runner = BatchRunner(
-        conninfo, dask_client, RunnerSettings(slots=2, prefetch=1, lease_seconds=0.6, task_modules=("batch_support",))
+        conninfo,
+        dask_client,
+        RunnerSettings(slots=2, prefetch=1, lease_seconds=0.6, task_modules=("batch_support",)),
     )
     thread = threading.Thread(target=runner.run, kwargs={"timeout": 60})
     thread.start()

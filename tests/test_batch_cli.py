@@ -53,7 +53,9 @@ def test_submit_run_status_and_quotas(
     quota = dms(batch_deployment, "batch", "workers", "--class", "prompt", "--reserved", "1", "--max", "4")
     assert quota.exit_code == 0, quota.output
     assert "prompt          1  4" in quota.output
-    assert batch_conn.execute("SELECT reserved_workers, max_workers FROM dms.batch_quota").fetchall() == [(1, 4)]
+    assert batch_conn.execute("SELECT reserved_workers, max_workers FROM dms.batch_quota").fetchall() == [
+        (1, 4)
+    ]
     refused = dms(batch_deployment, "batch", "workers", "--class", "urgent", "--max", "1")
     assert refused.exit_code == 1 and "unknown priority class 'urgent'" in refused.output
     retried = dms(batch_deployment, "batch", "retry", "1", "broken")
@@ -62,7 +64,9 @@ def test_submit_run_status_and_quotas(
     assert cancelled.exit_code == 0 and "0 tasks stopped" in cancelled.output
 
 
-def test_bad_files_and_jobs_are_clear_errors(batch_deployment: Deployment, conninfo: str, tmp_path: Path) -> None:
+def test_bad_files_and_jobs_are_clear_errors(
+    batch_deployment: Deployment, conninfo: str, tmp_path: Path
+) -> None:
     missing = dms(batch_deployment, "batch", "submit", str(tmp_path / "nope.yaml"))
     assert missing.exit_code == 1 and "cannot read workflow file" in missing.output
     bad = tmp_path / "bad.yaml"

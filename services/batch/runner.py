@@ -50,7 +50,7 @@ class RunnerSettings:
     backoff_seconds: float = 2.0  # first retry delay; doubled per attempt
     backoff_max: float = 600.0
     slots: int | None = None  # workers to use (default: the cluster's threads)
-    prefetch: int = 4  # tasks handed to Dask per slot ahead of time, while no quota holds a class back
+    prefetch: int = 100  # tasks handed to Dask per slot ahead of time, while no quota holds a class back
     task_modules: tuple[str, ...] = ()  # modules the workers import to register tasks
 
 

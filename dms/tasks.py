@@ -197,7 +197,7 @@ def lookup_task(name: str) -> type[Task[Any, Any]]:
 
 
 # Modules that define registered tasks; imported lazily so `dms --help` stays fast.
-TASK_MODULES: list[str] = ["dms.services.batch.tasks"]
+TASK_MODULES: list[str] = ["dms.services.batch.tasks", "dms.services.cpp.tasks"]
 
 
 def _import_task_modules() -> None:

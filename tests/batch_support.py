@@ -24,7 +24,8 @@ from dms.services.batch.runner import BatchRunner, RunnerSettings, open_cluster
 from dms.tasks import Task, TaskConfig, register_task
 
 BATCH_TABLES = (
-    "dms.ocs_command, dms.batch_quota, dms.batch_task_input, dms.batch_dataset, dms.batch_task, dms.batch_job"
+    "dms.calibration, dms.ocs_command, dms.batch_quota, dms.batch_task_input, dms.batch_dataset, "
+    "dms.batch_task, dms.batch_job"
 )
 TEST_MODULES = ("batch_support",)
 

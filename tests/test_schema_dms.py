@@ -81,6 +81,7 @@ EXPECTED_TABLES = {
     "batch_task_input",
     "batch_quota",
     "ocs_command",
+    "calibration",
     "user_account",
     "access_token",
     "catalog_generation",

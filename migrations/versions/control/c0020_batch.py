@@ -5,7 +5,8 @@ OCS commands that start batch productions (schema 1.14.0).
   data ID, inputs, outputs, attempts, next-attempt time, error, log excerpt, provenance, priority, worker);
 * `dms.batch_dataset` / `dms.batch_task_input`: the datasets each task writes and reads (the DAG's edges);
 * `dms.batch_quota`: reserved minimum and flexible maximum of workers per priority class;
-* `dms.ocs_command`: OCS-driven batch commands and their acknowledgements.
+* `dms.ocs_command`: OCS-driven batch commands and their acknowledgements;
+* `dms.calibration`: the Calibration Products Production's master calibrations and validity ranges.
 
 Generated from schema/dms.yaml, then frozen; the partial indexes the claim and the lease reaper use are
 added here (Felis cannot express them).
@@ -30,7 +31,15 @@ down_revision: str | None = "c0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-TABLES = ("ocs_command", "batch_quota", "batch_task_input", "batch_dataset", "batch_task", "batch_job")
+TABLES = (
+    "calibration",
+    "ocs_command",
+    "batch_quota",
+    "batch_task_input",
+    "batch_dataset",
+    "batch_task",
+    "batch_job",
+)
 
 #: Claims scan queued tasks in priority order then age; the lease reaper scans running tasks.
 EXTRA_INDEXES = {
@@ -439,6 +448,64 @@ def upgrade() -> None:
     op.create_index("idx_batch_dataset_producer", "batch_dataset", ["producer"], unique=False, schema="dms")
     op.create_index(
         "idx_batch_task_input_dataset", "batch_task_input", ["job_id", "dataset"], unique=False, schema="dms"
+    )
+    op.create_table(
+        "calibration",
+        sa.Column(
+            "calibration_id",
+            sa.BIGINT(),
+            autoincrement=True,
+            nullable=False,
+            comment="Unique id of the calibration, assigned by the database.",
+        ),
+        sa.Column("calibration_type", sa.VARCHAR(length=16), nullable=False, comment="bias, dark or flat."),
+        sa.Column("instrument", sa.VARCHAR(length=32), nullable=False, comment="Instrument (e.g. LSSTCam)."),
+        sa.Column("detector", sa.INTEGER(), nullable=False, comment="Detector number."),
+        sa.Column(
+            "physical_filter",
+            sa.VARCHAR(length=32),
+            nullable=True,
+            comment="Filter of a flat; NULL for bias and dark.",
+        ),
+        sa.Column(
+            "valid_from", postgresql.TIMESTAMP(), nullable=False, comment="Start of the validity range (TAI)."
+        ),
+        sa.Column(
+            "valid_until",
+            postgresql.TIMESTAMP(),
+            nullable=True,
+            comment="End of the validity range (TAI), exclusive; NULL: open-ended.",
+        ),
+        sa.Column("path", sa.TEXT(), nullable=False, comment="File of the master calibration (FITS)."),
+        sa.Column("checksum", sa.VARCHAR(length=64), nullable=False, comment="SHA-256 (hex) of the file."),
+        sa.Column("n_frames", sa.INTEGER(), nullable=False, comment="Raw frames combined."),
+        sa.Column(
+            "config_hash",
+            sa.VARCHAR(length=16),
+            nullable=False,
+            comment="Configuration hash of the task that made it.",
+        ),
+        sa.Column("job_id", sa.BIGINT(), nullable=True, comment="Batch job that made it, if any."),
+        sa.Column(
+            "created_at",
+            postgresql.TIMESTAMP(timezone=True),
+            server_default=sa.text("CURRENT_TIMESTAMP"),
+            nullable=False,
+            comment="When the calibration was registered (UTC); the newest valid one is chosen.",
+        ),
+        sa.CheckConstraint("calibration_type IN ('bias', 'dark', 'flat')", name="ck_calibration_type"),
+        sa.CheckConstraint("valid_until IS NULL OR valid_until > valid_from", name="ck_calibration_validity"),
+        sa.ForeignKeyConstraint(["job_id"], ["dms.batch_job.job_id"], name="fk_calibration_job"),
+        sa.PrimaryKeyConstraint("calibration_id"),
+        schema="dms",
+        comment="Master calibrations (bias, dark, flat) of the Calibration Products Production and their validity ranges.",
+    )
+    op.create_index(
+        "idx_calibration_lookup",
+        "calibration",
+        ["calibration_type", "instrument", "detector", "valid_from"],
+        unique=False,
+        schema="dms",
     )
     for name, definition in EXTRA_INDEXES.items():
         op.execute(f"CREATE INDEX {name} {definition}")

@@ -57,8 +57,8 @@ def noop_workflow(n: int, name: str = "noop", priority: str = "drp") -> workflow
 
 def truncate(conn: psycopg.Connection) -> None:
     conn.execute(
-        "TRUNCATE dms.calibration, dms.ocs_command, dms.batch_quota, dms.batch_task_input, dms.batch_dataset, "
-        "dms.batch_task, dms.batch_job RESTART IDENTITY"
+        "TRUNCATE dms.calibration, dms.ocs_command, dms.batch_quota, dms.batch_task_input, "
+        "dms.batch_dataset, dms.batch_task, dms.batch_job RESTART IDENTITY"
     )
     conn.execute("VACUUM ANALYZE dms.batch_task")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -20,6 +22,6 @@ def sigma_clipped_mean(stack: np.ndarray, sigma: float = 3.0, maxiters: int = 5)
         if np.array_equal(now, rejected):
             break
         rejected = now
-    with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as quiet:
-        quiet.filter(RuntimeWarning)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-rejected pixels: NaN, on purpose
         return np.nanmean(np.where(rejected, np.nan, stack), axis=0)

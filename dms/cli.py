@@ -367,3 +367,7 @@ from dms.cli_notebook import notebook  # noqa: E402  (notebook access: issue 18)
 
 main.add_command(notebook)
 main.add_command(release)
+
+from dms.cli_batch import batch  # noqa: E402  (the Batch Processing service: issue 15)
+
+main.add_command(batch)

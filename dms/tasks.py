@@ -198,6 +198,8 @@ def lookup_task(name: str) -> type[Task[Any, Any]]:
 
 # Modules that define registered tasks; imported lazily so `dms --help` stays fast.
 TASK_MODULES: list[str] = [
+    "dms.services.batch.tasks",
+    "dms.services.cpp.tasks",
     "dms.services.prompt.calibration",
     "dms.services.prompt.payload.isr",
     "dms.services.prompt.payload.process",

@@ -32,7 +32,18 @@ from starlette.responses import JSONResponse, Response
 
 from dms.errors import DMSError
 
-SCOPES = ("tap", "scs", "sia", "datalink", "gateway", "minibroker", "alerts", "workspace", "unreleased")
+SCOPES = (
+    "tap",
+    "scs",
+    "sia",
+    "datalink",
+    "gateway",
+    "minibroker",
+    "alerts",
+    "workspace",
+    "ocs",
+    "unreleased",
+)
 """The services a token may be used for (a token's scopes are a subset), plus `unreleased`: on a QA or
 Commissioning instance, the token also sees unreleased data."""
 DEFAULT_SCOPES = tuple(s for s in SCOPES if s != "unreleased")

@@ -15,6 +15,7 @@ import pytest
 pytest.register_assert_rewrite(
     "apdb_support",
     "backbone_support",
+    "batch_support",
     "feed_support",
     "minibroker_support",
     "night_support",

@@ -140,9 +140,10 @@ def test_migrated_database_matches_felis_definitions(deployment: Deployment) -> 
     from dms.migrations.versions.control import c0014_apdb_spatial as c0014
     from dms.migrations.versions.control import c0016_minibroker as c0016
     from dms.migrations.versions.control import c0018_obscore_widths as c0018
+    from dms.migrations.versions.control import c0020_batch as c0020
 
     extra_indexes = {s.split(" INDEX ", 1)[1].split()[0] for s in c0001.EXTRA_INDEXES + c0004.EXTRA_INDEXES}
-    extra_indexes |= set(c0014.EXTRA_INDEXES) | set(c0016.EXTRA_INDEXES)
+    extra_indexes |= set(c0014.EXTRA_INDEXES) | set(c0016.EXTRA_INDEXES) | set(c0020.EXTRA_INDEXES)
     with deployment.engine().connect() as conn:
         context = MigrationContext.configure(
             conn,

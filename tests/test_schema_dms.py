@@ -84,6 +84,13 @@ EXPECTED_TABLES = {
     "qc_unit",
     "gateway_event",
     "job",
+    "batch_job",
+    "batch_task",
+    "batch_dataset",
+    "batch_task_input",
+    "batch_quota",
+    "ocs_command",
+    "calibration",
     "user_account",
     "access_token",
     "catalog_generation",
@@ -717,6 +724,10 @@ def test_column_types_follow_the_overrides(db: psycopg.Connection, felis_schema:
         ("prompt_visit", "detectors"),
         ("prompt_visit", "timings"),
         ("prompt_detector_run", "timings"),
+        ("batch_job", "workflow"),
+        *(("batch_task", c) for c in ("config", "data_id", "inputs", "args", "outputs")),
+        ("batch_dataset", "value"),
+        ("ocs_command", "parameters"),
     }
 
 

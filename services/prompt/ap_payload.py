@@ -13,13 +13,12 @@ from typing import Any
 
 from astropy.io import fits
 
-from dms.services.archiver.ingest import RAW, raw_run
 from dms.services.backbone.errors import BackboneError
 from dms.services.prompt.errors import DetectorInputError
 from dms.services.prompt.payload.fitsio import exposure_from_hdus
 from dms.services.prompt.payload.isr import IsrTask
 from dms.services.prompt.payload.process import ProcessDetectorTask
-from dms.services.prompt.payloads import DetectorWork, ProcessedDetector
+from dms.services.prompt.payloads import DetectorWork, ProcessedDetector, archived_raw
 from dms.services.prompt.simulate.night import BIAS, FLAT, TEMPLATE
 from dms.services.prompt.visits import NextVisit
 from dms.tasks import run_task
@@ -60,17 +59,7 @@ class AlertProductionPayload:
         return out
 
     def fetch_raw(self, backbone: Any, visit: NextVisit, detector: int) -> bytes:
-        data_id = {"instrument": visit.instrument, "exposure": visit.visit, "detector": detector}
-        try:
-            ref = backbone.find(RAW, data_id, [raw_run(visit.instrument)])
-            if ref is None:
-                raise DetectorInputError(
-                    f"detector {detector}: no raw of {visit.instrument} exposure {visit.visit} was archived"
-                )
-            data: bytes = backbone.read_bytes(ref)
-        except BackboneError as exc:
-            raise DetectorInputError(f"detector {detector}: raw: {exc}") from None
-        return data
+        return archived_raw(backbone, visit, detector)
 
     def process(self, work: DetectorWork) -> ProcessedDetector:
         data_id = {"visit": work.visit.visit, "detector": work.detector}

@@ -18,11 +18,9 @@ from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
 from pydantic import Field
 
-from dms.services.archiver.ingest import RAW, raw_run
-from dms.services.backbone.errors import BackboneError
 from dms.services.prompt.errors import DetectorInputError
 from dms.services.prompt.exposure import DetectorResult
-from dms.services.prompt.payloads import DetectorWork, ProcessedDetector
+from dms.services.prompt.payloads import DetectorWork, ProcessedDetector, archived_raw
 from dms.services.prompt.visits import NextVisit
 from dms.tasks import Task, TaskConfig, register_task, run_task
 
@@ -91,17 +89,7 @@ class CalibrationPayload:
         return None
 
     def fetch_raw(self, backbone: Any, visit: NextVisit, detector: int) -> bytes:
-        data_id = {"instrument": visit.instrument, "exposure": visit.visit, "detector": detector}
-        try:
-            ref = backbone.find(RAW, data_id, [raw_run(visit.instrument)])
-            if ref is None:
-                raise DetectorInputError(
-                    f"no raw of {visit.instrument} exposure {visit.visit} detector {detector}"
-                )
-            data: bytes = backbone.read_bytes(ref)
-        except BackboneError as exc:
-            raise DetectorInputError(f"detector {detector}: {exc}") from None
-        return data
+        return archived_raw(backbone, visit, detector)
 
     def process(self, work: DetectorWork) -> ProcessedDetector:
         label = f"visit {work.visit.visit} detector {work.detector}"

@@ -34,11 +34,30 @@ import pandas as pd
 from dms.errors import ConfigError, DMSError
 from dms.services.alerts.cutouts import StampWriter
 from dms.services.alerts.packets import AlertPacketError, Cutouts
+from dms.services.archiver.ingest import RAW, raw_run
+from dms.services.backbone.errors import BackboneError
+from dms.services.prompt.errors import DetectorInputError
 from dms.services.prompt.exposure import DetectorResult, Exposure
 from dms.services.prompt.visits import NextVisit
 from dms.tasks import TaskError
 
 log = logging.getLogger(__name__)
+
+
+def archived_raw(backbone: Any, visit: NextVisit, detector: int) -> bytes:
+    """The raw of one detector of the visit's exposure, as the archiver stored it in the Data Backbone (the
+    `fetch_raw` of every payload); a DetectorInputError when it was never archived or cannot be read."""
+    data_id = {"instrument": visit.instrument, "exposure": visit.visit, "detector": detector}
+    try:
+        ref = backbone.find(RAW, data_id, [raw_run(visit.instrument)])
+        if ref is None:
+            raise DetectorInputError(
+                f"detector {detector}: no raw of {visit.instrument} exposure {visit.visit} was archived"
+            )
+        data: bytes = backbone.read_bytes(ref)
+    except BackboneError as exc:
+        raise DetectorInputError(f"detector {detector}: raw: {exc}") from None
+    return data
 
 
 @dataclass

@@ -372,3 +372,7 @@ main.add_command(release)
 from dms.cli_batch import batch  # noqa: E402  (the Batch Processing service: issue 15)
 
 main.add_command(batch)
+
+from dms.cli_cpp import cpp  # noqa: E402  (the Calibration Products Production: issue 15)
+
+main.add_command(cpp)

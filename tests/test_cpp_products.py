@@ -6,6 +6,7 @@ archived in a day range, run from `dms cpp run` and from an OCS command; a corru
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -209,12 +210,18 @@ def _archive(backbone: Backbone, root: Path, kind: str, day_obs: int, seq: int, 
     return path
 
 
-@pytest.fixture()
-def archived(batch_deployment: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Backbone:
-    """Raws of one LSSTCam detector: biases on day_obs - 10 and day_obs; darks, flats, science on day_obs."""
-    monkeypatch.setenv("DMS_DATABASE_URL", str(batch_deployment.config.database_url))
-    with batch_deployment.engine().begin() as conn:
-        conn.execute(sa.text(RESET))
+@pytest.fixture(scope="module")
+def archived(batch_deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backbone]:
+    """Raws of one LSSTCam detector: biases on day_obs - 10 and day_obs; darks, flats, science on day_obs
+    (archived once for the module; the test corrupting one runs last)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DMS_DATABASE_URL", str(batch_deployment.config.database_url))
+        with batch_deployment.engine().begin() as conn:
+            conn.execute(sa.text(RESET))
+        yield _archive_survey(batch_deployment, tmp_path_factory.mktemp("raws"))
+
+
+def _archive_survey(batch_deployment: Deployment, tmp_path: Path) -> Backbone:
     backbone = Backbone(batch_deployment)
     rng = np.random.default_rng(1)
     shape = (ROWS, N_AMPS * AMP_WIDTH)

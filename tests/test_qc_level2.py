@@ -57,6 +57,10 @@ def _angsep_deg(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray, dec2: np.nda
 def make_survey(directory: Path, seed: int = 5) -> Survey:
     rng = np.random.default_rng(seed)
     gaia = gaia_table().to_pandas()
+    # the reference loaded into the catalog: real Gaia DR3 stars of a 20 x 20 degree region around the field
+    gaia = gaia[(abs(gaia["dec"] - CENTRE[1]) < 10) & (abs(gaia["ra"] - CENTRE[0]) < 10)].reset_index(
+        drop=True
+    )
     near = _angsep_deg(np.array([CENTRE[0]]), np.array([CENTRE[1]]), gaia["ra"], gaia["dec"])[0]
     stars = gaia[near < RADIUS_DEG]
     n_faint = 150  # fainter stars the simulator adds (not in Gaia G < 10)

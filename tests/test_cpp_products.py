@@ -302,6 +302,57 @@ def test_dms_cpp_run_and_an_ocs_command(
     assert bias["label"] == f"bias-{detector}"
 
 
+def test_templates_from_the_calibrated_exposures_of_the_range(
+    archived: Backbone,
+    batch_deployment: Deployment,
+    batch_conn: psycopg.Connection,
+    conninfo: str,
+    dask_client: Client,
+) -> None:
+    visits = [
+        int(r[0])
+        for r in batch_conn.execute(
+            "SELECT id FROM dms.exposure WHERE observation_type = 'science' AND day_obs = %s ORDER BY id",
+            (DAY,),
+        )
+    ]
+    rng = np.random.default_rng(12)
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [150.0, 2.2]
+    wcs.wcs.crpix = [20.0, 20.0]
+    wcs.wcs.cdelt = [-0.2 / 3600, 0.2 / 3600]
+    truth = rng.uniform(0, 100, (40, 40))
+    calexps = {v: _exposure(rng, wcs, truth, v, 3.0) for v in visits}
+    for v, e in calexps.items():
+        archived.put(
+            exposure_to_hdus(e),
+            "calexp",
+            {"instrument": "LSSTCam", "visit": v, "detector": 94, "band": "g"},
+            run="drp/calexp",
+            dimensions=["instrument", "visit", "detector", "band"],
+        )
+    parameters = {"kind": "daily", "day_obs": DAY, "data_dir": str(batch_deployment.data_dir)}
+    parameters |= {"template_dataset_type": "calexp", "template_run": "templates/daily", "crosstalk": False}
+    flow = workflow_for("cpp", parameters)
+    template = next(t for t in flow.tasks if t.task == "cpp.template")
+    assert template.label == "template-94-g" and len(template.args["exposures"]) == len(visits) == 2
+    job = store.submit(batch_conn, flow)
+    run(conninfo, dask_client)
+    assert tasks(batch_conn, job)["template-94-g"]["state"] == "done"
+    ref = archived.find(
+        "template", {"instrument": "LSSTCam", "detector": 94, "band": "g"}, ["templates/daily"]
+    )
+    assert ref is not None
+    coadd = exposure_from_hdus(fits.HDUList.fromstring(archived.read_bytes(ref)))
+    weights = [np.where(e.mask == 0, 1.0 / e.variance.astype(np.float64), 0.0) for e in calexps.values()]
+    expected = sum(w * e.image for w, e in zip(weights, calexps.values(), strict=True)) / sum(weights)
+    np.testing.assert_allclose(coadd.image, expected, rtol=1e-5, atol=1e-3)
+    # a day with no such exposures makes no template task
+    flow = workflow_for("cpp", {**parameters, "day_obs": DAY, "template_dataset_type": "deepCoadd"})
+    assert not any(t.task == "cpp.template" for t in flow.tasks)
+
+
 def test_a_corrupt_raw_fails_its_task_and_the_rest_goes_on(
     archived: Backbone, batch_deployment: Deployment, batch_conn: psycopg.Connection
 ) -> None:

@@ -2,7 +2,8 @@
 different inputs. `kind` chooses how many observing days up to `day_obs` the raw calibration frames are
 taken from; the build finds them in the Data Backbone (raws archived with their exposure records) and makes
 one DAG: per detector a master bias, a master dark (from the bias), a master flat per physical filter
-(from both), and a crosstalk matrix from the science raws of the range when there are any.
+(from both), a crosstalk matrix from the science raws of the range when there are any, and (with
+`template_dataset_type`) a template per detector and band from the range's calibrated exposures.
 
     dms cpp run --kind daily --day-obs 20261203           # or an OCS runProduction command naming "cpp"
 """
@@ -38,6 +39,14 @@ class CppParameters(ProductionParameters):
     )
     amplifiers: int = Field(default=4, ge=2, le=64, description="Amplifiers per detector for crosstalk.")
     crosstalk: bool = Field(default=True, description="Estimate crosstalk from the range's science raws.")
+    template_dataset_type: str | None = Field(
+        default=None,
+        description="Calibrated exposures to coadd into templates (e.g. calexp: data ID instrument, visit, "
+        "detector, band; visits of the day range); none: no templates.",
+    )
+    template_run: str = Field(
+        default="templates/cpp", min_length=1, description="RUN collection the templates are stored in."
+    )
 
 
 def day_range(kind: str, day_obs: int) -> tuple[int, int]:
@@ -94,6 +103,45 @@ def find_raws(parameters: CppParameters) -> list[dict[str, Any]]:
         deployment.dispose()
 
 
+def find_exposures(parameters: CppParameters) -> dict[tuple[int, str], list[str]]:
+    """Files of the calibrated exposures to make templates from, per (detector, band): datasets of
+    `template_dataset_type` whose visit is an exposure of the day range."""
+    from dms.deployment import Deployment
+    from dms.services.backbone.client import Backbone
+    from dms.services.prompt.qc import connect
+
+    data_dir = parameters.data_dir or os.environ.get("DMS_DATA_DIR")
+    deployment = Deployment.open(Path(data_dir) if data_dir else None)
+    first, last = day_range(parameters.kind, parameters.day_obs)
+    found: dict[tuple[int, str], list[str]] = defaultdict(list)
+    try:
+        store = Backbone(deployment).store()
+        with connect(deployment) as conn:
+            rows = conn.execute(
+                "SELECT (d.data_id->>'detector')::int, d.data_id->>'band', r.path FROM dms.dataset d "
+                "JOIN dms.exposure e ON e.instrument = d.data_id->>'instrument' "
+                "AND e.id = (d.data_id->>'visit')::bigint "
+                "JOIN dms.datastore_record r ON r.dataset_id = d.id AND r.site = %s "
+                "WHERE d.dataset_type = %s AND e.instrument = %s AND e.day_obs BETWEEN %s AND %s "
+                "AND (%s::int[] IS NULL OR (d.data_id->>'detector')::int = ANY(%s::int[])) "
+                "ORDER BY e.id",
+                (
+                    store_site(),
+                    parameters.template_dataset_type,
+                    parameters.instrument,
+                    first,
+                    last,
+                    parameters.detectors,
+                    parameters.detectors,
+                ),
+            ).fetchall()
+        for detector, band, path in rows:
+            found[(int(detector), str(band))].append(str(store.absolute(path)))
+        return dict(found)
+    finally:
+        deployment.dispose()
+
+
 def store_site() -> str:
     from dms.services.backbone import sites
 
@@ -144,6 +192,24 @@ def cpp(parameters: CppParameters) -> WorkflowFile:
             entry = _task(f"crosstalk-{det}", "cpp.crosstalk", data_id, science, out, {})
             entry["config"] = {"amplifiers": parameters.amplifiers}
             tasks.append(entry)
+    if parameters.template_dataset_type:
+        data_dir = str(Path(parameters.data_dir or os.environ.get("DMS_DATA_DIR") or ".").resolve())
+        for (det, band), exposures in sorted(find_exposures(parameters).items()):
+            label = f"template-{det}-{band}"
+            tasks.append(
+                {
+                    "label": label,
+                    "task": "cpp.template",
+                    "data_id": {"instrument": parameters.instrument, "detector": det, "band": band},
+                    "args": {
+                        "exposures": exposures,
+                        "output": str(out / f"{label}.fits"),
+                        "data_dir": data_dir,
+                        "run": parameters.template_run,
+                    },
+                    "outputs": [label],
+                }
+            )
     return WorkflowFile.model_validate(
         {
             "name": f"cpp-{parameters.kind}-{parameters.day_obs}",

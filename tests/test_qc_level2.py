@@ -30,6 +30,7 @@ RADIUS_DEG = 2.0
 ASTROM_SIGMA_MAS = 30.0  # per axis
 PHOT_SIGMA_MAG = {"g": 0.003, "r": 0.012}  # r breaches PA1 (minimum 8 mmag)
 SEEING = {"g": (0.8, 0.05), "r": (1.2, 0.05)}  # r breaches the design PSF FWHM (1.0 arcsec)
+FORCED_SIGMA_MAG = 0.007  # ForcedSource in i: no psfFluxErr column, every row counts
 DETECTED = 0.95
 VISITS = 6
 
@@ -41,6 +42,7 @@ class Survey:
     objects: pd.DataFrame
     sources: pd.DataFrame
     ccd_visits: pd.DataFrame
+    forced: pd.DataFrame
     truth_path: Path
 
 
@@ -118,6 +120,15 @@ def make_survey(directory: Path, seed: int = 5) -> Survey:
                 )
             )
     sources = pd.concat(rows, ignore_index=True)
+    forced = pd.DataFrame(
+        {
+            "objectId": np.repeat(objects["objectId"].to_numpy(), 4),
+            "band": "i",
+            "visit": np.tile(np.arange(200, 204, dtype=np.int64), n),
+            "psfFlux": np.repeat(found["flux"].to_numpy(), 4)
+            * 10 ** (-0.4 * rng.normal(0, FORCED_SIGMA_MAG, 4 * n)),
+        }
+    )
     sources.insert(0, "sourceId", np.arange(1, len(sources) + 1, dtype=np.int64))
     ccd_rows = []
     for band, (mean, spread) in SEEING.items():
@@ -134,7 +145,7 @@ def make_survey(directory: Path, seed: int = 5) -> Survey:
                         "psfSigma": rng.normal(mean, spread) / 0.2 / 2.3548,
                     }
                 )
-    return Survey(gaia, truth, objects, sources, pd.DataFrame(ccd_rows), truth_path)
+    return Survey(gaia, truth, objects, sources, pd.DataFrame(ccd_rows), forced, truth_path)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +161,12 @@ def release(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     gaia_file = write_parquet(pa.Table.from_pandas(survey.gaia, preserve_index=False), root / "gaia.parquet")
     files = {
         t: write_parquet(pa.Table.from_pandas(df, preserve_index=False), root / f"{t}.parquet")
-        for t, df in (("Object", survey.objects), ("Source", survey.sources), ("CcdVisit", survey.ccd_visits))
+        for t, df in (
+            ("Object", survey.objects),
+            ("Source", survey.sources),
+            ("CcdVisit", survey.ccd_visits),
+            ("ForcedSource", survey.forced),
+        )
     }
     for table, path, options in (
         ("gaia", gaia_file, TableOptions(ra="ra", dec="dec", id="source_id", chunk_order=3)),
@@ -165,6 +181,11 @@ def release(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             TableOptions(role="child", director="dp1.Object", director_key="objectId"),
         ),
         ("dp1.CcdVisit", files["CcdVisit"], TableOptions(role="replicated")),
+        (
+            "dp1.ForcedSource",
+            files["ForcedSource"],
+            TableOptions(role="child", director="dp1.Object", director_key="objectId"),
+        ),
     ):
         load_files(dep, table, [path], create=options, progress=False)
     yield dep, survey
@@ -211,6 +232,12 @@ def test_metrics_equal_an_independent_computation(release: tuple[Deployment, Sur
         pooled = 1000 * np.sqrt(((n[keep] - 1) * var[keep]).sum() / (n[keep] - 1).sum())
         assert got[("validate_drp.PA1", f"DR-T1/band={band}")] == pytest.approx(pooled, rel=1e-9)
         assert pooled == pytest.approx(1000 * sigma, rel=0.1)
+
+    f = survey.forced.assign(mag=lambda d: -2.5 * np.log10(d["psfFlux"]))
+    groups = f.groupby("objectId")["mag"]
+    pooled = 1000 * np.sqrt(((groups.count() - 1) * groups.var(ddof=1)).sum() / (groups.count() - 1).sum())
+    assert got[("dms_drp.forced_repeatability", "DR-T1/band=i")] == pytest.approx(pooled, rel=1e-9)
+    assert pooled == pytest.approx(1000 * FORCED_SIGMA_MAG, rel=0.1)
 
     c = survey.ccd_visits
     for band in SEEING:

@@ -50,6 +50,7 @@ class ReleaseTables:
 
     object: str = "dp1.Object"
     source: str = "dp1.Source"
+    forced_source: str = "dp1.ForcedSource"
     visit: str = "dp1.Visit"
     ccd_visit: str = "dp1.CcdVisit"
     gaia: str = "gaia"
@@ -99,6 +100,14 @@ def _columns(engine: Any, table: str) -> set[str]:
         known = ", ".join(sorted(tables)) or "none"
         raise Level2Error(f"table {table} is not in the catalog (tables: {known}); load the release first")
     return {c.name for c in info.columns}
+
+
+def _has_table(engine: Any, table: str) -> bool:
+    try:
+        _columns(engine, table)
+    except Level2Error:
+        return False
+    return True
 
 
 def read_table(engine: Any, table: str, wanted: list[str], optional: tuple[str, ...] = ()) -> pa.Table:
@@ -227,6 +236,23 @@ def compute(
         value, n = metrics.photometric_repeatability(object_of[chosen], flux[chosen], settings.min_sources)
         if n:
             add("validate_drp.PA1", value, "mmag", f"/band={b}", band=b, n_objects=n)
+
+    if _has_table(engine, tables.forced_source):
+        forced = read_table(engine, tables.forced_source, ["objectId", "band", "psfFlux"], ("psfFluxErr",))
+        f_band = _numpy(forced, "band").astype(str)
+        f_flux = _numpy(forced, "psfFlux").astype(float)
+        f_usable = np.ones(len(f_flux), bool)
+        if "psfFluxErr" in forced.column_names:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                f_usable = f_flux / _numpy(forced, "psfFluxErr").astype(float) >= settings.min_snr
+        f_object = _numpy(forced, "objectId").astype(np.int64)
+        for b in sorted(set(f_band)):
+            chosen = f_usable & (f_band == b)
+            value, n = metrics.photometric_repeatability(
+                f_object[chosen], f_flux[chosen], settings.min_sources
+            )
+            if n:
+                add("dms_drp.forced_repeatability", value, "mmag", f"/band={b}", band=b, n_objects=n)
 
     ccd = read_table(engine, tables.ccd_visit, ["band"], ("seeing", "psfSigma", "pixelScale"))
     ccd_band = _numpy(ccd, "band").astype(str)

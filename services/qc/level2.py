@@ -196,64 +196,50 @@ def _source_objects(sources: pa.Table, objects: pa.Table, radius_arcsec: float) 
     return ids
 
 
-def compute(
-    engine: Any,
-    release: str,
-    tables: ReleaseTables,
-    truth: str | Path | None = None,
-    settings: Level2Settings | None = None,
-) -> list[Level2Result]:
-    """Every Level 2 metric of `release` from its tables (nothing stored)."""
-    settings = settings or Level2Settings()
-    results: list[Level2Result] = []
+class _Collector:
+    """The results of one release, filed under the release (and a band or patch suffix)."""
 
-    def add(metric: str, value: float, unit: str, suffix: str = "", **data_id: Any) -> None:
-        results.append(Level2Result(metric, value, unit, release + suffix, {"release": release, **data_id}))
+    def __init__(self, release: str) -> None:
+        self.release = release
+        self.results: list[Level2Result] = []
 
-    objects = read_table(engine, tables.object, ["objectId", "coord_ra", "coord_dec"], ("tract", "patch"))
-    if objects.num_rows == 0:
-        raise Level2Error(f"table {tables.object} has no rows: release {release} has no Objects")
-    ra, dec = _numpy(objects, "coord_ra"), _numpy(objects, "coord_dec")
-    margin = settings.match_radius_arcsec / 3600.0
-    gaia = gaia_around(engine, tables.gaia, ra, dec, margin)
-    median_mas, rms_mas, n_matched = metrics.astrometric_offsets(
-        ra, dec, _numpy(gaia, "ra"), _numpy(gaia, "dec"), settings.match_radius_arcsec
-    )
-    log.info("%s: %d Objects, %d matched to Gaia", release, objects.num_rows, n_matched)
-    add("validate_drp.AA1", median_mas, "mas", n_matched=n_matched)
-    add("dms_drp.astrom_gaia_rms", rms_mas, "mas", n_matched=n_matched)
+    def add(self, metric: str, value: float, unit: str, suffix: str = "", **data_id: Any) -> None:
+        production = self.release + suffix
+        self.results.append(
+            Level2Result(metric, value, unit, production, {"release": self.release, **data_id})
+        )
 
-    sources = read_table(engine, tables.source, ["ra", "dec", "band", "psfFlux"], ("objectId", "psfFluxErr"))
-    object_of = _source_objects(sources, objects, settings.match_radius_arcsec)
-    band, flux = _numpy(sources, "band").astype(str), _numpy(sources, "psfFlux").astype(float)
+
+def _repeatability_per_band(
+    out: _Collector, metric: str, rows: pa.Table, object_of: np.ndarray, settings: Level2Settings
+) -> None:
+    """PA1-style scatter per band of measurements with S/N >= min_snr (when psfFluxErr is given)."""
+    band, flux = _numpy(rows, "band").astype(str), _numpy(rows, "psfFlux").astype(float)
     usable = object_of >= 0
-    if "psfFluxErr" in sources.column_names:
-        error = _numpy(sources, "psfFluxErr").astype(float)
+    if "psfFluxErr" in rows.column_names:
         with np.errstate(divide="ignore", invalid="ignore"):
-            usable &= flux / error >= settings.min_snr
+            usable &= flux / _numpy(rows, "psfFluxErr").astype(float) >= settings.min_snr
     for b in sorted(set(band)):
         chosen = usable & (band == b)
         value, n = metrics.photometric_repeatability(object_of[chosen], flux[chosen], settings.min_sources)
         if n:
-            add("validate_drp.PA1", value, "mmag", f"/band={b}", band=b, n_objects=n)
+            out.add(metric, value, "mmag", f"/band={b}", band=b, n_objects=n)
 
-    if _has_table(engine, tables.forced_source):
-        forced = read_table(engine, tables.forced_source, ["objectId", "band", "psfFlux"], ("psfFluxErr",))
-        f_band = _numpy(forced, "band").astype(str)
-        f_flux = _numpy(forced, "psfFlux").astype(float)
-        f_usable = np.ones(len(f_flux), bool)
-        if "psfFluxErr" in forced.column_names:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                f_usable = f_flux / _numpy(forced, "psfFluxErr").astype(float) >= settings.min_snr
-        f_object = _numpy(forced, "objectId").astype(np.int64)
-        for b in sorted(set(f_band)):
-            chosen = f_usable & (f_band == b)
-            value, n = metrics.photometric_repeatability(
-                f_object[chosen], f_flux[chosen], settings.min_sources
-            )
-            if n:
-                add("dms_drp.forced_repeatability", value, "mmag", f"/band={b}", band=b, n_objects=n)
 
+def _astrometry(
+    out: _Collector, engine: Any, tables: ReleaseTables, objects: pa.Table, radius: float
+) -> None:
+    ra, dec = _numpy(objects, "coord_ra"), _numpy(objects, "coord_dec")
+    gaia = gaia_around(engine, tables.gaia, ra, dec, radius / 3600.0)
+    median_mas, rms_mas, n_matched = metrics.astrometric_offsets(
+        ra, dec, _numpy(gaia, "ra"), _numpy(gaia, "dec"), radius
+    )
+    log.info("%s: %d Objects, %d matched to Gaia", out.release, objects.num_rows, n_matched)
+    out.add("validate_drp.AA1", median_mas, "mas", n_matched=n_matched)
+    out.add("dms_drp.astrom_gaia_rms", rms_mas, "mas", n_matched=n_matched)
+
+
+def _psf(out: _Collector, engine: Any, tables: ReleaseTables) -> None:
     ccd = read_table(engine, tables.ccd_visit, ["band"], ("seeing", "psfSigma", "pixelScale"))
     ccd_band = _numpy(ccd, "band").astype(str)
     for b in sorted(set(ccd_band)):
@@ -264,19 +250,47 @@ def compute(
 
         fwhm, n = metrics.psf_fwhm(col("seeing"), col("psfSigma"), col("pixelScale"))
         if n:
-            add("dms_drp.psf_fwhm", fwhm, "arcsec", f"/band={b}", band=b, n_ccd_visits=n)
+            out.add("dms_drp.psf_fwhm", fwhm, "arcsec", f"/band={b}", band=b, n_ccd_visits=n)
 
+
+def compute(
+    engine: Any,
+    release: str,
+    tables: ReleaseTables,
+    truth: str | Path | None = None,
+    settings: Level2Settings | None = None,
+) -> list[Level2Result]:
+    """Every Level 2 metric of `release` from its tables (nothing stored)."""
+    settings = settings or Level2Settings()
+    radius = settings.match_radius_arcsec
+    out = _Collector(release)
+    objects = read_table(engine, tables.object, ["objectId", "coord_ra", "coord_dec"], ("tract", "patch"))
+    if objects.num_rows == 0:
+        raise Level2Error(f"table {tables.object} has no rows: release {release} has no Objects")
+    _astrometry(out, engine, tables, objects, radius)
+
+    sources = read_table(engine, tables.source, ["ra", "dec", "band", "psfFlux"], ("objectId", "psfFluxErr"))
+    _repeatability_per_band(
+        out, "validate_drp.PA1", sources, _source_objects(sources, objects, radius), settings
+    )
+    if _has_table(engine, tables.forced_source):
+        forced = read_table(engine, tables.forced_source, ["objectId", "band", "psfFlux"], ("psfFluxErr",))
+        object_of = _numpy(forced, "objectId").astype(np.int64)
+        _repeatability_per_band(out, "dms_drp.forced_repeatability", forced, object_of, settings)
+
+    _psf(out, engine, tables)
     if truth is not None:
         truth_ra, truth_dec = truth_positions(truth)
-        fraction, n = metrics.completeness(truth_ra, truth_dec, ra, dec, settings.match_radius_arcsec)
-        add("dms_drp.completeness", fraction, "", n_truth=n)
-
+        ra, dec = _numpy(objects, "coord_ra"), _numpy(objects, "coord_dec")
+        fraction, n = metrics.completeness(truth_ra, truth_dec, ra, dec, radius)
+        out.add("dms_drp.completeness", fraction, "", n_truth=n)
     if {"tract", "patch"} <= set(objects.column_names):
         counts = metrics.objects_per_patch(_numpy(objects, "tract"), _numpy(objects, "patch"))
         for (tract, patch), n in sorted(counts.items()):
-            suffix = f"/patch={tract},{patch}"
-            add("dms_drp.objects_per_patch", float(n), "", suffix, tract=tract, patch=patch)
-    return results
+            out.add(
+                "dms_drp.objects_per_patch", float(n), "", f"/patch={tract},{patch}", tract=tract, patch=patch
+            )
+    return out.results
 
 
 # ---- storing ------------------------------------------------------------------------------------

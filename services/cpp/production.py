@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,87 +61,81 @@ def day_range(kind: str, day_obs: int) -> tuple[int, int]:
     return int(first.strftime("%Y%m%d")), day_obs
 
 
-def find_raws(parameters: CppParameters) -> list[dict[str, Any]]:
-    """The archived raws of the run's day range: observation type, physical filter, detector, file path."""
+@contextmanager
+def _registry(parameters: CppParameters) -> Iterator[tuple[Any, Any]]:
+    """A control-database connection and the primary site's store of the production's deployment."""
     from dms.deployment import Deployment
     from dms.services.backbone.client import Backbone
     from dms.services.prompt.qc import connect
 
     data_dir = parameters.data_dir or os.environ.get("DMS_DATA_DIR")
     deployment = Deployment.open(Path(data_dir) if data_dir else None)
-    first, last = day_range(parameters.kind, parameters.day_obs)
     try:
         store = Backbone(deployment).store()
         with connect(deployment) as conn:
-            rows = conn.execute(
-                "SELECT e.id, e.observation_type, e.physical_filter, e.exposure_time, "
-                "(d.data_id->>'detector')::int, r.path FROM dms.exposure e "
-                "JOIN dms.dataset d ON d.dataset_type = 'raw' AND d.data_id->>'instrument' = e.instrument "
-                "AND (d.data_id->>'exposure')::bigint = e.id "
-                "JOIN dms.datastore_record r ON r.dataset_id = d.id AND r.site = %s "
-                "WHERE e.instrument = %s AND e.day_obs BETWEEN %s AND %s "
-                "AND (%s::int[] IS NULL OR (d.data_id->>'detector')::int = ANY(%s::int[])) "
-                "ORDER BY e.id, 5",
-                (
-                    store_site(),
-                    parameters.instrument,
-                    first,
-                    last,
-                    parameters.detectors,
-                    parameters.detectors,
-                ),
-            ).fetchall()
-        return [
-            {
-                "exposure": int(r[0]),
-                "observation_type": (r[1] or "").lower(),
-                "physical_filter": r[2],
-                "detector": int(r[4]),
-                "path": str(store.absolute(r[5])),
-            }
-            for r in rows
-        ]
+            yield conn, store
     finally:
         deployment.dispose()
+
+
+RAWS = (
+    "SELECT e.id, e.observation_type, e.physical_filter, (d.data_id->>'detector')::int, r.path "
+    "FROM dms.exposure e "
+    "JOIN dms.dataset d ON d.dataset_type = 'raw' AND d.data_id->>'instrument' = e.instrument "
+    "AND (d.data_id->>'exposure')::bigint = e.id "
+    "JOIN dms.datastore_record r ON r.dataset_id = d.id AND r.site = %(site)s "
+    "WHERE e.instrument = %(instrument)s AND e.day_obs BETWEEN %(first)s AND %(last)s "
+    "AND (%(detectors)s::int[] IS NULL OR (d.data_id->>'detector')::int = ANY(%(detectors)s::int[])) "
+    "ORDER BY e.id, 4"
+)
+EXPOSURES = (
+    "SELECT (d.data_id->>'detector')::int, d.data_id->>'band', r.path FROM dms.dataset d "
+    "JOIN dms.exposure e ON e.instrument = d.data_id->>'instrument' AND e.id = (d.data_id->>'visit')::bigint "
+    "JOIN dms.datastore_record r ON r.dataset_id = d.id AND r.site = %(site)s "
+    "WHERE d.dataset_type = %(dataset_type)s AND e.instrument = %(instrument)s "
+    "AND e.day_obs BETWEEN %(first)s AND %(last)s "
+    "AND (%(detectors)s::int[] IS NULL OR (d.data_id->>'detector')::int = ANY(%(detectors)s::int[])) "
+    "ORDER BY e.id"
+)
+
+
+def _where(parameters: CppParameters) -> dict[str, Any]:
+    first, last = day_range(parameters.kind, parameters.day_obs)
+    return {
+        "site": store_site(),
+        "instrument": parameters.instrument,
+        "first": first,
+        "last": last,
+        "detectors": parameters.detectors,
+        "dataset_type": parameters.template_dataset_type,
+    }
+
+
+def find_raws(parameters: CppParameters) -> list[dict[str, Any]]:
+    """The archived raws of the run's day range: observation type, physical filter, detector, file path."""
+    with _registry(parameters) as (conn, store):
+        return [
+            {
+                "exposure": int(exposure),
+                "observation_type": (observation_type or "").lower(),
+                "physical_filter": physical_filter,
+                "detector": int(detector),
+                "path": str(store.absolute(path)),
+            }
+            for exposure, observation_type, physical_filter, detector, path in conn.execute(
+                RAWS, _where(parameters)
+            )
+        ]
 
 
 def find_exposures(parameters: CppParameters) -> dict[tuple[int, str], list[str]]:
     """Files of the calibrated exposures to make templates from, per (detector, band): datasets of
     `template_dataset_type` whose visit is an exposure of the day range."""
-    from dms.deployment import Deployment
-    from dms.services.backbone.client import Backbone
-    from dms.services.prompt.qc import connect
-
-    data_dir = parameters.data_dir or os.environ.get("DMS_DATA_DIR")
-    deployment = Deployment.open(Path(data_dir) if data_dir else None)
-    first, last = day_range(parameters.kind, parameters.day_obs)
     found: dict[tuple[int, str], list[str]] = defaultdict(list)
-    try:
-        store = Backbone(deployment).store()
-        with connect(deployment) as conn:
-            rows = conn.execute(
-                "SELECT (d.data_id->>'detector')::int, d.data_id->>'band', r.path FROM dms.dataset d "
-                "JOIN dms.exposure e ON e.instrument = d.data_id->>'instrument' "
-                "AND e.id = (d.data_id->>'visit')::bigint "
-                "JOIN dms.datastore_record r ON r.dataset_id = d.id AND r.site = %s "
-                "WHERE d.dataset_type = %s AND e.instrument = %s AND e.day_obs BETWEEN %s AND %s "
-                "AND (%s::int[] IS NULL OR (d.data_id->>'detector')::int = ANY(%s::int[])) "
-                "ORDER BY e.id",
-                (
-                    store_site(),
-                    parameters.template_dataset_type,
-                    parameters.instrument,
-                    first,
-                    last,
-                    parameters.detectors,
-                    parameters.detectors,
-                ),
-            ).fetchall()
-        for detector, band, path in rows:
+    with _registry(parameters) as (conn, store):
+        for detector, band, path in conn.execute(EXPOSURES, _where(parameters)):
             found[(int(detector), str(band))].append(str(store.absolute(path)))
-        return dict(found)
-    finally:
-        deployment.dispose()
+    return dict(found)
 
 
 def store_site() -> str:

@@ -17,6 +17,7 @@ On an embedded PostgreSQL (pgserver) and one Dask LocalCluster (threads in this 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -39,6 +40,11 @@ from dms.services.batch import store, workflow  # noqa: E402
 from dms.services.batch.classes import Quota  # noqa: E402
 from dms.services.batch.execute import execute  # noqa: E402
 from dms.services.batch.runner import BatchRunner, RunnerSettings, open_cluster  # noqa: E402
+
+
+def load() -> str:
+    """The 1, 5 and 15 minute load averages (other developers share the machine)."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def noop(_: Any) -> None:
@@ -197,6 +203,7 @@ def main() -> None:
     try:
         kind = "processes" if args.processes else "threads"
         print(f"cluster: {args.workers} worker(s) x {args.threads} thread(s) ({kind})")
+        print(f"load average at start: {load()} on {os.cpu_count()} cores (shared with other jobs)")
         o = overhead(conninfo, client, args.tasks)
         n = args.tasks
         per_task = 1000 * (o["run_s"] - o["dask_s"]) / n
@@ -230,6 +237,7 @@ def main() -> None:
             latency = priority_latency(conninfo, client, reserve)
             label = "1 worker reserved for prompt" if reserve else "no reservation"
             print(f"   {label:30} {latency:6.3f} s (goal < 1 s: {'met' if latency < 1 else 'NOT met'})")
+        print(f"\nload average at end: {load()}")
     finally:
         cluster = client.cluster
         client.close()

@@ -329,6 +329,7 @@ from dms.cli_efd import efd, gateway, qc  # noqa: E402  (the groups use the help
 for _group in (efd, qc, gateway):
     main.add_command(_group)
 
+import dms.cli_qc_release  # noqa: E402, F401  (adds `dms qc release`: Level 2 QC, issue 15)
 from dms.cli_users import users  # noqa: E402  (uses the helpers above)
 
 main.add_command(users)
@@ -371,3 +372,7 @@ main.add_command(release)
 from dms.cli_batch import batch  # noqa: E402  (the Batch Processing service: issue 15)
 
 main.add_command(batch)
+
+from dms.cli_cpp import cpp  # noqa: E402  (the Calibration Products Production: issue 15)
+
+main.add_command(cpp)

@@ -200,6 +200,7 @@ def lookup_task(name: str) -> type[Task[Any, Any]]:
 TASK_MODULES: list[str] = [
     "dms.services.batch.tasks",
     "dms.services.cpp.tasks",
+    "dms.services.cpp.products",
     "dms.services.prompt.calibration",
     "dms.services.prompt.payload.isr",
     "dms.services.prompt.payload.process",

@@ -92,3 +92,7 @@ def smoke(parameters: SmokeParameters) -> WorkflowFile:
     return WorkflowFile.model_validate(
         {"name": "smoke", "production": "smoke", "priority": "ocs", "tasks": tasks}
     )
+
+
+# Productions defined beside their tasks register on import (after the registry above exists).
+import dms.services.cpp.production  # noqa: E402, F401

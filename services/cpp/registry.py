@@ -16,6 +16,9 @@ import psycopg
 from dms.services.batch import store
 from dms.services.cpp.tasks import CalibrationError
 
+#: The calibration types dms.calibration holds.
+MASTER_TYPES = ("bias", "dark", "flat")
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -37,7 +40,9 @@ def certify(
     if valid_until is not None and valid_until <= valid_from:
         raise CalibrationError(f"validity range ends ({valid_until}) before it starts ({valid_from})")
     products = [
-        v for v in store.dataset_values(conn, job_id).values() if isinstance(v, dict) and v.get("type")
+        v
+        for v in store.dataset_values(conn, job_id).values()
+        if isinstance(v, dict) and v.get("type") in MASTER_TYPES  # crosstalk, templates: not masters
     ]
     if not products:
         raise CalibrationError(f"job {job_id} wrote no master calibration to certify")

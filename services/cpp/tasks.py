@@ -19,6 +19,9 @@ from dms.errors import DMSError
 from dms.services.cpp.combine import sigma_clipped_mean
 from dms.tasks import Task, TaskConfig, register_task
 
+#: Primary-header cards a frame's image header inherits.
+PRIMARY_KEYS = ("EXPTIME", "DARKTIME", "IMGTYPE", "DAYOBS", "FILTER")
+
 
 class CalibrationError(DMSError):
     """A calibration frame or master cannot be used (the message names the file)."""
@@ -33,12 +36,17 @@ class CombineConfig(TaskConfig):
 
 
 def read_frame(path: str) -> tuple[np.ndarray, fits.Header]:
-    """The image and header of a FITS frame (first HDU with data); CalibrationError if unreadable."""
+    """The image of a FITS frame (first HDU with data) and its header (with the primary header's cards, as
+    a raw keeps EXPTIME there); CalibrationError if unreadable."""
     try:
         with fits.open(path, memmap=False) as hdus:
             for hdu in hdus:
                 if hdu.data is not None:
-                    return np.asarray(hdu.data, dtype=np.float64), hdu.header.copy()
+                    header = hdu.header.copy()
+                    for key in PRIMARY_KEYS:  # a raw keeps these in its primary header
+                        if key not in header and key in hdus[0].header:
+                            header[key] = hdus[0].header[key]
+                    return np.asarray(hdu.data, dtype=np.float64), header
     except (OSError, ValueError, TypeError) as exc:
         raise CalibrationError(f"cannot read calibration frame {path}: {exc}") from None
     raise CalibrationError(f"calibration frame {path} has no image data")

@@ -237,4 +237,5 @@ def batch_serve_ocs(ctx: click.Context, host: str, port: int) -> None:
 
     deployment = _open(ctx)
     click.echo(f"OCS batch commands on http://{host}:{port}/ocs/commands")
-    uvicorn.run(make_app(_conninfo(ctx), deployment.engine), host=host, port=port, log_level="warning")
+    app = make_app(_conninfo(ctx), deployment.engine, data_dir=str(deployment.data_dir))
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -287,13 +287,17 @@ def test_dms_cpp_run_and_an_ocs_command(
     )
     assert fits.getheader(flat.path)["NCOMBINE"] == 3
 
+    command = {"command": "runProduction", "production": "cpp"}
     status, answer = run_command(
         batch_conn,
-        {
-            "command": "runProduction",
-            "production": "cpp",
-            "parameters": {"kind": "annual", "day_obs": DAY, "data_dir": str(batch_deployment.data_dir)},
-        },
+        {**command, "parameters": {"kind": "annual", "day_obs": DAY, "data_dir": "/elsewhere"}},
+        data_dir=str(batch_deployment.data_dir),
+    )
+    assert status == 400 and "set by the OCS server" in answer["error"]
+    status, answer = run_command(
+        batch_conn,
+        {**command, "parameters": {"kind": "annual", "day_obs": DAY}},
+        data_dir=str(batch_deployment.data_dir),
     )
     assert status == 202 and answer["ack"] == "accepted"
     job = store.job_status(batch_conn, answer["job_id"], tasks=100)

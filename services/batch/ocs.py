@@ -49,8 +49,13 @@ def _ack_of(job_state: str | None, tasks: dict[str, int]) -> str:
     return "in_progress" if started else "accepted"
 
 
-def run_command(conn: psycopg.Connection, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """Record a command and start its production; returns (HTTP status, answer)."""
+def run_command(
+    conn: psycopg.Connection, body: dict[str, Any], *, data_dir: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """Record a command and start its production; returns (HTTP status, answer).
+
+    `data_dir` is the server's own deployment: a production that reads a deployment's Data Backbone gets it
+    from here, never from the command (a caller must not point a production at another deployment)."""
     command = body.get("command")
     production = body.get("production")
     parameters = body.get("parameters", {})
@@ -61,8 +66,13 @@ def run_command(conn: psycopg.Connection, body: dict[str, Any]) -> tuple[int, di
         problem = "runProduction needs 'production', the name of a production (GET /ocs/productions)"
     elif not isinstance(parameters, dict):
         problem = "'parameters' must be a JSON object"
+    elif "data_dir" in parameters:
+        problem = "parameter 'data_dir' is set by the OCS server (its own deployment), not by a command"
     flow = None
     if problem is None:
+        known = PRODUCTIONS.get(str(production))
+        if data_dir is not None and known is not None and "data_dir" in known.parameters.model_fields:
+            parameters = {**parameters, "data_dir": data_dir}
         try:
             flow = workflow_for(str(production), parameters)
         except BatchError as exc:
@@ -73,7 +83,7 @@ def run_command(conn: psycopg.Connection, body: dict[str, Any]) -> tuple[int, di
         (
             str(command)[:64],
             str(production or "")[:64],
-            Jsonb(parameters if isinstance(parameters, dict) else {}),
+            Jsonb(body.get("parameters") if isinstance(body.get("parameters"), dict) else {}),
             "failed" if problem else "accepted",
             problem,
         ),
@@ -119,7 +129,7 @@ def command_status(conn: psycopg.Connection, command_id: int) -> dict[str, Any]:
     return row
 
 
-def make_app(conninfo: str, engine: Callable[[], sa.Engine]) -> Starlette:
+def make_app(conninfo: str, engine: Callable[[], sa.Engine], *, data_dir: str | None = None) -> Starlette:
     """The OCS command endpoint on the control database (`conninfo` for the work, `engine` for tokens)."""
 
     def endpoint(
@@ -161,7 +171,7 @@ def make_app(conninfo: str, engine: Callable[[], sa.Engine]) -> Starlette:
         return run
 
     def post(conn: psycopg.Connection, request: Request, body: Any) -> tuple[int, Any]:
-        return run_command(conn, body)
+        return run_command(conn, body, data_dir=data_dir)
 
     def get_one(conn: psycopg.Connection, request: Request, body: Any) -> tuple[int, Any]:
         return 200, command_status(conn, int(request.path_params["command_id"]))

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +111,7 @@ class Crowd:
     clients: int
     duration: float
     count: int
-    errors: int
+    errors: Counter[str]
     p50: float
     p95: float
     server_cpu: float
@@ -121,14 +122,13 @@ class Crowd:
         return self.count / self.duration
 
 
-async def crowd(url: str, clients: int, duration: float) -> tuple[int, list[float], int]:
+async def crowd(url: str, clients: int, duration: float) -> tuple[int, list[float], Counter[str]]:
     latencies: list[float] = []
-    errors = 0
+    errors: Counter[str] = Counter()
     stop = time.monotonic() + duration
     limits = httpx.Limits(max_connections=clients)
 
     async def client(seed: int) -> None:
-        nonlocal errors
         rng = np.random.default_rng(seed)
         async with httpx.AsyncClient(timeout=30, limits=limits) as http:
             while time.monotonic() < stop:
@@ -136,9 +136,9 @@ async def crowd(url: str, clients: int, duration: float) -> tuple[int, list[floa
                 try:
                     response = await http.get(url, params={"LANG": "ADQL", "QUERY": random_query(rng)})
                     if response.status_code != 200 or b'value="OK"' not in response.content:
-                        errors += 1
-                except httpx.HTTPError:
-                    errors += 1
+                        errors[f"HTTP {response.status_code}"] += 1
+                except httpx.HTTPError as exc:
+                    errors[type(exc).__name__] += 1
                 latencies.append(time.monotonic() - started)
 
     await asyncio.gather(*(client(i) for i in range(clients)))
@@ -206,7 +206,8 @@ def run_workers(data_dir: Path, workers: int, args: argparse.Namespace, rows: in
         per_query = 1000 / max(count, 1)
         print(
             f"  {args.clients} clients for {args.duration:g} s: {count:,} queries, {result.rate:.1f} "
-            f"queries/s, p50 {c50 * 1000:.0f} ms, p95 {c95 * 1000:.0f} ms, errors {errors}; CPU per query: "
+            f"queries/s, p50 {c50 * 1000:.0f} ms, p95 {c95 * 1000:.0f} ms, errors {errors.total()} "
+            f"{dict(errors) or ''}; CPU per query: "
             f"server {server_cpu * per_query:.1f} ms, load generator {client_cpu * per_query:.1f} ms"
         )
         return result
@@ -257,7 +258,7 @@ def main() -> None:
         for c in crowds:
             print(
                 f"  {c.workers:7d}  {c.rate:9.1f}  {c.rate / TARGET_RATE:8.2f}  {c.p95 * 1000:6.0f}  "
-                f"{c.p95 / TARGET_P95:8.2f}  {c.p95 / LSST_LATENCY:11.3f}  {c.errors:6d}  "
+                f"{c.p95 / TARGET_P95:8.2f}  {c.p95 / LSST_LATENCY:11.3f}  {c.errors.total():6d}  "
                 f"x{c.rate / first.rate:.2f} q/s"
             )
         print(f"  finished with load average {os.getloadavg()[0]:.1f}")

@@ -40,11 +40,21 @@ def adql_translate(query: str, dialect: str) -> None:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="TCP port to listen on.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Worker processes serving requests [default: one per core, at most 8].",
+)
 @data_dir_option
 @click.pass_context
 @_friendly_errors
-def serve(ctx: click.Context, host: str, port: int) -> None:
-    """Serve TAP, SCS, SIA and DataLink over HTTP (until interrupted)."""
-    from dms.services.vo.server import serve_forever
+def serve(ctx: click.Context, host: str, port: int, workers: int | None) -> None:
+    """Serve TAP, SCS, SIA and DataLink over HTTP (until interrupted).
 
-    serve_forever(_open(ctx), host, port, echo=click.echo)
+    Several worker processes share the port; UWS jobs, users and sessions live in the database, so any
+    worker answers for a job another one created.
+    """
+    from dms.services.vo.server import default_workers, serve_forever
+
+    serve_forever(_open(ctx), host, port, echo=click.echo, workers=workers or default_workers())

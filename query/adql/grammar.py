@@ -104,6 +104,23 @@ def check(text: str) -> Tree[Token]:
     return tree
 
 
+MEMO_MAX_CHARS = 8192  # longer texts are checked every time (the memo holds texts, not trees)
+
+
+@functools.lru_cache(maxsize=1024)
+def _accepted(text: str) -> None:
+    check(text)  # raises for a text the grammar refuses: refusals are not remembered
+
+
+def check_once(text: str) -> None:
+    """:func:`check` for a text the grammar may have accepted before: one request parses its query several
+    times (visibility, routing, the engine, result metadata), and the lark parse is most of each."""
+    if len(text) > MEMO_MAX_CHARS:
+        check(text)
+    else:
+        _accepted(text)
+
+
 def _syntax_error(text: str, exc: UnexpectedInput) -> AdqlSyntaxError:
     if isinstance(exc, UnexpectedCharacters):
         position = exc.pos_in_stream or 0

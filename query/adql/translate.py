@@ -74,7 +74,7 @@ def _parse_one(text: str, strict: bool = True) -> exp.Expression:
         raise AdqlSyntaxError("the query is empty", 1, 1)
     check_nesting(text, Adql)
     if strict:
-        grammar.check(text)
+        grammar.check_once(text)
     try:
         statements = [s for s in sqlglot.parse(text, read=Adql) if s is not None]
     except RecursionError as exc:

@@ -37,12 +37,18 @@ PUBLIC_PATHS = ("/", "/tap")
 
 
 def make_app(
-    deployment: Deployment, executor: QueryExecutor | None = None, limits: RequestLimits | None = None
+    deployment: Deployment,
+    executor: QueryExecutor | None = None,
+    limits: RequestLimits | None = None,
+    *,
+    recover_jobs: bool = True,
 ) -> Starlette:
     """TAP, SCS, SIA, DataLink and their VOSI endpoints over one deployment.
 
     Every request passes the body-size cap (413) and the bearer-token check (401/403) before its handler;
-    a database that cannot be reached is a 503 everywhere.
+    a database that cannot be reached is a 503 everywhere. At startup the app recovers the jobs a previous
+    server left running (`recover_jobs`; False for the worker processes of `dms serve`, whose supervisor
+    did that once) and picks up the queued ones.
     """
     context = Context(deployment, executor or make_executor(deployment))
     tap = TapService(context)
@@ -55,12 +61,15 @@ def make_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        removed = await run_in_threadpool(tap.remove_orphan_uploads)
-        if removed:
-            log.info("removed %d stored uploads no job refers to", removed)
-        resumed = await run_in_threadpool(tap.jobs.resume)
-        if resumed:
-            log.info("queued again %d TAP jobs left by a previous server", resumed)
+        if recover_jobs:
+            removed = await run_in_threadpool(tap.remove_orphan_uploads)
+            if removed:
+                log.info("removed %d stored uploads no job refers to", removed)
+            resumed = await run_in_threadpool(tap.jobs.resume)
+            if resumed:
+                log.info("queued again %d TAP jobs left by a previous server", resumed)
+        else:
+            await run_in_threadpool(tap.jobs.pick_up)
         yield
         await run_in_threadpool(tap.jobs.shutdown)
 

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from dms.deployment import Deployment
 from dms.query.adql import frames
 from dms.query.adql.grammar import quote_identifier
 from dms.services.auth import authenticate
@@ -52,6 +53,7 @@ STORED = re.compile(r"stored:([0-9a-f]{32}\.xml)")
 ORPHAN_AGE = 600.0  # seconds: an unreferenced stored upload younger than this may belong to a job being made
 DISCONNECT_POLL = 0.25  # seconds between checks that a sync query's client is still there
 AVAILABILITY_TIMEOUT = 3  # seconds to connect to the database for /availability
+UPLOADS_DIR = Path("vo") / "uploads"  # inline uploads of async jobs, under the data directory
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ log = logging.getLogger(__name__)
 class TapService:
     def __init__(self, context: Context) -> None:
         self.context = context
-        self.uploads_dir = context.deployment.data_dir / "vo" / "uploads"
+        self.uploads_dir = context.deployment.data_dir / UPLOADS_DIR
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
         self.jobs = JobStore(context.deployment, "tap", self._run_job, forget=self._forget_uploads)
 
@@ -182,17 +184,7 @@ class TapService:
 
     def remove_orphan_uploads(self) -> int:
         """Remove stored uploads that no job points at (left by deleted jobs or failed submissions)."""
-        with self.context.deployment.engine().connect() as conn:
-            uploads = conn.execute(
-                sa.text("SELECT parameters->>'UPLOAD' FROM dms.job WHERE parameters ? 'UPLOAD'")
-            ).scalars()
-            referenced = {name for value in uploads for name in STORED.findall(value or "")}
-        removed = 0
-        for path in self.uploads_dir.iterdir():
-            if path.name not in referenced and time.time() - path.stat().st_mtime > ORPHAN_AGE:
-                path.unlink(missing_ok=True)
-                removed += 1
-        return removed
+        return remove_orphan_uploads(self.context.deployment)
 
     # ---- endpoints ------------------------------------------------------------------------------------
 
@@ -379,6 +371,22 @@ class TapService:
             Route("/tap/tables/{name}", guarded(self.table), methods=["GET"]),
             Route("/tap/examples", guarded(self.examples), methods=["GET"]),
         ]
+
+
+def remove_orphan_uploads(deployment: Deployment) -> int:
+    """Remove the stored uploads no TAP job points at; returns how many (once per server start)."""
+    uploads_dir = deployment.data_dir / UPLOADS_DIR
+    with deployment.engine().connect() as conn:
+        uploads = conn.execute(
+            sa.text("SELECT parameters->>'UPLOAD' FROM dms.job WHERE parameters ? 'UPLOAD'")
+        ).scalars()
+        referenced = {name for value in uploads for name in STORED.findall(value or "")}
+    removed = 0
+    for path in uploads_dir.iterdir() if uploads_dir.is_dir() else ():
+        if path.name not in referenced and time.time() - path.stat().st_mtime > ORPHAN_AGE:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def examples_document(tables: list[Table]) -> str:

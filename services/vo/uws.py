@@ -47,6 +47,7 @@ MAX_DURATION = 3600
 MAX_DESTRUCTION = timedelta(days=365)
 MAX_WAIT = 120.0
 LOST_DATABASE = "the database connection was lost while the job ran; submit the job again"
+WATCH_SECONDS = 0.5  # how often a server checks whether its running jobs were ended by another server
 
 Runner = Callable[[dict[str, str], threading.Event, float], tuple[bytes, str, int]]
 """Runs a job from its parameters with a cancel event and a time limit: (result bytes, MIME type, rows)."""
@@ -84,6 +85,47 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None, microsecond=0)
 
 
+def recover_jobs(deployment: Deployment, service: str) -> int:
+    """Queue again the jobs of `service` a previous server left QUEUED or EXECUTING; returns how many.
+
+    The backends of jobs that were EXECUTING (their server was killed) are terminated first, waiting for
+    each to end, so that the job is not run a second time beside its first run. Call it once per start,
+    before any server process takes jobs (:meth:`JobStore.pick_up` then runs them).
+    """
+    with deployment.engine().begin() as conn:
+        running = (
+            conn.execute(
+                sa.text("SELECT job_id FROM dms.job WHERE service = :s AND phase = 'EXECUTING'"),
+                {"s": service},
+            )
+            .scalars()
+            .all()
+        )
+        if running:
+            terminated = conn.execute(
+                sa.text(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) "
+                    "FROM pg_stat_activity WHERE application_name = ANY(:tags) "
+                    "AND pid <> pg_backend_pid()"
+                ),
+                {"tags": [job_tag(j) for j in running]},
+            ).scalar_one()
+            if terminated:
+                log.warning("terminated %d database backends of jobs left running", terminated)
+        ids = (
+            conn.execute(
+                sa.text(
+                    "UPDATE dms.job SET phase = 'QUEUED', start_time = NULL WHERE service = :s AND phase "
+                    "IN ('QUEUED', 'EXECUTING') RETURNING job_id"
+                ),
+                {"s": service},
+            )
+            .scalars()
+            .all()
+        )
+    return len(ids)
+
+
 class JobStore:
     def __init__(
         self,
@@ -105,41 +147,26 @@ class JobStore:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"uws-{service}")
         self._cancels: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------
 
     def resume(self) -> int:
-        """Queue again the jobs a previous server left QUEUED or EXECUTING; returns how many.
+        """Recover the jobs a previous server left QUEUED or EXECUTING (see :func:`recover_jobs`) and run
+        them here; returns how many were queued."""
+        recover_jobs(self.deployment, self.service)
+        return self.pick_up()
 
-        The backends of jobs that were EXECUTING (their server was killed) are terminated first, waiting for
-        each to end, so that the job is not run a second time beside its first run.
+    def pick_up(self) -> int:
+        """Queue here every QUEUED job of this service; returns how many.
+
+        Safe beside other server processes doing the same: a job runs only where it moves from QUEUED to
+        EXECUTING, which one UPDATE decides.
         """
-        with self.deployment.engine().begin() as conn:
-            running = (
-                conn.execute(
-                    sa.text("SELECT job_id FROM dms.job WHERE service = :s AND phase = 'EXECUTING'"),
-                    {"s": self.service},
-                )
-                .scalars()
-                .all()
-            )
-            if running:
-                terminated = conn.execute(
-                    sa.text(
-                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) "
-                        "FROM pg_stat_activity WHERE application_name = ANY(:tags) "
-                        "AND pid <> pg_backend_pid()"
-                    ),
-                    {"tags": [job_tag(j) for j in running]},
-                ).scalar_one()
-                if terminated:
-                    log.warning("terminated %d database backends of jobs left running", terminated)
+        with self.deployment.engine().connect() as conn:
             ids = (
                 conn.execute(
-                    sa.text(
-                        "UPDATE dms.job SET phase = 'QUEUED', start_time = NULL WHERE service = :s AND phase "
-                        "IN ('QUEUED', 'EXECUTING') RETURNING job_id"
-                    ),
+                    sa.text("SELECT job_id FROM dms.job WHERE service = :s AND phase = 'QUEUED'"),
                     {"s": self.service},
                 )
                 .scalars()
@@ -151,6 +178,8 @@ class JobStore:
 
     def shutdown(self) -> None:
         self._closing.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
         for event in list(self._cancels.values()):
             event.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -365,8 +394,42 @@ class JobStore:
 
     def _submit(self, job_id: str) -> None:
         with self._lock:
+            if job_id in self._cancels:
+                return  # already queued or running in this process
             self._cancels[job_id] = threading.Event()
+            if self._watcher is None:
+                self._watcher = threading.Thread(
+                    target=self._watch_ended, name=f"uws-{self.service}-watch", daemon=True
+                )
+                self._watcher.start()
         self._pool.submit(self._execute, job_id)
+
+    def _watch_ended(self) -> None:
+        """Cancel the local runs of jobs that left QUEUED/EXECUTING elsewhere: aborted, deleted or destroyed
+        through another server process (in this one, :meth:`abort` sets the event at once)."""
+        while not self._closing.wait(WATCH_SECONDS):
+            with self._lock:
+                ids = list(self._cancels)
+            if not ids:
+                continue
+            try:
+                with self.deployment.engine().connect() as conn:
+                    active = set(
+                        conn.execute(
+                            sa.text(
+                                "SELECT job_id FROM dms.job WHERE job_id = ANY(:ids) "
+                                "AND phase IN ('QUEUED', 'EXECUTING')"
+                            ),
+                            {"ids": ids},
+                        ).scalars()
+                    )
+            except Exception as exc:  # the database is away: look again later
+                log.debug("cannot check the phases of running jobs: %s", exc)
+                continue
+            with self._lock:
+                ended = [self._cancels[i] for i in ids if i not in active and i in self._cancels]
+            for event in ended:
+                event.set()
 
     def _execute(self, job_id: str) -> None:
         with self._lock:

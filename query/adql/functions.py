@@ -17,6 +17,9 @@ from dms.query.adql.rewrite import rewrite
 from dms.udfs import ADQL_FUNCTIONS, FUNCTIONS
 
 UnitOf = Callable[[exp.Column], str | None]
+#: A unit `unit_of` may give to name a query's tables without knowing its columns' units: IN_UNIT then keeps
+#: its column as it is (the tree is for reading names, never for running).
+ANY_UNIT = "*"
 """Looks up the unit (a VOUnit string) of a column reference, or None if it has none or is unknown."""
 
 # sqlglot's typed nodes for the ADQL 2.1 functions and SQL-92 forms ADQL includes.
@@ -93,6 +96,8 @@ def _in_unit(node: exp.Anonymous, unit_of: UnitOf | None) -> exp.Expression:
     ):
         raise AdqlSyntaxError("IN_UNIT takes a column and a literal unit string, e.g. IN_UNIT(ra, 'arcsec')")
     source = unit_of(value) if (unit_of is not None and isinstance(value, exp.Column)) else None
+    if source == ANY_UNIT:
+        return exp.paren(value.copy())
     if source is None:
         raise AdqlUnsupportedError(
             f"IN_UNIT: the unit of {value.sql()} is not known (IN_UNIT needs a column with a unit)"

@@ -20,7 +20,7 @@ from sqlglot import exp
 from sqlglot.tokens import TokenType
 
 from dms.deployment import Deployment
-from dms.errors import DMSError
+from dms.query.adql.functions import ANY_UNIT
 from dms.query.parse import cte_for
 from dms.query.parse import parse as parse_query
 from dms.services.vo.errors import QueryRefused
@@ -80,12 +80,15 @@ class VisibleExecutor:
 
     def _named_tables(self, query: str, lang: str) -> list[tuple[str, str]]:
         """(schema, table) of every table the query names; unqualified names of catalog tables get their
-        schema; a query that does not parse names none (the inner executor reports why)."""
+        schema. A query this parse refuses is refused here with the parse's error: the check fails closed
+        (IN_UNIT, whose units only the inner executor knows, reads as its bare column here)."""
         language = {"postgresql": "sql", "mysql": "qserv"}.get(lang.lower(), lang.lower())
+        if language not in ("sql", "adql", "qserv"):
+            return []  # the inner executor refuses the language before it reads the query
         try:
-            tree = parse_query(query, language if language in ("sql", "adql", "qserv") else "sql")
-        except (DMSError, sqlglot.errors.SqlglotError, RecursionError):
-            return []
+            tree = parse_query(query, language, unit_of=lambda column: ANY_UNIT)
+        except (sqlglot.errors.SqlglotError, RecursionError) as exc:
+            raise QueryRefused(f"the query could not be read: {str(exc).splitlines()[0][:200]}") from None
         catalog = self._catalog_names()
         bare = {name.split(".", 1)[1]: name.split(".", 1)[0] for name in catalog}
         named = []

@@ -371,3 +371,7 @@ main.add_command(release)
 from dms.cli_batch import batch  # noqa: E402  (the Batch Processing service: issue 15)
 
 main.add_command(batch)
+
+from dms.cli_drp import drp  # noqa: E402  (the Data Release Production: issue 15)
+
+main.add_command(drp)

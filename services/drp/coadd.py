@@ -223,9 +223,18 @@ class ForcedPhotometryTask(Task[ForcedConfig, dict[str, Any]]):
     ConfigClass = ForcedConfig
     resources = Resources(cpus=1, memory_mb=1024)
 
-    def run(self, data_dir: str, release: str, calibration: dict[str, Any], objects: list[dict[str, Any]]) -> dict[str, Any]:
+    def run(
+        self,
+        data_dir: str,
+        release: str,
+        calibration: dict[str, Any],
+        objects: list[dict[str, Any]],
+        kept_objects: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """`objects`: the patches' Object products; `kept_objects`: those a hot-fix does not redo."""
         with self.timed("read"):
-            parts = [pd.read_parquet(o["path"], columns=["objectId", "coord_ra", "coord_dec", "patch", "tract"]) for o in objects]
+            columns = ["objectId", "coord_ra", "coord_dec", "patch", "tract"]
+            parts = [pd.read_parquet(o["path"], columns=columns) for o in objects + (kept_objects or [])]
             catalog = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
         frames = []
         for ccd in calibration["ccds"]:

@@ -108,9 +108,11 @@ class _Builder:
         tasks = [self.entry("refs", "reference", {"release": p.release},
                             args={"ra": p.ra, "dec": p.dec, "radius": p.radius})]
         for r in self.inputs.raws:  # every raw runs; only the usable ones are read downstream
+            # a raw whose calibration planning found missing or corrupt fails the same way every time
+            retries = {} if r.problem is None else {"max_attempts": 1}
             tasks.append(self.entry(f"char-{r.visit}-{r.detector}", "characterize",
                                     {"visit": r.visit, "detector": r.detector},
-                                    args={"raw": r.data_id, "band": r.band}, inputs={"refs": "refs"}))
+                                    args={"raw": r.data_id, "band": r.band}, inputs={"refs": "refs"}, **retries))
         boresight = {r.visit: list(r.boresight) for r in self.inputs.raws}
         for v in self.visits:
             detectors = [f"char-{r.visit}-{r.detector}" for r in self.inputs.usable if r.visit == v]
@@ -138,9 +140,11 @@ class _Builder:
                     continue
                 label = f"coadd-{patch}-{band}"
                 coadds.append(label)
+                given = visits_of(visits)
                 tasks.append(self.entry(label, "coadd", {"patch": patch, "band": band},
                                         config=self.config("coadd", patch_order=self.p.patch_order),
-                                        args={"patch": patch, "band": band}, **visits_of(visits)))
+                                        args={"patch": patch, "band": band, **given.get("args", {})},
+                                        inputs=given.get("inputs", {})))
             tasks.append(self.entry(f"detect-{patch}", "detect_coadd", {"patch": patch},
                                     config=self.config("detect_coadd", patch_order=self.p.patch_order),
                                     args={"patch": patch, "bands": self.bands}, inputs={"coadds": coadds}))
@@ -163,10 +167,6 @@ class _Builder:
             return {"args": {"visits": [previous[label] for label in labels]}}
 
         tasks = self._patch_tasks(sorted(p.patches), literal_visits)
-        for task in tasks:
-            task["args"].update({"patch": task["data_id"]["patch"]})
-            if task["task"] == "drp.coadd":
-                task["args"]["band"] = task["data_id"]["band"]
         redone = sorted({v for patch in p.patches for v in self.patch_visits[patch]})
         for v in redone:
             mine = sorted(self.visit_patches[v])

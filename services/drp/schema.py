@@ -34,15 +34,20 @@ ARROW_TYPES = {
 
 
 @cache
+def _dp1_tables() -> dict[str, dict[str, str]]:
+    """Every dp1.yaml table's columns, parsed once (the file is large: libyaml's parser when present)."""
+    text = resources.files("lsst.sdm.schemas").joinpath("dp1.yaml").read_text()
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    document = yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
+    return {t["name"]: {c["name"]: c["datatype"] for c in t["columns"]} for t in document["tables"]}
+
+
 def dp1_columns(table: str) -> dict[str, str]:
     """Column name -> Felis datatype of a dp1.yaml table (plus the DRP's extensions)."""
-    text = resources.files("lsst.sdm.schemas").joinpath("dp1.yaml").read_text()
-    for entry in yaml.safe_load(text)["tables"]:
-        if entry["name"] == table:
-            columns = {c["name"]: c["datatype"] for c in entry["columns"]}
-            columns.update(EXTENSIONS.get(table, {}))
-            return columns
-    raise DrpError(f"dp1.yaml has no table {table!r}")
+    tables = _dp1_tables()
+    if table not in tables:
+        raise DrpError(f"dp1.yaml has no table {table!r}")
+    return {**tables[table], **EXTENSIONS.get(table, {})}
 
 
 def conform(table: str, frame: pd.DataFrame) -> pa.Table:

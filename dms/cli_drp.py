@@ -34,29 +34,57 @@ def _configs(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return config
 
 
-@click.group()
-def drp() -> None:
-    """The Data Release Production: raws and calibrations in, a dp1-shaped release in the catalog."""
+drp: click.Group = click.Group(
+    "drp", help="The Data Release Production: raws and calibrations in, a dp1-shaped release in the catalog."
+)
 
 
 @drp.command("run")
 @click.option("--region", required=True, help="RA,DEC,RADIUS_DEG of the region to process.")
-@click.option("--release", default="dp1", show_default=True, help="Release name (its tables: RELEASE.Object, ...).")
+@click.option(
+    "--release", default="dp1", show_default=True, help="Release name (its tables: RELEASE.Object, ...)."
+)
 @click.option("--bands", default="", help="Comma-separated bands (default: every band in the region).")
 @click.option("--mini/--full", default=False, help="Only the mini-DRP, or the mini-DRP then the full region.")
-@click.option("--mini-radius", type=click.FloatRange(min=0.001), default=0.05, show_default=True,
-              help="Radius of the mini-DRP that gates the full run (deg).")
-@click.option("--patch", "patches", type=int, multiple=True, help="Hot-fix: re-run only this patch (repeatable).")
-@click.option("--config", "configs", multiple=True, help="STEP.FIELD=VALUE configuration override (repeatable).")
-@click.option("--patch-order", type=click.IntRange(6, 13), default=11, show_default=True, help="HEALPix order of patches.")
-@click.option("--workers", type=click.IntRange(1, 256), default=2, show_default=True, help="Dask worker threads.")
+@click.option(
+    "--mini-radius",
+    type=click.FloatRange(min=0.001),
+    default=0.05,
+    show_default=True,
+    help="Radius of the mini-DRP that gates the full run (deg).",
+)
+@click.option(
+    "--patch", "patches", type=int, multiple=True, help="Hot-fix: re-run only this patch (repeatable)."
+)
+@click.option(
+    "--config", "configs", multiple=True, help="STEP.FIELD=VALUE configuration override (repeatable)."
+)
+@click.option(
+    "--patch-order",
+    type=click.IntRange(6, 13),
+    default=11,
+    show_default=True,
+    help="HEALPix order of patches.",
+)
+@click.option(
+    "--workers", type=click.IntRange(1, 256), default=2, show_default=True, help="Dask worker threads."
+)
 @click.option("--scheduler", default=None, help="Dask scheduler address (default: a local cluster).")
 @data_dir_option
 @click.pass_context
 @_friendly_errors
 def drp_run(
-    ctx: click.Context, region: str, release: str, bands: str, mini: bool, mini_radius: float,
-    patches: tuple[int, ...], configs: tuple[str, ...], patch_order: int, workers: int, scheduler: str | None,
+    ctx: click.Context,
+    region: str,
+    release: str,
+    bands: str,
+    mini: bool,
+    mini_radius: float,
+    patches: tuple[int, ...],
+    configs: tuple[str, ...],
+    patch_order: int,
+    workers: int,
+    scheduler: str | None,
 ) -> None:
     """Run the DRP over a region (resuming the release's unfinished job if there is one). Without --mini the
     mini-DRP over --mini-radius runs first, and the full region only if it loaded Objects."""
@@ -68,8 +96,14 @@ def drp_run(
     deployment = _open(ctx)
     try:
         params = DrpParameters(
-            release=release, data_dir=str(deployment.data_dir), ra=ra, dec=dec, radius=radius,
-            bands=[b for b in bands.split(",") if b], patch_order=patch_order, config=_configs(configs),
+            release=release,
+            data_dir=str(deployment.data_dir),
+            ra=ra,
+            dec=dec,
+            radius=radius,
+            bands=[b for b in bands.split(",") if b],
+            patch_order=patch_order,
+            config=_configs(configs),
             patches=list(patches),
         )
     except ValueError as exc:
@@ -81,7 +115,9 @@ def drp_run(
         client = open_cluster(scheduler)
     runs = []
     if not patches:
-        first = run_release(deployment, mini_parameters(params, mini_radius), client=client, workers=workers, progress=True)
+        first = run_release(
+            deployment, mini_parameters(params, mini_radius), client=client, workers=workers, progress=True
+        )
         runs.append(first)
         _report(first)
         if not mini:
@@ -96,7 +132,9 @@ def drp_run(
 def _report(run: Any) -> None:
     verb = "resumed" if run.resumed else "ran"
     counts = ", ".join(f"{n} {s}" for s, n in sorted(run.tasks.items()))
-    click.echo(f"release {run.release}: {verb} job {run.job_id} in {run.seconds:.1f} s: {run.state} ({counts})")
+    click.echo(
+        f"release {run.release}: {verb} job {run.job_id} in {run.seconds:.1f} s: {run.state} ({counts})"
+    )
     if run.rows:
         click.echo("  loaded " + ", ".join(f"{run.release}.{t}: {n:,}" for t, n in run.rows.items()))
     for error in run.errors[:10]:
@@ -131,9 +169,15 @@ def drp_status(ctx: click.Context, release: str | None, as_json: bool) -> None:
 
 
 @drp.command("simulate")
-@click.option("--visits", type=click.IntRange(1, 100), default=6, show_default=True, help="Visits of the field.")
-@click.option("--detectors", type=click.IntRange(1, 189), default=9, show_default=True, help="Detectors per visit.")
-@click.option("--size", type=click.IntRange(64, 4000), default=512, show_default=True, help="Pixels per side simulated.")
+@click.option(
+    "--visits", type=click.IntRange(1, 100), default=6, show_default=True, help="Visits of the field."
+)
+@click.option(
+    "--detectors", type=click.IntRange(1, 189), default=9, show_default=True, help="Detectors per visit."
+)
+@click.option(
+    "--size", type=click.IntRange(64, 4000), default=512, show_default=True, help="Pixels per side simulated."
+)
 @click.option("--bands", default="gr", show_default=True, help="Bands, cycled over the visits.")
 @click.option("--seed", type=int, default=3, show_default=True, help="Random seed (one field per seed).")
 @data_dir_option
@@ -145,7 +189,9 @@ def drp_simulate(ctx: click.Context, visits: int, detectors: int, size: int, ban
     from dms.services.drp.survey import SurveySpec, simulate_survey
 
     try:
-        night = simulate_survey(_open(ctx), SurveySpec(visits, detectors, (size, size), bands, seed), progress=True)
+        night = simulate_survey(
+            _open(ctx), SurveySpec(visits, detectors, (size, size), bands, seed), progress=True
+        )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     ra, dec = night.field_center

@@ -24,6 +24,7 @@ from dms.loaders.catalog import (
     LoadResult,
     TableOptions,
     _begin_load,
+    _conform,
     _discard_load,
     _discard_stale_loads,
     _ensure_table,
@@ -32,7 +33,6 @@ from dms.loaders.catalog import (
     _partition,
     _stores,
     _write_index,
-    _conform,
 )
 from dms.loaders.catalog_commit import register_load, replica_offset
 from dms.loaders.catalog_drop import load_lock_key
@@ -90,7 +90,10 @@ def load_release(deployment: Deployment, parts: list[TablePart], *, tag: str) ->
     for p in prepared:
         for load_id in old.get(p.table.name, []):
             _remove_files(deployment, p.table, load_id)
-    return [LoadResult(p.table.name, p.load_id, p.rows, chunks=sum(len(f) for f in p.files.values())) for p in prepared]
+    return [
+        LoadResult(p.table.name, p.load_id, p.rows, chunks=sum(len(f) for f in p.files.values()))
+        for p in prepared
+    ]
 
 
 def _prepare(deployment: Deployment, part: TablePart, done: list[_Prepared], tag: str) -> _Prepared:
@@ -122,7 +125,9 @@ def _prepare(deployment: Deployment, part: TablePart, done: list[_Prepared], tag
         part_rows = rows
         if table.partitioned and len(shards) > 1:
             assert chunk is not None
-            part_rows = rows.filter(pa.array(replica_offset(chunk, shard_index, len(shards)) < table.replicas))
+            part_rows = rows.filter(
+                pa.array(replica_offset(chunk, shard_index, len(shards)) < table.replicas)
+            )
         if table.partitioned and part_rows.num_rows == 0:
             continue
         result.files[store.name] = store.write_load(table, load_id, part_rows)
@@ -148,12 +153,16 @@ def _commit_all(deployment: Deployment, prepared: list[_Prepared]) -> dict[str, 
             old[p.table.name] = [int(i) for i in ids]
             if old[p.table.name]:
                 conn.execute(
-                    sa.text("DELETE FROM dms.chunk_file WHERE load_id = ANY(:ids)"), {"ids": old[p.table.name]}
+                    sa.text("DELETE FROM dms.chunk_file WHERE load_id = ANY(:ids)"),
+                    {"ids": old[p.table.name]},
                 )
                 conn.execute(
-                    sa.text("DELETE FROM dms.catalog_load WHERE load_id = ANY(:ids)"), {"ids": old[p.table.name]}
+                    sa.text("DELETE FROM dms.catalog_load WHERE load_id = ANY(:ids)"),
+                    {"ids": old[p.table.name]},
                 )
-            conn.execute(sa.text("UPDATE dms.catalog_table SET row_count = 0 WHERE name = :t"), {"t": p.table.name})
+            conn.execute(
+                sa.text("UPDATE dms.catalog_table SET row_count = 0 WHERE name = :t"), {"t": p.table.name}
+            )
             register_load(conn, deployment, p.table, p.load_id, p.files, p.index_path, p.rows)
         conn.commit()
     return old
@@ -164,7 +173,9 @@ def _remove_files(deployment: Deployment, table: CatalogTable, load_id: int) -> 
         try:
             store.discard_load(table, load_id)
         except Exception as exc:  # the release is committed; a leftover file is only wasted space
-            log.warning("could not remove replaced load %s of %s on %s: %s", load_id, table.name, store.name, exc)
+            log.warning(
+                "could not remove replaced load %s of %s on %s: %s", load_id, table.name, store.name, exc
+            )
         finally:
             store.close()
     Path(_index_path(deployment, table, load_id)).unlink(missing_ok=True)

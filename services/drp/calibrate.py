@@ -49,14 +49,23 @@ class ReferenceTask(Task[ReferenceConfig, list[dict[str, Any]]]):
             "WHERE scisql_s2PtInCircle(ra, dec, {ra!r}, {dec!r}, {radius!r}) = 1"
         )
         # only numbers and a validated table name reach the text; the engine parses and checks it
-        query = sql.format(table=_table_name(self.config.table), ra=float(ra), dec=float(dec),
-                           radius=float(radius + self.config.margin_deg))
+        query = sql.format(
+            table=_table_name(self.config.table),
+            ra=float(ra),
+            dec=float(dec),
+            radius=float(radius + self.config.margin_deg),
+        )
         with io.deployment_at(data_dir) as deployment, self.timed("query"), QueryEngine(deployment) as engine:
             table = engine.execute(query).table
         frame = table.to_pandas()
         self.log.info("release %s: %d reference stars from %s", release, len(frame), self.config.table)
         return [
-            {"source_id": int(r.source_id), "ra": float(r.ra), "dec": float(r.dec), "mag": float(r.phot_g_mean_mag)}
+            {
+                "source_id": int(r.source_id),
+                "ra": float(r.ra),
+                "dec": float(r.dec),
+                "mag": float(r.phot_g_mean_mag),
+            }
             for r in frame.itertuples()
         ]
 
@@ -86,7 +95,9 @@ class CharacterizeTask(Task[CharacterizeConfig, dict[str, Any]]):
     ConfigClass = CharacterizeConfig
     resources = Resources(cpus=1, memory_mb=1024)
 
-    def run(self, data_dir: str, release: str, raw: dict[str, Any], band: str, refs: list[dict[str, Any]]) -> dict[str, Any]:
+    def run(
+        self, data_dir: str, release: str, raw: dict[str, Any], band: str, refs: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         from dms.services.backbone import Backbone
 
         instrument, detector = raw["instrument"], int(raw["detector"])
@@ -102,10 +113,16 @@ class CharacterizeTask(Task[CharacterizeConfig, dict[str, Any]]):
         exposure = self.subtask_isr().run(raw=raw_hdus, bias=bias, flat=flat)
         sigma = exposure.psf_fwhm_pixels / drp_measure.FWHM_PER_SIGMA
         with self.timed("detect"):
-            image, sky = drp_measure.subtract_background(exposure.image, exposure.mask, self.config.background_mesh)
-            found, _ = drp_measure.find_sources(image, exposure.variance, exposure.mask, sigma, self.config.threshold)
+            image, sky = drp_measure.subtract_background(
+                exposure.image, exposure.mask, self.config.background_mesh
+            )
+            found, _ = drp_measure.find_sources(
+                image, exposure.variance, exposure.mask, sigma, self.config.threshold
+            )
         with self.timed("measure"):
-            phot = drp_measure.psf_photometry(image, exposure.variance, exposure.mask, found["x"], found["y"], sigma)
+            phot = drp_measure.psf_photometry(
+                image, exposure.variance, exposure.mask, found["x"], found["y"], sigma
+            )
             sources = pd.concat([found, phot], axis=1)
             ra, dec = exposure.wcs.pixel_to_world_values(sources["x"].to_numpy(), sources["y"].to_numpy())
             sources["ra"], sources["dec"] = np.asarray(ra) % 360.0, np.asarray(dec)
@@ -119,23 +136,25 @@ class CharacterizeTask(Task[CharacterizeConfig, dict[str, Any]]):
         rows, cols = exposure.image.shape
         corner_x, corner_y = [-0.5, cols - 0.5, cols - 0.5, -0.5], [-0.5, -0.5, rows - 0.5, rows - 0.5]
         cra, cdec = exposure.wcs.pixel_to_world_values(corner_x, corner_y)
-        return io.json_safe({
-            "visit": exposure.visit,
-            "detector": exposure.detector,
-            "band": exposure.band,
-            "calexp": calexp,
-            "sources": source_path,
-            "n_sources": len(sources),
-            "psf_fwhm_pixels": exposure.psf_fwhm_pixels,
-            "sky": sky,
-            "mjd": exposure.mjd_tai,
-            "exposure_time": exposure.exposure_time,
-            "zero_point": float(exposure.metadata["zero_point"]),
-            "shape": [rows, cols],
-            "corners_ra": [float(v) % 360.0 for v in cra],
-            "corners_dec": [float(v) for v in cdec],
-            "refs": matched,
-        })
+        return io.json_safe(
+            {
+                "visit": exposure.visit,
+                "detector": exposure.detector,
+                "band": exposure.band,
+                "calexp": calexp,
+                "sources": source_path,
+                "n_sources": len(sources),
+                "psf_fwhm_pixels": exposure.psf_fwhm_pixels,
+                "sky": sky,
+                "mjd": exposure.mjd_tai,
+                "exposure_time": exposure.exposure_time,
+                "zero_point": float(exposure.metadata["zero_point"]),
+                "shape": [rows, cols],
+                "corners_ra": [float(v) % 360.0 for v in cra],
+                "corners_dec": [float(v) for v in cdec],
+                "refs": matched,
+            }
+        )
 
     def subtask_isr(self) -> IsrTask:
         return IsrTask(data_id=self.data_id)
@@ -175,7 +194,9 @@ class CalibrateVisitTask(Task[CalibrateVisitConfig, dict[str, Any]]):
     name = "drp.calibrate_visit"
     ConfigClass = CalibrateVisitConfig
 
-    def run(self, data_dir: str, release: str, detectors: list[dict[str, Any]], boresight: list[float]) -> dict[str, Any]:
+    def run(
+        self, data_dir: str, release: str, detectors: list[dict[str, Any]], boresight: list[float]
+    ) -> dict[str, Any]:
         if not detectors:
             raise DrpError(f"visit {self.data_id.get('visit')}: no characterized detector to calibrate")
         visit, band = int(detectors[0]["visit"]), str(detectors[0]["band"])
@@ -192,27 +213,29 @@ class CalibrateVisitTask(Task[CalibrateVisitConfig, dict[str, Any]]):
         sources = pd.concat(frames, ignore_index=True)
         path = io.write_parquet(sources, work / "src" / f"{visit}.parquet")
         first = detectors[0]
-        return io.json_safe({
-            "visit": visit,
-            "band": band,
-            "offset_arcsec": [offset[0] * 3600.0, offset[1] * 3600.0],
-            "flux_scale": scale,
-            "n_references": len(refs),
-            "sources": path,
-            "n_sources": len(sources),
-            "ccds": ccds,
-            "visit_row": {
+        return io.json_safe(
+            {
                 "visit": visit,
                 "band": band,
-                "physical_filter": PHYSICAL_FILTERS.get(band, band),
-                "ra": float(boresight[0]),
-                "dec": float(boresight[1]),
-                "expMidptMJD": float(first["mjd"]),
-                "obsStartMJD": float(first["mjd"]) - float(first["exposure_time"]) / 2 / 86400.0,
-                "skyRotation": 0.0,
-                "expTime": float(first["exposure_time"]),
-            },
-        })
+                "offset_arcsec": [offset[0] * 3600.0, offset[1] * 3600.0],
+                "flux_scale": scale,
+                "n_references": len(refs),
+                "sources": path,
+                "n_sources": len(sources),
+                "ccds": ccds,
+                "visit_row": {
+                    "visit": visit,
+                    "band": band,
+                    "physical_filter": PHYSICAL_FILTERS.get(band, band),
+                    "ra": float(boresight[0]),
+                    "dec": float(boresight[1]),
+                    "expMidptMJD": float(first["mjd"]),
+                    "obsStartMJD": float(first["mjd"]) - float(first["exposure_time"]) / 2 / 86400.0,
+                    "skyRotation": 0.0,
+                    "expTime": float(first["exposure_time"]),
+                },
+            }
+        )
 
     def _fit(self, visit: int, refs: list[dict[str, Any]]) -> tuple[tuple[float, float], float, float]:
         """(east, north) offset in degrees to add to measured positions, flux scale, astrometric rms."""

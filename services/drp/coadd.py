@@ -40,7 +40,9 @@ class CoaddTask(Task[CoaddConfig, dict[str, Any]]):
     ConfigClass = CoaddConfig
     resources = Resources(cpus=1, memory_mb=1536)
 
-    def run(self, data_dir: str, release: str, patch: int, band: str, visits: list[dict[str, Any]]) -> dict[str, Any]:
+    def run(
+        self, data_dir: str, release: str, patch: int, band: str, visits: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         wcs, shape = patch_grid(patch, self.config.patch_order)
         total_w = np.zeros(shape)
         total = np.zeros(shape)
@@ -53,7 +55,9 @@ class CoaddTask(Task[CoaddConfig, dict[str, Any]]):
                 with self.timed("read"):
                     with fits.open(ccd["calexp"], memmap=False) as hdus:
                         exposure = exposure_from_hdus(hdus, ccd["calexp"])
-                    image, _ = drp_measure.subtract_background(exposure.image, exposure.mask, self.config.background_mesh)
+                    image, _ = drp_measure.subtract_background(
+                        exposure.image, exposure.mask, self.config.background_mesh
+                    )
                 scale = float(ccd["flux_scale"])
                 moved = corrected_wcs(calexp_wcs(ccd["calexp"]), ccd["offset_deg"])
                 box = _overlap_box(moved, exposure.image.shape, wcs, shape)
@@ -61,17 +65,27 @@ class CoaddTask(Task[CoaddConfig, dict[str, Any]]):
                     continue
                 y0, y1, x0, x1 = box
                 with self.timed("reproject"):
-                    planes = np.stack([
-                        image * scale,
-                        exposure.variance.astype(np.float64) * scale**2,
-                        ((exposure.mask & (MASK_SAT | MASK_EDGE)) != 0).astype(np.float64),
-                        ((exposure.mask & MASK_SAT) != 0).astype(np.float64),
-                    ])
+                    planes = np.stack(
+                        [
+                            image * scale,
+                            exposure.variance.astype(np.float64) * scale**2,
+                            ((exposure.mask & (MASK_SAT | MASK_EDGE)) != 0).astype(np.float64),
+                            ((exposure.mask & MASK_SAT) != 0).astype(np.float64),
+                        ]
+                    )
                     # one transform for every plane, onto the part of the patch the exposure covers
-                    warped, footprint = reproject_interp((planes, moved), wcs[y0:y1, x0:x1], shape_out=(y1 - y0, x1 - x0))
+                    warped, footprint = reproject_interp(
+                        (planes, moved), wcs[y0:y1, x0:x1], shape_out=(y1 - y0, x1 - x0)
+                    )
                 with self.timed("combine"):
                     value, var, bad_r, sat_r = warped
-                    use = (footprint[0] > 0.99) & np.isfinite(value) & np.isfinite(var) & (var > 0) & ~(np.nan_to_num(bad_r) > 0)
+                    use = (
+                        (footprint[0] > 0.99)
+                        & np.isfinite(value)
+                        & np.isfinite(var)
+                        & (var > 0)
+                        & ~(np.nan_to_num(bad_r) > 0)
+                    )
                     if not use.any():
                         continue
                     w = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0)
@@ -99,9 +113,20 @@ class CoaddTask(Task[CoaddConfig, dict[str, Any]]):
             mjd_tai=float(np.mean([v["visit_row"]["expMidptMJD"] for v in visits])),
             exposure_time=float(inputs * 30.0),
         )
-        path = io.write_fits(exposure_to_hdus(exposure, "deepCoadd"), io.work_dir(data_dir, release) / "coadd" / f"{patch}_{band}.fits")
-        return io.json_safe({"patch": patch, "band": band, "path": path, "inputs": inputs, "psf_fwhm_pixels": exposure.psf_fwhm_pixels,
-                "coverage": float(covered.mean())})
+        path = io.write_fits(
+            exposure_to_hdus(exposure, "deepCoadd"),
+            io.work_dir(data_dir, release) / "coadd" / f"{patch}_{band}.fits",
+        )
+        return io.json_safe(
+            {
+                "patch": patch,
+                "band": band,
+                "path": path,
+                "inputs": inputs,
+                "psf_fwhm_pixels": exposure.psf_fwhm_pixels,
+                "coverage": float(covered.mean()),
+            }
+        )
 
 
 def _overlap_box(
@@ -114,8 +139,14 @@ def _overlap_box(
     ys = np.concatenate([np.full(9, -0.5), edge * rows, np.full(9, rows - 0.5), edge * rows])
     ra, dec = source.pixel_to_world_values(np.clip(xs, -0.5, cols - 0.5), np.clip(ys, -0.5, rows - 0.5))
     tx, ty = target.world_to_pixel_values(ra, dec)
-    x0, x1 = max(0, int(np.floor(np.min(tx))) - margin), min(target_shape[1], int(np.ceil(np.max(tx))) + margin)
-    y0, y1 = max(0, int(np.floor(np.min(ty))) - margin), min(target_shape[0], int(np.ceil(np.max(ty))) + margin)
+    x0, x1 = (
+        max(0, int(np.floor(np.min(tx))) - margin),
+        min(target_shape[1], int(np.ceil(np.max(tx))) + margin),
+    )
+    y0, y1 = (
+        max(0, int(np.floor(np.min(ty))) - margin),
+        min(target_shape[0], int(np.ceil(np.max(ty))) + margin),
+    )
     if x0 >= x1 or y0 >= y1:
         return None
     return y0, y1, x0, x1
@@ -134,7 +165,9 @@ class DetectCoaddTask(Task[DetectCoaddConfig, dict[str, Any]]):
     ConfigClass = DetectCoaddConfig
     resources = Resources(cpus=1, memory_mb=1024)
 
-    def run(self, data_dir: str, release: str, patch: int, bands: list[str], coadds: list[dict[str, Any]]) -> dict[str, Any]:
+    def run(
+        self, data_dir: str, release: str, patch: int, bands: list[str], coadds: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         exposures = {}
         with self.timed("read"):
             for c in coadds:
@@ -159,14 +192,21 @@ class DetectCoaddTask(Task[DetectCoaddConfig, dict[str, Any]]):
 
             peaks = detect(combined, any_bad, self.config.threshold)
             peaks = peaks[peaks["sign"] > 0].reset_index(drop=True)
-            xy = np.array([measure.refine_peak(combined, int(x), int(y), 1) for x, y in zip(peaks["xpeak"], peaks["ypeak"], strict=True)]).reshape(-1, 2)
+            xy = np.array(
+                [
+                    measure.refine_peak(combined, int(x), int(y), 1)
+                    for x, y in zip(peaks["xpeak"], peaks["ypeak"], strict=True)
+                ]
+            ).reshape(-1, 2)
         wcs = next(iter(exposures.values())).wcs
         ra, dec = wcs.pixel_to_world_values(xy[:, 0], xy[:, 1])
         ra, dec = np.asarray(ra) % 360.0, np.asarray(dec)
         primary = patch_of(ra, dec, self.config.patch_order) == patch
         xy, ra, dec = xy[primary], ra[primary], dec[primary]
         snr_peak = peaks["peak"].to_numpy(float)[primary]
-        sigma_ref = float(np.mean([e.psf_fwhm_pixels for e in exposures.values()])) / drp_measure.FWHM_PER_SIGMA
+        sigma_ref = (
+            float(np.mean([e.psf_fwhm_pixels for e in exposures.values()])) / drp_measure.FWHM_PER_SIGMA
+        )
         position_error = np.sqrt(2.0) * sigma_ref / np.clip(snr_peak, 1e-3, None)
         frame = pd.DataFrame(
             {
@@ -188,18 +228,28 @@ class DetectCoaddTask(Task[DetectCoaddConfig, dict[str, Any]]):
         frame["refBand"] = ""
         with self.timed("measure"):
             for band in bands:
-                e = exposures.get(band)
-                if e is None:
-                    for suffix, value in (("psfFlux", np.nan), ("psfFluxErr", np.nan), ("psfMag", np.nan), ("psfMagErr", np.nan), ("psfFlux_flag", True)):
+                coadd = exposures.get(band)
+                if coadd is None:
+                    for suffix, value in (
+                        ("psfFlux", np.nan),
+                        ("psfFluxErr", np.nan),
+                        ("psfMag", np.nan),
+                        ("psfMagErr", np.nan),
+                        ("psfFlux_flag", True),
+                    ):
                         frame[f"{band}_{suffix}"] = value
                     continue
-                sigma = e.psf_fwhm_pixels / drp_measure.FWHM_PER_SIGMA
-                phot = drp_measure.psf_photometry(e.image, e.variance, e.mask, frame["x"], frame["y"], sigma)
+                sigma = coadd.psf_fwhm_pixels / drp_measure.FWHM_PER_SIGMA
+                phot = drp_measure.psf_photometry(
+                    coadd.image, coadd.variance, coadd.mask, frame["x"], frame["y"], sigma
+                )
                 flux, err = phot["psfFlux"].to_numpy(float), phot["psfFluxErr"].to_numpy(float)
                 frame[f"{band}_psfFlux"] = flux
                 frame[f"{band}_psfFluxErr"] = err
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    frame[f"{band}_psfMag"] = np.where(flux > 0, photometry.NJY_AB_ZERO - 2.5 * np.log10(flux), np.nan)
+                    frame[f"{band}_psfMag"] = np.where(
+                        flux > 0, photometry.NJY_AB_ZERO - 2.5 * np.log10(flux), np.nan
+                    )
                     frame[f"{band}_psfMagErr"] = np.where(flux > 0, 2.5 / np.log(10) * err / flux, np.nan)
                 frame[f"{band}_psfFlux_flag"] = phot["psfFlux_flag"].to_numpy(bool)
                 with np.errstate(invalid="ignore", divide="ignore"):
@@ -249,9 +299,13 @@ class ForcedPhotometryTask(Task[ForcedConfig, dict[str, Any]]):
             if not inside.any():
                 continue
             with self.timed("measure"):
-                image, _ = drp_measure.subtract_background(exposure.image, exposure.mask, self.config.background_mesh)
+                image, _ = drp_measure.subtract_background(
+                    exposure.image, exposure.mask, self.config.background_mesh
+                )
                 sigma = float(ccd["psf_fwhm_pixels"]) / drp_measure.FWHM_PER_SIGMA
-                phot = drp_measure.psf_photometry(image, exposure.variance, exposure.mask, x[inside], y[inside], sigma)
+                phot = drp_measure.psf_photometry(
+                    image, exposure.variance, exposure.mask, x[inside], y[inside], sigma
+                )
             chosen = catalog[inside].reset_index(drop=True)
             scale = float(ccd["flux_scale"])
             frames.append(

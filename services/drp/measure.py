@@ -6,6 +6,7 @@ and PSF width are fitted on the unsaturated pixels around the saturated core).""
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import sep
 from scipy.optimize import least_squares
@@ -37,7 +38,10 @@ def find_sources(
     snr = snr_image(image, variance, bad, psf_sigma)
     peaks = detect(snr, bad, threshold)
     peaks = peaks[peaks["sign"] > 0].reset_index(drop=True)
-    refined = [measure.refine_peak(snr, int(x), int(y), 1) for x, y in zip(peaks["xpeak"], peaks["ypeak"], strict=True)]
+    refined = [
+        measure.refine_peak(snr, int(x), int(y), 1)
+        for x, y in zip(peaks["xpeak"], peaks["ypeak"], strict=True)
+    ]
     frame = pd.DataFrame(
         {
             "x": [r[0] for r in refined],
@@ -49,7 +53,12 @@ def find_sources(
 
 
 def psf_photometry(
-    image: np.ndarray, variance: np.ndarray, mask: np.ndarray, x: np.ndarray, y: np.ndarray, psf_sigma: float
+    image: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray,
+    x: npt.ArrayLike,
+    y: npt.ArrayLike,
+    psf_sigma: float,
 ) -> pd.DataFrame:
     """PSF flux, error and flags at each position (the payload's weighted linear PSF fit)."""
     good = (mask & (MASK_SAT | MASK_NO_DATA)) == 0
@@ -107,7 +116,9 @@ def fit_saturated_star(
     data = image[ya:yb, xa:xb][use].astype(np.float64)
     weight = 1.0 / np.sqrt(np.clip(variance[ya:yb, xa:xb][use].astype(np.float64), 1e-12, None))
     shape = (yb - ya, xb - xa)
-    start_flux = float(np.sum(image[ya:yb, xa:xb][use]) / max(1e-6, psf_stamp(xs, ys, psf_sigma, xa, ya, shape)[use].sum()))
+    start_flux = float(
+        np.sum(image[ya:yb, xa:xb][use]) / max(1e-6, psf_stamp(xs, ys, psf_sigma, xa, ya, shape)[use].sum())
+    )
 
     def residuals(p: np.ndarray) -> np.ndarray:
         model = p[0] * psf_stamp(p[1], p[2], p[3], xa, ya, shape)[use]
@@ -125,4 +136,11 @@ def fit_saturated_star(
     if not fit.success:
         return None
     flux, x, y, sigma = (float(v) for v in fit.x)
-    return {"flux": flux, "x": x, "y": y, "sigma": sigma, "pixels": int(use.sum()), "saturated": bool(core.any())}
+    return {
+        "flux": flux,
+        "x": x,
+        "y": y,
+        "sigma": sigma,
+        "pixels": int(use.sum()),
+        "saturated": bool(core.any()),
+    }

@@ -41,7 +41,7 @@ class Inputs:
 
 
 def _separation(ra1: float, dec1: float, ra2: np.ndarray, dec2: np.ndarray) -> np.ndarray:
-    r1, d1, r2, d2 = map(np.radians, (ra1, dec1, ra2, dec2))
+    r1, d1, r2, d2 = np.radians(ra1), np.radians(dec1), np.radians(ra2), np.radians(dec2)
     cos = np.sin(d1) * np.sin(d2) + np.cos(d1) * np.cos(d2) * np.cos(r1 - r2)
     return np.degrees(np.arccos(np.clip(cos, -1, 1)))
 
@@ -71,7 +71,9 @@ def find_inputs(
         cra, cdec = wcs.pixel_to_world_values((cols - 1) / 2, (rows - 1) / 2)
         if _separation(ra, dec, np.array([float(cra)]), np.array([float(cdec)]))[0] > radius:
             continue
-        corner_ra, corner_dec = wcs.pixel_to_world_values([-0.5, cols - 0.5, cols - 0.5, -0.5], [-0.5, -0.5, rows - 0.5, rows - 0.5])
+        corner_ra, corner_dec = wcs.pixel_to_world_values(
+            [-0.5, cols - 0.5, cols - 0.5, -0.5], [-0.5, -0.5, rows - 0.5, rows - 0.5]
+        )
         data_id = dict(ref.data_id)
         raw = RawInput(
             data_id=data_id,

@@ -60,8 +60,13 @@ def job_name(release: str) -> str:
 
 
 @register_production("drp", DrpParameters)
-def drp_workflow(p: DrpParameters, inputs: Inputs | None = None) -> WorkflowFile:
+def drp_production(p: DrpParameters) -> WorkflowFile:
     """The Data Release Production over a region (ISR, calibration, Source, coadds, Object, ForcedSource)."""
+    return drp_workflow(p)
+
+
+def drp_workflow(p: DrpParameters, inputs: Inputs | None = None) -> WorkflowFile:
+    """The DRP's workflow for `p`, over `inputs` (found in the Data Backbone when not given)."""
     unknown = sorted(set(p.config) - set(STEPS))
     if unknown:
         raise DrpError(f"configuration for unknown DRP steps {unknown}; the steps are {', '.join(STEPS)}")
@@ -100,34 +105,75 @@ class _Builder:
     def entry(self, label: str, step: str, data_id: dict[str, Any], **fields: Any) -> dict[str, Any]:
         config = fields.pop("config", self.config(step))
         args = {**self.common, **fields.pop("args", {})}
-        return {"label": label, "task": f"drp.{step}", "config": config, "data_id": data_id,
-                "args": args, "outputs": [label], **fields}
+        return {
+            "label": label,
+            "task": f"drp.{step}",
+            "config": config,
+            "data_id": data_id,
+            "args": args,
+            "outputs": [label],
+            **fields,
+        }
 
     def full(self) -> list[dict[str, Any]]:
         p = self.p
-        tasks = [self.entry("refs", "reference", {"release": p.release},
-                            args={"ra": p.ra, "dec": p.dec, "radius": p.radius})]
+        tasks = [
+            self.entry(
+                "refs",
+                "reference",
+                {"release": p.release},
+                args={"ra": p.ra, "dec": p.dec, "radius": p.radius},
+            )
+        ]
         for r in self.inputs.raws:  # every raw runs; only the usable ones are read downstream
             # a raw whose calibration planning found missing or corrupt fails the same way every time
             retries = {} if r.problem is None else {"max_attempts": 1}
-            tasks.append(self.entry(f"char-{r.visit}-{r.detector}", "characterize",
-                                    {"visit": r.visit, "detector": r.detector},
-                                    args={"raw": r.data_id, "band": r.band}, inputs={"refs": "refs"}, **retries))
+            tasks.append(
+                self.entry(
+                    f"char-{r.visit}-{r.detector}",
+                    "characterize",
+                    {"visit": r.visit, "detector": r.detector},
+                    args={"raw": r.data_id, "band": r.band},
+                    inputs={"refs": "refs"},
+                    **retries,
+                )
+            )
         boresight = {r.visit: list(r.boresight) for r in self.inputs.raws}
         for v in self.visits:
             detectors = [f"char-{r.visit}-{r.detector}" for r in self.inputs.usable if r.visit == v]
-            tasks.append(self.entry(f"cal-{v}", "calibrate_visit", {"visit": v},
-                                    args={"boresight": boresight[v]}, inputs={"detectors": detectors}))
+            tasks.append(
+                self.entry(
+                    f"cal-{v}",
+                    "calibrate_visit",
+                    {"visit": v},
+                    args={"boresight": boresight[v]},
+                    inputs={"detectors": detectors},
+                )
+            )
         tasks += self._patch_tasks(sorted(self.patch_visits), lambda v: {"inputs": {"visits": v}})
         for v in self.visits:
             objects = [f"detect-{patch}" for patch in sorted(self.visit_patches.get(v, ()))]
-            tasks.append(self.entry(f"forced-{v}", "forced", {"visit": v},
-                                    inputs={"calibration": f"cal-{v}", "objects": objects}))
-        tasks.append(self.entry("load", "load_release", {"release": p.release},
-                                args={"tag": f"{p.release}:{time.time_ns()}"},
-                                inputs={"visits": [f"cal-{v}" for v in self.visits],
-                                        "objects": [f"detect-{patch}" for patch in sorted(self.patch_visits)],
-                                        "forced": [f"forced-{v}" for v in self.visits]}))
+            tasks.append(
+                self.entry(
+                    f"forced-{v}",
+                    "forced",
+                    {"visit": v},
+                    inputs={"calibration": f"cal-{v}", "objects": objects},
+                )
+            )
+        tasks.append(
+            self.entry(
+                "load",
+                "load_release",
+                {"release": p.release},
+                args={"tag": f"{p.release}:{time.time_ns()}"},
+                inputs={
+                    "visits": [f"cal-{v}" for v in self.visits],
+                    "objects": [f"detect-{patch}" for patch in sorted(self.patch_visits)],
+                    "forced": [f"forced-{v}" for v in self.visits],
+                },
+            )
+        )
         return tasks
 
     def _patch_tasks(self, patches: list[int], visits_of: Any) -> list[dict[str, Any]]:
@@ -141,13 +187,26 @@ class _Builder:
                 label = f"coadd-{patch}-{band}"
                 coadds.append(label)
                 given = visits_of(visits)
-                tasks.append(self.entry(label, "coadd", {"patch": patch, "band": band},
-                                        config=self.config("coadd", patch_order=self.p.patch_order),
-                                        args={"patch": patch, "band": band, **given.get("args", {})},
-                                        inputs=given.get("inputs", {})))
-            tasks.append(self.entry(f"detect-{patch}", "detect_coadd", {"patch": patch},
-                                    config=self.config("detect_coadd", patch_order=self.p.patch_order),
-                                    args={"patch": patch, "bands": self.bands}, inputs={"coadds": coadds}))
+                tasks.append(
+                    self.entry(
+                        label,
+                        "coadd",
+                        {"patch": patch, "band": band},
+                        config=self.config("coadd", patch_order=self.p.patch_order),
+                        args={"patch": patch, "band": band, **given.get("args", {})},
+                        inputs=given.get("inputs", {}),
+                    )
+                )
+            tasks.append(
+                self.entry(
+                    f"detect-{patch}",
+                    "detect_coadd",
+                    {"patch": patch},
+                    config=self.config("detect_coadd", patch_order=self.p.patch_order),
+                    args={"patch": patch, "bands": self.bands},
+                    inputs={"coadds": coadds},
+                )
+            )
         return tasks
 
     def hotfix(self) -> list[dict[str, Any]]:
@@ -156,10 +215,14 @@ class _Builder:
         p, previous = self.p, self.p.previous
         unknown = sorted(set(p.patches) - set(self.patch_visits))
         if unknown:
-            raise DrpError(f"patches {unknown} hold no data of release {p.release}; its patches are "
-                           f"{sorted(self.patch_visits)}")
+            raise DrpError(
+                f"patches {unknown} hold no data of release {p.release}; its patches are "
+                f"{sorted(self.patch_visits)}"
+            )
         missing = [f"cal-{v}" for v in self.visits if f"cal-{v}" not in previous]
-        missing += [f"detect-{q}" for q in self.patch_visits if q not in p.patches and f"detect-{q}" not in previous]
+        missing += [
+            f"detect-{q}" for q in self.patch_visits if q not in p.patches and f"detect-{q}" not in previous
+        ]
         if missing:
             raise DrpError(f"release {p.release} has no earlier products {missing[:5]}: run it in full first")
 
@@ -170,19 +233,37 @@ class _Builder:
         redone = sorted({v for patch in p.patches for v in self.patch_visits[patch]})
         for v in redone:
             mine = sorted(self.visit_patches[v])
-            tasks.append(self.entry(
-                f"forced-{v}", "forced", {"visit": v},
-                args={"calibration": previous[f"cal-{v}"],
-                      "kept_objects": [previous[f"detect-{q}"] for q in mine if q not in p.patches]},
-                inputs={"objects": [f"detect-{q}" for q in mine if q in p.patches]}))
-        tasks.append(self.entry(
-            "load", "load_release", {"release": p.release},
-            args={"tag": f"{p.release}:{time.time_ns()}",
-                  "visits": [previous[f"cal-{v}"] for v in self.visits],
-                  "kept_objects": [previous[f"detect-{q}"] for q in sorted(self.patch_visits) if q not in p.patches],
-                  "kept_forced": [previous[f"forced-{v}"] for v in self.visits if v not in redone]},
-            inputs={"objects": [f"detect-{q}" for q in sorted(p.patches)],
-                    "forced": [f"forced-{v}" for v in redone]}))
+            tasks.append(
+                self.entry(
+                    f"forced-{v}",
+                    "forced",
+                    {"visit": v},
+                    args={
+                        "calibration": previous[f"cal-{v}"],
+                        "kept_objects": [previous[f"detect-{q}"] for q in mine if q not in p.patches],
+                    },
+                    inputs={"objects": [f"detect-{q}" for q in mine if q in p.patches]},
+                )
+            )
+        tasks.append(
+            self.entry(
+                "load",
+                "load_release",
+                {"release": p.release},
+                args={
+                    "tag": f"{p.release}:{time.time_ns()}",
+                    "visits": [previous[f"cal-{v}"] for v in self.visits],
+                    "kept_objects": [
+                        previous[f"detect-{q}"] for q in sorted(self.patch_visits) if q not in p.patches
+                    ],
+                    "kept_forced": [previous[f"forced-{v}"] for v in self.visits if v not in redone],
+                },
+                inputs={
+                    "objects": [f"detect-{q}" for q in sorted(p.patches)],
+                    "forced": [f"forced-{v}" for v in redone],
+                },
+            )
+        )
         return tasks
 
 
@@ -242,18 +323,31 @@ def run_release(
             job_id = active[-1]["job_id"]
             log.info("resuming job %d of release %s", job_id, params.release)
         else:
-            inputs = find_inputs(Backbone(deployment), params.ra, params.dec, params.radius,
-                                 params.bands or None, params.patch_order)
+            inputs = find_inputs(
+                Backbone(deployment),
+                params.ra,
+                params.dec,
+                params.radius,
+                params.bands or None,
+                params.patch_order,
+            )
             if params.patches:
                 params = params.model_copy(update={"previous": previous_products(conn, params.release)})
             job_id = store.submit(conn, drp_workflow(params, inputs))
-            write_manifest(deployment, params.release, truth=inputs.truth[0] if inputs.truth else None,
-                           region=[params.ra, params.dec, params.radius], jobs=[job_id])
+            write_manifest(
+                deployment,
+                params.release,
+                truth=inputs.truth[0] if inputs.truth else None,
+                region=[params.ra, params.dec, params.radius],
+                jobs=[job_id],
+            )
     own = client is None
     if own:
         client = open_cluster(workers=workers, threads=1, processes=False)
     try:
-        settings = RunnerSettings(name=f"drp-{params.release}", task_modules=TASK_MODULES, backoff_seconds=0.5)
+        settings = RunnerSettings(
+            name=f"drp-{params.release}", task_modules=TASK_MODULES, backoff_seconds=0.5
+        )
         runner = BatchRunner(info, client, settings)
         _run_with_progress(runner, info, job_id, timeout, progress, params.release)
     finally:
@@ -265,10 +359,20 @@ def run_release(
     with psycopg.connect(info, autocommit=True) as conn:
         status = store.job_status(conn, job_id, tasks=10_000)
         products = store.dataset_values(conn, job_id)
-    errors = [f"{t['label']}: {t['error']}" for t in status["task_list"] if t["state"] == "failed" and t["error"]]
+    errors = [
+        f"{t['label']}: {t['error']}" for t in status["task_list"] if t["state"] == "failed" and t["error"]
+    ]
     rows = {str(k): int(v) for k, v in (products.get("load") or {}).items()}
-    return ReleaseRun(params.release, job_id, resumed, str(status["state"]), dict(status["tasks"] or {}),
-                      rows, errors, time.perf_counter() - started)
+    return ReleaseRun(
+        params.release,
+        job_id,
+        resumed,
+        str(status["state"]),
+        dict(status["tasks"] or {}),
+        rows,
+        errors,
+        time.perf_counter() - started,
+    )
 
 
 def _run_with_progress(
@@ -303,12 +407,16 @@ def _run_with_progress(
 
 def mini_parameters(params: DrpParameters, radius: float) -> DrpParameters:
     """The mini-DRP of a run: the same centre and steps over a small radius, as release `<name>_mini`."""
-    return params.model_copy(update={"release": f"{params.release}_mini", "radius": min(radius, params.radius)})
+    return params.model_copy(
+        update={"release": f"{params.release}_mini", "radius": min(radius, params.radius)}
+    )
 
 
 def gate(mini: ReleaseRun) -> None:
     """The full run goes ahead only when the mini-DRP loaded its release with Objects."""
     if not mini.rows.get("Object"):
         detail = "; ".join(mini.errors[:3]) or f"job {mini.job_id} ended {mini.state}"
-        raise DrpError(f"the mini-DRP ({mini.release}) did not load a release with Objects, so the full run "
-                       f"was not started: {detail}")
+        raise DrpError(
+            f"the mini-DRP ({mini.release}) did not load a release with Objects, so the full run "
+            f"was not started: {detail}"
+        )

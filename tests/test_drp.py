@@ -291,3 +291,37 @@ def test_killed_drp_resumes_without_redoing_finished_tasks(drp_survey: Survey) -
             (run.job_id, list(done)),
         ).fetchall()
     assert {label: f for label, f in unchanged} == {label: f for label, (f, _) in done.items()}
+
+
+def test_object_catalog_through_tap(drp_survey: Survey) -> None:
+    """The release is published in TAP_SCHEMA and answers ADQL over HTTP, equal to the query engine."""
+    import csv
+    import io
+
+    import httpx
+
+    from dms.services.vo.server import running_server
+
+    adql = f"SELECT COUNT(*) AS n FROM {RELEASE}.Object"
+    with running_server(drp_survey.deployment) as url:
+        response = httpx.post(
+            f"{url}/tap/sync",
+            data={"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": adql, "FORMAT": "csv"},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        rows = list(csv.DictReader(io.StringIO(response.text)))
+        tables = httpx.post(
+            f"{url}/tap/sync",
+            data={
+                "REQUEST": "doQuery",
+                "LANG": "ADQL",
+                "FORMAT": "csv",
+                "QUERY": f"SELECT table_name FROM TAP_SCHEMA.tables WHERE schema_name = '{RELEASE}'",
+            },
+            timeout=60,
+        )
+    engine = query(drp_survey.deployment, f"SELECT COUNT(*) AS n FROM {RELEASE}.Object")
+    assert int(rows[0]["n"]) == engine["n"][0] > 0
+    published = {r["table_name"] for r in csv.DictReader(io.StringIO(tables.text))}
+    assert {f"{RELEASE}.Object", f"{RELEASE}.Source", f"{RELEASE}.ForcedSource"} <= published, published

@@ -16,7 +16,7 @@ DEMO_QUERY = (
 
 
 def run_drp_demo(deployment: Deployment, echo: Callable[[str], None] = print) -> None:
-    """Simulate the survey, run the DRP over it (once: a second demo finds the release loaded) and query it."""
+    """Simulate the survey, run the DRP over it (once: a second demo finds it loaded) and query it."""
     from dms.query.engine import QueryEngine
     from dms.query.output import _text
     from dms.schema.catalog import find_table
@@ -30,7 +30,9 @@ def run_drp_demo(deployment: Deployment, echo: Callable[[str], None] = print) ->
     if loaded:
         echo(f"Data Release Production: release {DEMO_RELEASE} already loaded")
     else:
-        params = DrpParameters(release=DEMO_RELEASE, data_dir=str(deployment.data_dir), ra=ra, dec=dec, radius=0.1)
+        params = DrpParameters(
+            release=DEMO_RELEASE, data_dir=str(deployment.data_dir), ra=ra, dec=dec, radius=0.1
+        )
         run = run_release(deployment, params, workers=2)
         rows = ", ".join(f"{table} {n:,}" for table, n in run.rows.items())
         echo(f"Data Release Production: job {run.job_id} {run.state} in {run.seconds:.0f} s; loaded {rows}")

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 from drp_support import RELEASE, Survey, query, unit_vectors
 from scipy.spatial import cKDTree
@@ -311,17 +312,12 @@ def test_object_catalog_through_tap(drp_survey: Survey) -> None:
         )
         assert response.status_code == 200, response.text
         rows = list(csv.DictReader(io.StringIO(response.text)))
-        tables = httpx.post(
-            f"{url}/tap/sync",
-            data={
-                "REQUEST": "doQuery",
-                "LANG": "ADQL",
-                "FORMAT": "csv",
-                "QUERY": f"SELECT table_name FROM TAP_SCHEMA.tables WHERE schema_name = '{RELEASE}'",
-            },
-            timeout=60,
-        )
     engine = query(drp_survey.deployment, f"SELECT COUNT(*) AS n FROM {RELEASE}.Object")
     assert int(rows[0]["n"]) == engine["n"][0] > 0
-    published = {r["table_name"] for r in csv.DictReader(io.StringIO(tables.text))}
+    with drp_survey.deployment.connect() as conn:
+        published = set(
+            conn.execute(
+                sa.text("SELECT table_name FROM tap_schema.tables WHERE schema_name = :s"), {"s": RELEASE}
+            ).scalars()
+        )
     assert {f"{RELEASE}.Object", f"{RELEASE}.Source", f"{RELEASE}.ForcedSource"} <= published, published

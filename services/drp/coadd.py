@@ -18,7 +18,7 @@ from dms.services.drp import io
 from dms.services.drp import measure as drp_measure
 from dms.services.drp.calibrate import calexp_wcs, corrected_wcs
 from dms.services.drp.errors import DrpError
-from dms.services.drp.patches import object_id, patch_grid, patch_of
+from dms.services.drp.patches import object_id, patch_grid, patch_of, patches_touching
 from dms.services.prompt import photometry
 from dms.services.prompt.exposure import MASK_EDGE, MASK_NO_DATA, MASK_SAT, Exposure
 from dms.services.prompt.payload.fitsio import exposure_from_hdus, exposure_to_hdus
@@ -52,6 +52,9 @@ class CoaddTask(Task[CoaddConfig, dict[str, Any]]):
             for ccd in visit["ccds"]:
                 if ccd["band"] != band:
                     continue
+                corners = (np.asarray(ccd["corners_ra"]), np.asarray(ccd["corners_dec"]))
+                if patch not in patches_touching(*corners, self.config.patch_order):
+                    continue  # another detector of the visit
                 with self.timed("read"):
                     with fits.open(ccd["calexp"], memmap=False) as hdus:
                         exposure = exposure_from_hdus(hdus, ccd["calexp"])

@@ -376,3 +376,6 @@ main.add_command(batch)
 from dms.cli_cpp import cpp  # noqa: E402  (the Calibration Products Production: issue 15)
 
 main.add_command(cpp)
+from dms.cli_drp import drp  # noqa: E402  (the Data Release Production: issue 15)
+
+main.add_command(drp)

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from dms import migrate
 from dms.demo_alerts import run_alerts_demo
+from dms.demo_drp import run_drp_demo
 from dms.demo_efd import run_efd_demo
 from dms.demo_minibroker import run_minibroker_demo
 from dms.demo_prompt import run_prompt_demo
@@ -58,6 +59,7 @@ def run_demo(data_dir: Path | None, echo: Callable[[str], None] = print) -> Depl
     run_alerts_demo(deployment, echo)
     run_minibroker_demo(deployment, echo)
     run_prompt_demo(deployment, echo)
+    run_drp_demo(deployment, echo)
     echo('Try: dms tables | dms query "SELECT ..." | dms status | dms --help')
     return deployment
 

@@ -204,6 +204,7 @@ TASK_MODULES: list[str] = [
     "dms.services.prompt.calibration",
     "dms.services.prompt.payload.isr",
     "dms.services.prompt.payload.process",
+    "dms.services.drp.tasks",
 ]
 
 

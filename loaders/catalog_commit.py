@@ -29,56 +29,70 @@ def commit_load(
 ) -> None:
     """Make the load visible: one control-database transaction."""
     with deployment.connect() as conn:
-        for shard in deployment.shards():
-            conn.execute(
-                sa.text(
-                    "INSERT INTO dms.shard (name, kind, state, location, registered_at, state_changed_at) "
-                    "VALUES (:n, :k, 'active', :l, now(), now()) ON CONFLICT (name) DO NOTHING"
-                ),
-                {"n": shard.name, "k": shard.kind, "l": shard.location()},
-            )
-        names = sorted(files)
-        if table.partitioned:  # the shard order that placed the chunks (see replica_offset)
-            names = sorted(s.name for s in deployment.shards() if s.kind == table.storage_kind)
-        for shard_name, chunk_files in files.items():
-            for f in chunk_files:
-                if f.chunk_order >= 0:
-                    uniq = int(nuniq(f.chunk_order, f.chunk_id))
-                    primary = replica_offset(uniq, names.index(shard_name), len(names)) == 0
-                    _register_chunk(conn, table, shard_name, f, primary)
-                conn.execute(
-                    sa.text(
-                        "INSERT INTO dms.chunk_file (load_id, table_name, shard, chunk_order, chunk_id, "
-                        "path, row_count, overlap_row_count, checksum) "
-                        "VALUES (:l, :t, :s, :o, :c, :p, :r, :v, :k)"
-                    ),
-                    {
-                        "l": load_id,
-                        "t": table.name,
-                        "s": shard_name,
-                        "o": f.chunk_order,
-                        "c": f.chunk_id,
-                        "p": f.path,
-                        "r": f.row_count,
-                        "v": f.overlap_row_count,
-                        "k": f.checksum,
-                    },
-                )
+        register_load(conn, deployment, table, load_id, files, index_path, rows)
+        conn.commit()
+
+
+def register_load(
+    conn: sa.Connection,
+    deployment: Deployment,
+    table: CatalogTable,
+    load_id: int,
+    files: dict[str, list[ChunkFile]],
+    index_path: str | None,
+    rows: int,
+) -> None:
+    """Register a load's chunks, replicas and files and mark it committed, in the caller's transaction (a
+    release commits several tables' loads in one)."""
+    for shard in deployment.shards():
         conn.execute(
             sa.text(
-                "UPDATE dms.catalog_load SET state = 'committed', committed_at = now(), row_count = :r, "
-                "index_path = :i WHERE load_id = :l"
+                "INSERT INTO dms.shard (name, kind, state, location, registered_at, state_changed_at) "
+                "VALUES (:n, :k, 'active', :l, now(), now()) ON CONFLICT (name) DO NOTHING"
             ),
-            {"r": rows, "i": index_path, "l": load_id},
+            {"n": shard.name, "k": shard.kind, "l": shard.location()},
         )
-        conn.execute(
-            sa.text("UPDATE dms.catalog_table SET row_count = row_count + :r WHERE name = :t"),
-            {"r": rows, "t": table.name},
-        )
-        from dms.services.vo.catalog_tables import publish
+    names = sorted(files)
+    if table.partitioned:  # the shard order that placed the chunks (see replica_offset)
+        names = sorted(s.name for s in deployment.shards() if s.kind == table.storage_kind)
+    for shard_name, chunk_files in files.items():
+        for f in chunk_files:
+            if f.chunk_order >= 0:
+                uniq = int(nuniq(f.chunk_order, f.chunk_id))
+                primary = replica_offset(uniq, names.index(shard_name), len(names)) == 0
+                _register_chunk(conn, table, shard_name, f, primary)
+            conn.execute(
+                sa.text(
+                    "INSERT INTO dms.chunk_file (load_id, table_name, shard, chunk_order, chunk_id, "
+                    "path, row_count, overlap_row_count, checksum) "
+                    "VALUES (:l, :t, :s, :o, :c, :p, :r, :v, :k)"
+                ),
+                {
+                    "l": load_id,
+                    "t": table.name,
+                    "s": shard_name,
+                    "o": f.chunk_order,
+                    "c": f.chunk_id,
+                    "p": f.path,
+                    "r": f.row_count,
+                    "v": f.overlap_row_count,
+                    "k": f.checksum,
+                },
+            )
+    conn.execute(
+        sa.text(
+            "UPDATE dms.catalog_load SET state = 'committed', committed_at = now(), row_count = :r, "
+            "index_path = :i WHERE load_id = :l"
+        ),
+        {"r": rows, "i": index_path, "l": load_id},
+    )
+    conn.execute(
+        sa.text("UPDATE dms.catalog_table SET row_count = row_count + :r WHERE name = :t"),
+        {"r": rows, "t": table.name},
+    )
+    from dms.services.vo.catalog_tables import publish
 
-        publish(conn)  # TAP_SCHEMA describes the table as soon as queries can see it
-        conn.commit()
+    publish(conn)  # TAP_SCHEMA describes the table as soon as queries can see it
 
 
 def _register_chunk(

@@ -16,6 +16,7 @@ pytest.register_assert_rewrite(
     "apdb_support",
     "backbone_support",
     "batch_support",
+    "drp_support",
     "feed_support",
     "minibroker_support",
     "night_support",

@@ -150,10 +150,16 @@ def simulate_night(
     dither_arcsec: float = 4.0,
     progress: bool = False,
     backbone: Backbone | None = None,
+    pointing_error_arcsec: float = 0.0,
+    extinction_mag: float = 0.0,
 ) -> SimulatedNight:
     """Simulate `visits` visits of one field on `detectors` detectors and put everything in the Backbone.
 
-    Deterministic in `seed`: running it again makes the same files (the archiver finds them archived)."""
+    `pointing_error_arcsec` (rms per axis) offsets each visit's header WCS from the true one, and each
+    visit loses up to `extinction_mag` of its light to clouds (uniform), so that a production's
+    astrometric and photometric calibration have something to correct (the truth keeps the real positions
+    and fluxes). Deterministic in `seed`: running it again makes the same files (the archiver finds them
+    archived)."""
     if visits < 1:
         raise ValueError(f"visits must be at least 1, not {visits}")
     if template_visits < 1:
@@ -244,7 +250,8 @@ def simulate_night(
         for visit, (visit_id, seq, band, mjd, seeing, pointing) in zip(night.visits, plan, strict=True):
             wcs = detector_wcs(detector, (rows, cols), pointing[0], pointing[1])
             sources = _sources_at(scene, visit_id, mjd)
-            electrons = _render(sources, wcs, (rows, cols), seeing, band)
+            error, extinction = _visit_errors(seed, visit_id, pointing_error_arcsec, extinction_mag)
+            electrons = _render(sources, wcs, (rows, cols), seeing, band) * 10 ** (-0.4 * extinction)
             raw = render.expose(
                 det_rng,
                 electrons,
@@ -256,7 +263,12 @@ def simulate_night(
                 full_well=FULL_WELL,
             )
             path = out_dir / "raw" / f"{INSTRUMENT}_{visit_id}_{detector.name}.fits"
-            _raw_hdus(raw, wcs, detector, day_obs, seq, band, mjd, pointing, seeing).writeto(
+            header_wcs = wcs.deepcopy()
+            header_wcs.wcs.crval = [
+                (wcs.wcs.crval[0] + error[0] / 3600.0 / np.cos(np.radians(wcs.wcs.crval[1]))) % 360.0,
+                wcs.wcs.crval[1] + error[1] / 3600.0,
+            ]
+            _raw_hdus(raw, header_wcs, detector, day_obs, seq, band, mjd, pointing, seeing).writeto(
                 path, overwrite=True
             )
             result = archive_file(backbone, path)
@@ -277,6 +289,17 @@ def simulate_night(
     )
     log.info("simulated %d visits x %d detectors of field (%.4f, %.4f)", visits, len(chosen), ra0, dec0)
     return night
+
+
+def _visit_errors(
+    seed: int, visit: int, pointing_error_arcsec: float, extinction_mag: float
+) -> tuple[np.ndarray, float]:
+    """A visit's header-WCS error (east, north, arcsec) and cloud extinction (mag): the same for all
+    its detectors, and drawn from their own generator so the rest of the night is unchanged."""
+    rng = np.random.default_rng([seed, visit % 2**32, 7])
+    error = rng.normal(0.0, pointing_error_arcsec, 2) if pointing_error_arcsec > 0 else np.zeros(2)
+    extinction = float(rng.uniform(0.0, extinction_mag)) if extinction_mag > 0 else 0.0
+    return error, extinction
 
 
 def _day_obs(seed: int) -> int:
@@ -419,7 +442,9 @@ def _template_fluxes(frames: list[pd.DataFrame], detector: int) -> pd.Series:
     templates = pd.concat(
         [f for f in frames if len(f) and (f["visit"] == 0).all() and (f["detector"] == detector).all()]
     )
-    return templates.set_index(["kind", "id"])["flux"]
+    flux = templates.set_index(["kind", "id"])["flux"]
+    # one template per band; a source's flux is the same in every band (the scene has one magnitude)
+    return flux[~flux.index.duplicated()]
 
 
 def _truth(

@@ -70,6 +70,12 @@ drp: click.Group = click.Group(
     "--workers", type=click.IntRange(1, 256), default=2, show_default=True, help="Dask worker threads."
 )
 @click.option("--scheduler", default=None, help="Dask scheduler address (default: a local cluster).")
+@click.option(
+    "--qc/--no-qc",
+    default=True,
+    show_default=True,
+    help="Compute the release's Level 2 QC metrics (as `dms qc release`) once it is loaded.",
+)
 @data_dir_option
 @click.pass_context
 @_friendly_errors
@@ -85,6 +91,7 @@ def drp_run(
     patch_order: int,
     workers: int,
     scheduler: str | None,
+    qc: bool,
 ) -> None:
     """Run the DRP over a region (resuming the release's unfinished job if there is one). Without --mini the
     mini-DRP over --mini-radius runs first, and the full region only if it loaded Objects."""
@@ -125,8 +132,35 @@ def drp_run(
     if patches or not mini:
         runs.append(run_release(deployment, params, client=client, workers=workers, progress=True))
         _report(runs[-1])
+    if qc and any(r.rows for r in runs):
+        _level2(deployment, release)
     if any(r.errors for r in runs):
         click.echo("Some tasks failed (the rest of the release went on): see `dms drp status`", err=True)
+
+
+def _level2(deployment: Any, release: str) -> None:
+    """The release's Level 2 QC: its metrics and the alarms they raised (a metric that cannot be computed
+    is reported; the release stays loaded)."""
+    from dms.errors import DMSError
+    from dms.services.drp.release import level2_tables, release_info
+    from dms.services.prompt.qc import connect
+    from dms.services.qc import level2
+
+    info = release_info(deployment, release)
+    try:
+        results = level2.level2_metrics(
+            deployment, release, tables=level2_tables(release), truth=info["truth"]
+        )
+    except DMSError as exc:
+        click.echo(f"Level 2 QC of {release} not computed: {exc}", err=True)
+        return
+    with connect(deployment) as conn:
+        alarms = level2.alarms_of(conn, release)
+    click.echo(f"Level 2 QC: {len(results)} measurement(s), {len(alarms)} open alarm(s) (`dms qc release`)")
+    for r in results:
+        click.echo(f"  {r.metric:28} {r.value:12.4g} {r.unit:7} {r.production}")
+    for a in alarms:
+        click.echo(f"  alarm [{a['severity']}] {a['message']}")
 
 
 def _report(run: Any) -> None:

@@ -216,6 +216,31 @@ def test_hotfix_replaces_one_patch(drp_survey: Survey) -> None:
         run_release(d, drp_survey.params.model_copy(update={"patches": [1]}), client=drp_survey.client)
 
 
+def test_level2_qc_of_the_release(drp_survey: Survey, capsys: pytest.CaptureFixture[str]) -> None:
+    """`dms drp run` ends with the release's Level 2 QC: the values stored are the release's own."""
+    from dms.cli_drp import _level2
+
+    d = drp_survey.deployment
+    _level2(d, RELEASE)
+    out = capsys.readouterr().out
+    assert "Level 2 QC:" in out
+    with psycopg.connect(conninfo(d)) as conn:
+        stored = conn.execute(
+            "SELECT metric, production, value FROM dms.qc_measurement WHERE production LIKE %s "
+            "ORDER BY measurement_id",
+            (f"{RELEASE}%",),
+        ).fetchall()
+    per_patch = {p: v for name, p, v in stored if name == "dms_drp.objects_per_patch"}
+    objects = query(d, f"SELECT tract, patch FROM {RELEASE}.Object")
+    expected = objects.groupby(["tract", "patch"]).size()
+    assert len(expected) > 0
+    assert {f"{RELEASE}/patch={t},{p}": float(n) for (t, p), n in expected.items()} == per_patch
+    ccd = query(d, f"SELECT band, seeing FROM {RELEASE}.CcdVisit")
+    fwhm = {p: v for name, p, v in stored if name == "dms_drp.psf_fwhm"}
+    for band, seeing in ccd.groupby("band")["seeing"]:
+        assert fwhm[f"{RELEASE}/band={band}"] == pytest.approx(float(np.median(seeing)), rel=1e-9)
+
+
 def test_mini_drp_gates_the_full_run() -> None:
     from dms.services.drp.production import ReleaseRun, gate, mini_parameters
 

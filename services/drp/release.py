@@ -39,6 +39,20 @@ def table_names(release: str) -> dict[str, str]:
     return {name: f"{check_release_name(release)}.{name}" for name in RELEASE_TABLES}
 
 
+def level2_tables(release: str) -> Any:
+    """The release's tables as Level 2 QC reads them (`dms.services.qc.level2.ReleaseTables`)."""
+    from dms.services.qc.level2 import ReleaseTables
+
+    names = table_names(release)
+    return ReleaseTables(
+        object=names["Object"],
+        source=names["Source"],
+        forced_source=names["ForcedSource"],
+        visit=names["Visit"],
+        ccd_visit=names["CcdVisit"],
+    )
+
+
 def release_info(deployment: Deployment, release: str) -> dict[str, Any]:
     """What Level 2 QC needs of a release: its table names, the simulator's truth table (None for real
     data), its work directory and the batch jobs that made it."""

@@ -179,11 +179,16 @@ def _numpy(table: pa.Table, column: str) -> np.ndarray:
     return table[column].to_numpy(zero_copy_only=False)
 
 
+def _ids(table: pa.Table, column: str) -> np.ndarray:
+    """An id column as int64, -1 where it is null (a Source no Object claims)."""
+    return table[column].fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 def _source_objects(sources: pa.Table, objects: pa.Table, radius_arcsec: float) -> np.ndarray:
     """Each Source's objectId: its own column where the table has one (a DRP's association), otherwise
     the nearest Object within the match radius (-1 when none)."""
     if "objectId" in sources.column_names:
-        return _numpy(sources, "objectId").astype(np.int64)
+        return _ids(sources, "objectId")
     match = metrics.nearest(
         _numpy(sources, "ra"),
         _numpy(sources, "dec"),
@@ -275,7 +280,7 @@ def compute(
     )
     if _has_table(engine, tables.forced_source):
         forced = read_table(engine, tables.forced_source, ["objectId", "band", "psfFlux"], ("psfFluxErr",))
-        object_of = _numpy(forced, "objectId").astype(np.int64)
+        object_of = _ids(forced, "objectId")
         _repeatability_per_band(out, "dms_drp.forced_repeatability", forced, object_of, settings)
 
     _psf(out, engine, tables)

@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 import pyarrow as pa
+from psycopg import sql
 import pyarrow.csv as pacsv
 
 from dms.query.sqlcompose import column_definitions, ident, setting, statement
@@ -36,14 +37,17 @@ def reader_transaction(conn: psycopg.Connection[Any], timeout: float | None) -> 
     """A READ ONLY transaction as the reader role with the query limits; the caller runs the query in it."""
     previous = conn.read_only
     conn.read_only = True  # psycopg then starts the transaction with BEGIN READ ONLY
+    settings = []
+    if conn.info.parameter_status("is_superuser") == "on":
+        settings.append(setting("temp_file_limit", TEMP_FILE_LIMIT))
+    settings.append(statement("SET LOCAL ROLE {role}", role=READER_ROLE))
+    settings.append(setting("work_mem", WORK_MEM))
+    if timeout is not None:
+        settings.append(setting("statement_timeout", max(1, int(timeout * 1000))))
     try:
         with conn.transaction():
-            if conn.info.parameter_status("is_superuser") == "on":
-                conn.execute(setting("temp_file_limit", TEMP_FILE_LIMIT))
-            conn.execute(statement("SET LOCAL ROLE {role}", role=READER_ROLE))
-            conn.execute(setting("work_mem", WORK_MEM))
-            if timeout is not None:
-                conn.execute(setting("statement_timeout", max(1, int(timeout * 1000))))
+            # one round trip for all of them (several statements without parameters are one message)
+            conn.execute(sql.SQL("; ").join(settings))
             yield
     finally:
         _restore_read_only(conn, previous)

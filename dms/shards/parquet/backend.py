@@ -9,7 +9,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -110,6 +110,16 @@ class DuckDBShard(ShardBackend):
         paths = [exp.Literal.string(f"{self.root}/{f}") for f in files]
         return exp.Table(this=exp.Anonymous(this="read_parquet", expressions=[exp.Array(expressions=paths)]))
 
+    def relation_bound(
+        self, table: CatalogTable, files: list[str], parameter: str
+    ) -> tuple[exp.Expression | None, Any]:
+        if not files:
+            return None, None
+        relation = exp.Table(
+            this=exp.Anonymous(this="read_parquet", expressions=[exp.Placeholder(this=parameter)])
+        )
+        return relation, [f"{self.root}/{f}" for f in files]
+
     def connection(self) -> duckdb.DuckDBPyConnection:
         """A cursor on the shard's long-lived connection (macros included), one per calling thread's query."""
         with self._lock:
@@ -125,6 +135,7 @@ class DuckDBShard(ShardBackend):
         timeout: float | None,
         cancel: threading.Event | None,
         tables: dict[str, pa.Table] | None = None,
+        params: dict[str, Any] | None = None,
     ) -> pa.Table:
         try:
             cursor = self.connection()
@@ -147,6 +158,8 @@ class DuckDBShard(ShardBackend):
         if watcher:
             watcher.start()
         try:
+            if params:
+                return cursor.execute(sql, params).to_arrow_table()
             return cursor.sql(sql).to_arrow_table()
         except duckdb.InterruptException as exc:
             raise ShardCancelled(f"shard {self.name!r}: query cancelled") from exc

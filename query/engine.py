@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 INLINE_IN_LIMIT = 10_000
 INNER_ROW_LIMIT = 5_000_000
 """Most rows of an intermediate result (WITH query, derived table, subquery, side of a set operation)."""
+SHAPE_NOTE = "plan from the cache of query shapes: this query's literals bound as parameters"
 
 
 @dataclass
@@ -181,7 +182,7 @@ class QueryEngine:
         except ShardQueryError as exc:
             raise QueryError(f"the query failed on {exc}") from exc
         table = normalize_partial(template.decomposition.finish_single(partial))
-        notes = ["plan from the shape cache (parameters bound)", f"[{query.shard}] {query.sql}"]
+        notes = [SHAPE_NOTE, f"[{query.shard}] {query.sql}"]
         return _capped(table, max_rows, notes)
 
     def explain(self, query: str, *, lang: str = "sql") -> str:

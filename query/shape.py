@@ -19,11 +19,11 @@ from decimal import Decimal
 _TOKEN = re.compile(
     r"""'(?P<string>(?:[^']|'')*)'"""  # a string literal ('' is a quote)
     r'''|"(?:[^"]|"")*"|`[^`]*`'''  # quoted identifiers (MySQL strings in double quotes: kept as text)
-    r"|(?<![\w.])(?P<number>\d+(?P<fraction>\.\d*)?|\.\d+)(?P<exponent>[eE][+-]?\d+)?(?![\w.])",
+    r"|(?<![\w.])(?P<number>\d+(?P<fraction>\.\d*)?)(?P<exponent>[eE][+-]?\d+)?(?![\w.])",
 )
-_UNSAFE = re.compile(r"--|/\*|\$|\\|(?<=\w)'")
+_UNSAFE = re.compile(r"--|/\*|\$|\\")
 """Text whose literals the pass might not see as the parser does: comments, dollar quoting and
-parameters, backslash escapes, prefixed strings."""
+parameters, backslash escapes."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ def shape_of(text: str) -> Shape | None:
     position = 0
     for match in _TOKEN.finditer(text):
         if match.group("string") is not None:
+            if match.start() and (text[match.start() - 1].isalnum() or text[match.start() - 1] == "_"):
+                return None  # a prefixed string: E'..', X'..', N'..', U&'..'
             kind, value = "string", match.group("string").replace("''", "'")
         elif match.group("number") is not None and match.group("exponent") is None:
             kind = "decimal" if match.group("fraction") is not None or "." in match.group(0) else "int"

@@ -159,7 +159,7 @@ class DuckDBShard(ShardBackend):
             watcher.start()
         try:
             if params:
-                return cursor.execute(sql, params).to_arrow_table()
+                return cursor.sql(sql, params=params).to_arrow_table()
             return cursor.sql(sql).to_arrow_table()
         except duckdb.InterruptException as exc:
             raise ShardCancelled(f"shard {self.name!r}: query cancelled") from exc

@@ -92,15 +92,17 @@ class ShapeTemplate:
         shard, chunks = next(iter(chunk_sets.items()))
         builder.ranges = {self.alias: restriction.ranges} if restriction.ranges is not None else {}
         builder.parameters = {}
-        expression = builder.shard_expression(self.shard_template, shard, chunks)
-        key = (shard, tuple(builder.signature))
-        if key not in self.texts:
+        signature, bound = builder.bound_values(self.alias, self.table, stores[shard], chunks)
+        key = (shard, signature)
+        if key not in self.texts:  # build the per-shard query once per shard and padded list lengths
+            expression = builder.shard_expression(self.shard_template, shard, chunks)
+            assert tuple(builder.signature) == signature and builder.parameters == bound
             self.texts[key] = _render(expression, stores[shard].dialect)
         text = self.texts[key]
         if text is None:
             return None
         params = {f"dms_p{i}": literals[i].value for i in self.parameters}
-        params.update(builder.parameters)
+        params.update(bound)
         return FastQuery(shard, tuple(chunks), text, params)
 
 

@@ -147,12 +147,7 @@ class ShardSql:
             table.replace(_shipped_table(ref, alias))
             return
         catalog = ref.catalog
-        data = self.snapshot.chunks[catalog.name]
-        shard = backend.name
-        if catalog.partitioned:
-            files = [f for key in chunks for f in data.files.get((shard, *key), [])]
-        else:
-            files = data.replicated_files.get(shard, [])
+        files = self._files(catalog, backend.name, chunks)
         if self.parameters is not None and catalog.partitioned:
             relation, value = backend.relation_bound(catalog, files, _FILES)
             if value is not None:
@@ -238,25 +233,15 @@ class ShardSql:
             predicates.append(
                 exp.EQ(this=column("_chunk", alias), expression=column("_chunk", self.primary_alias))
             )
-        ranges = self.ranges.get(alias)
-        if ranges is not None:
-            shard_ranges = np.array(
-                [[o_lo, o_hi] for o_lo, o_hi in (_chunk_range(k) for k in chunks)], np.int64
-            ).reshape(-1, 2)
-            from dms.query.restrict import intersect_ranges
-
-            clipped = intersect_ranges(merge_ranges(ranges), merge_ranges(shard_ranges))
+        clipped = self._clipped_ranges(alias, chunks)
+        if clipped is not None:
             if self.parameters is not None:
                 predicates.append(self._bound_ranges(column("_healpix_29", alias), clipped))
             else:
                 predicates.append(_range_predicate(column("_healpix_29", alias), clipped))
-        if backend.shared_table and catalog.partitioned and alias not in self.overlap_aliases:
-            # the shard's table also holds the replicas of other shards' chunks
-            total = self.snapshot.chunks[catalog.name]
-            on_shard = int((total.shard == shard).sum())
-            if catalog.replicas > 1 or (ranges is None and on_shard and len(chunks) < on_shard):
-                values = [int(nuniq(o, p)) for o, p in chunks]
-                predicates.append(self._chunk_list(column("_chunk", alias), values))
+        values = self._chunk_values(alias, catalog, backend, chunks)
+        if values is not None:
+            predicates.append(self._chunk_list(column("_chunk", alias), values))
         if backend.shared_table:
             predicates.append(self._committed_rows(column("_load_id", alias), catalog))
         if not predicates:
@@ -266,6 +251,62 @@ class ShardSql:
             join.set("on", exp.and_(join.args["on"], condition) if join.args.get("on") else condition)
         else:
             query.where(condition, copy=False)
+
+    def _files(self, catalog: CatalogTable, shard: str, chunks: list[ChunkKey]) -> list[str]:
+        data = self.snapshot.chunks[catalog.name]
+        if catalog.partitioned:
+            return [f for key in chunks for f in data.files.get((shard, *key), [])]
+        return data.replicated_files.get(shard, [])
+
+    def _clipped_ranges(self, alias: str, chunks: list[ChunkKey]) -> np.ndarray | None:
+        """The alias's `_healpix_29` ranges within the chunks (None: no spatial restriction)."""
+        ranges = self.ranges.get(alias)
+        if ranges is None:
+            return None
+        from dms.query.restrict import intersect_ranges
+
+        shard_ranges = np.array([_chunk_range(k) for k in chunks], np.int64).reshape(-1, 2)
+        return intersect_ranges(merge_ranges(ranges), merge_ranges(shard_ranges))
+
+    def _chunk_values(
+        self, alias: str, catalog: CatalogTable, backend: ShardBackend, chunks: list[ChunkKey]
+    ) -> list[int] | None:
+        """The `_chunk` values a shared-table shard must filter on (its table also holds the replicas of
+        other shards' chunks), or None when the ranges or the whole table already select the rows."""
+        if not (backend.shared_table and catalog.partitioned and alias not in self.overlap_aliases):
+            return None
+        total = self.snapshot.chunks[catalog.name]
+        on_shard = int((total.shard == backend.name).sum())
+        if catalog.replicas > 1 or (alias not in self.ranges and on_shard and len(chunks) < on_shard):
+            return [int(nuniq(o, p)) for o, p in chunks]
+        return None
+
+    def bound_values(
+        self, alias: str, catalog: CatalogTable, backend: ShardBackend, chunks: list[ChunkKey]
+    ) -> tuple[tuple[tuple[str, int], ...], dict[str, Any]]:
+        """In parameter mode, the signature and the parameters that building the per-shard query of one
+        partitioned alias would give, without building it (the fast path's text is then looked up)."""
+        params: dict[str, Any] = {}
+        signature: list[tuple[str, int]] = []
+        relation, value = backend.relation_bound(catalog, self._files(catalog, backend.name, chunks), _FILES)
+        if value is not None:
+            params[_FILES] = value
+        signature.append(("relation", relation is not None))
+        clipped = self._clipped_ranges(alias, chunks)
+        if clipped is not None:
+            clipped = _fewer_ranges(clipped)
+            slots = _padded(len(clipped))
+            signature.append(("ranges", slots))
+            for i in range(slots):
+                lo, hi = clipped[min(i, len(clipped) - 1)].tolist()
+                params[f"dms_r{i}lo"], params[f"dms_r{i}hi"] = int(lo), int(hi)
+        values = self._chunk_values(alias, catalog, backend, chunks)
+        if values is not None:
+            slots = _padded(len(values))
+            signature.append(("chunks", slots))
+            for i in range(slots):
+                params[f"dms_c{i}"] = values[min(i, len(values) - 1)]
+        return tuple(signature), params
 
     def _bound_ranges(self, column: exp.Column, ranges: np.ndarray) -> exp.Expression:
         """The ranges as placeholders, padded (by repeating the last) to a power of two of them so that few

@@ -92,7 +92,7 @@ class PostgresConnection:
             watcher.start()
         try:
             create_temp_tables(conn, tables or {})
-            with reader_transaction(conn, timeout), conn.cursor() as cur:
+            with reader_transaction(conn, timeout, one_message=True), conn.cursor() as cur:
                 if params:
                     cur.execute(sql, params, binary=True)
                 else:

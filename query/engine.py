@@ -29,7 +29,7 @@ from sqlglot import exp
 from dms.deployment import Deployment
 from dms.query import dispatch, qserv_sql
 from dms.query.errors import QueryCancelled, QueryError, QueryRefused, QueryTimeout
-from dms.query.fast_path import TemplateCache, build_template
+from dms.query.fast_path import FastQuery, TemplateCache, build_template
 from dms.query.integrity import reroute_damaged
 from dms.query.lineage import catalog_unit_resolver
 from dms.query.mysql_semantics import mysql_semantics
@@ -154,25 +154,26 @@ class QueryEngine:
     def _fast(
         self, shape: Shape, max_rows: int | None, timeout: float | None, cancel: threading.Event | None
     ) -> QueryResult | None:
-        """The result of a query of a known shape from its template (one shard, parameters bound, no merge),
-        or None when the usual path must answer it."""
+        """The result of a query of a known shape from its template (parameters bound; no merge when one
+        shard answers), or None when the usual path must answer it."""
         snapshot = self.registry.snapshot()
         template = self.templates.get((shape.key, max_rows), snapshot.generation)
         if template is None:
             return None
-        query = template.bind(shape, snapshot, self.stores)
-        if query is None:
+        queries = template.bind(shape, snapshot, self.stores)
+        if queries is None:
             return None
         if template.file_tables:  # files can go missing or be damaged without the registry changing
-            _, moved = reroute_damaged(
-                snapshot, list(template.file_tables), self.roots, {query.shard: list(query.chunks)}, {}
-            )
+            chunk_sets = {q.shard: list(q.chunks) for q in queries}
+            _, moved = reroute_damaged(snapshot, list(template.file_tables), self.roots, chunk_sets, {})
             if moved:
                 return None
         try:
-            partial = self.stores[query.shard].execute(
-                query.sql, timeout=timeout, cancel=cancel, params=query.params
-            )
+            if len(queries) == 1:  # in this thread: no dispatch, no merge
+                partials = [self._fast_shard(queries[0], timeout, cancel)]
+            else:
+                futures = [self.pool.submit(self._fast_shard, q, timeout, cancel) for q in queries]
+                partials = [f.result() for f in futures]
         except ShardUnavailable:
             return None  # the usual path asks the replicas
         except ShardCancelled as exc:
@@ -181,9 +182,31 @@ class QueryEngine:
             raise QueryTimeout("the query exceeded its timeout and was cancelled") from exc
         except ShardQueryError as exc:
             raise QueryError(f"the query failed on {exc}") from exc
-        table = normalize_partial(template.decomposition.finish_single(partial))
-        notes = [SHAPE_NOTE, f"[{query.shard}] {query.sql}"]
+        notes = [SHAPE_NOTE, *(f"[{q.shard}] {q.sql}" for q in queries)]
+        if len(partials) == 1:
+            table = normalize_partial(template.decomposition.finish_single(partials[0]))
+        else:
+            merged = pa.concat_tables([normalize_partial(p) for p in partials], promote_options="permissive")
+            table = self._merge_partials(template.merge, merged)
+            notes.append(f"[merge] {template.merge}")
         return _capped(table, max_rows, notes)
+
+    def _fast_shard(
+        self, query: FastQuery, timeout: float | None, cancel: threading.Event | None
+    ) -> pa.Table:
+        return self.stores[query.shard].execute(
+            query.sql, timeout=timeout, cancel=cancel, params=query.params
+        )
+
+    def _merge_partials(self, sql: str, partials: pa.Table) -> pa.Table:
+        cursor = self._merge_cursor(sql)
+        try:
+            cursor.register(PARTIALS, partials)
+            return normalize_partial(cursor.sql(sql).to_arrow_table())
+        except duckdb.Error as exc:
+            raise QueryError(f"the query failed: {str(exc).splitlines()[0]}") from exc
+        finally:
+            cursor.close()
 
     def explain(self, query: str, *, lang: str = "sql") -> str:
         run = self._run(lang, query, None, None, None, None)

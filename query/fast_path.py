@@ -12,11 +12,13 @@ Which literal of the text is which node of the plan is known from the parser's p
 `meta["start"]`), checked against the literal's text. A literal that cannot be matched, that lies outside
 the WHERE clause (LIMIT, the select list) or whose value the planner used otherwise is *fixed*: the
 template serves only queries where it has the same text. Only a flat SELECT over one partitioned table
-whose chunks lie on one shard takes this path (no merge step); anything else is planned as usual.
+without aggregates takes this path: on one shard it has no merge step, on several the partial results
+are merged as the first query's plan says. Anything else is planned as usual.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections import OrderedDict
@@ -36,6 +38,7 @@ from dms.query.validate import TableRef
 from dms.schema.catalog import CatalogTable
 from dms.shards import ShardBackend
 
+log = logging.getLogger(__name__)
 TEMPLATE_CACHE_SIZE = 256
 """Shapes an engine keeps templates of (the least recently used go first)."""
 _PG_PLACEHOLDER = re.compile(r"%\(dms_\w+\)s")
@@ -62,6 +65,8 @@ class ShapeTemplate:
     where: exp.Expression
     shard_template: exp.Select
     decomposition: Decomposition
+    merge: str
+    """The merge database's query over the partial results of several shards."""
     slot_of_start: dict[int, int]
     """The first query's literal positions (as the plan's nodes remember them) -> literal number."""
     parameters: frozenset[int]
@@ -71,12 +76,15 @@ class ShapeTemplate:
     texts: dict[Hashable, str | None] = field(default_factory=dict)
     """(shard, signature) -> rendered per-shard text (None: not usable with parameters)."""
 
-    def bind(self, shape: Shape, snapshot: Snapshot, stores: dict[str, ShardBackend]) -> FastQuery | None:
-        """The per-shard query of a query of this shape, or None when this path does not apply to it (a
-        fixed literal differs, or its chunks are not on exactly one shard)."""
+    def bind(
+        self, shape: Shape, snapshot: Snapshot, stores: dict[str, ShardBackend]
+    ) -> list[FastQuery] | None:
+        """The per-shard queries of a query of this shape (one per shard its chunks are on), or None when
+        this path does not apply to it (a fixed literal differs, or no chunk is read)."""
         literals = shape.literals
-        for i, (kind, text) in self.fixed.items():
-            if literals[i].kind != kind or literals[i].text != text:
+        for i, fixed in self.fixed.items():
+            if (literals[i].kind, literals[i].text) != fixed:
+                log.debug("shape template: literal %d is fixed at %r", i, fixed[1])
                 return None
         where = self.where.copy()
         for node in where.find_all(exp.Literal):
@@ -87,23 +95,24 @@ class ShapeTemplate:
         builder = ShardSql(self.select, self.aliases, snapshot, stores)
         builder.primary_alias = self.alias
         chunk_sets = builder.choose_chunks(self.table, restriction.ranges, restriction.ids)
-        if len(chunk_sets) != 1:
-            return None  # none (the usual path answers with the empty relation) or several: a merge
-        shard, chunks = next(iter(chunk_sets.items()))
+        if not chunk_sets:
+            return None  # the usual path answers from the empty relation
         builder.ranges = {self.alias: restriction.ranges} if restriction.ranges is not None else {}
-        builder.parameters = {}
-        signature, bound = builder.bound_values(self.alias, self.table, stores[shard], chunks)
-        key = (shard, signature)
-        if key not in self.texts:  # build the per-shard query once per shard and padded list lengths
-            expression = builder.shard_expression(self.shard_template, shard, chunks)
-            assert tuple(builder.signature) == signature and builder.parameters == bound
-            self.texts[key] = _render(expression, stores[shard].dialect)
-        text = self.texts[key]
-        if text is None:
-            return None
-        params = {f"dms_p{i}": literals[i].value for i in self.parameters}
-        params.update(bound)
-        return FastQuery(shard, tuple(chunks), text, params)
+        user = {f"dms_p{i}": literals[i].value for i in self.parameters}
+        queries = []
+        for shard, chunks in sorted(chunk_sets.items()):
+            builder.parameters, builder.signature = {}, []
+            signature, bound = builder.bound_values(self.alias, self.table, stores[shard], chunks)
+            key = (shard, signature)
+            if key not in self.texts:  # built once per shard and padded list lengths
+                expression = builder.shard_expression(self.shard_template, shard, chunks)
+                assert tuple(builder.signature) == signature and builder.parameters == bound
+                self.texts[key] = _render(expression, stores[shard].dialect)
+            text = self.texts[key]
+            if text is None:
+                return None
+            queries.append(FastQuery(shard, tuple(chunks), text, {**user, **bound}))
+        return queries
 
 
 def _render(expression: exp.Select, dialect: str) -> str | None:
@@ -122,6 +131,8 @@ def build_template(
 ) -> ShapeTemplate | None:
     """The template of a planned flat SELECT, or None when its shape cannot take the fast path."""
     if plan.strategy != "chunks" or plan.aggregated or plan.overlap_aliases or plan.decomposition is None:
+        return None
+    if plan.merge is None:
         return None
     if len(aliases) != 1 or select.args.get("joins") or plan.primary_alias not in aliases:
         return None
@@ -154,9 +165,7 @@ def build_template(
         slot = slot_of_start.get(node.meta.get("start", -1))
         if slot in parameters:
             node.replace(exp.Placeholder(this=f"dms_p{slot}"))
-    fixed = {
-        i: (lit.kind, lit.text) for i, lit in enumerate(shape.literals) if i not in parameters
-    }
+    fixed = {i: (lit.kind, lit.text) for i, lit in enumerate(shape.literals) if i not in parameters}
     return ShapeTemplate(
         alias=alias,
         table=table,
@@ -165,6 +174,7 @@ def build_template(
         where=where.copy(),
         shard_template=shard,
         decomposition=plan.decomposition,
+        merge=plan.merge or "",
         slot_of_start=slot_of_start,
         parameters=parameters,
         fixed=fixed,

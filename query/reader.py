@@ -19,8 +19,8 @@ from typing import Any
 
 import psycopg
 import pyarrow as pa
-from psycopg import sql
 import pyarrow.csv as pacsv
+from psycopg import sql
 
 from dms.query.sqlcompose import column_definitions, ident, setting, statement
 

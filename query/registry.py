@@ -8,6 +8,7 @@ running load never is (queries read only the loads the snapshot lists as committ
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -117,16 +118,14 @@ class Registry:
                     row = cursor.fetchone()
                     cursor.close()
                     return int(row[0])
-                except Exception:  # noqa: BLE001 - any failure: drop the connection, read it the usual way
+                except Exception:  # any failure: drop the connection, read it the usual way
                     self._drop_generation_conn()
             return None
 
     def _drop_generation_conn(self) -> None:
         if self._generation_conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # already broken
                 self._generation_conn.invalidate()
-            except Exception:  # noqa: BLE001 - already broken
-                pass
             self._generation_conn = None
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ from decimal import Decimal
 
 _TOKEN = re.compile(
     r"""'(?P<string>(?:[^']|'')*)'"""  # a string literal ('' is a quote)
-    r'''|"(?:[^"]|"")*"|`[^`]*`'''  # quoted identifiers (MySQL strings in double quotes: kept as text)
+    r"""|"(?:[^"]|"")*"|`[^`]*`"""  # quoted identifiers (MySQL strings in double quotes: kept as text)
     r"|(?<![\w.])(?P<number>\d+(?P<fraction>\.\d*)?)(?P<exponent>[eE][+-]?\d+)?(?![\w.])",
 )
 _UNSAFE = re.compile(r"--|/\*|\$|\\")

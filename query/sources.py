@@ -205,7 +205,6 @@ class ShardSql:
     ) -> None:
         """Chunk-locality predicates of a partitioned table, and (on shards that keep every load in one table)
         the committed-loads filter of every catalog table."""
-        shard = backend.name
         predicates: list[exp.Expression] = []
         column = _column
         if alias in self.overlap_aliases:

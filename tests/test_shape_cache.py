@@ -162,7 +162,7 @@ def test_the_template_cache_is_bounded_and_emptied_by_a_new_generation() -> None
 
 
 @pytest.mark.parametrize("table", TABLES)
-def test_repeated_cones_bind_parameters_and_answer_as_the_unpartitioned_copy(world: World, table: str) -> None:
+def test_repeated_cones_bind_and_answer_as_the_unpartitioned_copy(world: World, table: str) -> None:
     rng = np.random.default_rng(3)
     world.engine.execute(_cone(table, 10.0, 41.0, 1.5))
     fast = 0
@@ -172,7 +172,7 @@ def test_repeated_cones_bind_parameters_and_answer_as_the_unpartitioned_copy(wor
         result = world.engine.execute(sql)
         fast += SHAPE_NOTE in result.plan
         assert canonical_rows(result.table) == _expected(world, sql), sql
-    assert fast == 25  # every chunk of a table is on one shard here, and no cone of 1.5 deg is empty
+    assert fast == 25  # no cone of 1.5 deg is empty sky: every one is a bind (on one shard or two)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

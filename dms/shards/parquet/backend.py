@@ -5,6 +5,7 @@ per query)."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 import time
@@ -125,6 +126,11 @@ class DuckDBShard(ShardBackend):
         with self._lock:
             if self._conn is None:
                 self._conn = duckdb.connect(str(self.database), read_only=True, config=LOCKED_DOWN)
+                # Parquet footers kept between queries (DuckDB re-reads a file whose modification time
+                # changed): a small query no longer reads the metadata of every file it touches. Damaged
+                # files are caught before any read (dms.query.integrity).
+                with contextlib.suppress(duckdb.Error):  # locked: set by the process's first connection
+                    self._conn.execute("SET GLOBAL parquet_metadata_cache = true")
                 confine(self._conn, [self.root])
             return self._conn.cursor()
 

@@ -160,7 +160,11 @@ class QueryEngine:
         template = self.templates.get((shape.key, max_rows), snapshot.generation)
         if template is None:
             return None
-        queries = template.bind(shape, snapshot, self.stores)
+        try:
+            queries = template.bind(shape, snapshot, self.stores)
+        except Exception:  # a value the usual path reports better (say, an id beyond BIGINT)
+            log.debug("shape template does not bind this query's literals", exc_info=True)
+            return None
         if queries is None:
             return None
         if template.file_tables:  # files can go missing or be damaged without the registry changing

@@ -9,6 +9,7 @@ import contextlib
 import shutil
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,9 @@ from dms.shards.parquet.transfer import LOCKED_DOWN, confine, write_chunk_file
 
 if TYPE_CHECKING:
     from dms.schema.catalog import CatalogTable
+
+# the copy it warns of is of a small result (bound parameters are the fast path's)
+warnings.filterwarnings("ignore", "Arrow output on a DB-API result", UserWarning)
 
 CANCEL_POLL = 0.02
 """Seconds between checks of a running query's cancel event and deadline."""
@@ -149,23 +153,13 @@ class DuckDBShard(ShardBackend):
             raise ShardUnavailable(self.name, str(exc).splitlines()[0]) from exc
         for name, table in (tables or {}).items():
             cursor.register(name, table)
-        done = threading.Event()
         deadline = None if timeout is None else time.monotonic() + timeout
-
-        def watch() -> None:
-            while not done.wait(CANCEL_POLL):
-                if (cancel is not None and cancel.is_set()) or (
-                    deadline is not None and time.monotonic() > deadline
-                ):
-                    cursor.interrupt()
-                    return
-
-        watcher = threading.Thread(target=watch, daemon=True) if cancel is not None or deadline else None
-        if watcher:
-            watcher.start()
+        watched = cancel is not None or deadline is not None
+        if watched:
+            _WATCHDOG.watch(cursor, deadline, cancel)
         try:
-            if params:
-                return cursor.sql(sql, params=params).to_arrow_table()
+            if params:  # the DB-API call binds parameters at half the cost of `sql(..., params=...)`
+                return cursor.execute(sql, params).to_arrow_table()
             return cursor.sql(sql).to_arrow_table()
         except duckdb.InterruptException as exc:
             raise ShardCancelled(f"shard {self.name!r}: query cancelled") from exc
@@ -174,7 +168,8 @@ class DuckDBShard(ShardBackend):
         except duckdb.Error as exc:
             raise ShardQueryError(self.name, str(exc).splitlines()[0]) from exc
         finally:
-            done.set()
+            if watched:
+                _WATCHDOG.forget(cursor)
             cursor.close()
 
     def close(self) -> None:
@@ -182,3 +177,42 @@ class DuckDBShard(ShardBackend):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+class _Watchdog:
+    """One thread for every running query of the process's DuckDB shards: it interrupts a query whose
+    deadline passed or whose cancel event is set (a thread per query cost more than a small query)."""
+
+    def __init__(self) -> None:
+        self._running: dict[int, tuple[duckdb.DuckDBPyConnection, float | None, threading.Event | None]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(
+        self, cursor: duckdb.DuckDBPyConnection, deadline: float | None, cancel: threading.Event | None
+    ) -> None:
+        with self._lock:
+            self._running[id(cursor)] = (cursor, deadline, cancel)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="dms-duckdb-watchdog", daemon=True)
+                self._thread.start()
+
+    def forget(self, cursor: duckdb.DuckDBPyConnection) -> None:
+        with self._lock:  # after this no interrupt reaches the cursor (it is closed next)
+            self._running.pop(id(cursor), None)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(CANCEL_POLL)
+            now = time.monotonic()
+            with self._lock:
+                if not self._running:  # idle: the next watched query starts another
+                    self._thread = None
+                    return
+                for key, (cursor, deadline, cancel) in list(self._running.items()):
+                    if (cancel is not None and cancel.is_set()) or (deadline is not None and now > deadline):
+                        cursor.interrupt()
+                        del self._running[key]
+
+
+_WATCHDOG = _Watchdog()

@@ -111,6 +111,7 @@ class Registry:
                 try:
                     if self._generation_conn is None:
                         raw = self.deployment.engine().raw_connection()
+                        raw.detach()  # its own from now on: never handed back to the pool in autocommit
                         raw.driver_connection.autocommit = True  # type: ignore[union-attr]
                         self._generation_conn = raw
                     cursor = self._generation_conn.cursor()

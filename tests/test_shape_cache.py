@@ -275,3 +275,20 @@ def test_new_literals_the_usual_path_treats_specially_get_the_same_outcome(world
                 assert _outcome(world.engine, sql) == _outcome(fresh, sql), sql
     finally:
         fresh.close()
+
+
+def test_the_generation_connection_never_returns_to_the_pool(world: World) -> None:
+    """The registry's kept connection runs in autocommit; the deployment's pool must never hand it out
+    (SQLAlchemy's savepoints need a transaction)."""
+    engine = QueryEngine(world.deployment)
+    engine.execute(_cone("gaia_pg", 10, 41, 1))
+    engine.close()
+    pool = world.deployment.engine()
+    held = [pool.raw_connection() for _ in range(pool.pool.size() + 2)]
+    try:
+        assert not any(c.driver_connection.autocommit for c in held)  # type: ignore[union-attr]
+    finally:
+        for c in held:
+            c.close()
+    with world.deployment.connect() as conn, conn.begin_nested():
+        pass

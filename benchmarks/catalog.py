@@ -93,6 +93,11 @@ def main() -> int:
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/dms-bench"), help="data and databases")
     parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated subset of {PEERS}")
     parser.add_argument("--output", type=Path, help="JSON results file (default benchmarks/results/...)")
+    parser.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="only the interactive figures: cones, id lookups and 100 concurrent queries",
+    )
     args = parser.parse_args()
     if args.quick:
         args.rows, args.positions = min(args.rows, 1_000_000), min(args.positions, 10)
@@ -196,6 +201,8 @@ def workload(peers: dict[str, Any], data: Dataset, args: argparse.Namespace, res
         ("filtered count", "filtered_count", [()] * (3 if args.quick else 5), True),
         ("10-col aggregate", "aggregate", [()] * (3 if args.quick else 5), True),
     ]
+    if getattr(args, "latency_only", False):
+        ops = [o for o in ops if o[1] in ("cone", "lookup")]
     for label, op, calls, warmup in ops:
         figures = results["figures"].setdefault(label, {})
         for name, peer in peers.items():

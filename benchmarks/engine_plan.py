@@ -5,9 +5,11 @@ restrict, choose chunks, per-shard SQL) against dispatch and merge, on real Gaia
     .venv/bin/python benchmarks/engine_plan.py [--repeat 200] [--database-url postgresql://...]
 
 For a 1' cone and an id lookup on each shard kind it prints the p50 of `QueryEngine.plan` on a new query
-(cache miss) and again (cache hit), of `execute` likewise (the user's figure: SQL text to Arrow table), and
-of the per-shard SQL alone on the shard backend (`ShardBackend.execute`: what is left when planning is
-free). Writes JSON to benchmarks/results/engine-plan-DATE.json.
+(cache miss) and again (cache hit), of `execute` likewise (the user's figure: SQL text to Arrow table): on
+a miss, on a hit of the plan cache by bound text, and on a hit of the cache of query shapes (new literals
+each time: `dms.query.fast_path`), then where a shape hit's time goes (finding the literals, reading the
+registry generation, binding, the per-shard SQL with bound parameters) and the per-shard SQL with
+literals alone on the shard backend. Writes JSON to benchmarks/results/engine-plan-DATE.json.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ def measure(engine: Any, queries: list[str]) -> dict[str, float]:
             seconds.append(time.perf_counter() - started)
         return statistics.median(seconds)
 
+    from dms.query.shape import shape_of
+
     fresh = queries[1:]
     cache = engine.planner.cache
 
@@ -126,6 +130,7 @@ def measure(engine: Any, queries: list[str]) -> dict[str, float]:
 
     def execute_afresh(query: str) -> Any:
         cache.clear()
+        engine.templates.clear()
         return engine.execute(query)
 
     figures = {
@@ -134,13 +139,37 @@ def measure(engine: Any, queries: list[str]) -> dict[str, float]:
     }
     plans = {q: engine.plan(q)[0] for q in fresh}
     figures["plan (hit)"] = p50(engine.plan, fresh)
-    figures["execute (hit)"] = p50(engine.execute, fresh)
+    # a comment keeps a query out of the shape cache (dms.query.shape): the plan cache by bound text answers
+    figures["execute (text hit)"] = p50(lambda q: engine.execute(q + " -- no shape"), fresh)
+    # the shape cache: each query has new literals; the template is the first query's
+    engine.execute(queries[0])
+    figures["execute (shape hit)"] = p50(engine.execute, fresh)
 
     def shard_sql_alone(query: str) -> None:
         for job in plans[query].jobs:
             engine.stores[job.shard].execute(job.sql, timeout=60, cancel=None)
 
-    figures["shard SQL alone"] = p50(shard_sql_alone, fresh)
+    figures["shard SQL alone (literal text)"] = p50(shard_sql_alone, fresh)
+    # where a shape hit's time goes
+    key = shape_of(queries[0])
+    assert key is not None
+    template = engine.templates.get((key.key, None), engine.registry.snapshot().generation)
+    assert template is not None, "the query's shape takes no fast path"
+    shapes = {q: shape_of(q) for q in fresh}
+    snapshot = engine.registry.snapshot()
+    bound = {q: template.bind(shapes[q], snapshot, engine.stores) for q in fresh}
+    hits = [q for q in fresh if bound[q]]
+    figures["  shape_of (literals)"] = p50(shape_of, fresh)
+    figures["  registry generation read"] = p50(lambda _q: engine.registry.snapshot(), fresh)
+    figures["  bind (chunks, parameters)"] = p50(
+        lambda q: template.bind(shapes[q], snapshot, engine.stores), hits
+    )
+
+    def shard_bound(query: str) -> None:
+        for fast in bound[query] or []:
+            engine.stores[fast.shard].execute(fast.sql, timeout=None, cancel=None, params=fast.params)
+
+    figures["  shard SQL (bound parameters)"] = p50(shard_bound, hits)
     return figures
 
 

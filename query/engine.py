@@ -29,22 +29,26 @@ from sqlglot import exp
 from dms.deployment import Deployment
 from dms.query import dispatch, qserv_sql
 from dms.query.errors import QueryCancelled, QueryError, QueryRefused, QueryTimeout
+from dms.query.fast_path import FastQuery, TemplateCache, build_template
+from dms.query.integrity import reroute_damaged
 from dms.query.lineage import catalog_unit_resolver
 from dms.query.mysql_semantics import mysql_semantics
 from dms.query.parse import parse
 from dms.query.planner import Planner
 from dms.query.registry import Registry, Snapshot
 from dms.query.rewrite import PARTIALS
+from dms.query.shape import Shape, shape_of
 from dms.query.shard_plan import QueryPlan
 from dms.query.sources import ShardSql, normalize_partial
 from dms.query.validate import LOCAL_SCHEMA, Catalog, TableRef, bind
-from dms.shards import ShardBackend
+from dms.shards import ShardBackend, ShardCancelled, ShardQueryError, ShardUnavailable
 from dms.shards.parquet.transfer import LOCKED_DOWN, confine
 
 log = logging.getLogger(__name__)
 INLINE_IN_LIMIT = 10_000
 INNER_ROW_LIMIT = 5_000_000
 """Most rows of an intermediate result (WITH query, derived table, subquery, side of a set operation)."""
+SHAPE_NOTE = "plan from the cache of query shapes: this query's literals bound as parameters"
 
 
 @dataclass
@@ -67,6 +71,8 @@ class _Run:
     notes: list[str] = field(default_factory=list)
     plans: list[QueryPlan] = field(default_factory=list)
     counter: itertools.count[int] = field(default_factory=itertools.count)
+    flat: tuple[exp.Select, dict[str, TableRef], QueryPlan] | None = None
+    """The last flat SELECT planned (for the shape cache: a query that is one flat SELECT)."""
 
     def check(self) -> None:
         if self.cancel.is_set():
@@ -100,6 +106,8 @@ class QueryEngine:
         confine(self._merge, [])  # the merge reads only the Arrow tables it is given
         self._merge_udfs = False
         self._lock = threading.Lock()
+        self.templates = TemplateCache()
+        """Plans by query shape: a query of a known shape is a parameter bind (dms.query.fast_path)."""
 
     # public API --------------------------------------------------------------------------------
 
@@ -113,17 +121,96 @@ class QueryEngine:
         uploads: dict[str, pa.Table] | None = None,
         cancel: threading.Event | None = None,
     ) -> QueryResult:
+        shape = shape_of(query) if lang == "sql" and not uploads else None
+        if shape is not None:
+            fast = self._fast(shape, max_rows, timeout, cancel)
+            if fast is not None:
+                return fast
         run = self._run(lang, query, max_rows, timeout, uploads, cancel)
         if lang == "qserv":
             columns = qserv_sql.show_columns(query, run.snapshot.tables)
             if columns is not None:
                 return QueryResult(columns, False, ["answered from the registry"])
-        units = catalog_unit_resolver(self.registry.snapshot().tables)
-        table = self._evaluate(parse(query, lang, unit_of=units), run, top=True)
-        overflow = max_rows is not None and table.num_rows > max_rows
-        if overflow:
-            table = table.slice(0, max_rows)
-        return QueryResult(table, overflow, run.notes)
+        units = catalog_unit_resolver(run.snapshot.tables)
+        parsed = parse(query, lang, unit_of=units)
+        table = self._evaluate(parsed, run, top=True)
+        if shape is not None:
+            self._remember_shape(shape, parsed, run)
+        return _capped(table, max_rows, run.notes)
+
+    def _remember_shape(self, shape: Shape, parsed: exp.Query, run: _Run) -> None:
+        """Keep the plan of a flat SELECT over one catalog table by its shape (dms.query.fast_path)."""
+        if run.flat is None or len(run.plans) != 1 or run.catalog.materialized:
+            return
+        if not isinstance(parsed, exp.Select) or parsed.args.get("with_"):
+            return
+        if sum(1 for _ in parsed.find_all(exp.Select)) != 1:
+            return  # a subquery's rows may have become literals of the plan
+        select, aliases, plan = run.flat
+        template = build_template(shape, select, aliases, plan, self.stores)
+        if template is not None:
+            self.templates.put((shape.key, run.max_rows), run.snapshot.generation, template)
+
+    def _fast(
+        self, shape: Shape, max_rows: int | None, timeout: float | None, cancel: threading.Event | None
+    ) -> QueryResult | None:
+        """The result of a query of a known shape from its template (parameters bound; no merge when one
+        shard answers), or None when the usual path must answer it."""
+        snapshot = self.registry.snapshot()
+        template = self.templates.get((shape.key, max_rows), snapshot.generation)
+        if template is None:
+            return None
+        try:
+            queries = template.bind(shape, snapshot, self.stores)
+        except Exception:  # a value the usual path reports better (say, an id beyond BIGINT)
+            log.debug("shape template does not bind this query's literals", exc_info=True)
+            return None
+        if queries is None:
+            return None
+        if template.file_tables:  # files can go missing or be damaged without the registry changing
+            chunk_sets = {q.shard: list(q.chunks) for q in queries}
+            _, moved = reroute_damaged(snapshot, list(template.file_tables), self.roots, chunk_sets, {})
+            if moved:
+                return None
+        try:
+            if len(queries) == 1:  # in this thread: no dispatch, no merge
+                partials = [self._fast_shard(queries[0], timeout, cancel)]
+            else:
+                futures = [self.pool.submit(self._fast_shard, q, timeout, cancel) for q in queries]
+                partials = [f.result() for f in futures]
+        except ShardUnavailable:
+            return None  # the usual path asks the replicas
+        except ShardCancelled as exc:
+            if cancel is not None and cancel.is_set():
+                raise QueryCancelled("the query was cancelled") from exc
+            raise QueryTimeout("the query exceeded its timeout and was cancelled") from exc
+        except ShardQueryError as exc:
+            raise QueryError(f"the query failed on {exc}") from exc
+        notes = [SHAPE_NOTE, *(f"[{q.shard}] {q.sql}" for q in queries)]
+        if len(partials) == 1:
+            table = normalize_partial(template.decomposition.finish_single(partials[0]))
+        else:
+            merged = pa.concat_tables([normalize_partial(p) for p in partials], promote_options="permissive")
+            table = self._merge_partials(template.merge, merged)
+            notes.append(f"[merge] {template.merge}")
+        return _capped(table, max_rows, notes)
+
+    def _fast_shard(
+        self, query: FastQuery, timeout: float | None, cancel: threading.Event | None
+    ) -> pa.Table:
+        return self.stores[query.shard].execute(
+            query.sql, timeout=timeout, cancel=cancel, params=query.params
+        )
+
+    def _merge_partials(self, sql: str, partials: pa.Table) -> pa.Table:
+        cursor = self._merge_cursor(sql)
+        try:
+            cursor.register(PARTIALS, partials)
+            return normalize_partial(cursor.sql(sql).to_arrow_table())
+        except duckdb.Error as exc:
+            raise QueryError(f"the query failed: {str(exc).splitlines()[0]}") from exc
+        finally:
+            cursor.close()
 
     def explain(self, query: str, *, lang: str = "sql") -> str:
         run = self._run(lang, query, None, None, None, None)
@@ -143,6 +230,7 @@ class QueryEngine:
         self.pool.shutdown(wait=False, cancel_futures=True)
         for store in self.stores.values():
             store.close()
+        self.registry.close()
         self._merge.close()
 
     def __enter__(self) -> QueryEngine:
@@ -318,6 +406,7 @@ class QueryEngine:
     ) -> pa.Table:
         plan = self.planner.plan(select, aliases, shipped, run, cap)
         run.plans.append(plan)
+        run.flat = (select, aliases, plan)
         run.notes.extend(plan.describe())
         if plan.strategy == "registry":
             assert plan.output is not None
@@ -413,6 +502,13 @@ class QueryEngine:
                     register_duckdb(self._merge, temporary=False)
                     self._merge_udfs = True
         return self._merge.cursor()  # integer division is set for the whole connection (confine)
+
+
+def _capped(table: pa.Table, max_rows: int | None, notes: list[str]) -> QueryResult:
+    overflow = max_rows is not None and table.num_rows > max_rows
+    if overflow:
+        table = table.slice(0, max_rows)
+    return QueryResult(table, overflow, notes)
 
 
 def _refuse_case_blind_set(query: exp.SetOperation, left: pa.Table, run: _Run) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
+from psycopg import sql
 
 from dms.query.sqlcompose import column_definitions, ident, setting, statement
 
@@ -32,21 +33,53 @@ deployment's login is a superuser: PostgreSQL lets no one else set it)."""
 
 
 @contextmanager
-def reader_transaction(conn: psycopg.Connection[Any], timeout: float | None) -> Iterator[None]:
-    """A READ ONLY transaction as the reader role with the query limits; the caller runs the query in it."""
+def reader_transaction(
+    conn: psycopg.Connection[Any], timeout: float | None, *, one_message: bool = False
+) -> Iterator[None]:
+    """A READ ONLY transaction as the reader role with the query limits; the caller runs the query in it.
+
+    With `one_message` (an autocommit connection outside a transaction, and a caller that runs plain
+    cursors only), BEGIN and the settings go to the server as one message: one round trip fewer."""
+    if one_message and conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        with _one_message_transaction(conn, timeout):
+            yield
+        return
     previous = conn.read_only
     conn.read_only = True  # psycopg then starts the transaction with BEGIN READ ONLY
+    settings = _settings(conn, timeout)
     try:
         with conn.transaction():
-            if conn.info.parameter_status("is_superuser") == "on":
-                conn.execute(setting("temp_file_limit", TEMP_FILE_LIMIT))
-            conn.execute(statement("SET LOCAL ROLE {role}", role=READER_ROLE))
-            conn.execute(setting("work_mem", WORK_MEM))
-            if timeout is not None:
-                conn.execute(setting("statement_timeout", max(1, int(timeout * 1000))))
+            # one round trip for all of them (several statements without parameters are one message)
+            conn.execute(sql.SQL("; ").join(settings))
             yield
     finally:
         _restore_read_only(conn, previous)
+
+
+@contextmanager
+def _one_message_transaction(conn: psycopg.Connection[Any], timeout: float | None) -> Iterator[None]:
+    conn.execute(sql.SQL("; ").join([sql.SQL("BEGIN READ ONLY"), *_settings(conn, timeout)]))
+    try:
+        yield
+    except BaseException:
+        if not conn.closed:
+            try:
+                conn.execute("ROLLBACK")
+            except psycopg.Error:  # a broken connection: it is closed, not pooled again
+                conn.close()
+        raise
+    conn.execute("COMMIT")
+
+
+def _settings(conn: psycopg.Connection[Any], timeout: float | None) -> list[sql.Composable]:
+    settings: list[sql.Composable] = []
+    if conn.info.parameter_status("is_superuser") == "on":
+        settings.append(setting("temp_file_limit", TEMP_FILE_LIMIT))
+    settings.append(statement("SET LOCAL ROLE {role}", role=READER_ROLE))
+    settings.append(setting("work_mem", WORK_MEM))
+    if timeout is not None:
+        settings.append(setting("statement_timeout", max(1, int(timeout * 1000))))
+    return settings
 
 
 def _restore_read_only(conn: psycopg.Connection[Any], previous: bool | None) -> None:

@@ -8,9 +8,11 @@ running load never is (queries read only the loads the snapshot lists as committ
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -84,9 +86,12 @@ class Snapshot:
         return {int(c) for lo, hi in zip(first, last, strict=True) for c in chunk[lo:hi]}
 
 
+GENERATION_SQL = "SELECT generation FROM dms.catalog_generation WHERE id = 1"
+
+
 def _generation(conn: sa.Connection) -> int:
     """The registry generation: bumped by triggers in every transaction that changes the registry."""
-    row = conn.execute(sa.text("SELECT generation FROM dms.catalog_generation WHERE id = 1"))
+    row = conn.execute(sa.text(GENERATION_SQL))
     return int(row.scalar_one())
 
 
@@ -95,8 +100,46 @@ class Registry:
         self.deployment = deployment
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
+        self._generation_lock = threading.Lock()
+        self._generation_conn: Any = None
+
+    def generation(self) -> int | None:
+        """The registry generation, read on a connection kept for it (one round trip, no pool checkout or
+        ping); None when that connection cannot answer (the caller then reads it the usual way)."""
+        with self._generation_lock:
+            for _ in range(2):  # a connection the server dropped is replaced once
+                try:
+                    if self._generation_conn is None:
+                        raw = self.deployment.engine().raw_connection()
+                        raw.detach()  # its own from now on: never handed back to the pool in autocommit
+                        raw.driver_connection.autocommit = True  # type: ignore[union-attr]
+                        self._generation_conn = raw
+                    cursor = self._generation_conn.cursor()
+                    cursor.execute(GENERATION_SQL)
+                    row = cursor.fetchone()
+                    cursor.close()
+                    return int(row[0])
+                except Exception:  # any failure: drop the connection, read it the usual way
+                    self._drop_generation_conn()
+            return None
+
+    def _drop_generation_conn(self) -> None:
+        if self._generation_conn is not None:
+            with contextlib.suppress(Exception):  # already broken
+                self._generation_conn.invalidate()
+            self._generation_conn = None
+
+    def close(self) -> None:
+        with self._generation_lock:
+            if self._generation_conn is not None:
+                self._generation_conn.close()
+                self._generation_conn = None
 
     def snapshot(self) -> Snapshot:
+        generation = self.generation()
+        with self._lock:
+            if self._snapshot is not None and self._snapshot.generation == generation:
+                return self._snapshot
         with self.deployment.connect(check_schema=False) as conn:
             generation = _generation(conn)
             with self._lock:

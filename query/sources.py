@@ -9,6 +9,7 @@ spatial restriction (which let PostgreSQL use its index and DuckDB skip row grou
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +25,7 @@ from dms.schema.catalog import SQL_TYPES, CatalogTable
 from dms.shards import ShardBackend
 
 MAX_RANGES = 64
+_FILES = "dms_files"
 ChunkKey = tuple[int, int]
 
 
@@ -43,6 +45,11 @@ class ShardSql:
         self.primary_alias: str | None = None
         self.radius: dict[str, float] = {}
         self.ranges: dict[str, np.ndarray] = {}
+        self.parameters: dict[str, Any] | None = None
+        """When a dict: the chunk-dependent values (files, `_healpix_29` ranges, chunk lists) are rendered as
+        named placeholders and their values put here, so the text depends only on `signature`."""
+        self.signature: list[tuple[str, int]] = []
+        """In parameter mode: what the text depends on besides the template (kinds and padded lengths)."""
 
     # choosing chunks --------------------------------------------------------------------------------
 
@@ -140,13 +147,14 @@ class ShardSql:
             table.replace(_shipped_table(ref, alias))
             return
         catalog = ref.catalog
-        data = self.snapshot.chunks[catalog.name]
-        shard = backend.name
-        if catalog.partitioned:
-            files = [f for key in chunks for f in data.files.get((shard, *key), [])]
+        files = self._files(catalog, backend.name, chunks)
+        if self.parameters is not None and catalog.partitioned:
+            relation, value = backend.relation_bound(catalog, files, _FILES)
+            if value is not None:
+                self.parameters[_FILES] = value
+            self.signature.append(("relation", relation is not None))
         else:
-            files = data.replicated_files.get(shard, [])
-        relation = backend.relation(catalog, files)
+            relation = backend.relation(catalog, files)
         if relation is None:
             table.replace(empty_relation(catalog, alias))
         else:
@@ -197,7 +205,6 @@ class ShardSql:
     ) -> None:
         """Chunk-locality predicates of a partitioned table, and (on shards that keep every load in one table)
         the committed-loads filter of every catalog table."""
-        shard = backend.name
         predicates: list[exp.Expression] = []
         column = _column
         if alias in self.overlap_aliases:
@@ -225,22 +232,15 @@ class ShardSql:
             predicates.append(
                 exp.EQ(this=column("_chunk", alias), expression=column("_chunk", self.primary_alias))
             )
-        ranges = self.ranges.get(alias)
-        if ranges is not None:
-            shard_ranges = np.array(
-                [[o_lo, o_hi] for o_lo, o_hi in (_chunk_range(k) for k in chunks)], np.int64
-            ).reshape(-1, 2)
-            from dms.query.restrict import intersect_ranges
-
-            clipped = intersect_ranges(merge_ranges(ranges), merge_ranges(shard_ranges))
-            predicates.append(_range_predicate(column("_healpix_29", alias), clipped))
-        if backend.shared_table and catalog.partitioned and alias not in self.overlap_aliases:
-            # the shard's table also holds the replicas of other shards' chunks
-            total = self.snapshot.chunks[catalog.name]
-            on_shard = int((total.shard == shard).sum())
-            if catalog.replicas > 1 or (ranges is None and on_shard and len(chunks) < on_shard):
-                values = [exp.Literal.number(int(nuniq(o, p))) for o, p in chunks]
-                predicates.append(exp.In(this=column("_chunk", alias), expressions=values))
+        clipped = self._clipped_ranges(alias, chunks)
+        if clipped is not None:
+            if self.parameters is not None:
+                predicates.append(self._bound_ranges(column("_healpix_29", alias), clipped))
+            else:
+                predicates.append(_range_predicate(column("_healpix_29", alias), clipped))
+        values = self._chunk_values(alias, catalog, backend, chunks)
+        if values is not None:
+            predicates.append(self._chunk_list(column("_chunk", alias), values))
         if backend.shared_table:
             predicates.append(self._committed_rows(column("_load_id", alias), catalog))
         if not predicates:
@@ -250,6 +250,94 @@ class ShardSql:
             join.set("on", exp.and_(join.args["on"], condition) if join.args.get("on") else condition)
         else:
             query.where(condition, copy=False)
+
+    def _files(self, catalog: CatalogTable, shard: str, chunks: list[ChunkKey]) -> list[str]:
+        data = self.snapshot.chunks[catalog.name]
+        if catalog.partitioned:
+            return [f for key in chunks for f in data.files.get((shard, *key), [])]
+        return data.replicated_files.get(shard, [])
+
+    def _clipped_ranges(self, alias: str, chunks: list[ChunkKey]) -> np.ndarray | None:
+        """The alias's `_healpix_29` ranges within the chunks (None: no spatial restriction)."""
+        ranges = self.ranges.get(alias)
+        if ranges is None:
+            return None
+        from dms.query.restrict import intersect_ranges
+
+        shard_ranges = np.array([_chunk_range(k) for k in chunks], np.int64).reshape(-1, 2)
+        return intersect_ranges(merge_ranges(ranges), merge_ranges(shard_ranges))
+
+    def _chunk_values(
+        self, alias: str, catalog: CatalogTable, backend: ShardBackend, chunks: list[ChunkKey]
+    ) -> list[int] | None:
+        """The `_chunk` values a shared-table shard must filter on (its table also holds the replicas of
+        other shards' chunks), or None when the ranges or the whole table already select the rows."""
+        if not (backend.shared_table and catalog.partitioned and alias not in self.overlap_aliases):
+            return None
+        total = self.snapshot.chunks[catalog.name]
+        on_shard = int((total.shard == backend.name).sum())
+        if catalog.replicas > 1 or (alias not in self.ranges and on_shard and len(chunks) < on_shard):
+            return [int(nuniq(o, p)) for o, p in chunks]
+        return None
+
+    def bound_values(
+        self, alias: str, catalog: CatalogTable, backend: ShardBackend, chunks: list[ChunkKey]
+    ) -> tuple[tuple[tuple[str, int], ...], dict[str, Any]]:
+        """In parameter mode, the signature and the parameters that building the per-shard query of one
+        partitioned alias would give, without building it (the fast path's text is then looked up)."""
+        params: dict[str, Any] = {}
+        signature: list[tuple[str, int]] = []
+        relation, value = backend.relation_bound(catalog, self._files(catalog, backend.name, chunks), _FILES)
+        if value is not None:
+            params[_FILES] = value
+        signature.append(("relation", relation is not None))
+        clipped = self._clipped_ranges(alias, chunks)
+        if clipped is not None:
+            clipped = _fewer_ranges(clipped)
+            slots = _padded(len(clipped))
+            signature.append(("ranges", slots))
+            for i in range(slots):
+                lo, hi = clipped[min(i, len(clipped) - 1)].tolist()
+                params[f"dms_r{i}lo"], params[f"dms_r{i}hi"] = int(lo), int(hi)
+        values = self._chunk_values(alias, catalog, backend, chunks)
+        if values is not None:
+            slots = _padded(len(values))
+            signature.append(("chunks", slots))
+            for i in range(slots):
+                params[f"dms_c{i}"] = values[min(i, len(values) - 1)]
+        return tuple(signature), params
+
+    def _bound_ranges(self, column: exp.Column, ranges: np.ndarray) -> exp.Expression:
+        """The ranges as placeholders, padded (by repeating the last) to a power of two of them so that few
+        texts serve every cone."""
+        assert self.parameters is not None
+        ranges = _fewer_ranges(ranges)
+        slots = _padded(len(ranges))
+        self.signature.append(("ranges", slots))
+        if not slots:
+            return exp.false()
+        terms = []
+        for i in range(slots):
+            lo, hi = ranges[min(i, len(ranges) - 1)].tolist()
+            self.parameters[f"dms_r{i}lo"], self.parameters[f"dms_r{i}hi"] = int(lo), int(hi)
+            terms.append(
+                exp.Between(
+                    this=column.copy(),
+                    low=exp.Placeholder(this=f"dms_r{i}lo"),
+                    high=exp.Placeholder(this=f"dms_r{i}hi"),
+                )
+            )
+        return exp.paren(exp.or_(*terms)) if len(terms) > 1 else terms[0]
+
+    def _chunk_list(self, column: exp.Column, values: list[int]) -> exp.Expression:
+        if self.parameters is None:
+            return exp.In(this=column, expressions=[exp.Literal.number(v) for v in values])
+        slots = _padded(len(values))
+        self.signature.append(("chunks", slots))
+        names = [f"dms_c{i}" for i in range(slots)]
+        for i, name in enumerate(names):
+            self.parameters[name] = values[min(i, len(values) - 1)]
+        return exp.In(this=column, expressions=[exp.Placeholder(this=n) for n in names])
 
     def _committed_rows(self, load_id: exp.Column, catalog: CatalogTable) -> exp.Expression:
         """Rows of a shared-table shard a query may read: those of the loads committed as of the snapshot,
@@ -288,6 +376,21 @@ def _chunk_range(key: ChunkKey) -> tuple[int, int]:
 def _range_predicate(column: exp.Column, ranges: np.ndarray) -> exp.Expression:
     if len(ranges) == 0:
         return exp.false()
+    ranges = _fewer_ranges(ranges)
+    terms = [
+        exp.Between(this=column.copy(), low=exp.Literal.number(int(lo)), high=exp.Literal.number(int(hi)))
+        for lo, hi in ranges.tolist()
+    ]
+    return exp.paren(exp.or_(*terms)) if len(terms) > 1 else terms[0]
+
+
+def _padded(count: int) -> int:
+    """The next power of two (0 stays 0)."""
+    return 0 if count == 0 else 1 << (count - 1).bit_length()
+
+
+def _fewer_ranges(ranges: np.ndarray) -> np.ndarray:
+    """At most MAX_RANGES ranges: the smallest gaps merged (a few more rows tested, a shorter query)."""
     while len(ranges) > MAX_RANGES:  # merge the smallest gaps: a few more rows tested, a shorter query
         gaps = ranges[1:, 0] - ranges[:-1, 1]
         cut = np.sort(gaps)[len(ranges) - MAX_RANGES - 1]
@@ -295,11 +398,7 @@ def _range_predicate(column: exp.Column, ranges: np.ndarray) -> exp.Expression:
         starts = ranges[keep, 0]
         ends = np.r_[ranges[np.flatnonzero(keep)[1:] - 1, 1], ranges[-1, 1]]
         ranges = np.stack([starts, ends], axis=1)
-    terms = [
-        exp.Between(this=column.copy(), low=exp.Literal.number(int(lo)), high=exp.Literal.number(int(hi)))
-        for lo, hi in ranges.tolist()
-    ]
-    return exp.paren(exp.or_(*terms)) if len(terms) > 1 else terms[0]
+    return ranges
 
 
 def _shipped_table(ref: TableRef, alias: str) -> exp.Table:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -138,6 +138,13 @@ class ShardBackend(ABC):
         """The FROM item that reads `table` on this shard, given the registry's files of the chunks a query
         reads (paths as `write_load` returned them); None when the shard holds none of them."""
 
+    def relation_bound(
+        self, table: CatalogTable, files: list[str], parameter: str
+    ) -> tuple[exp.Expression | None, Any]:
+        """`relation` with what depends on the files as the named placeholder `parameter`, and its value
+        (None when the relation does not depend on them): one per-shard text then serves every chunk set."""
+        return self.relation(table, files), None
+
     @abstractmethod
     def execute(
         self,
@@ -146,8 +153,11 @@ class ShardBackend(ABC):
         timeout: float | None,
         cancel: threading.Event | None,
         tables: dict[str, pa.Table] | None = None,
+        params: dict[str, Any] | None = None,
     ) -> pa.Table:
-        """Run one per-shard query (read-only; with small `tables` shipped to the shard) and return its rows.
+        """Run one per-shard query (read-only; with small `tables` shipped to the shard; with `params`
+        bound to its named placeholders, as sqlglot renders `exp.Placeholder` in the shard's dialect) and
+        return its rows.
 
         Raises ShardQueryError (the query failed), ShardUnavailable (the shard cannot be reached) or
         ShardCancelled (timeout or `cancel` set)."""

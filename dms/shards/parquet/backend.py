@@ -5,11 +5,13 @@ per query)."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 import time
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -30,6 +32,9 @@ from dms.shards.parquet.transfer import LOCKED_DOWN, confine, write_chunk_file
 
 if TYPE_CHECKING:
     from dms.schema.catalog import CatalogTable
+
+# the copy it warns of is of a small result (bound parameters are the fast path's)
+warnings.filterwarnings("ignore", "Arrow output on a DB-API result", UserWarning)
 
 CANCEL_POLL = 0.02
 """Seconds between checks of a running query's cancel event and deadline."""
@@ -110,11 +115,26 @@ class DuckDBShard(ShardBackend):
         paths = [exp.Literal.string(f"{self.root}/{f}") for f in files]
         return exp.Table(this=exp.Anonymous(this="read_parquet", expressions=[exp.Array(expressions=paths)]))
 
+    def relation_bound(
+        self, table: CatalogTable, files: list[str], parameter: str
+    ) -> tuple[exp.Expression | None, Any]:
+        if not files:
+            return None, None
+        relation = exp.Table(
+            this=exp.Anonymous(this="read_parquet", expressions=[exp.Placeholder(this=parameter)])
+        )
+        return relation, [f"{self.root}/{f}" for f in files]
+
     def connection(self) -> duckdb.DuckDBPyConnection:
         """A cursor on the shard's long-lived connection (macros included), one per calling thread's query."""
         with self._lock:
             if self._conn is None:
                 self._conn = duckdb.connect(str(self.database), read_only=True, config=LOCKED_DOWN)
+                # Parquet footers kept between queries (DuckDB re-reads a file whose modification time
+                # changed): a small query no longer reads the metadata of every file it touches. Damaged
+                # files are caught before any read (dms.query.integrity).
+                with contextlib.suppress(duckdb.Error):  # locked: set by the process's first connection
+                    self._conn.execute("SET GLOBAL parquet_metadata_cache = true")
                 confine(self._conn, [self.root])
             return self._conn.cursor()
 
@@ -125,6 +145,7 @@ class DuckDBShard(ShardBackend):
         timeout: float | None,
         cancel: threading.Event | None,
         tables: dict[str, pa.Table] | None = None,
+        params: dict[str, Any] | None = None,
     ) -> pa.Table:
         try:
             cursor = self.connection()
@@ -132,21 +153,13 @@ class DuckDBShard(ShardBackend):
             raise ShardUnavailable(self.name, str(exc).splitlines()[0]) from exc
         for name, table in (tables or {}).items():
             cursor.register(name, table)
-        done = threading.Event()
         deadline = None if timeout is None else time.monotonic() + timeout
-
-        def watch() -> None:
-            while not done.wait(CANCEL_POLL):
-                if (cancel is not None and cancel.is_set()) or (
-                    deadline is not None and time.monotonic() > deadline
-                ):
-                    cursor.interrupt()
-                    return
-
-        watcher = threading.Thread(target=watch, daemon=True) if cancel is not None or deadline else None
-        if watcher:
-            watcher.start()
+        watched = cancel is not None or deadline is not None
+        if watched:
+            _WATCHDOG.watch(cursor, deadline, cancel)
         try:
+            if params:  # the DB-API call binds parameters at half the cost of `sql(..., params=...)`
+                return cursor.execute(sql, params).to_arrow_table()
             return cursor.sql(sql).to_arrow_table()
         except duckdb.InterruptException as exc:
             raise ShardCancelled(f"shard {self.name!r}: query cancelled") from exc
@@ -155,7 +168,8 @@ class DuckDBShard(ShardBackend):
         except duckdb.Error as exc:
             raise ShardQueryError(self.name, str(exc).splitlines()[0]) from exc
         finally:
-            done.set()
+            if watched:
+                _WATCHDOG.forget(cursor)
             cursor.close()
 
     def close(self) -> None:
@@ -163,3 +177,42 @@ class DuckDBShard(ShardBackend):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+class _Watchdog:
+    """One thread for every running query of the process's DuckDB shards: it interrupts a query whose
+    deadline passed or whose cancel event is set (a thread per query cost more than a small query)."""
+
+    def __init__(self) -> None:
+        self._running: dict[int, tuple[duckdb.DuckDBPyConnection, float | None, threading.Event | None]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(
+        self, cursor: duckdb.DuckDBPyConnection, deadline: float | None, cancel: threading.Event | None
+    ) -> None:
+        with self._lock:
+            self._running[id(cursor)] = (cursor, deadline, cancel)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="dms-duckdb-watchdog", daemon=True)
+                self._thread.start()
+
+    def forget(self, cursor: duckdb.DuckDBPyConnection) -> None:
+        with self._lock:  # after this no interrupt reaches the cursor (it is closed next)
+            self._running.pop(id(cursor), None)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(CANCEL_POLL)
+            now = time.monotonic()
+            with self._lock:
+                if not self._running:  # idle: the next watched query starts another
+                    self._thread = None
+                    return
+                for key, (cursor, deadline, cancel) in list(self._running.items()):
+                    if (cancel is not None and cancel.is_set()) or (deadline is not None and now > deadline):
+                        cursor.interrupt()
+                        del self._running[key]
+
+
+_WATCHDOG = _Watchdog()

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pyarrow as pa
@@ -227,11 +227,14 @@ class PostgresShard(ShardBackend):
         timeout: float | None,
         cancel: threading.Event | None,
         tables: dict[str, pa.Table] | None = None,
+        params: dict[str, Any] | None = None,
     ) -> pa.Table:
         try:
             with self._connection() as conn:
                 try:
-                    return PostgresConnection.run(conn, sql, timeout=timeout, cancel=cancel, tables=tables)
+                    return PostgresConnection.run(
+                        conn, sql, timeout=timeout, cancel=cancel, tables=tables, params=params
+                    )
                 except ShardQueryError as exc:
                     raise ShardQueryError(self.name, str(exc).split(": ", 1)[-1]) from exc
         except psycopg.OperationalError as exc:  # the server is down or unreachable

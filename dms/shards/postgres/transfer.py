@@ -73,9 +73,11 @@ class PostgresConnection:
         timeout: float | None,
         cancel: threading.Event | None,
         tables: dict[str, pa.Table] | None = None,
+        params: dict[str, Any] | None = None,
     ) -> pa.Table:
         """Run one user query as the reader role in a READ ONLY transaction (see `dms.query.reader`), with
-        `tables` shipped as temporary tables first."""
+        `tables` shipped as temporary tables first; with `params`, bound to its ``%(name)s`` placeholders
+        and the rows sent in binary (no text to parse for numbers)."""
         done = threading.Event()
 
         def watch() -> None:
@@ -90,8 +92,11 @@ class PostgresConnection:
             watcher.start()
         try:
             create_temp_tables(conn, tables or {})
-            with reader_transaction(conn, timeout), conn.cursor() as cur:
-                cur.execute(sql)
+            with reader_transaction(conn, timeout, one_message=True), conn.cursor() as cur:
+                if params:
+                    cur.execute(sql, params, binary=True)
+                else:
+                    cur.execute(sql)
                 rows = cur.fetchall()
                 description = cur.description or []
         except psycopg.errors.QueryCanceled as exc:

@@ -1,0 +1,222 @@
+"""The fast path: a query of a shape seen before, answered from the first one's plan with its new literals
+bound as parameters.
+
+A cone at new coordinates or a lookup of another id has the shape (dms.query.shape) of one planned before.
+Its `ShapeTemplate` keeps what the planner made of the first one: the bound WHERE clause (to find the new
+query's chunks: healpy's coverage or the director index, a few microseconds) and the per-shard query with
+each literal of the WHERE clause as a named placeholder. So the new query costs no parse, no binding and
+no rewrite: the chunk-dependent parts (Parquet files, `_healpix_29` ranges, chunk lists) are bound too
+(`ShardSql.parameters`), and the rendered text is kept per shard and per padded length of those lists.
+
+Which literal of the text is which node of the plan is known from the parser's positions (sqlglot's
+`meta["start"]`), checked against the literal's text. A literal that cannot be matched, that lies outside
+the WHERE clause (LIMIT, the select list) or whose value the planner used otherwise is *fixed*: the
+template serves only queries where it has the same text. Only a flat SELECT over one partitioned table
+without aggregates takes this path: on one shard it has no merge step, on several the partial results
+are merged as the first query's plan says. Anything else is planned as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlglot import exp
+
+from dms.query.registry import Snapshot
+from dms.query.restrict import RestrictionFinder
+from dms.query.rewrite import Decomposition
+from dms.query.shape import Shape
+from dms.query.shard_plan import ChunkKey, QueryPlan
+from dms.query.sources import ShardSql
+from dms.query.validate import TableRef
+from dms.schema.catalog import CatalogTable
+from dms.shards import ShardBackend
+
+log = logging.getLogger(__name__)
+TEMPLATE_CACHE_SIZE = 256
+"""Shapes an engine keeps templates of (the least recently used go first)."""
+_PG_PLACEHOLDER = re.compile(r"%\(dms_\w+\)s")
+
+
+@dataclass(frozen=True)
+class FastQuery:
+    """One per-shard query of the fast path: its shard, chunks, text and parameters."""
+
+    shard: str
+    chunks: tuple[ChunkKey, ...]
+    sql: str
+    params: dict[str, Any]
+
+
+@dataclass
+class ShapeTemplate:
+    """The plan of one query shape with the WHERE clause's literals as parameters."""
+
+    alias: str
+    table: CatalogTable
+    select: exp.Select
+    aliases: dict[str, TableRef]
+    where: exp.Expression
+    shard_template: exp.Select
+    decomposition: Decomposition
+    merge: str
+    """The merge database's query over the partial results of several shards."""
+    slot_of_start: dict[int, int]
+    """The first query's literal positions (as the plan's nodes remember them) -> literal number."""
+    parameters: frozenset[int]
+    fixed: dict[int, tuple[str, str]]
+    """Literal number -> (kind, text) it must have for this template to apply."""
+    file_tables: tuple[CatalogTable, ...]
+    texts: dict[Hashable, str | None] = field(default_factory=dict)
+    """(shard, signature) -> rendered per-shard text (None: not usable with parameters)."""
+
+    def bind(
+        self, shape: Shape, snapshot: Snapshot, stores: dict[str, ShardBackend]
+    ) -> list[FastQuery] | None:
+        """The per-shard queries of a query of this shape (one per shard its chunks are on), or None when
+        this path does not apply to it (a fixed literal differs, or no chunk is read)."""
+        literals = shape.literals
+        for i, fixed in self.fixed.items():
+            if (literals[i].kind, literals[i].text) != fixed:
+                log.debug("shape template: literal %d is fixed at %r", i, fixed[1])
+                return None
+        where = self.where.copy()
+        for node in where.find_all(exp.Literal):
+            slot = self.slot_of_start.get(node.meta.get("start", -1))
+            if slot is not None and slot in self.parameters:
+                node.set("this", literals[slot].text)
+        restriction = RestrictionFinder(self.alias, self.table).find(where)
+        builder = ShardSql(self.select, self.aliases, snapshot, stores)
+        builder.primary_alias = self.alias
+        chunk_sets = builder.choose_chunks(self.table, restriction.ranges, restriction.ids)
+        if not chunk_sets:
+            return None  # the usual path answers from the empty relation
+        builder.ranges = {self.alias: restriction.ranges} if restriction.ranges is not None else {}
+        user = {f"dms_p{i}": literals[i].value for i in self.parameters}
+        queries = []
+        for shard, chunks in sorted(chunk_sets.items()):
+            builder.parameters, builder.signature = {}, []
+            signature, bound = builder.bound_values(self.alias, self.table, stores[shard], chunks)
+            key = (shard, signature)
+            if key not in self.texts:  # built once per shard and padded list lengths
+                expression = builder.shard_expression(self.shard_template, shard, chunks)
+                assert tuple(builder.signature) == signature and builder.parameters == bound
+                self.texts[key] = _render(expression, stores[shard].dialect)
+            text = self.texts[key]
+            if text is None:
+                return None
+            queries.append(FastQuery(shard, tuple(chunks), text, {**user, **bound}))
+        return queries
+
+
+def _render(expression: exp.Select, dialect: str) -> str | None:
+    text = expression.sql(dialect)
+    if dialect == "postgres" and "%" in _PG_PLACEHOLDER.sub("", text):
+        return None  # a % of the query itself would need escaping for psycopg's placeholders
+    return text
+
+
+def build_template(
+    shape: Shape,
+    select: exp.Select,
+    aliases: dict[str, TableRef],
+    plan: QueryPlan,
+    stores: dict[str, ShardBackend],
+) -> ShapeTemplate | None:
+    """The template of a planned flat SELECT, or None when its shape cannot take the fast path."""
+    if plan.strategy != "chunks" or plan.aggregated or plan.overlap_aliases or plan.decomposition is None:
+        return None
+    if plan.merge is None:
+        return None
+    if len(aliases) != 1 or select.args.get("joins") or plan.primary_alias not in aliases:
+        return None
+    alias = plan.primary_alias
+    table = aliases[alias].catalog
+    where = select.args.get("where")
+    if table is None or not table.partitioned or table.role == "match" or where is None:
+        return None
+    kinds = {stores[s].dialect for s in stores if stores[s].kind == table.storage_kind}
+    strings_bind = kinds <= {"postgres"}  # DuckDB types a bound string as VARCHAR, a literal as anything
+    slot_of_start = {lit.start: i for i, lit in enumerate(shape.literals)}
+    shard = plan.decomposition.shard.copy()
+    usable: dict[int, bool] = {}
+    for tree, top in ((select, select), (shard, shard)):
+        for node in tree.find_all(exp.Literal):
+            slot = slot_of_start.get(node.meta.get("start", -1))
+            if slot is None:
+                continue
+            literal = shape.literals[slot]
+            ok = (
+                node.this == literal.text
+                and node.is_string == (literal.kind == "string")
+                and (strings_bind or literal.kind != "string")
+                and node.find_ancestor(exp.Where) is top.args.get("where")
+                and node.parent_select is top
+            )
+            usable[slot] = usable.get(slot, True) and ok
+    parameters = frozenset(slot for slot, ok in usable.items() if ok)
+    for node in list(shard.find_all(exp.Literal)):
+        slot = slot_of_start.get(node.meta.get("start", -1))
+        if slot in parameters:
+            node.replace(exp.Placeholder(this=f"dms_p{slot}"))
+    fixed = {i: (lit.kind, lit.text) for i, lit in enumerate(shape.literals) if i not in parameters}
+    return ShapeTemplate(
+        alias=alias,
+        table=table,
+        select=select,
+        aliases=aliases,
+        where=where.copy(),
+        shard_template=shard,
+        decomposition=plan.decomposition,
+        merge=plan.merge or "",
+        slot_of_start=slot_of_start,
+        parameters=parameters,
+        fixed=fixed,
+        file_tables=plan.file_tables,
+    )
+
+
+class TemplateCache:
+    """A thread-safe LRU map of (shape, result cap, registry generation) to templates; emptied when the
+    generation changes (a load, drop or placement change), since no older key can be asked again."""
+
+    def __init__(self, size: int = TEMPLATE_CACHE_SIZE) -> None:
+        self.size = size
+        self._templates: OrderedDict[Hashable, ShapeTemplate] = OrderedDict()
+        self._generation: int | None = None
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, generation: int) -> ShapeTemplate | None:
+        with self._lock:
+            if generation != self._generation:
+                self._templates.clear()
+                self._generation = generation
+                return None
+            template = self._templates.get(key)
+            if template is not None:
+                self._templates.move_to_end(key)
+            return template
+
+    def put(self, key: Hashable, generation: int, template: ShapeTemplate) -> None:
+        with self._lock:
+            if generation != self._generation:
+                self._templates.clear()
+                self._generation = generation
+            self._templates[key] = template
+            self._templates.move_to_end(key)
+            while len(self._templates) > self.size:
+                self._templates.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._templates.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._templates)

@@ -393,7 +393,7 @@ def test_unreleased_data_on_the_dac_and_on_qa(meta_vo: MetaVO, tokens: dict[str,
     url, deployment = meta_vo.url, meta_vo.deployment
     query = "SELECT count(*) AS n FROM survey.obj"
     catalog = "SELECT count(*) AS n FROM catalog.gaia"
-    # IN_UNIT needs the columns' units, which only the engine knows: the visibility check must still see the table
+    # IN_UNIT needs the columns' units, which only the engine knows: the visibility check still sees the table
     in_unit = "SELECT count(*) AS n FROM catalog.gaia WHERE IN_UNIT(dec, 'arcsec') > -324000"
     dms(deployment, "release", "set", "survey", "unreleased")
     dms(deployment, "release", "set", "catalog.gaia", "unreleased")

@@ -24,19 +24,19 @@ DECLARE
     py double precision := _dms_sc_y(lon, lat);
     pz double precision := _dms_sc_z(lat);
     ax double precision; ay double precision; az double precision;
-    bx double precision; by double precision; bz double precision;
+    bx double precision; b_y double precision; bz double precision;
     ap double precision; bp double precision;
     total double precision := 0;
 BEGIN
     FOR i IN 1 .. n LOOP
         j := i % n + 1;
         ax := _dms_sc_x(g[2 * i - 1], g[2 * i]); ay := _dms_sc_y(g[2 * i - 1], g[2 * i]); az := _dms_sc_z(g[2 * i]);
-        bx := _dms_sc_x(g[2 * j - 1], g[2 * j]); by := _dms_sc_y(g[2 * j - 1], g[2 * j]); bz := _dms_sc_z(g[2 * j]);
+        bx := _dms_sc_x(g[2 * j - 1], g[2 * j]); b_y := _dms_sc_y(g[2 * j - 1], g[2 * j]); bz := _dms_sc_z(g[2 * j]);
         ap := ax * px + ay * py + az * pz;
-        bp := bx * px + by * py + bz * pz;
+        bp := bx * px + b_y * py + bz * pz;
         total := total + atan2(
-            (ay * bz - az * by) * px + (az * bx - ax * bz) * py + (ax * by - ay * bx) * pz,
-            ax * bx + ay * by + az * bz - ap * bp);
+            (ay * bz - az * b_y) * px + (az * bx - ax * bz) * py + (ax * b_y - ay * bx) * pz,
+            ax * bx + ay * b_y + az * bz - ap * bp);
     END LOOP;
     RETURN abs(total) > pi();
 END;
@@ -44,15 +44,15 @@ $$;
 
 CREATE OR REPLACE FUNCTION _dms_arc_distance(
     ax double precision, ay double precision, az double precision,
-    bx double precision, by double precision, bz double precision,
+    bx double precision, b_y double precision, bz double precision,
     cx double precision, cy double precision, cz double precision)
 RETURNS double precision
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
 AS $$
 DECLARE
-    nx double precision := ay * bz - az * by;
+    nx double precision := ay * bz - az * b_y;
     ny double precision := az * bx - ax * bz;
-    nz double precision := ax * by - ay * bx;
+    nz double precision := ax * b_y - ay * bx;
     nn double precision := sqrt(nx * nx + ny * ny + nz * nz);
     d double precision;
     qx double precision; qy double precision; qz double precision;
@@ -63,7 +63,7 @@ BEGIN
         qx := cx - d * nx; qy := cy - d * ny; qz := cz - d * nz;  -- c projected on the edge's plane
         -- q lies between a and b when a -> q and q -> b both turn the way a -> b does
         IF ((ay * qz - az * qy) * nx + (az * qx - ax * qz) * ny + (ax * qy - ay * qx) * nz) >= 0
-            AND ((qy * bz - qz * by) * nx + (qz * bx - qx * bz) * ny + (qx * by - qy * bx) * nz) >= 0
+            AND ((qy * bz - qz * b_y) * nx + (qz * bx - qx * bz) * ny + (qx * b_y - qy * bx) * nz) >= 0
             AND qx * qx + qy * qy + qz * qz > 0 THEN
             RETURN asin(least(1.0, abs(d)));
         END IF;
@@ -71,31 +71,31 @@ BEGIN
     RETURN least(
         atan2(sqrt((ay * cz - az * cy) ^ 2 + (az * cx - ax * cz) ^ 2 + (ax * cy - ay * cx) ^ 2),
             ax * cx + ay * cy + az * cz),
-        atan2(sqrt((by * cz - bz * cy) ^ 2 + (bz * cx - bx * cz) ^ 2 + (bx * cy - by * cx) ^ 2),
-            bx * cx + by * cy + bz * cz));
+        atan2(sqrt((b_y * cz - bz * cy) ^ 2 + (bz * cx - bx * cz) ^ 2 + (bx * cy - b_y * cx) ^ 2),
+            bx * cx + b_y * cy + bz * cz));
 END;
 $$;
 
 CREATE OR REPLACE FUNCTION _dms_arcs_cross(
     ax double precision, ay double precision, az double precision,
-    bx double precision, by double precision, bz double precision,
+    bx double precision, b_y double precision, bz double precision,
     cx double precision, cy double precision, cz double precision,
-    dx double precision, dy double precision, dz double precision)
+    dx double precision, d_y double precision, dz double precision)
 RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
 AS $$
 DECLARE
     -- the normals of the two great circles
-    mx double precision := ay * bz - az * by;
+    mx double precision := ay * bz - az * b_y;
     my double precision := az * bx - ax * bz;
-    mz double precision := ax * by - ay * bx;
-    nx double precision := cy * dz - cz * dy;
+    mz double precision := ax * b_y - ay * bx;
+    nx double precision := cy * dz - cz * d_y;
     ny double precision := cz * dx - cx * dz;
-    nz double precision := cx * dy - cy * dx;
+    nz double precision := cx * d_y - cy * dx;
     xx double precision; xy double precision; xz double precision;
 BEGIN
-    IF (mx * cx + my * cy + mz * cz) * (mx * dx + my * dy + mz * dz) > 0
-        OR (nx * ax + ny * ay + nz * az) * (nx * bx + ny * by + nz * bz) > 0 THEN
+    IF (mx * cx + my * cy + mz * cz) * (mx * dx + my * d_y + mz * dz) > 0
+        OR (nx * ax + ny * ay + nz * az) * (nx * bx + ny * b_y + nz * bz) > 0 THEN
         RETURN false;  -- one arc lies on one side of the other's great circle
     END IF;
     -- the circles meet at +-x; the arcs cross if one of the two lies on both arcs
@@ -103,13 +103,13 @@ BEGIN
     IF xx * xx + xy * xy + xz * xz = 0 THEN
         RETURN false;  -- the same great circle: overlapping arcs share vertices, which the callers test
     END IF;
-    IF xx * (ax + bx) + xy * (ay + by) + xz * (az + bz) < 0 THEN
+    IF xx * (ax + bx) + xy * (ay + b_y) + xz * (az + bz) < 0 THEN
         xx := -xx; xy := -xy; xz := -xz;
     END IF;
     RETURN ((ay * xz - az * xy) * mx + (az * xx - ax * xz) * my + (ax * xy - ay * xx) * mz) >= 0
-        AND ((xy * bz - xz * by) * mx + (xz * bx - xx * bz) * my + (xx * by - xy * bx) * mz) >= 0
+        AND ((xy * bz - xz * b_y) * mx + (xz * bx - xx * bz) * my + (xx * b_y - xy * bx) * mz) >= 0
         AND ((cy * xz - cz * xy) * nx + (cz * xx - cx * xz) * ny + (cx * xy - cy * xx) * nz) >= 0
-        AND ((xy * dz - xz * dy) * nx + (xz * dx - xx * dz) * ny + (xx * dy - xy * dx) * nz) >= 0;
+        AND ((xy * dz - xz * d_y) * nx + (xz * dx - xx * dz) * ny + (xx * d_y - xy * dx) * nz) >= 0;
 END;
 $$;
 

@@ -354,6 +354,12 @@ def intersects(a: Shape, b: Shape) -> exp.Expression:
                 )
             return _combine(one, [intersects(m, other) for m in one.members])
     exact = fn("adql_intersects", array(a), array(b))
+    if isinstance(a, RegionColumn) and isinstance(b, RegionColumn):
+        overlap = exp.ArrayOverlaps(
+            this=a.companion(regions.MOC_SUFFIX), expression=b.companion(regions.MOC_SUFFIX)
+        )
+        both = exp.and_(overlap, exp.EQ(this=exact, expression=exp.Literal.number(1)))
+        return as_int(typing.cast(exp.Expression, both))
     for one, other in ((a, b), (b, a)):
         if isinstance(one, RegionColumn):
             return _pruned(one, other, exact)

@@ -148,12 +148,11 @@ class _Reader:
         for words in (FRAMES, REFERENCE_POSITIONS, FLAVORS):
             token = self.peek()
             if token is not None and token.text.upper() in words:
+                if words is FLAVORS and token.text.upper() not in ("SPHERICAL2", "UNITSPHERE"):
+                    raise self.error(f"flavor {token.text} is not a sky position (use SPHERICAL2)", token)
                 self.take()
                 if words is FRAMES:
                     frame = token.text.upper()
-        token = self.peek()
-        if token is not None and token.text.upper() in FLAVORS - {"SPHERICAL2", "UNITSPHERE"}:
-            raise self.error(f"flavor {token.text} is not a sky position (use SPHERICAL2)", token)
         return frame
 
     def number(self) -> float:

@@ -25,8 +25,8 @@ from dms.query.adql import stcs
 
 log = logging.getLogger(__name__)
 
-MOC_ORDER = 8
-"""HEALPix order of the stored coverage: cells of about 0.23 degrees, a few per LSSTCam detector."""
+MOC_ORDER = 10
+"""HEALPix order of the stored coverage: cells of about 0.057 degrees, some 40 per LSSTCam detector."""
 
 MAX_QUERY_CELLS = 4096
 """A query region covering more cells than this is not pruned by coverage (the exact test alone)."""

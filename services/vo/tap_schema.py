@@ -129,7 +129,7 @@ def _complete_obscore(conn: sa.Connection) -> None:
             "vertices [ra1, dec1, ...] (ICRS, great-circle edges); NULL if s_region is not a single shape', "
             "0, 0, 0, 902), "
             "('ivoa.ObsCore', 's_region_moc', 'long', '*', NULL, NULL, 'meta.id;pos', NULL, "
-            "'Nested HEALPix cells of order 8 covering s_region (with one ring of neighbours), for pruning', "
+            "'Nested HEALPix cells of order 10 covering s_region (and one ring of neighbours)', "
             "0, 0, 0, 903)"
         )
     )

@@ -2,7 +2,7 @@
 
 ``ivoa.ObsCore.s_region`` (STC-S text) gets the representation columns of :mod:`dms.query.regions`: the
 region as a DALI double array (exact tests by ``adql_intersects``, udfs/postgres/60_regions.sql) and its
-HEALPix coverage at order 8 (bigint[], with a GIN index for ``&&``). Existing rows are backfilled from
+HEALPix coverage at order 10 (bigint[], with a GIN index for ``&&``). Existing rows are backfilled from
 ``s_region``; a text that is not STC-S is reported with its row and left without a representation.
 
 Revision ID: c0023

@@ -116,14 +116,26 @@ $$;
 CREATE OR REPLACE FUNCTION _dms_region_edge_distance(
     g double precision[], lon double precision, lat double precision)
 RETURNS double precision
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-RETURN degrees((SELECT min(_dms_arc_distance(
-        _dms_sc_x(g[2 * i - 1], g[2 * i]), _dms_sc_y(g[2 * i - 1], g[2 * i]), _dms_sc_z(g[2 * i]),
-        _dms_sc_x(g[2 * (i % (cardinality(g) / 2)) + 1], g[2 * (i % (cardinality(g) / 2)) + 2]),
-        _dms_sc_y(g[2 * (i % (cardinality(g) / 2)) + 1], g[2 * (i % (cardinality(g) / 2)) + 2]),
-        _dms_sc_z(g[2 * (i % (cardinality(g) / 2)) + 2]),
-        _dms_sc_x(lon, lat), _dms_sc_y(lon, lat), _dms_sc_z(lat)))
-    FROM generate_series(1, cardinality(g) / 2) AS i));
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+DECLARE
+    n integer := cardinality(g) / 2;
+    j integer;
+    px double precision := _dms_sc_x(lon, lat);
+    py double precision := _dms_sc_y(lon, lat);
+    pz double precision := _dms_sc_z(lat);
+    best double precision := 'Infinity';
+BEGIN
+    FOR i IN 1 .. n LOOP
+        j := i % n + 1;
+        best := least(best, _dms_arc_distance(
+            _dms_sc_x(g[2 * i - 1], g[2 * i]), _dms_sc_y(g[2 * i - 1], g[2 * i]), _dms_sc_z(g[2 * i]),
+            _dms_sc_x(g[2 * j - 1], g[2 * j]), _dms_sc_y(g[2 * j - 1], g[2 * j]), _dms_sc_z(g[2 * j]),
+            px, py, pz));
+    END LOOP;
+    RETURN degrees(best);
+END;
+$$;
 
 CREATE OR REPLACE FUNCTION _dms_polygons_intersect(a double precision[], b double precision[])
 RETURNS boolean

@@ -419,3 +419,69 @@ def test_cameras_without_a_consdb_schema_write_none(backbone: Backbone, tmp_path
             for namespace in CONSDB_INSTRUMENTS.values()
         ]
     assert counts == [0, 0, 0, 0]
+
+
+def test_sia_finds_raws_by_their_footprint_not_their_bounding_circle(
+    backbone: Backbone, tmp_path: Path
+) -> None:
+    """Searches beside one edge of a real LSSTCam detector footprint (R01_S01): a circle reaching over the
+    edge finds the raw though the image centre is far outside it; a circle just outside the edge does not,
+    though it lies within the image's bounding circle (centre + s_fov / 2, what SIA matched before); a RANGE
+    around one corner finds it though the centre is outside the range."""
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+    from regions_support import meets
+
+    from dms.query import regions
+
+    header = fixture("lsstcam_MC_O_20250609_000578_R01_S01")["header"]
+    assert archive_file(backbone, write_raw(tmp_path / "raw.fits", header)).status == "archived"
+    with backbone.begin() as conn:
+        row = conn.execute(
+            sa.text(
+                "SELECT obs_id, s_ra, s_dec, s_fov, s_region, s_region_shape, s_region_moc "
+                'FROM ivoa."ObsCore"'
+            )
+        ).one()
+        sync(conn)
+    assert (row.s_region_shape, row.s_region_moc) == tuple(regions.column_values(row.s_region).values())
+    shape = list(row.s_region_shape)
+    centre = SkyCoord(row.s_ra * u.deg, row.s_dec * u.deg)
+    a, b = SkyCoord(shape[0] * u.deg, shape[1] * u.deg), SkyCoord(shape[2] * u.deg, shape[3] * u.deg)
+    middle = a.directional_offset_by(a.position_angle(b), a.separation(b) / 2)
+
+    def beyond_edge(distance: float) -> SkyCoord:
+        angle = centre.position_angle(middle)
+        return centre.directional_offset_by(angle, centre.separation(middle) + distance * u.deg)
+
+    over, outside = beyond_edge(0.02), beyond_edge(0.03)
+    reaching = [over.ra.deg, over.dec.deg, 0.03]
+    beside = [outside.ra.deg, outside.dec.deg, 0.01]
+    assert meets(shape, reaching) is True and meets(shape, beside) is False  # the independent answer
+    assert centre.separation(over).deg > reaching[2]  # the image centre is outside the search circle
+    assert centre.separation(outside).deg <= beside[2] + row.s_fov / 2  # inside the old bounding circle
+    corner = (shape[4], shape[5])
+    ranged = (corner[0] - 0.02, corner[0] + 0.02, corner[1] - 0.02, corner[1] + 0.02)
+    assert not (ranged[0] <= row.s_ra <= ranged[1] and ranged[2] <= row.s_dec <= ranged[3])
+    with running_server(backbone.deployment) as url:
+        sia = pyvo.dal.SIA2Service(f"{url}/sia")
+        found_reaching = [r["obs_id"] for r in sia.search(pos=tuple(reaching))]
+        found_beside = [r["obs_id"] for r in sia.search(pos=tuple(beside))]
+        found_range = [r["obs_id"] for r in sia.search(pos=ranged)]
+        found_polygon = [
+            r["obs_id"]
+            for r in sia.search(
+                pos=(
+                    corner[0] - 0.02,
+                    corner[1] - 0.02,
+                    corner[0] + 0.02,
+                    corner[1] - 0.02,
+                    corner[0],
+                    corner[1] + 0.02,
+                )
+            )
+        ]
+    assert found_reaching == [header["OBSID"]]
+    assert found_beside == []
+    assert found_range == [header["OBSID"]]
+    assert found_polygon == [header["OBSID"]]

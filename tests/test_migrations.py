@@ -141,9 +141,11 @@ def test_migrated_database_matches_felis_definitions(deployment: Deployment) -> 
     from dms.migrations.versions.control import c0016_minibroker as c0016
     from dms.migrations.versions.control import c0018_obscore_widths as c0018
     from dms.migrations.versions.control import c0020_batch as c0020
+    from dms.migrations.versions.control import c0023_obscore_regions as c0023
 
     extra_indexes = {s.split(" INDEX ", 1)[1].split()[0] for s in c0001.EXTRA_INDEXES + c0004.EXTRA_INDEXES}
     extra_indexes |= set(c0014.EXTRA_INDEXES) | set(c0016.EXTRA_INDEXES) | set(c0020.EXTRA_INDEXES)
+    extra_indexes.add(c0023.MOC_INDEX)
     with deployment.engine().connect() as conn:
         context = MigrationContext.configure(
             conn,
@@ -168,6 +170,7 @@ def test_migrated_database_matches_felis_definitions(deployment: Deployment) -> 
         len(extra_indexes)
         + 2 * consdb_schemas
         + len(c0005.OBSCORE_EXTRA_COLUMNS)
+        + len(c0023.REGION_COLUMNS)  # s_region_shape and s_region_moc beside s_region
         + len(c0014.SPATIAL_TABLES)
         + len(c0018.WIDENED)  # ivoa.ObsCore s_region and lsst_filter are TEXT (Felis: 512 and 10)
     )
@@ -188,8 +191,9 @@ def _explained(difference: Any, extra_indexes: set[str]) -> bool:
         return True
     if kind == "remove_column" and (difference[1], difference[2]) == ("ivoa", "ObsCore"):
         from dms.migrations.versions.control.c0005_vo import OBSCORE_EXTRA_COLUMNS
+        from dms.migrations.versions.control.c0023_obscore_regions import REGION_COLUMNS
 
-        return difference[3].name in OBSCORE_EXTRA_COLUMNS
+        return difference[3].name in OBSCORE_EXTRA_COLUMNS or difference[3].name in REGION_COLUMNS
     if kind == "remove_column" and difference[1] == "apdb":
         from dms.migrations.versions.control.c0014_apdb_spatial import EXTRA_COLUMN, SPATIAL_TABLES
 

@@ -64,6 +64,7 @@ ADQL_FUNCTIONS: tuple[str, ...] = (
     "adql_area",
     "adql_centroid",
     "adql_contains",
+    "adql_intersects",
     "adql_round",
     "adql_truncate",
     "adql_mod",

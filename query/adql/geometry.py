@@ -10,6 +10,14 @@ The rules the query engine relies on for spatial chunk pruning (kept exactly as 
 * ``INTERSECTS`` with a POINT argument is ``CONTAINS`` of that point;
 * ``DISTANCE(POINT(a, b), POINT(c, d))`` and ``DISTANCE(a, b, c, d)`` -> ``scisql_angSep(a, b, c, d)``.
 
+* a region column (ObsCore's ``s_region``: STC-S text, with its representation columns of
+  :mod:`dms.query.regions`) in CONTAINS(POINT, col) or INTERSECTS(col, shape) -> ``adql_intersects`` on
+  ``col_shape``, after ``col_moc && ARRAY[cells]`` when the other shape is a constant (HEALPix pruning);
+* INTERSECTS of two circles, polygons or region values -> ``adql_intersects`` (exact, great-circle edges);
+* REGION('STC-S') reads POSITION, CIRCLE, BOX, POLYGON and UNION, INTERSECTION, NOT: a point is in a union
+  if it is in a member (in an intersection: in every member; in a NOT: not in its member), and a region
+  intersects a union if it intersects a member.
+
 Geometry values (a POINT, CIRCLE, BOX, POLYGON or REGION in the select list, or a column holding one) are
 DALI arrays of doubles: ``[lon, lat]``, ``[lon, lat, radius]``, ``[lon1, lat1, lon2, lat2, ...]``; the
 length tells the shape. AREA, CENTROID and generic CONTAINS on such values call ``adql_*`` functions from
@@ -19,12 +27,14 @@ length tells the shape. AREA, CENTROID and generic CONTAINS on such values call 
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlglot import exp
 
-from dms.query.adql import frames
+from dms.query import regions
+from dms.query.adql import frames, stcs
 from dms.query.adql.errors import AdqlSyntaxError, AdqlUnsupportedError
 from dms.query.adql.rewrite import rewrite
 from dms.udfs import MAX_POLYGON_VERTICES
@@ -62,7 +72,30 @@ class Value:
     array: exp.Expression
 
 
-Shape = Point | Circle | Polygon | Value
+@dataclass(frozen=True)
+class RegionColumn:
+    """A region column (STC-S text) known by its representation columns (dms.query.regions)."""
+
+    column: exp.Column
+
+    def companion(self, suffix: str) -> exp.Column:
+        companion = self.column.copy()
+        companion.set("this", exp.to_identifier(self.column.name + suffix))
+        return companion
+
+
+@dataclass(frozen=True)
+class Compound:
+    """An STC-S UNION, INTERSECTION or NOT of shapes."""
+
+    operator: str
+    members: tuple[Shape, ...]
+
+
+Shape = Point | Circle | Polygon | Value | RegionColumn | Compound
+
+REGION_COLUMNS = frozenset({"s_region"})
+"""Columns that hold STC-S regions with representation columns beside them (ObsCore's s_region)."""
 
 
 def fn(name: str, *args: exp.Expression) -> exp.Anonymous:
@@ -122,6 +155,8 @@ def _split_frame(args: list[exp.Expression]) -> tuple[str, list[exp.Expression]]
 def shape(node: exp.Expression) -> Shape:
     """The shape a geometry expression denotes (a constructor, in ICRS), or a Value for anything else."""
     name = name_of(node)
+    if isinstance(node, exp.Column) and node.name.lower() in REGION_COLUMNS:
+        return RegionColumn(node)
     if name not in CONSTRUCTORS:
         return Value(node)
     assert isinstance(node, exp.Anonymous)
@@ -199,32 +234,34 @@ def _polygon(name: str, args: list[exp.Expression]) -> Polygon:
         if len(coords) % 2:
             raise AdqlSyntaxError(f"POLYGON needs pairs of coordinates, got {len(coords)} numbers")
         vertices = tuple(Point(coords[i], coords[i + 1]) for i in range(0, len(coords), 2))
-    if not 3 <= len(vertices) <= MAX_POLYGON_VERTICES:
-        raise AdqlSyntaxError(f"POLYGON needs 3 to {MAX_POLYGON_VERTICES} vertices, got {len(vertices)}")
+    if len(vertices) < 3:
+        raise AdqlSyntaxError(f"POLYGON needs at least 3 vertices, got {len(vertices)}")
     return Polygon(vertices)
 
 
 def _region(args: list[exp.Expression]) -> Shape:
-    """REGION('STC-S text') for literal POSITION, CIRCLE, BOX and POLYGON regions in ICRS."""
+    """REGION('STC-S text'): a literal region (dms.query.adql.stcs), in ICRS."""
     if len(args) != 1 or not (isinstance(args[0], exp.Literal) and args[0].is_string):
         raise AdqlUnsupportedError(
             "REGION needs one literal STC-S string, e.g. REGION('CIRCLE ICRS 10 20 1')"
         )
-    words = args[0].this.split()
-    kind = words[0].upper() if words else ""
-    rest = words[1:]
-    frame = []
-    while rest and not _is_number(rest[0]):
-        frame.append(rest.pop(0))
-    if not all(_is_number(w) for w in rest):
-        raise AdqlSyntaxError(f"REGION: cannot read STC-S {args[0].this!r}")
-    kinds = {"POSITION": "POINT", "CIRCLE": "CIRCLE", "BOX": "BOX", "POLYGON": "POLYGON"}
-    if kind not in kinds:
-        raise AdqlUnsupportedError(
-            f"REGION: STC-S {kind or 'text'!r} is not supported (POSITION, CIRCLE, BOX, POLYGON)"
-        )
-    numbers: list[exp.Expression] = [_number(w) for w in rest]
-    return shape(fn(kinds[kind], exp.Literal.string(" ".join(frame)), *numbers))
+    return _from_stcs(stcs.parse(args[0].this))
+
+
+def _from_stcs(region: stcs.Region) -> Shape:
+    if isinstance(region, stcs.Union | stcs.Intersection):
+        operator = "UNION" if isinstance(region, stcs.Union) else "INTERSECTION"
+        return Compound(operator, tuple(_from_stcs(m) for m in region.members))
+    if isinstance(region, stcs.Not):
+        return Compound("NOT", (_from_stcs(region.member),))
+    frame = exp.Literal.string(region.frame)
+    if isinstance(region, stcs.Position):
+        return shape(fn("POINT", frame, _number(region.lon), _number(region.lat)))
+    if isinstance(region, stcs.Circle):
+        return shape(fn("CIRCLE", frame, *map(_number, (region.lon, region.lat, region.radius))))
+    if isinstance(region, stcs.Box):
+        return shape(fn("BOX", frame, *map(_number, (region.lon, region.lat, region.width, region.height))))
+    return shape(fn("POLYGON", frame, *(_number(c) for v in region.vertices for c in v)))
 
 
 def _is_number(word: str) -> bool:
@@ -235,7 +272,7 @@ def _is_number(word: str) -> bool:
     return True
 
 
-def _number(word: str) -> exp.Expression:
+def _number(word: str | float) -> exp.Expression:
     value = float(word)
     literal = exp.Literal.number(repr(abs(value)))
     return exp.Neg(this=literal) if value < 0 else literal
@@ -245,6 +282,10 @@ def array(s: Shape) -> exp.Expression:
     """A shape as its DALI double array value."""
     if isinstance(s, Value):
         return s.array
+    if isinstance(s, RegionColumn):
+        return s.companion(regions.SHAPE_SUFFIX)
+    if isinstance(s, Compound):
+        raise AdqlUnsupportedError(f"a REGION {s.operator} is not a value: use it in CONTAINS or INTERSECTS")
     if isinstance(s, Point):
         items = [s.lon, s.lat]
     elif isinstance(s, Circle):
@@ -256,8 +297,14 @@ def array(s: Shape) -> exp.Expression:
 
 def contains(inner: Shape, outer: Shape) -> exp.Expression:
     """CONTAINS(inner, outer) as 1/0."""
+    if isinstance(inner, Point) and isinstance(outer, Compound):
+        return _combine(outer, [contains(inner, m) for m in outer.members])
+    if isinstance(inner, Point) and isinstance(outer, RegionColumn):
+        return intersects(inner, outer)
     if isinstance(inner, Point) and isinstance(outer, Circle):
         return fn("scisql_s2PtInCircle", inner.lon, inner.lat, outer.lon, outer.lat, outer.radius)
+    if isinstance(inner, Point) and isinstance(outer, Polygon) and len(outer.vertices) > MAX_POLYGON_VERTICES:
+        return fn("adql_intersects", array(inner), array(outer))  # beyond scisql_s2PtInCPoly's vertices
     if isinstance(inner, Point) and isinstance(outer, Polygon):
         coords = [c for v in outer.vertices for c in (v.lon, v.lat)]
         return fn("scisql_s2PtInCPoly", inner.lon, inner.lat, *coords)
@@ -266,27 +313,100 @@ def contains(inner: Shape, outer: Shape) -> exp.Expression:
         return as_int(
             exp.LTE(this=exp.Add(this=separation, expression=inner.radius), expression=outer.radius)
         )
-    if isinstance(inner, Point | Value) and not isinstance(outer, Point):
+    if isinstance(inner, Point | Value) and not isinstance(outer, Point | Compound):
         return fn("adql_contains", array(inner), array(outer))
     raise AdqlUnsupportedError(
-        f"CONTAINS of a {type(inner).__name__.upper()} in a {type(outer).__name__.upper()} is not supported; "
-        "supported: a POINT in a CIRCLE, BOX, POLYGON or region value, and a CIRCLE in a CIRCLE"
+        f"CONTAINS of a {_kind(inner)} in a {_kind(outer)} is not supported; "
+        "supported: a POINT in a CIRCLE, BOX, POLYGON, REGION or region value, and a CIRCLE in a CIRCLE"
     )
 
 
+def _kind(s: Shape) -> str:
+    if isinstance(s, Compound):
+        return f"REGION {s.operator}"
+    return "region column" if isinstance(s, RegionColumn) else type(s).__name__.upper()
+
+
+def _combine(compound: Compound, tests: list[exp.Expression]) -> exp.Expression:
+    """The 1/0 tests of a point against each member, combined as the compound's operator says."""
+    conditions = [exp.EQ(this=t, expression=exp.Literal.number(1)) for t in tests]
+    if compound.operator == "NOT":
+        return as_int(exp.Not(this=exp.paren(conditions[0], copy=False)))
+    combined = exp.or_(*conditions) if compound.operator == "UNION" else exp.and_(*conditions)
+    return as_int(typing.cast(exp.Expression, combined))
+
+
 def intersects(a: Shape, b: Shape) -> exp.Expression:
-    """INTERSECTS(a, b) as 1/0: with a point it is CONTAINS; two circles overlap within the radii sum."""
-    if isinstance(a, Point):
+    """INTERSECTS(a, b) as 1/0: with a point it is CONTAINS; regions meet exactly (adql_intersects)."""
+    if isinstance(a, Point) and not isinstance(b, RegionColumn):
         return contains(a, b)
-    if isinstance(b, Point):
+    if isinstance(b, Point) and not isinstance(a, RegionColumn):
         return contains(b, a)
     if isinstance(a, Circle) and isinstance(b, Circle):
         separation = fn("scisql_angSep", a.lon, a.lat, b.lon, b.lat)
         return as_int(exp.LTE(this=separation, expression=exp.Add(this=a.radius, expression=b.radius)))
-    raise AdqlUnsupportedError(
-        f"INTERSECTS of a {type(a).__name__.upper()} and a {type(b).__name__.upper()} is not supported; "
-        "supported: a POINT with any region, and two CIRCLEs"
+    for one, other in ((a, b), (b, a)):
+        if isinstance(one, Compound):
+            if one.operator != "UNION":
+                raise AdqlUnsupportedError(
+                    f"INTERSECTS of a REGION {one.operator} with a {_kind(other)} is not supported; "
+                    "supported: POINTs with any REGION, and any region with a REGION UNION"
+                )
+            return _combine(one, [intersects(m, other) for m in one.members])
+    exact = fn("adql_intersects", array(a), array(b))
+    if isinstance(a, RegionColumn) and isinstance(b, RegionColumn):
+        overlap = exp.ArrayOverlaps(
+            this=a.companion(regions.MOC_SUFFIX), expression=b.companion(regions.MOC_SUFFIX)
+        )
+        both = exp.and_(overlap, exp.EQ(this=exact, expression=exp.Literal.number(1)))
+        return as_int(typing.cast(exp.Expression, both))
+    for one, other in ((a, b), (b, a)):
+        if isinstance(one, RegionColumn):
+            return _pruned(one, other, exact)
+    return exact
+
+
+def _pruned(column: RegionColumn, other: Shape, exact: exp.Expression) -> exp.Expression:
+    """`exact` after the HEALPix coverage test of `column` against a constant `other`, where one exists."""
+    constant = _constant_array(other)
+    if constant is None:
+        return exact
+    cells = regions.coverage(constant)
+    if len(cells) > regions.MAX_QUERY_CELLS:
+        return exact
+    overlap = exp.ArrayOverlaps(
+        this=column.companion(regions.MOC_SUFFIX),
+        expression=exp.Cast(
+            this=exp.Array(expressions=[exp.Literal.number(c) for c in cells]),
+            to=exp.DataType.build("BIGINT[]"),
+        ),
     )
+    both = exp.and_(overlap, exp.EQ(this=exact, expression=exp.Literal.number(1)))
+    return as_int(typing.cast(exp.Expression, both))
+
+
+def _constant_array(s: Shape) -> list[float] | None:
+    """The DALI array of a shape whose coordinates are all numeric literals, else None."""
+    if isinstance(s, Point):
+        items = [s.lon, s.lat]
+    elif isinstance(s, Circle):
+        items = [s.lon, s.lat, s.radius]
+    elif isinstance(s, Polygon):
+        items = [c for v in s.vertices for c in (v.lon, v.lat)]
+    else:
+        return None
+    values = []
+    for item in items:
+        folded = _fold(item)
+        if isinstance(folded, exp.Neg) and isinstance(folded.this, exp.Literal):
+            values.append(-float(folded.this.this))
+        elif isinstance(folded, exp.Literal) and not folded.is_string:
+            values.append(float(folded.this))
+        else:
+            return None
+    if len(values) == 3 and not 0 <= values[2] <= 180:
+        return None
+    return values
 
 
 def coordinate(s: Shape, index: int) -> exp.Expression:
@@ -334,6 +454,24 @@ def _lower_one(node: exp.Expression) -> exp.Expression:
     return array(shape(node))
 
 
+def _unwrap_pruned(node: exp.Expression) -> exp.Expression:
+    """``CAST((cells && ... AND exact = 1) AS INT) = 1`` -> the condition itself, so that the coverage test is
+    a top-level condition an index (GIN on the cell list) can serve; both have the same three values."""
+    if not isinstance(node, exp.EQ):
+        return node
+    for cast, one in ((node.this, node.expression), (node.expression, node.this)):
+        if (
+            isinstance(one, exp.Literal)
+            and one.this == "1"
+            and isinstance(cast, exp.Cast)
+            and isinstance(cast.this, exp.Paren)
+            and isinstance(cast.this.this, exp.And)
+            and isinstance(cast.this.this.this, exp.ArrayOverlaps)
+        ):
+            return cast.this
+    return node
+
+
 def lower_geometry(tree: exp.Expression) -> exp.Expression:
     """Replace every ADQL geometry function in `tree` by DMS SQL (top-down: predicates see constructors)."""
-    return rewrite(tree, _lower_one)
+    return rewrite(rewrite(tree, _lower_one), _unwrap_pruned)

@@ -10,6 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from dms.query import regions
 from dms.services.archiver.bands import wavelength_range
 from dms.services.archiver.errors import ExposureConflictError
 from dms.services.archiver.metadata import ExposureMetadata
@@ -212,6 +213,7 @@ def write_obscore(conn: sa.Connection, meta: ExposureMetadata, ref: DatasetRef, 
         "lsst_band": (meta.band or None) and meta.band[:10],
         "lsst_filter": meta.physical_filter[:10],
     }
+    row.update(regions.column_values(row["s_region"]))  # the footprint's shape and HEALPix coverage
     columns = ", ".join(f'"{k}"' for k in row)
     conn.execute(
         sa.text(f'INSERT INTO ivoa."ObsCore" ({columns}) VALUES ({", ".join(":" + k for k in row)})'), row

@@ -1,8 +1,12 @@
 """SIA 2.0 at /sia/query over ivoa.ObsCore (the images the Data Backbone holds).
 
 Every SIA 2.0 parameter is supported; values of one parameter are ORed, parameters are ANDed. Positions
-match when the image center lies within the search circle enlarged by half the image's field of view
-(``s_fov``), or inside the RANGE / POLYGON. ObsCore has no polarization states here, so POL matches nothing.
+match on the image's footprint: an image is found when its ``s_region`` intersects the CIRCLE, POLYGON or
+RANGE (exactly, by ``adql_intersects`` on ``s_region_shape``, after its HEALPix coverage). A RANGE is the
+polygon whose edges follow its meridians exactly and its parallels within 1 arcsecond (vertices every
+half degree), in pieces at most 90 degrees wide. An image without a footprint shape (no ``s_region``, or
+one that is not a single shape) is found by its centre: within the circle enlarged by half its field of
+view (``s_fov``), or inside the RANGE / POLYGON. ObsCore has no polarization states, so POL matches nothing.
 """
 
 from __future__ import annotations
@@ -72,6 +76,12 @@ def _interval(name: str, value: str) -> tuple[float, float]:
     return low, high
 
 
+RANGE_STEP = 0.5
+"""Degrees between the vertices along a RANGE's parallels (the great-circle chords stay within 1")."""
+RANGE_PIECE = 90.0
+"""Widest RANGE piece in longitude (each piece is a polygon smaller than a hemisphere)."""
+
+
 def _pos(value: str) -> str:
     words = value.split()
     shape = words[0].upper() if words else ""
@@ -81,21 +91,58 @@ def _pos(value: str) -> str:
         _check_position(ra, dec)
         if not 0 <= radius <= 180:
             raise ServiceError(f"POS {value!r}: the radius must be within [0, 180] degrees")
-        return f"DISTANCE(POINT(s_ra, s_dec), POINT({ra!r}, {dec!r})) <= {radius!r} + COALESCE(s_fov, 0) / 2"
+        return _footprint_or_centre(
+            f"INTERSECTS(s_region, CIRCLE({ra!r}, {dec!r}, {radius!r})) = 1",
+            f"DISTANCE(POINT(s_ra, s_dec), POINT({ra!r}, {dec!r})) <= {radius!r} + COALESCE(s_fov, 0) / 2",
+        )
     if shape == "RANGE" and len(numbers) == 4:
-        ra1, ra2, dec1, dec2 = (max(-1e9, min(1e9, n)) for n in numbers)
+        ra1, ra2, dec1, dec2 = numbers
         if ra1 > ra2 or dec1 > dec2:
             raise ServiceError(f"POS {value!r}: RANGE needs lon1 <= lon2 and lat1 <= lat2")
-        return f"(s_ra BETWEEN {ra1!r} AND {ra2!r} AND s_dec BETWEEN {dec1!r} AND {dec2!r})"
+        ra1, ra2 = max(0.0, ra1), min(360.0, ra2)
+        dec1, dec2 = max(-90.0, dec1), min(90.0, dec2)
+        if ra1 > ra2 or dec1 > dec2:
+            return "1 = 0"  # the range lies outside the sky
+        pieces = " OR ".join(
+            f"INTERSECTS(s_region, POLYGON({', '.join(repr(c) for c in vertices)})) = 1"
+            for vertices in _range_polygons(ra1, ra2, dec1, dec2)
+        )
+        return _footprint_or_centre(
+            f"({pieces})", f"(s_ra BETWEEN {ra1!r} AND {ra2!r} AND s_dec BETWEEN {dec1!r} AND {dec2!r})"
+        )
     if shape == "POLYGON" and len(numbers) >= 6 and len(numbers) % 2 == 0 and len(numbers) <= 40:
         for i in range(0, len(numbers), 2):
             _check_position(numbers[i], numbers[i + 1])
         coords = ", ".join(repr(n) for n in numbers)
-        return f"CONTAINS(POINT(s_ra, s_dec), POLYGON({coords})) = 1"
+        return _footprint_or_centre(
+            f"INTERSECTS(s_region, POLYGON({coords})) = 1",
+            f"CONTAINS(POINT(s_ra, s_dec), POLYGON({coords})) = 1",
+        )
     raise ServiceError(
         f"POS {value!r} is invalid; valid: CIRCLE ra dec radius | RANGE ra1 ra2 dec1 dec2 | "
         "POLYGON ra1 dec1 ... (3 to 20 vertices), degrees"
     )
+
+
+def _footprint_or_centre(footprint: str, centre: str) -> str:
+    """Match on the footprint where the row has its shape, else (no footprint) on the image centre."""
+    return f"((s_region_shape IS NOT NULL AND {footprint}) OR (s_region_shape IS NULL AND {centre}))"
+
+
+def _range_polygons(ra1: float, ra2: float, dec1: float, dec2: float) -> list[list[float]]:
+    """The RANGE as polygons (flat vertex lists), each at most RANGE_PIECE wide, parallels densified."""
+    pieces = max(1, math.ceil((ra2 - ra1) / RANGE_PIECE - 1e-12))
+    polygons = []
+    for k in range(pieces):
+        lo = ra1 + (ra2 - ra1) * k / pieces
+        hi = ra1 + (ra2 - ra1) * (k + 1) / pieces
+        steps = max(1, math.ceil((hi - lo) / RANGE_STEP))
+        lons = [lo + (hi - lo) * i / steps for i in range(steps + 1)]
+        # a parallel at a pole is one point: its vertices would repeat it
+        bottom = [(lon, dec1) for lon in (lons if abs(dec1) < 90 else [lo, hi])]
+        top = [(lon, dec2) for lon in reversed(lons if abs(dec2) < 90 else [lo, hi])]
+        polygons.append([c for vertex in bottom + top for c in vertex])
+    return polygons
 
 
 def _check_position(ra: float, dec: float) -> None:

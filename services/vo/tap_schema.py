@@ -102,7 +102,7 @@ def _forget(conn: sa.Connection, schemas: list[str]) -> None:
 def _complete_obscore(conn: sa.Connection) -> None:
     """ObsCore 1.1 as the standard states it: utypes carry the obscore: prefix, and the two mandatory
     columns Rubin's table lacks (added by migration c0005) are described; the columns migration c0018
-    made TEXT are published without a maximum length."""
+    made TEXT are published without a maximum length; s_region's representation (c0023) is described."""
     conn.execute(
         sa.text(
             "UPDATE tap_schema.columns SET arraysize = '*', size = NULL WHERE table_name = 'ivoa.ObsCore' "
@@ -123,7 +123,14 @@ def _complete_obscore(conn: sa.Connection) -> None:
             "'obscore:Access.Size', 'Estimated size of the file', 0, 0, 1, 900), "
             "('ivoa.ObsCore', 'pol_states', 'char', '64*', 64, NULL, 'meta.code;phys.polarization', "
             "'obscore:Char.PolarizationAxis.stateList', 'Polarization states present in the data', 0, 0, 1, "
-            "901)"
+            "901), "
+            "('ivoa.ObsCore', 's_region_shape', 'double', '*', NULL, 'deg', 'pos.outline;obs.field', NULL, "
+            "'s_region as a DALI array: [ra, dec] a point, [ra, dec, radius] a circle, else the polygon''s "
+            "vertices [ra1, dec1, ...] (ICRS, great-circle edges); NULL if s_region is not a single shape', "
+            "0, 0, 0, 902), "
+            "('ivoa.ObsCore', 's_region_moc', 'long', '*', NULL, NULL, 'meta.id;pos', NULL, "
+            "'Nested HEALPix cells of order 10 covering s_region (and one ring of neighbours)', "
+            "0, 0, 0, 903)"
         )
     )
 

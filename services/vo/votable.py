@@ -35,7 +35,7 @@ MAX_UPLOAD_ROWS = 1_000_000
 
 def to_astropy(table: pa.Table) -> Table:
     """An Arrow table as an astropy Table: nulls become masks, text UTF-8 bytes (VOTable char), timestamps
-    ISO strings, lists of doubles arrays (variable-length unless all rows have the same length)."""
+    ISO strings, lists arrays of doubles or longs (variable-length unless all rows have the same length)."""
     result = Table()
     # two result columns of one name (SELECT o.objectId, s.objectId) are both kept, under unique names
     for name, column in zip(unique_names(table.column_names), table.columns, strict=True):
@@ -46,15 +46,18 @@ def to_astropy(table: pa.Table) -> Table:
         if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
             data = _text([v.isoformat() if v is not None else "" for v in values])
         elif pa.types.is_list(kind):
+            # integer lists (a HEALPix cell list) stay integers, VOTable long; the rest are doubles
+            element: type = np.int64 if pa.types.is_integer(kind.value_type) else float
+            missing = 0 if element is np.int64 else np.nan
             lengths = {len(v) for v in values if v is not None}
             if len(lengths) <= 1:
                 width = lengths.pop() if lengths else 2
-                data = np.array([v if v is not None else [np.nan] * width for v in values], dtype=float)
+                data = np.array([v if v is not None else [missing] * width for v in values], dtype=element)
                 data = data.reshape(len(values), width)
             else:
                 data = np.empty(len(values), dtype=object)
                 for i, v in enumerate(values):
-                    data[i] = np.array(v if v is not None else [], dtype=float)
+                    data[i] = np.array(v if v is not None else [], dtype=element)
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
             data = _text([v if v is not None else "" for v in values])
         elif pa.types.is_boolean(kind):

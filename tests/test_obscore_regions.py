@@ -1,0 +1,265 @@
+"""ObsCore's s_region as a geometry-valued column: ADQL region predicates through TAP return the rows an
+independent computation (spherical-geometry, mocpy) gives on LSSTCam detector footprints, on PostgreSQL and
+on a DuckDB copy alike; migration c0023 backfills the representation of rows written before it."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import astropy.units as u
+import duckdb
+import numpy as np
+import psycopg
+import pyarrow as pa
+import pytest
+import pyvo
+import sqlalchemy as sa
+from astropy.coordinates import Latitude, Longitude, SkyCoord
+from mocpy import MOC
+from regions_support import meets, stcs_polygon, visit_footprints
+
+from dms import migrate
+from dms.deployment import Deployment
+from dms.query import regions
+from dms.query.adql import translate
+from dms.services.vo.server import running_server
+from dms.services.vo.tap_schema import sync
+from dms.udfs import register_duckdb
+
+log = logging.getLogger(__name__)
+
+# two LSSTCam visits overlapping at different rotations, and a third far away
+VISITS = [(150.0, 2.0, 0.0), (150.6, 2.3, 35.0), (10.0, -60.0, 80.0)]
+
+
+def _rows() -> list[dict[str, Any]]:
+    rows = []
+    for v, (ra, dec, rotation) in enumerate(VISITS):
+        for d, vertices in enumerate(visit_footprints(ra, dec, rotation)):
+            text = stcs_polygon(vertices)
+            rows.append(
+                {
+                    "obs_publisher_did": f"ivo://dms.test/raw?v{v}d{d}",
+                    "obs_id": f"v{v}d{d}",
+                    "dataproduct_type": "image",
+                    "calib_level": 1,
+                    "obs_collection": "test",
+                    "s_ra": ra,
+                    "s_dec": dec,
+                    "s_region": text,
+                    **regions.column_values(text),
+                }
+            )
+    return rows
+
+
+ROWS = _rows()
+SHAPES = {r["obs_id"]: r["s_region_shape"] for r in ROWS}
+
+
+@dataclass
+class Service:
+    url: str
+    deployment: Deployment
+
+
+def _insert(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    columns = ", ".join(rows[0])
+    values = ", ".join(f":{k}" for k in rows[0])
+    conn.execute(sa.text(f'INSERT INTO ivoa."ObsCore" ({columns}) VALUES ({values})'), rows)
+
+
+@pytest.fixture(scope="module")
+def service(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    name = f"regions_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.get_uri(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    deployment = Deployment.create(
+        tmp_path_factory.mktemp("regions") / "dep", database_url=pg_server.get_uri(name)
+    )
+    try:
+        migrate.upgrade(deployment)
+        with deployment.engine().begin() as conn:
+            _insert(conn, ROWS)
+            sync(conn)
+        with running_server(deployment) as url:
+            yield Service(url, deployment)
+    finally:
+        deployment.dispose()
+        with psycopg.connect(pg_server.get_uri(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _expected(region: list[float]) -> tuple[set[str], set[str]]:
+    """The obs_ids whose footprint meets `region` by spherical-geometry, and those too close to call."""
+    found, unsure = set(), set()
+    for obs_id, shape in SHAPES.items():
+        answer = meets(shape, region)
+        if answer is None:
+            unsure.add(obs_id)
+        elif answer:
+            found.add(obs_id)
+    return found, unsure
+
+
+def _moc_candidates(region: MOC) -> set[str]:
+    """The obs_ids whose footprint's MOC (order 14, about 13 arcsec cells) meets the region's MOC."""
+    found = set()
+    for obs_id, shape in SHAPES.items():
+        moc = MOC.from_polygon(Longitude(shape[0::2] * u.deg), Latitude(shape[1::2] * u.deg), max_depth=14)
+        if not moc.intersection(region).empty():
+            found.add(obs_id)
+    return found
+
+
+def _tap(service: Service, adql: str) -> set[str]:
+    result = pyvo.dal.TAPService(f"{service.url}/tap").run_sync(adql, maxrec=100_000)
+    return {str(r["obs_id"]) for r in result}
+
+
+QUERIES = [
+    ("circle", "INTERSECTS(CIRCLE('ICRS', 150.3, 2.1, 0.4), s_region) = 1", [150.3, 2.1, 0.4]),
+    ("point", "CONTAINS(POINT('ICRS', 150.31, 2.05), s_region) = 1", [150.31, 2.05]),
+    (
+        "polygon",
+        "INTERSECTS(s_region, POLYGON('ICRS', 149.5, 1.5, 150.2, 1.6, 150.0, 2.4)) = 1",
+        [149.5, 1.5, 150.2, 1.6, 150.0, 2.4],
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "condition", "region"), QUERIES, ids=[q[0] for q in QUERIES])
+def test_region_query_returns_the_footprints_spherical_geometry_finds(
+    service: Service, name: str, condition: str, region: list[float]
+) -> None:
+    got = _tap(service, f"SELECT obs_id FROM ivoa.ObsCore WHERE {condition}")
+    expected, unsure = _expected(region)
+    assert len(expected) >= 2 and len(unsure) <= 2
+    assert got - unsure == expected - unsure
+    if len(region) == 3:
+        moc = MOC.from_cone(
+            lon=Longitude(region[0] * u.deg),
+            lat=Latitude(region[1] * u.deg),
+            radius=region[2] * u.deg,
+            max_depth=14,
+        )
+    elif len(region) == 2:
+        moc = MOC.from_lonlat(Longitude([region[0]] * u.deg), Latitude([region[1]] * u.deg), max_norder=14)
+    else:
+        moc = MOC.from_polygon(Longitude(region[0::2] * u.deg), Latitude(region[1::2] * u.deg), max_depth=14)
+    assert got <= _moc_candidates(moc)  # mocpy's coverage holds every row found
+
+
+def test_region_union_is_the_union_of_its_members(service: Service) -> None:
+    union = "REGION('Union ICRS (Circle 150.3 2.1 0.2 Polygon 149.5 1.5 150.2 1.6 150.0 2.4)')"
+    got = _tap(service, f"SELECT obs_id FROM ivoa.ObsCore WHERE INTERSECTS(s_region, {union}) = 1")
+    circle = _tap(
+        service, "SELECT obs_id FROM ivoa.ObsCore WHERE INTERSECTS(s_region, CIRCLE(150.3, 2.1, 0.2)) = 1"
+    )
+    polygon = _tap(service, f"SELECT obs_id FROM ivoa.ObsCore WHERE {QUERIES[2][1]}")
+    assert got == circle | polygon and circle - polygon and polygon - circle
+
+
+def test_footprint_pairs_between_visits_equal_spherical_geometry(service: Service) -> None:
+    """A self-join: which detectors of visit 0 overlap which of visit 1 (polygon-polygon on two columns)."""
+    started = time.monotonic()
+    got = _tap(
+        service,
+        "SELECT a.obs_id || ' ' || b.obs_id AS obs_id FROM ivoa.ObsCore AS a JOIN ivoa.ObsCore AS b "
+        "ON INTERSECTS(a.s_region, b.s_region) = 1 WHERE a.obs_id LIKE 'v0d%' AND b.obs_id LIKE 'v1d%'",
+    )
+
+    log.info("self-join of %d x %d footprints: %.1f s", 189, 189, time.monotonic() - started)
+    first = [k for k in SHAPES if k.startswith("v0d")]
+    second = [k for k in SHAPES if k.startswith("v1d")]
+
+    def centres(keys: list[str]) -> SkyCoord:
+        shapes = [SHAPES[k] for k in keys]
+        return SkyCoord(
+            [np.mean(s[0::2]) for s in shapes] * u.deg, [np.mean(s[1::2]) for s in shapes] * u.deg
+        )
+
+    # detectors are 0.32 degrees across: pairs whose centres are further apart than that cannot meet
+    near = centres(first)[:, None].separation(centres(second)[None, :]).deg < 0.4
+    expected = {
+        f"{a} {b}"
+        for i, a in enumerate(first)
+        for j, b in enumerate(second)
+        if near[i, j] and meets(SHAPES[a], SHAPES[b])
+    }
+    assert len(expected) > 50 and got == expected
+
+
+def test_duckdb_copy_returns_the_same_rows(service: Service) -> None:
+    conn = duckdb.connect()
+    register_duckdb(conn)
+    conn.execute("CREATE SCHEMA ivoa")
+    table = pa.table(
+        {
+            "obs_id": [r["obs_id"] for r in ROWS],
+            "s_region": [r["s_region"] for r in ROWS],
+            "s_region_shape": pa.array([r["s_region_shape"] for r in ROWS], pa.list_(pa.float64())),
+            "s_region_moc": pa.array([r["s_region_moc"] for r in ROWS], pa.list_(pa.int64())),
+        }
+    )
+    conn.register("obscore_rows", table)
+    conn.execute("CREATE TABLE ivoa.ObsCore AS SELECT * FROM obscore_rows")
+    for _, condition, _ in QUERIES:
+        adql = f"SELECT obs_id FROM ivoa.ObsCore WHERE {condition}"
+        in_duckdb = {r[0] for r in conn.execute(translate(adql, "duckdb")).fetchall()}
+        assert in_duckdb == _tap(service, adql) and in_duckdb
+
+
+def test_migration_backfills_rows_written_before_it(pg_server: Any, tmp_path: Any) -> None:
+    name = f"backfill_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.get_uri(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    deployment = Deployment.create(tmp_path / "dep", database_url=pg_server.get_uri(name))
+    try:
+        migrate.upgrade(deployment, "c0020")
+        old = [{k: v for k, v in r.items() if not k.startswith("s_region_")} for r in ROWS[:20]]
+        old.append(
+            {
+                **old[0],
+                "obs_publisher_did": "ivo://dms.test/raw?bad",
+                "obs_id": "bad",
+                "s_region": "CIRCLE 1 2",
+            }
+        )
+        old.append(
+            {**old[0], "obs_publisher_did": "ivo://dms.test/raw?none", "obs_id": "none", "s_region": None}
+        )
+        with deployment.engine().begin() as conn:
+            _insert(conn, old)
+        migrate.upgrade(deployment)
+        with deployment.engine().begin() as conn:
+            stored = {
+                r.obs_id: r
+                for r in conn.execute(
+                    sa.text('SELECT obs_id, s_region, s_region_shape, s_region_moc FROM ivoa."ObsCore"')
+                )
+            }
+        for row in ROWS[:20]:
+            assert stored[row["obs_id"]].s_region_shape == row["s_region_shape"]
+            assert stored[row["obs_id"]].s_region_moc == row["s_region_moc"]
+        # a text that is not STC-S keeps its text and gets no shape; nothing is lost
+        assert stored["bad"].s_region == "CIRCLE 1 2" and stored["bad"].s_region_shape is None
+        assert stored["none"].s_region_shape is None
+        migrate.downgrade(deployment, "c0020")
+        with deployment.engine().begin() as conn:
+            columns = conn.execute(
+                sa.text(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = 'ivoa' "
+                    "AND table_name = 'ObsCore' AND column_name LIKE 's_region%'"
+                )
+            ).scalars()
+            assert list(columns) == ["s_region"]
+    finally:
+        deployment.dispose()
+        with psycopg.connect(pg_server.get_uri(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,6 @@ from dms.shards.base import (
     ShardQueryError,
     ShardUnavailable,
     overlap_count,
-    split_chunks,
 )
 from dms.shards.parquet.transfer import LOCKED_DOWN, confine, write_chunk_file
 
@@ -73,19 +73,18 @@ class DuckDBShard(ShardBackend):
     def table_dir(self, table: CatalogTable) -> Path:
         return self.root / table.schema_name / table.table_name
 
-    def write_load(self, table: CatalogTable, load_id: int, rows: pa.Table) -> list[ChunkFile]:
-        from dms.query.integrity import file_checksum
-
+    def write_chunks(
+        self, table: CatalogTable, load_id: int, chunks: Iterable[tuple[int, int, pa.Table]]
+    ) -> list[ChunkFile]:
         directory = self.table_dir(table) / f"load{load_id}"
         directory.mkdir(parents=True, exist_ok=True)
         files = []
-        for order, pixel, part in split_chunks(table, rows):
+        for order, pixel, part in chunks:
             name = "replicated.parquet" if order < 0 else f"chunk-{order}-{pixel}.parquet"
             path = directory / name
-            write_chunk_file(part, path)
+            checksum = write_chunk_file(part, path)
             overlap = overlap_count(table, part)
             relative = str(path.relative_to(self.root))
-            checksum = file_checksum(path)
             files.append(ChunkFile(order, pixel, relative, part.num_rows - overlap, overlap, checksum))
         return files
 

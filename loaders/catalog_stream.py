@@ -37,11 +37,11 @@ INDEX_ROW_GROUP_ROWS = 8192
 class LoadSource:
     """The files of one load: their common columns (from metadata only) and their rows, batch by batch."""
 
-    def __init__(self, paths: list[Path], batch_rows: int = BATCH_ROWS) -> None:
+    def __init__(self, paths: list[Path], batch_rows: int | None = None) -> None:
         if not paths:
             raise LoadError("no files to load")
         self.paths = paths
-        self.batch_rows = batch_rows
+        self.batch_rows = batch_rows or BATCH_ROWS
         schemas = [catalog_file_schema(path) for path in paths]
         first = schemas[0]
         for path, schema in zip(paths[1:], schemas[1:], strict=True):
@@ -203,7 +203,7 @@ class IndexSpool:
             return True
         self._flush()
         with duckdb.connect() as conn:  # out of core: DuckDB spills its sort to its temporary directory
-            conn.execute("SET temp_directory = ?", [str(self.directory / "duckdb.tmp")])
+            conn.execute("SET temp_directory = ?", [str(self.directory / "duckdb.tmp")]).fetchall()
             runs = [str(r) for r in self._runs]
             if self.unique:
                 row = conn.execute(
@@ -211,7 +211,7 @@ class IndexSpool:
                 ).fetchone()
                 self._refuse_duplicates(int(row[0]) if row else 0, id_column)
             tmp = path.with_suffix(".tmp")
-            conn.read_parquet(runs).order("id").write_parquet(
+            conn.cursor().read_parquet(runs).order("id").write_parquet(
                 str(tmp), compression="lz4", row_group_size=INDEX_ROW_GROUP_ROWS
             )
             tmp.replace(path)

@@ -28,7 +28,13 @@ from dms.loaders.catalog_commit import replica_offset
 from dms.loaders.catalog_define import check_same_definition
 from dms.loaders.catalog_drop import load_lock_key, remove_table, shards_holding
 from dms.loaders.catalog_errors import LoadError
-from dms.loaders.catalog_stream import SPOOL_MEMORY_BYTES, ChunkSpool, IndexSpool, LoadSource
+from dms.loaders.catalog_stream import (
+    SPOOL_MEMORY_BYTES,
+    ChunkSpool,
+    IndexSpool,
+    LoadSource,
+    PositionSpool,
+)
 from dms.loaders.orphans import (
     DEFAULT_ORPHANS,
     check_policy,
@@ -367,19 +373,24 @@ def _load(
 ) -> LoadResult:
     """Stream the rows: each batch is partitioned (chunk ids computed column-wise) and gathered by chunk per
     shard; then each shard stores its chunks one at a time, the index is written and the load commits."""
-    with deployment.connect() as conn:
-        layout, index_files = _layout_and_index(deployment, conn, table, source)
     stores = _stores(deployment, table)
-    placer = _Placer(deployment, table, layout, index_files, orphans)
     spool_root = deployment.data_dir / "catalog" / "_spool"
     spool_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=spool_root, prefix=f"load{load_id}-") as spool_dir:
+        positions = PositionSpool(Path(spool_dir) / "_positions")
+        with deployment.connect() as conn:
+            layout, index_files = _layout_and_index(deployment, conn, table, source, positions)
+        placer = _Placer(deployment, table, layout, index_files, orphans)
+        known = iter(positions)
         budget = SPOOL_MEMORY_BYTES // len(stores)
         spools = [ChunkSpool(Path(spool_dir) / s.name, table.partitioned, budget) for s in stores]
         index = IndexSpool(Path(spool_dir) / "_index", unique=table.role == "director")
         rows = overlap = orphan_count = 0
         for batch in source.batches(table):
-            placed = placer.place(batch)
+            h29 = next(known, None)
+            if h29 is not None and len(h29) != batch.num_rows:  # the passes' batches differ: compute afresh
+                known, h29 = iter(()), None
+            placed = placer.place(batch, h29)
             rows, orphan_count = rows + placed.row_count, orphan_count + placed.orphans
             overlap += int(pc.sum(placed.rows["_overlap"]).as_py() or 0) if table.partitioned else 0
             _route(table, placed.rows, spools)
@@ -404,14 +415,22 @@ def _load(
 
 def _route(table: CatalogTable, rows: pa.Table, spools: list[ChunkSpool]) -> None:
     """Each shard's copies of the rows: a partitioned table's chunks go to their primary shard and the
-    replicas after it (see replica_offset); a replicated table's rows go to every shard."""
-    if not table.partitioned or len(spools) == 1:
+    replicas after it (see replica_offset); a replicated table's rows go to every shard. The rows are put
+    in chunk order once (one `take`), and each chunk's slice is handed to the shards that hold it."""
+    if not table.partitioned:
         for spool in spools:
-            spool.add(rows)
+            spool.add(-1, rows)
         return
     chunk = rows["_chunk"].to_numpy()
-    for shard_index, spool in enumerate(spools):
-        spool.add(rows.filter(pa.array(replica_offset(chunk, shard_index, len(spools)) < table.replicas)))
+    order = np.argsort(chunk, kind="stable")
+    rows, chunk = rows.take(pa.array(order)), chunk[order]
+    starts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]])
+    ends = np.r_[starts[1:], len(chunk)]
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        piece = rows.slice(start, end - start)
+        for shard_index, spool in enumerate(spools):
+            if replica_offset(int(chunk[start]), shard_index, len(spools)) < table.replicas:
+                spool.add(int(chunk[start]), piece)
 
 
 def _empty_rows(table: CatalogTable) -> pa.Table:
@@ -420,10 +439,15 @@ def _empty_rows(table: CatalogTable) -> pa.Table:
 
 
 def _layout_and_index(
-    deployment: Deployment, conn: sa.Connection, table: CatalogTable, source: LoadSource
+    deployment: Deployment,
+    conn: sa.Connection,
+    table: CatalogTable,
+    source: LoadSource,
+    positions: PositionSpool,
 ) -> tuple[ChunkLayout | None, list[Path]]:
     """The chunk layout the load places rows in (a first director load counts its positions first, reading
-    only its position columns) and the director index files a child load places its rows by."""
+    only its position columns, and keeps them in `positions`) and the director index files a child load
+    places its rows by."""
     if not table.partitioned:
         return None, []
     assert table.chunk_order is not None
@@ -434,7 +458,9 @@ def _layout_and_index(
         assert table.ra_column is not None and table.dec_column is not None
         counts = SkyCounts(finest_chunk_order(table.overlap_arcsec))
         for batch in source.batches(table, columns=[table.ra_column, table.dec_column]):
-            counts.add(_positions(table, batch))
+            h29 = _positions(table, batch)
+            counts.add(h29)
+            positions.add(h29)
         layout = counts.layout(table.chunk_order, table.max_chunk_rows, table.overlap_arcsec)
     index_files: list[Path] = []
     if table.role == "child":
@@ -485,7 +511,8 @@ class _Placer:
         self.deployment, self.table, self.layout, self.orphans = deployment, table, layout, orphans
         self.director_index = director_index(table, index_files) if table.role == "child" else None
 
-    def place(self, data: pa.Table) -> Partitioned:
+    def place(self, data: pa.Table, known_h29: np.ndarray | None = None) -> Partitioned:
+        """A batch partitioned; `known_h29`: its positions if the layout pass computed them already."""
         table, layout = self.table, self.layout
         if layout is None:
             return Partitioned(data, None, data.num_rows)
@@ -502,7 +529,7 @@ class _Placer:
             data, h29, chunk = placement.rows, placement.healpix_29, placement.chunk
             index, orphan_count = placement.orphan_index, placement.orphans
         else:
-            h29 = _positions(table, data)
+            h29 = known_h29 if known_h29 is not None else _positions(table, data)
             orders, pixels = layout.assign(h29)
             chunk = nuniq(orders, pixels)
         rows = data.append_column("_healpix_29", pa.array(h29)).append_column("_chunk", pa.array(chunk))

@@ -30,6 +30,11 @@ SPOOL_MEMORY_BYTES = 1 << 30
 """Bytes of partitioned rows a load keeps in memory before spilling them to disk (all shards together)."""
 INDEX_MEMORY_ROWS = 20_000_000
 """Director index rows (24 bytes each) a load sorts in memory; more are sorted by DuckDB on disk."""
+POSITION_MEMORY_ROWS = 32_000_000
+"""Positions (`_healpix_29`, 8 bytes each) of a first director load kept in memory between its two passes;
+more go to .npy files."""
+INDEX_SORT_MEMORY = "2GB"
+"""DuckDB's memory limit for sorting a large director index (the rest spills to its temporary directory)."""
 INDEX_ROW_GROUP_ROWS = 8192
 """Rows per row group of a director index file: a lookup reads one such group per id (see query.director)."""
 
@@ -112,20 +117,12 @@ class ChunkSpool:
         self._writers: dict[int, ipc.RecordBatchStreamWriter] = {}
         self.rows = 0
 
-    def add(self, rows: pa.Table) -> None:
+    def add(self, chunk: int, rows: pa.Table) -> None:
+        """Rows of one chunk (NUNIQ; -1 for a replicated table)."""
         if rows.num_rows == 0:
             return
         self.rows += rows.num_rows
-        if not self.partitioned:
-            self._pieces[-1].append(rows)
-        else:
-            chunk = rows["_chunk"].to_numpy()
-            order = np.argsort(chunk, kind="stable")
-            rows, chunk = rows.take(pa.array(order)), chunk[order]
-            starts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]])
-            ends = np.r_[starts[1:], len(chunk)]
-            for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-                self._pieces[int(chunk[start])].append(rows.slice(start, end - start))
+        self._pieces[chunk].append(rows)
         self._buffered += rows.nbytes
         if self._buffered > self.memory_bytes:
             self._spill()
@@ -204,6 +201,7 @@ class IndexSpool:
         self._flush()
         with duckdb.connect() as conn:  # out of core: DuckDB spills its sort to its temporary directory
             conn.execute("SET temp_directory = ?", [str(self.directory / "duckdb.tmp")]).fetchall()
+            conn.execute("SET memory_limit = ?", [INDEX_SORT_MEMORY]).fetchall()
             runs = [str(r) for r in self._runs]
             if self.unique:
                 row = conn.execute(
@@ -220,3 +218,35 @@ class IndexSpool:
     def _refuse_duplicates(self, duplicates: int, id_column: str) -> None:
         if self.unique and duplicates:
             raise LoadError(f"{duplicates} duplicate values of {id_column} in the files")
+
+
+class PositionSpool:
+    """The `_healpix_29` of each batch, computed by the pass that counts a first load's sky (`SkyCounts`),
+    kept for the pass that places the rows so positions are computed once: in memory up to a budget, then
+    as .npy files."""
+
+    def __init__(self, directory: Path, memory_rows: int = POSITION_MEMORY_ROWS) -> None:
+        self.directory = directory
+        self.memory_rows = memory_rows
+        self._batches: list[np.ndarray | Path] = []
+        self._held = 0
+
+    def add(self, h29: np.ndarray) -> None:
+        if self._held + len(h29) <= self.memory_rows:
+            self._batches.append(h29)
+            self._held += len(h29)
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"positions-{len(self._batches)}.npy"
+        np.save(path, h29)
+        self._batches.append(path)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while self._batches:
+            batch = self._batches.pop(0)
+            if isinstance(batch, Path):
+                values = np.load(batch)
+                batch.unlink()
+                yield values
+            else:
+                yield batch

@@ -132,23 +132,49 @@ class SkyCounts:
     """Rows per HEALPix pixel at one order, gathered batch by batch: all an adaptive layout needs to know of a
     load, so a streamed load never holds its positions whole (at most one entry per occupied pixel)."""
 
+    DENSE_PIXELS = 1 << 26
+    """Orders with at most this many pixels (order 10 and coarser) are counted in one dense array."""
+
     def __init__(self, order: int) -> None:
         self.order = order
-        self.pixels = np.zeros(0, np.int64)
-        self.counts = np.zeros(0, np.int64)
+        self._dense: IntArray | None = None
+        if 12 * 4**order <= self.DENSE_PIXELS:
+            self._dense = np.zeros(12 * 4**order, np.int64)
+        self._pixels = np.zeros(0, np.int64)
+        self._counts = np.zeros(0, np.int64)
 
     def add(self, h29: IntArray) -> None:
-        pixels, counts = np.unique(h29 >> (2 * (ORDER_29 - self.order)), return_counts=True)
-        merged = np.concatenate([self.pixels, pixels])
-        self.pixels, inverse = np.unique(merged, return_inverse=True)
-        self.counts = np.bincount(
-            inverse, weights=np.concatenate([self.counts, counts]), minlength=len(self.pixels)
+        pixels = h29 >> (2 * (ORDER_29 - self.order))
+        if self._dense is not None:  # a bincount per batch: no sort, whatever the number of pixels
+            self._dense += np.bincount(pixels, minlength=len(self._dense))
+            return
+        pixels, counts = np.unique(pixels, return_counts=True)
+        merged = np.concatenate([self._pixels, pixels])
+        self._pixels, inverse = np.unique(merged, return_inverse=True)
+        self._counts = np.bincount(
+            inverse, weights=np.concatenate([self._counts, counts]), minlength=len(self._pixels)
         ).astype(np.int64)
+
+    @property
+    def pixels(self) -> IntArray:
+        """The occupied pixels, sorted."""
+        if self._dense is not None:
+            return np.flatnonzero(self._dense).astype(np.int64)
+        return self._pixels
+
+    @property
+    def counts(self) -> IntArray:
+        """The rows in each of `pixels`."""
+        if self._dense is not None:
+            return self._dense[self._dense > 0]
+        return self._counts
 
     def rows_in(self, order: int, pixel: int) -> int:
         shift = 2 * (self.order - order)
-        lo, hi = np.searchsorted(self.pixels, [pixel << shift, (pixel + 1) << shift], "left")
-        return int(self.counts[lo:hi].sum())
+        if self._dense is not None:
+            return int(self._dense[pixel << shift : (pixel + 1) << shift].sum())
+        lo, hi = np.searchsorted(self._pixels, [pixel << shift, (pixel + 1) << shift], "left")
+        return int(self._counts[lo:hi].sum())
 
     def layout(self, base_order: int, max_chunk_rows: int | None, overlap_arcsec: float) -> ChunkLayout:
         """The adaptive layout of the counted rows (see `adaptive_layout`)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import sqlalchemy as sa
 from tqdm import tqdm
 
@@ -28,9 +28,23 @@ from dms.loaders.catalog_commit import replica_offset
 from dms.loaders.catalog_define import check_same_definition
 from dms.loaders.catalog_drop import load_lock_key, remove_table, shards_holding
 from dms.loaders.catalog_errors import LoadError
-from dms.loaders.orphans import DEFAULT_ORPHANS, check_policy, place_children, refuse_placed_orphans
-from dms.loaders.partition import ChunkLayout, adaptive_layout, healpix_29, nuniq, overlap_rows
-from dms.loaders.readers import file_checksum, read_catalog_file
+from dms.loaders.catalog_stream import (
+    SPOOL_MEMORY_BYTES,
+    ChunkSpool,
+    IndexSpool,
+    LoadSource,
+    PositionSpool,
+    RowSource,
+)
+from dms.loaders.orphans import (
+    DEFAULT_ORPHANS,
+    check_policy,
+    director_index,
+    place_children,
+    refuse_placed_orphans,
+)
+from dms.loaders.partition import ChunkLayout, SkyCounts, finest_chunk_order, healpix_29, nuniq, overlap_rows
+from dms.loaders.readers import file_checksum
 from dms.schema.catalog import (
     CatalogError,
     CatalogTable,
@@ -42,7 +56,7 @@ from dms.schema.catalog import (
     register_table,
 )
 from dms.schema.catalog import chunks as registered_chunks
-from dms.shards import ChunkFile, ShardBackend
+from dms.shards import REPLICATED_CHUNK, ChunkFile, ShardBackend
 
 log = logging.getLogger(__name__)
 
@@ -100,18 +114,21 @@ def load_files(
     started = time.perf_counter()
     name = qualified_name(name)
     check_policy(orphans)
-    bar = tqdm(total=4 + len(paths), desc=f"load {name}", unit="step", disable=not progress, leave=False)
     engine = deployment.engine()
     with engine.connect() as lock_conn:
         lock_conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _lock_key(name)})
         created: CatalogTable | None = None
         foreign: frozenset[str] = frozenset()
+        bar = None
         try:
-            data = _read_all(paths, bar)
-            table, is_new = _ensure_table(deployment, name, data, create)
+            source = LoadSource(paths)
+            table, is_new = _ensure_table(deployment, name, source.schema.empty_table(), create)
             if is_new:  # whatever a shard held under this name before is not this table's: it stays
                 created, foreign = table, frozenset(shards_holding(deployment, table))
-            result = _load_into(deployment, table, paths, data, bar, orphans)
+            bar = tqdm(
+                total=source.rows, desc=f"load {name}", unit="rows", unit_scale=True, disable=not progress
+            )
+            result = _load_into(deployment, table, source, bar, orphans)
             result.seconds = time.perf_counter() - started
             return result
         except Exception:  # (an interrupted --create resumes instead, when run again)
@@ -121,20 +138,23 @@ def load_files(
         finally:
             lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _lock_key(name)})
             lock_conn.commit()
-            bar.close()
+            if bar is not None:
+                bar.close()
 
 
 def _load_into(
-    deployment: Deployment, table: CatalogTable, paths: list[Path], data: pa.Table, bar: tqdm, orphans: str
+    deployment: Deployment, table: CatalogTable, source: LoadSource, bar: tqdm, orphans: str
 ) -> LoadResult:
-    data = _conform(table, data)
-    checksum = file_checksum(paths, json.dumps([table.name, table.role], sort_keys=True))
-    load_id, state = _begin_load(deployment, table, checksum, paths)
+    """Check the columns and the checksum before reading any row: a repeated load stops here, having
+    only hashed the files' bytes."""
+    source.check_columns(table)
+    checksum = file_checksum(source.paths, json.dumps([table.name, table.role], sort_keys=True))
+    load_id, state = _begin_load(deployment, table, checksum, source.paths)
     if state == "committed":
         return LoadResult(table.name, load_id, 0, skipped=True)
     _discard_stale_loads(deployment, table, keep=load_id)
     try:
-        return _load(deployment, table, load_id, data, bar, orphans)
+        return _load(deployment, table, load_id, source, bar, orphans)
     except Exception:
         _discard_load(deployment, table, load_id)
         raise
@@ -151,24 +171,6 @@ def _remove_created(deployment: Deployment, table: CatalogTable, foreign: frozen
         remove_table(deployment, table, spare=foreign)
     except Exception as exc:  # the load's own error matters more
         log.warning("could not remove table %s after its failed --create: %s", table.name, exc)
-
-
-def _read_all(paths: list[Path], bar: tqdm) -> pa.Table:
-    if not paths:
-        raise LoadError("no files to load")
-    tables = []
-    for path in paths:
-        tables.append(read_catalog_file(path))
-        bar.update()
-    first = tables[0]
-    for path, table in zip(paths[1:], tables[1:], strict=True):
-        if [n.lower() for n in table.column_names] != [n.lower() for n in first.column_names]:
-            raise LoadError(
-                f"{path} has columns {table.column_names}, unlike {paths[0]} ({first.column_names})"
-            )
-    return pa.concat_tables(
-        [t.rename_columns(first.column_names) for t in tables], promote_options="permissive"
-    )
 
 
 def _ensure_table(
@@ -295,37 +297,6 @@ def _check_described(options: TableOptions, columns: set[str]) -> None:
             raise LoadError(f"--unit {name}={unit}: not a VOUnit ({exc})") from None
 
 
-def _conform(table: CatalogTable, data: pa.Table) -> pa.Table:
-    """The file's columns in the table's order and types, or an error naming what does not fit."""
-    by_lower = {n.lower(): n for n in data.column_names}
-    wanted = {c.name.lower() for c in table.columns}
-    extra = sorted(n for n in data.column_names if n.lower() not in wanted)
-    missing = sorted(c.name for c in table.columns if c.name.lower() not in by_lower)
-    if extra or missing:
-        raise LoadError(
-            f"the file's columns do not match table {table.name}: "
-            + "; ".join(
-                p
-                for p in (
-                    f"unknown columns {extra}" if extra else "",
-                    f"missing columns {missing}" if missing else "",
-                )
-                if p
-            )
-        )
-    arrays = []
-    for column in table.columns:
-        values = data[by_lower[column.name.lower()]]
-        try:
-            arrays.append(values.cast(column.arrow_type, safe=True))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise LoadError(
-                f"column {column.name!r} of type {values.type} cannot be stored as {column.datatype}: "
-                f"{str(exc).splitlines()[0]}"
-            ) from None
-    return pa.Table.from_arrays(arrays, names=[c.name for c in table.columns])
-
-
 def _begin_load(
     deployment: Deployment, table: CatalogTable, checksum: str, paths: list[Path]
 ) -> tuple[int, str]:
@@ -399,64 +370,111 @@ def _discard_load(deployment: Deployment, table: CatalogTable, load_id: int) -> 
 
 
 def _load(
-    deployment: Deployment, table: CatalogTable, load_id: int, data: pa.Table, bar: tqdm, orphans: str
+    deployment: Deployment, table: CatalogTable, load_id: int, source: LoadSource, bar: tqdm, orphans: str
 ) -> LoadResult:
-    with deployment.connect() as conn:
-        layout, index_files = _layout_and_index(deployment, conn, table, data)
-        if table.role == "director":
-            assert table.id_column is not None
-            refuse_placed_orphans(deployment, conn, table, data[table.id_column])
-    placed = _partition(deployment, table, data, layout, index_files, orphans)
-    rows, index = placed.rows, placed.index
-    bar.update()
-    shards = _stores(deployment, table)
-    chunk = rows["_chunk"].to_numpy() if table.partitioned else np.zeros(0, np.int64)
-    files: dict[str, list[ChunkFile]] = {}
-    for shard_index, store in enumerate(shards):  # replicated tables: every shard gets every row
-        part = rows
-        if table.partitioned and len(shards) > 1:
-            part = rows.filter(pa.array(replica_offset(chunk, shard_index, len(shards)) < table.replicas))
-        if table.partitioned and part.num_rows == 0:
-            continue
-        files[store.name] = store.write_load(table, load_id, part)
-        store.close()
-    bar.update()
-    index_path = _write_index(deployment, table, load_id, index) if index is not None else None
-    _commit(deployment, table, load_id, files, index_path, placed.row_count)
-    bar.update()
-    overlap = int(pc.sum(rows["_overlap"]).as_py() or 0) if table.partitioned else 0
+    """Stream the rows: each batch is partitioned (chunk ids computed column-wise) and gathered by chunk per
+    shard; then each shard stores its chunks one at a time, the index is written and the load commits."""
+    stores = _stores(deployment, table)
+    spool_root = deployment.data_dir / "catalog" / "_spool"
+    spool_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=spool_root, prefix=f"load{load_id}-") as spool_dir:
+        positions = PositionSpool(Path(spool_dir) / "_positions")
+        with deployment.connect() as conn:
+            layout, index_files = _layout_and_index(deployment, conn, table, source, positions)
+        placer = _Placer(deployment, table, layout, index_files, orphans)
+        known = iter(positions)
+        budget = SPOOL_MEMORY_BYTES // len(stores)
+        spools = [ChunkSpool(Path(spool_dir) / s.name, table.partitioned, budget) for s in stores]
+        index = IndexSpool(Path(spool_dir) / "_index", unique=table.role == "director")
+        rows = overlap = orphan_count = 0
+        for batch in source.batches(table):
+            h29 = next(known, None)
+            if h29 is not None and len(h29) != batch.num_rows:  # the passes' batches differ: compute afresh
+                known, h29 = iter(()), None
+            placed = placer.place(batch, h29)
+            rows, orphan_count = rows + placed.row_count, orphan_count + placed.orphans
+            overlap += int(pc.sum(placed.rows["_overlap"]).as_py() or 0) if table.partitioned else 0
+            _route(table, placed.rows, spools)
+            index.add(placed.index)
+            bar.update(batch.num_rows)
+        files: dict[str, list[ChunkFile]] = {}
+        for store, spool in zip(stores, spools, strict=True):
+            if table.partitioned and spool.rows == 0:
+                continue
+            chunks = spool.chunks() if spool.rows else iter([(*REPLICATED_CHUNK, _empty_rows(table))])
+            files[store.name] = store.write_chunks(table, load_id, chunks)
+            store.close()
+        index_path = None
+        if index.write(_index_path(deployment, table, load_id), table.id_column or "id"):
+            index_path = str(_index_relative(table, load_id))
+    _commit(deployment, table, load_id, files, index_path, rows)
     chunk_count = len({(f.chunk_order, f.chunk_id) for fs in files.values() for f in fs})
     return LoadResult(
-        table.name,
-        load_id,
-        placed.row_count,
-        overlap,
-        chunk_count,
-        orphans=placed.orphans,
-        orphan_policy=orphans,
+        table.name, load_id, rows, overlap, chunk_count, orphans=orphan_count, orphan_policy=orphans
     )
 
 
+def _route(table: CatalogTable, rows: pa.Table, spools: list[ChunkSpool]) -> None:
+    """Each shard's copies of the rows: a partitioned table's chunks go to their primary shard and the
+    replicas after it (see replica_offset); a replicated table's rows go to every shard. The rows are put
+    in chunk order once (one `take`), and each chunk's slice is handed to the shards that hold it."""
+    if not table.partitioned:
+        for spool in spools:
+            spool.add(-1, rows)
+        return
+    chunk = rows["_chunk"].to_numpy()
+    order = np.argsort(chunk, kind="stable")
+    rows, chunk = rows.take(pa.array(order)), chunk[order]
+    starts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]])
+    ends = np.r_[starts[1:], len(chunk)]
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        piece = rows.slice(start, end - start)
+        for shard_index, spool in enumerate(spools):
+            if replica_offset(int(chunk[start]), shard_index, len(spools)) < table.replicas:
+                spool.add(int(chunk[start]), piece)
+
+
+def _empty_rows(table: CatalogTable) -> pa.Table:
+    """No rows of a replicated table (a load of empty files still creates the table on every shard)."""
+    return pa.schema([pa.field(c.name, c.arrow_type) for c in table.columns]).empty_table()
+
+
 def _layout_and_index(
-    deployment: Deployment, conn: sa.Connection, table: CatalogTable, data: pa.Table
+    deployment: Deployment,
+    conn: sa.Connection,
+    table: CatalogTable,
+    source: RowSource,
+    positions: PositionSpool,
 ) -> tuple[ChunkLayout | None, list[Path]]:
+    """The chunk layout the load places rows in (a first director load counts its positions first, reading
+    only its position columns, and keeps them in `positions`) and the director index files a child load
+    places its rows by."""
     if not table.partitioned:
         return None, []
     assert table.chunk_order is not None
-    source = table.like_table or table.director_table or table.name
-    existing = registered_chunks(conn, source) or registered_chunks(conn, table.name)
+    origin = table.like_table or table.director_table or table.name
+    existing = registered_chunks(conn, origin) or registered_chunks(conn, table.name)
     layout = ChunkLayout.from_chunks(table.chunk_order, existing)
     if not existing and table.role == "director":
-        h29 = healpix_29(
-            data[table.ra_column].to_numpy(zero_copy_only=False),
-            data[table.dec_column].to_numpy(zero_copy_only=False),
-        )
-        layout = adaptive_layout(h29, table.chunk_order, table.max_chunk_rows, table.overlap_arcsec)
+        assert table.ra_column is not None and table.dec_column is not None
+        counts = SkyCounts(finest_chunk_order(table.overlap_arcsec))
+        for batch in source.batches(table, columns=[table.ra_column, table.dec_column]):
+            h29 = _positions(table, batch)
+            counts.add(h29)
+            positions.add(h29)
+        layout = counts.layout(table.chunk_order, table.max_chunk_rows, table.overlap_arcsec)
     index_files: list[Path] = []
     if table.role == "child":
         assert table.director_table is not None
         index_files = committed_index_files(deployment, conn, table.director_table)
     return layout, index_files
+
+
+def _positions(table: CatalogTable, batch: pa.Table) -> np.ndarray:
+    return healpix_29(
+        batch[table.ra_column].to_numpy(zero_copy_only=False),
+        batch[table.dec_column].to_numpy(zero_copy_only=False),
+    )
 
 
 def committed_index_files(deployment: Deployment, conn: sa.Connection, table: str) -> list[Path]:
@@ -472,7 +490,7 @@ def committed_index_files(deployment: Deployment, conn: sa.Connection, table: st
 
 @dataclass
 class Partitioned:
-    """A load's rows as the shards store them, the director index it adds and what was counted."""
+    """A batch's rows as the shards store them, the director index rows it adds and what was counted."""
 
     rows: pa.Table
     index: pa.Table | None
@@ -480,54 +498,60 @@ class Partitioned:
     orphans: int = 0  # child rows without a director row (placed by position or skipped)
 
 
-def _partition(
-    deployment: Deployment,
-    table: CatalogTable,
-    data: pa.Table,
-    layout: ChunkLayout | None,
-    index_files: list[Path],
-    orphans: str,
-) -> Partitioned:
-    if layout is None:
-        return Partitioned(data, None, data.num_rows)
-    if table.role == "match":
-        from dms.loaders.match import match_rows
+class _Placer:
+    """Partitions a load's batches: `_healpix_29`, chunk and overlap columns, and the index rows."""
 
-        rows, _, match_index = match_rows(deployment, table, data)
-        return Partitioned(rows, match_index, data.num_rows)
-    index = None
-    orphan_count = 0
-    if table.role == "child":
-        placement = place_children(table, data, index_files, layout, orphans)
-        data, h29, chunk = placement.rows, placement.healpix_29, placement.chunk
-        index, orphan_count = placement.orphan_index, placement.orphans
-    else:
-        h29 = healpix_29(
-            data[table.ra_column].to_numpy(zero_copy_only=False),
-            data[table.dec_column].to_numpy(zero_copy_only=False),
-        )
-        orders, pixels = layout.assign(h29)
-        chunk = nuniq(orders, pixels)
-    rows = data.append_column("_healpix_29", pa.array(h29)).append_column("_chunk", pa.array(chunk))
-    rows = rows.append_column("_overlap", pa.array(np.zeros(len(h29), bool)))
-    if table.role == "director":
-        index = _director_index(table, data, h29, chunk)
-        if table.overlap_arcsec > 0:
-            rows = _with_overlap(table, rows, h29, chunk, layout)
-    rows = rows.sort_by([("_chunk", "ascending"), ("_healpix_29", "ascending")])
-    return Partitioned(rows, index, data.num_rows, orphan_count)
+    def __init__(
+        self,
+        deployment: Deployment,
+        table: CatalogTable,
+        layout: ChunkLayout | None,
+        index_files: list[Path],
+        orphans: str,
+    ) -> None:
+        self.deployment, self.table, self.layout, self.orphans = deployment, table, layout, orphans
+        self.director_index = director_index(table, index_files) if table.role == "child" else None
+
+    def place(self, data: pa.Table, known_h29: np.ndarray | None = None) -> Partitioned:
+        """A batch partitioned; `known_h29`: its positions if the layout pass computed them already."""
+        table, layout = self.table, self.layout
+        if layout is None:
+            return Partitioned(data, None, data.num_rows)
+        if table.role == "match":
+            from dms.loaders.match import match_rows
+
+            rows, _, match_index = match_rows(self.deployment, table, data)
+            return Partitioned(rows, match_index, data.num_rows)
+        index = None
+        orphan_count = 0
+        if table.role == "child":
+            assert self.director_index is not None
+            placement = place_children(table, data, self.director_index, layout, self.orphans)
+            data, h29, chunk = placement.rows, placement.healpix_29, placement.chunk
+            index, orphan_count = placement.orphan_index, placement.orphans
+        else:
+            h29 = known_h29 if known_h29 is not None else _positions(table, data)
+            orders, pixels = layout.assign(h29)
+            chunk = nuniq(orders, pixels)
+        rows = data.append_column("_healpix_29", pa.array(h29)).append_column("_chunk", pa.array(chunk))
+        rows = rows.append_column("_overlap", pa.array(np.zeros(len(h29), bool)))
+        if table.role == "director":
+            assert table.id_column is not None
+            with self.deployment.connect() as conn:
+                refuse_placed_orphans(self.deployment, conn, table, data[table.id_column])
+            index = _director_index(table, data, h29, chunk)
+            if table.overlap_arcsec > 0:
+                rows = _with_overlap(table, rows, h29, chunk, layout)
+        return Partitioned(rows, index, data.num_rows, orphan_count)
 
 
 def _director_index(table: CatalogTable, data: pa.Table, h29: np.ndarray, chunk: np.ndarray) -> pa.Table:
+    """A batch's director index rows (sorted and checked for duplicates when the load's index is written)."""
     assert table.id_column is not None
     ids = data[table.id_column]
     if ids.null_count:
         raise LoadError(f"{ids.null_count} rows have no {table.id_column}; a director's id is required")
-    index = pa.table({"id": ids.cast(pa.int64()), "chunk": chunk, "healpix_29": h29}).sort_by("id")
-    duplicates = pc.sum(pc.equal(index["id"][1:], index["id"][:-1])).as_py() if len(index) > 1 else 0
-    if duplicates:
-        raise LoadError(f"{duplicates} duplicate values of {table.id_column} in the files")
-    return index
+    return pa.table({"id": ids.cast(pa.int64()), "chunk": chunk, "healpix_29": h29})
 
 
 def _with_overlap(
@@ -556,10 +580,3 @@ def _index_path(deployment: Deployment, table: CatalogTable, load_id: int) -> Pa
 
 def _index_relative(table: CatalogTable, load_id: int) -> Path:
     return Path("catalog") / "_index" / table.schema_name / table.table_name / f"load{load_id}.parquet"
-
-
-def _write_index(deployment: Deployment, table: CatalogTable, load_id: int, index: pa.Table) -> str:
-    path = _index_path(deployment, table, load_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(index, path, row_group_size=8192, compression="lz4")
-    return str(_index_relative(table, load_id))

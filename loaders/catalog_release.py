@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,19 +26,19 @@ from dms.loaders.catalog import (
     LoadResult,
     TableOptions,
     _begin_load,
-    _conform,
     _discard_load,
     _discard_stale_loads,
     _ensure_table,
     _index_path,
+    _index_relative,
     _layout_and_index,
-    _partition,
+    _Placer,
     _stores,
-    _write_index,
 )
 from dms.loaders.catalog_commit import register_load, replica_offset
 from dms.loaders.catalog_drop import load_lock_key
 from dms.loaders.catalog_errors import LoadError
+from dms.loaders.catalog_stream import IndexSpool, PositionSpool, conform_batch
 from dms.loaders.orphans import DEFAULT_ORPHANS
 from dms.loaders.partition import ChunkLayout
 from dms.schema.catalog import CatalogTable, qualified_name
@@ -52,6 +54,21 @@ class TablePart:
     name: str
     data: pa.Table
     options: TableOptions
+
+
+class _InMemory:
+    """A release table's rows (already in memory) as the loader's streaming source: one batch."""
+
+    def __init__(self, data: pa.Table) -> None:
+        self.data = data
+
+    def batches(self, table: CatalogTable, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        wanted = [c for c in table.columns if columns is None or c.name in columns]
+        by_lower = {n.lower(): n for n in self.data.column_names}
+        missing = [c.name for c in wanted if c.name.lower() not in by_lower]
+        if missing:
+            raise LoadError(f"the rows for {table.name} lack the columns {missing}")
+        yield conform_batch(wanted, self.data.select([by_lower[c.name.lower()] for c in wanted]))
 
 
 @dataclass
@@ -99,41 +116,51 @@ def load_release(deployment: Deployment, parts: list[TablePart], *, tag: str) ->
 def _prepare(deployment: Deployment, part: TablePart, done: list[_Prepared], tag: str) -> _Prepared:
     name = qualified_name(part.name)
     table, _ = _ensure_table(deployment, name, part.data, part.options)
-    data = _conform(table, part.data)
+    source = _InMemory(part.data)
+    data = next(source.batches(table))
     digest = hashlib.sha256(f"release:{tag}:{table.name}:{data.num_rows}".encode())
     load_id, state = _begin_load(deployment, table, digest.hexdigest(), [])
     if state == "committed":
         raise LoadError(f"release {tag!r} of {table.name} is already loaded; name the new version anew")
     _discard_stale_loads(deployment, table, keep=load_id)
     result = _Prepared(table, load_id)
-    with deployment.connect() as conn:
-        layout, index_files = _layout_and_index(deployment, conn, table, data)
-    if table.role == "child":
-        director = next((p for p in done if p.table.name == table.director_table), None)
-        if director is None:
-            raise LoadError(f"{table.name}: its director {table.director_table} is not part of the release")
-        # children follow this release's director rows, not the ones it replaces
-        index_files = [_index_path(deployment, director.table, director.load_id)]
-        if director.layout is not None:
-            layout = director.layout
-    result.layout = layout
-    placed = _partition(deployment, table, data, layout, index_files, DEFAULT_ORPHANS)
-    rows = placed.rows
-    shards = _stores(deployment, table)
-    chunk = rows["_chunk"].to_numpy() if table.partitioned else None
-    for shard_index, store in enumerate(shards):
-        part_rows = rows
-        if table.partitioned and len(shards) > 1:
-            assert chunk is not None
-            part_rows = rows.filter(
-                pa.array(replica_offset(chunk, shard_index, len(shards)) < table.replicas)
+    spool_root = deployment.data_dir / "catalog" / "_spool"
+    spool_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=spool_root, prefix=f"release{load_id}-") as spool_dir:
+        with deployment.connect() as conn:
+            layout, index_files = _layout_and_index(
+                deployment, conn, table, source, PositionSpool(Path(spool_dir) / "_positions")
             )
-        if table.partitioned and part_rows.num_rows == 0:
-            continue
-        result.files[store.name] = store.write_load(table, load_id, part_rows)
-        store.close()
-    if placed.index is not None:
-        result.index_path = _write_index(deployment, table, load_id, placed.index)
+        if table.role == "child":
+            director = next((p for p in done if p.table.name == table.director_table), None)
+            if director is None:
+                raise LoadError(
+                    f"{table.name}: its director {table.director_table} is not part of the release"
+                )
+            # children follow this release's director rows, not the ones it replaces
+            index_files = [_index_path(deployment, director.table, director.load_id)]
+            if director.layout is not None:
+                layout = director.layout
+        result.layout = layout
+        placed = _Placer(deployment, table, layout, index_files, DEFAULT_ORPHANS).place(data)
+        rows = placed.rows
+        shards = _stores(deployment, table)
+        chunk = rows["_chunk"].to_numpy() if table.partitioned else None
+        for shard_index, store in enumerate(shards):
+            part_rows = rows
+            if table.partitioned and len(shards) > 1:
+                assert chunk is not None
+                part_rows = rows.filter(
+                    pa.array(replica_offset(chunk, shard_index, len(shards)) < table.replicas)
+                )
+            if table.partitioned and part_rows.num_rows == 0:
+                continue
+            result.files[store.name] = store.write_load(table, load_id, part_rows)
+            store.close()
+        index = IndexSpool(Path(spool_dir) / "_index", unique=table.role == "director")
+        index.add(placed.index)
+        if index.write(_index_path(deployment, table, load_id), table.id_column or "id"):
+            result.index_path = str(_index_relative(table, load_id))
     result.rows = placed.row_count
     return result
 

@@ -53,17 +53,22 @@ class ChildPlacement:
     orphan_index: pa.Table | None  # (id, chunk, healpix_29) of placed orphans with a key, sorted by id
 
 
-def place_children(
-    table: CatalogTable, data: pa.Table, index_files: list[Path], layout: ChunkLayout, policy: str
-) -> ChildPlacement:
-    """The chunk of every child row, following `policy` for rows without a director row."""
-    key = table.director_key_column
-    assert key is not None
+def director_index(table: CatalogTable, index_files: list[Path]) -> pa.Table:
+    """The committed director index of a child table's director, sorted by id, read once per child load."""
     if not index_files:
         raise OrphanError(
             f"director table {table.director_table} has no rows yet: load it before {table.name}"
         )
-    index = pa.concat_tables([pq.read_table(p) for p in index_files]).sort_by("id")
+    return pa.concat_tables([pq.read_table(p) for p in index_files]).sort_by("id")
+
+
+def place_children(
+    table: CatalogTable, data: pa.Table, index: pa.Table, layout: ChunkLayout, policy: str
+) -> ChildPlacement:
+    """The chunk of every child row, following `policy` for rows without a director row (`index`: the
+    director's, from `director_index`)."""
+    key = table.director_key_column
+    assert key is not None
     ids = index["id"].to_numpy()
     no_key = np.asarray(data[key].is_null().to_numpy(zero_copy_only=False), bool)
     keys = data[key].cast(pa.int64()).fill_null(0).to_numpy()

@@ -123,33 +123,87 @@ def adaptive_layout(
     (all four kept, so the layout keeps covering the parent) while it has more than `max_chunk_rows` rows,
     down to the finest order whose chunks are still wider than the overlap allows (HATS-style adaptive
     partitioning). A chunk that is still too big there is refused with the options that would fix it."""
-    finest = finest_chunk_order(overlap_arcsec)
-    if base_order > finest:
-        raise PartitionError(
-            f"an overlap of {overlap_arcsec:g} arcsec is too large for chunks at order {base_order}: use "
-            f"--chunk-order {finest} or coarser, or an --overlap of at most "
-            f"{max_overlap_arcsec(base_order):.4g} arcsec"
-        )
-    base_pixels = np.unique(h29 >> (2 * (ORDER_29 - base_order)))
-    if max_chunk_rows is None:
-        return ChunkLayout(base_order, np.full(len(base_pixels), base_order, np.int64), base_pixels)
-    chunks: list[tuple[int, int]] = []
-    too_big: list[tuple[int, int, int]] = []
-    pending = [(base_order, int(p)) for p in base_pixels]
-    sorted_h29 = np.sort(h29)
-    while pending:
-        order, pixel = pending.pop()
-        lo, hi = pixel_range(order, pixel)
-        rows = int(np.searchsorted(sorted_h29, hi, "right") - np.searchsorted(sorted_h29, lo, "left"))
-        if rows > max_chunk_rows and order < finest:
-            pending.extend((order + 1, 4 * pixel + child) for child in range(4))
-        else:
-            chunks.append((order, pixel))
-            if rows > max_chunk_rows:
-                too_big.append((rows, order, pixel))
-    if too_big:
-        raise PartitionError(_too_big_advice(max(too_big), len(too_big), max_chunk_rows, overlap_arcsec))
-    return ChunkLayout.from_chunks(base_order, chunks)
+    counts = SkyCounts(finest_chunk_order(overlap_arcsec))
+    counts.add(h29)
+    return counts.layout(base_order, max_chunk_rows, overlap_arcsec)
+
+
+class SkyCounts:
+    """Rows per HEALPix pixel at one order, gathered batch by batch: all an adaptive layout needs to know of a
+    load, so a streamed load never holds its positions whole (at most one entry per occupied pixel)."""
+
+    DENSE_PIXELS = 1 << 26
+    """Orders with at most this many pixels (order 10 and coarser) are counted in one dense array."""
+
+    def __init__(self, order: int) -> None:
+        self.order = order
+        self._dense: IntArray | None = None
+        if 12 * 4**order <= self.DENSE_PIXELS:
+            self._dense = np.zeros(12 * 4**order, np.int64)
+        self._pixels = np.zeros(0, np.int64)
+        self._counts = np.zeros(0, np.int64)
+
+    def add(self, h29: IntArray) -> None:
+        pixels = h29 >> (2 * (ORDER_29 - self.order))
+        if self._dense is not None:  # a bincount per batch: no sort, whatever the number of pixels
+            self._dense += np.bincount(pixels, minlength=len(self._dense))
+            return
+        pixels, counts = np.unique(pixels, return_counts=True)
+        merged = np.concatenate([self._pixels, pixels])
+        self._pixels, inverse = np.unique(merged, return_inverse=True)
+        self._counts = np.bincount(
+            inverse, weights=np.concatenate([self._counts, counts]), minlength=len(self._pixels)
+        ).astype(np.int64)
+
+    @property
+    def pixels(self) -> IntArray:
+        """The occupied pixels, sorted."""
+        if self._dense is not None:
+            return np.flatnonzero(self._dense).astype(np.int64)
+        return self._pixels
+
+    @property
+    def counts(self) -> IntArray:
+        """The rows in each of `pixels`."""
+        if self._dense is not None:
+            return self._dense[self._dense > 0]
+        return self._counts
+
+    def rows_in(self, order: int, pixel: int) -> int:
+        shift = 2 * (self.order - order)
+        if self._dense is not None:
+            return int(self._dense[pixel << shift : (pixel + 1) << shift].sum())
+        lo, hi = np.searchsorted(self._pixels, [pixel << shift, (pixel + 1) << shift], "left")
+        return int(self._counts[lo:hi].sum())
+
+    def layout(self, base_order: int, max_chunk_rows: int | None, overlap_arcsec: float) -> ChunkLayout:
+        """The adaptive layout of the counted rows (see `adaptive_layout`)."""
+        finest = finest_chunk_order(overlap_arcsec)
+        if base_order > finest:
+            raise PartitionError(
+                f"an overlap of {overlap_arcsec:g} arcsec is too large for chunks at order {base_order}: use "
+                f"--chunk-order {finest} or coarser, or an --overlap of at most "
+                f"{max_overlap_arcsec(base_order):.4g} arcsec"
+            )
+        assert self.order == finest
+        base_pixels = np.unique(self.pixels >> (2 * (finest - base_order)))
+        if max_chunk_rows is None:
+            return ChunkLayout(base_order, np.full(len(base_pixels), base_order, np.int64), base_pixels)
+        chunks: list[tuple[int, int]] = []
+        too_big: list[tuple[int, int, int]] = []
+        pending = [(base_order, int(p)) for p in base_pixels]
+        while pending:
+            order, pixel = pending.pop()
+            rows = self.rows_in(order, pixel)
+            if rows > max_chunk_rows and order < finest:
+                pending.extend((order + 1, 4 * pixel + child) for child in range(4))
+            else:
+                chunks.append((order, pixel))
+                if rows > max_chunk_rows:
+                    too_big.append((rows, order, pixel))
+        if too_big:
+            raise PartitionError(_too_big_advice(max(too_big), len(too_big), max_chunk_rows, overlap_arcsec))
+        return ChunkLayout.from_chunks(base_order, chunks)
 
 
 def _too_big_advice(densest: tuple[int, int, int], count: int, max_chunk_rows: int, overlap: float) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +12,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from dms.errors import DMSError
+
+_CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".tab")
 
 
 class CatalogFileError(DMSError):
@@ -27,8 +29,7 @@ def _read_parquet(path: Path) -> pa.Table:
 
 
 def _read_csv(path: Path) -> pa.Table:
-    delimiter = "\t" if path.name.lower().removesuffix(".gz").endswith((".tsv", ".tab")) else ","
-    return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter))
+    return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=_csv_delimiter(path)))
 
 
 def _read_astropy(path: Path, fmt: str) -> pa.Table:
@@ -87,7 +88,7 @@ def _fits_ucds(path: Path) -> dict[str, str]:
 
 READERS: dict[tuple[str, ...], Callable[[Path], pa.Table]] = {
     (".parquet", ".pq"): _read_parquet,
-    (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".tab"): _read_csv,
+    _CSV_SUFFIXES: _read_csv,
     (".fits", ".fit", ".fits.gz", ".fts"): lambda p: _read_astropy(p, "fits"),
     (".vot", ".votable", ".xml", ".vot.gz"): lambda p: _read_astropy(p, "votable"),
 }
@@ -109,6 +110,82 @@ def read_catalog_file(path: Path) -> pa.Table:
                 raise CatalogFileError(path, f"cannot be read as {suffixes[0][1:]}: {problem}") from exc
     known = ", ".join(s for suffixes in READERS for s in suffixes)
     raise CatalogFileError(path, f"unknown file type; use one of {known}")
+
+
+BATCH_ROWS = 1_000_000
+"""Rows per batch a load reads at a time: large enough for vectorised work, small enough to bound memory."""
+
+
+def catalog_file_schema(path: Path) -> pa.Schema:
+    """The columns of a catalog file, read from its metadata or first block only (FITS and VOTable files are
+    read whole: their readers do not stream)."""
+    name = path.name.lower()
+    try:
+        if name.endswith((".parquet", ".pq")) and path.is_file():
+            return pq.read_schema(path)
+        if name.endswith(_CSV_SUFFIXES) and path.is_file():
+            with _open_csv(path) as reader:
+                return reader.schema
+    except Exception as exc:  # the libraries raise many types for corrupt files
+        raise CatalogFileError(path, f"cannot be read as {_kind(name)}: {_first_line(exc)}") from exc
+    return read_catalog_file(path).schema
+
+
+def iter_catalog_file(
+    path: Path, columns: list[str] | None = None, batch_rows: int = BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """The rows of a catalog file batch by batch (Parquet row groups and CSV blocks are streamed, so a file
+    is never whole in memory), optionally only some `columns`; a clear error if it cannot be read."""
+    name = path.name.lower()
+    try:
+        if name.endswith((".parquet", ".pq")) and path.is_file():
+            yield from _parquet_batches(path, columns, batch_rows)
+            return
+        if name.endswith(_CSV_SUFFIXES) and path.is_file():
+            with _open_csv(path) as reader:
+                for batch in reader:
+                    yield batch.select(columns) if columns is not None else batch
+            return
+    except CatalogFileError:
+        raise
+    except Exception as exc:
+        raise CatalogFileError(path, f"cannot be read as {_kind(name)}: {_first_line(exc)}") from exc
+    table = read_catalog_file(path)
+    yield from (table.select(columns) if columns is not None else table).to_batches(batch_rows)
+
+
+def _parquet_batches(path: Path, columns: list[str] | None, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """A Parquet file's rows one row group at a time, without pre-buffering: `iter_batches` keeps memory that
+    grows with the file (1.3 GB after 10M rows of the scale benchmark's file, 0.25 GB this way). A file with
+    huge row groups is read by `iter_batches`, which splits them."""
+    parquet = pq.ParquetFile(path, pre_buffer=False)
+    metadata = parquet.metadata
+    sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+    if any(size > 4 * batch_rows for size in sizes):
+        yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)
+        return
+    for i in range(len(sizes)):
+        yield from parquet.read_row_group(i, columns=columns).to_batches(max_chunksize=batch_rows)
+
+
+def _open_csv(path: Path) -> pacsv.CSVStreamingReader:
+    return pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(block_size=64 << 20),  # types are inferred from the first block
+        parse_options=pacsv.ParseOptions(delimiter=_csv_delimiter(path)),
+    )
+
+
+def _csv_delimiter(path: Path) -> str:
+    return "\t" if path.name.lower().removesuffix(".gz").endswith((".tsv", ".tab")) else ","
+
+
+def _kind(name: str) -> str:
+    return "csv" if name.endswith(_CSV_SUFFIXES) else "parquet"
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def file_checksum(paths: list[Path], extra: str) -> str:

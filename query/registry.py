@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from dms.deployment import Deployment
+from dms.query.director import DirectorIndex
 from dms.schema.catalog import CatalogTable, list_tables
 
 PUBLIC_CONTROL_SCHEMAS = ("ivoa", "tap_schema", "alerts")
@@ -59,31 +58,18 @@ class Snapshot:
     committed_loads: dict[str, list[int]]  # table -> its committed loads: the only rows queries may read
     control_tables: dict[tuple[str, str], dict[str, str]]
     index_files: dict[str, list[str]]
-    _indexes: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    _indexes: dict[str, DirectorIndex] = field(default_factory=dict)
     _index_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def chunks_of_ids(self, director: str, ids: list[int]) -> set[int]:
         """The chunks (NUNIQ) holding the given object ids of a director table, from its director index
-        (read once per snapshot and kept in memory as sorted arrays: a lookup is a binary search); of a
+        on disk (only its row-group statistics are kept, per snapshot; see `dms.query.director`); of a
         child table, the chunks of its orphans with those keys."""
         with self._index_lock:
             if director not in self._indexes:
-                files = self.index_files.get(director, [])
-                if files:
-                    index = pa.concat_tables([pq.read_table(f, columns=["id", "chunk"]) for f in files])
-                    order = np.argsort(index["id"].to_numpy(), kind="stable")
-                    self._indexes[director] = (
-                        index["id"].to_numpy()[order],
-                        index["chunk"].to_numpy()[order],
-                    )
-                else:
-                    self._indexes[director] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-        sorted_ids, chunk = self._indexes[director]
-        wanted = np.asarray(ids, np.int64)
-        # every entry of an id: a child's index of orphans may hold one key in several chunks
-        first = np.searchsorted(sorted_ids, wanted, "left")
-        last = np.searchsorted(sorted_ids, wanted, "right")
-        return {int(c) for lo, hi in zip(first, last, strict=True) for c in chunk[lo:hi]}
+                self._indexes[director] = DirectorIndex(self.index_files.get(director, []))
+            index = self._indexes[director]
+        return index.chunks_of(ids)
 
 
 GENERATION_SQL = "SELECT generation FROM dms.catalog_generation WHERE id = 1"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,11 +112,19 @@ class ShardBackend(ABC):
 
     # storing chunks (loaders) ----------------------------------------------------------------------------
 
-    @abstractmethod
     def write_load(self, table: CatalogTable, load_id: int, rows: pa.Table) -> list[ChunkFile]:
         """Store rows (sorted by _chunk, _healpix_29) of one load; not visible until the load commits.
 
         Repeating a write of the same load replaces what the first stored (a resumed load)."""
+        return self.write_chunks(table, load_id, split_chunks(table, rows))
+
+    @abstractmethod
+    def write_chunks(
+        self, table: CatalogTable, load_id: int, chunks: Iterable[tuple[int, int, pa.Table]]
+    ) -> list[ChunkFile]:
+        """Store one load's rows chunk by chunk: (order, pixel, rows sorted by _healpix_29), each chunk once
+        (a replicated table: one part under REPLICATED_CHUNK). The parts are consumed one at a time, so a
+        load of any size holds one chunk in memory. The same visibility and resume rules as `write_load`."""
 
     @abstractmethod
     def discard_load(self, table: CatalogTable, load_id: int) -> None:

@@ -10,6 +10,9 @@ import shutil
 import threading
 import time
 import warnings
+from collections import deque
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +29,6 @@ from dms.shards.base import (
     ShardQueryError,
     ShardUnavailable,
     overlap_count,
-    split_chunks,
 )
 from dms.shards.parquet.transfer import LOCKED_DOWN, confine, write_chunk_file
 
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 # the copy it warns of is of a small result (bound parameters are the fast path's)
 warnings.filterwarnings("ignore", "Arrow output on a DB-API result", UserWarning)
 
+WRITE_THREADS = 2
+"""Chunk files a load writes at the same time."""
 CANCEL_POLL = 0.02
 """Seconds between checks of a running query's cancel event and deadline."""
 
@@ -78,20 +82,30 @@ class DuckDBShard(ShardBackend):
     def table_dir(self, table: CatalogTable) -> Path:
         return self.root / table.schema_name / table.table_name
 
-    def write_load(self, table: CatalogTable, load_id: int, rows: pa.Table) -> list[ChunkFile]:
-        from dms.query.integrity import file_checksum
-
+    def write_chunks(
+        self, table: CatalogTable, load_id: int, chunks: Iterable[tuple[int, int, pa.Table]]
+    ) -> list[ChunkFile]:
+        """Each chunk's file, WRITE_THREADS at a time (Parquet encoding and compression release the GIL), with
+        at most that many chunks waiting, so memory stays bounded."""
         directory = self.table_dir(table) / f"load{load_id}"
         directory.mkdir(parents=True, exist_ok=True)
-        files = []
-        for order, pixel, part in split_chunks(table, rows):
+
+        def write(order: int, pixel: int, part: pa.Table) -> ChunkFile:
             name = "replicated.parquet" if order < 0 else f"chunk-{order}-{pixel}.parquet"
             path = directory / name
-            write_chunk_file(part, path)
+            checksum = write_chunk_file(part, path)
             overlap = overlap_count(table, part)
             relative = str(path.relative_to(self.root))
-            checksum = file_checksum(path)
-            files.append(ChunkFile(order, pixel, relative, part.num_rows - overlap, overlap, checksum))
+            return ChunkFile(order, pixel, relative, part.num_rows - overlap, overlap, checksum)
+
+        files: list[ChunkFile] = []
+        with ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix=f"dms-write-{self.name}") as pool:
+            pending: deque[Future[ChunkFile]] = deque()
+            for order, pixel, part in chunks:
+                if len(pending) >= WRITE_THREADS:
+                    files.append(pending.popleft().result())
+                pending.append(pool.submit(write, order, pixel, part))
+            files.extend(f.result() for f in pending)
         return files
 
     def discard_load(self, table: CatalogTable, load_id: int) -> None:

@@ -3,6 +3,7 @@ connection that reads them."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -35,12 +36,19 @@ def confine(conn: duckdb.DuckDBPyConnection, directories: list[Path]) -> None:
     conn.execute("SET GLOBAL lock_configuration = true")
 
 
-def write_chunk_file(part: pa.Table, path: Path) -> bool:
-    """Write one chunk's rows as a Parquet file sorted as given, atomically (a temporary name, then rename);
-    an existing file is complete and kept (a resumed load). Returns whether it was written now."""
+def write_chunk_file(part: pa.Table, path: Path) -> str:
+    """Write one chunk's rows as a Parquet file sorted as given, atomically (a temporary name, then rename),
+    and return the checksum of its bytes (`dms.query.integrity`), computed as they are written rather than by
+    reading the file back; an existing file is complete and kept (a resumed load)."""
+    from dms.query.integrity import ALGORITHM, file_checksum
+
     if path.exists():
-        return False
+        return file_checksum(path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(part, sink, row_group_size=ROW_GROUP_ROWS, compression="lz4", write_statistics=True)
+    data = sink.getvalue()
     tmp = path.with_suffix(".tmp")
-    pq.write_table(part, tmp, row_group_size=ROW_GROUP_ROWS, compression="lz4", write_statistics=True)
+    with open(tmp, "wb") as stream:
+        stream.write(memoryview(data))
     os.replace(tmp, path)
-    return True
+    return f"{ALGORITHM}:{hashlib.sha256(memoryview(data)).hexdigest()}"

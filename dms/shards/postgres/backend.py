@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -29,9 +30,8 @@ from dms.shards.base import (
     ShardUnavailable,
     ShardWriteError,
     overlap_count,
-    split_chunks,
 )
-from dms.shards.postgres.transfer import PostgresConnection, copy_ready
+from dms.shards.postgres.transfer import PostgresConnection, copy_binary, copy_ready
 
 if TYPE_CHECKING:
     from dms.schema.catalog import CatalogTable
@@ -120,38 +120,57 @@ class PostgresShard(ShardBackend):
 
     # storing chunks ------------------------------------------------------------------------------------
 
-    def write_load(self, table: CatalogTable, load_id: int, rows: pa.Table) -> list[ChunkFile]:
+    def write_chunks(
+        self, table: CatalogTable, load_id: int, chunks: Iterable[tuple[int, int, pa.Table]]
+    ) -> list[ChunkFile]:
         try:
-            self._copy_load(table, load_id, rows)
+            return self._copy_load(table, load_id, chunks)
         except (psycopg.Error, ShardWriteError) as exc:
             raise ShardWriteError(
                 f"shard {self.name!r} cannot store the rows of {table.name}: {str(exc).splitlines()[0]}"
             ) from exc
-        name = physical_name(table)
-        files = []
-        for order, pixel, part in split_chunks(table, rows):
-            overlap = overlap_count(table, part)
-            files.append(ChunkFile(order, pixel, name, part.num_rows - overlap, overlap))
-        return files
 
-    def _copy_load(self, table: CatalogTable, load_id: int, rows: pa.Table) -> None:
-        target = table_ident(table)
+    def _copy_load(
+        self, table: CatalogTable, load_id: int, chunks: Iterable[tuple[int, int, pa.Table]]
+    ) -> list[ChunkFile]:
+        """One transaction: the load's earlier rows (a resumed load) deleted, then a COPY per chunk, in
+        PostgreSQL's binary format when its columns allow (fixed-width, no NULLs), else as CSV."""
+        target, name = table_ident(table), physical_name(table)
+        files = []
         with self._connection() as conn, conn.transaction():
             created = self._create_table(conn, table)
             conn.execute(statement("DELETE FROM {table} WHERE _load_id = %s", table=target), (load_id,))
-            data = copy_ready(rows).append_column("_load_id", pa.array([load_id] * rows.num_rows, pa.int32()))
-            buffer = io.BytesIO()
-            pacsv.write_csv(data, buffer, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+            for order, pixel, part in chunks:
+                data = part.append_column("_load_id", pa.array(np.full(part.num_rows, load_id, np.int32)))
+                self._copy(conn, target, data)
+                overlap = overlap_count(table, part)
+                files.append(ChunkFile(order, pixel, name, part.num_rows - overlap, overlap))
+            if created:
+                self._create_indexes(conn, table)
+            conn.execute(statement("ANALYZE {table}", table=target))
+        return files
+
+    @staticmethod
+    def _copy(conn: psycopg.Connection, target: Identifier, data: pa.Table) -> None:
+        binary = copy_binary(data)
+        if binary is not None:
             copy_sql = statement(
-                "COPY {table} ({columns}) FROM STDIN (FORMAT csv)",
+                "COPY {table} ({columns}) FROM STDIN (FORMAT binary)",
                 table=target,
                 columns=names(data.column_names),
             )
             with conn.cursor() as cur, cur.copy(copy_sql) as copy:
-                copy.write(buffer.getbuffer())
-            if created:
-                self._create_indexes(conn, table)
-            conn.execute(statement("ANALYZE {table}", table=target))
+                copy.write(binary)
+            return
+        buffer = io.BytesIO()
+        pacsv.write_csv(
+            copy_ready(data), buffer, pacsv.WriteOptions(include_header=False, quoting_style="needed")
+        )
+        copy_sql = statement(
+            "COPY {table} ({columns}) FROM STDIN (FORMAT csv)", table=target, columns=names(data.column_names)
+        )
+        with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+            copy.write(buffer.getbuffer())
 
     def _exists(self, conn: psycopg.Connection, table: CatalogTable) -> bool:
         regclass = table_ident(table).as_string(conn)

@@ -7,6 +7,7 @@ import threading
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import psycopg
 import pyarrow as pa
 
@@ -166,3 +167,54 @@ def copy_ready(table: pa.Table) -> pa.Table:
             hex_text = pa.array([None if v is None else "\\x" + v.hex() for v in values], pa.string())
             table = table.set_column(i, column_field.name, hex_text)
     return table
+
+
+COPY_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
+"""The signature, flags and (empty) header extension of PostgreSQL's binary COPY format."""
+COPY_BINARY_TRAILER = (-1).to_bytes(2, "big", signed=True)
+
+_POSTGRES_EPOCH_US = 946_684_800 * 1_000_000  # 2000-01-01T00:00:00Z, where binary timestamps count from
+_POSTGRES_EPOCH_DAYS = 10_957  # 2000-01-01 in days since 1970-01-01
+
+
+def _binary_column(column: pa.ChunkedArray) -> tuple[str, np.ndarray] | None:
+    """(big-endian numpy type, values) of a column as its PostgreSQL column (`SQL_TYPES`) takes it in binary
+    COPY, or None for a type without a fixed width."""
+    kind = column.type
+    if pa.types.is_boolean(kind):
+        return "?", column.to_numpy(zero_copy_only=False)
+    if pa.types.is_int8(kind) or pa.types.is_int16(kind):
+        return ">i2", column.to_numpy()
+    if pa.types.is_int32(kind):
+        return ">i4", column.to_numpy()
+    if pa.types.is_int64(kind):
+        return ">i8", column.to_numpy()
+    if pa.types.is_floating(kind):  # float columns are double precision on PostgreSQL
+        return ">f8", column.to_numpy()
+    if pa.types.is_timestamp(kind) and kind.unit == "us":
+        return ">i8", column.cast(pa.int64()).to_numpy() - _POSTGRES_EPOCH_US
+    if pa.types.is_date32(kind):
+        return ">i4", column.cast(pa.int32()).to_numpy() - _POSTGRES_EPOCH_DAYS
+    return None
+
+
+def copy_binary(table: pa.Table) -> bytes | None:
+    """The rows in PostgreSQL's binary COPY format, built column-wise as one numpy record array (each tuple:
+    field count, then each field's length and big-endian value), or None when a column has NULLs or a
+    variable-width type (text, bytea): those rows go as CSV instead."""
+    fields: list[tuple[str, str]] = [("fields", ">i2")]
+    values = []
+    for i, column in enumerate(table.columns):
+        if column.null_count:
+            return None
+        converted = _binary_column(column)
+        if converted is None:
+            return None
+        fields += [(f"length{i}", ">i4"), (f"value{i}", converted[0])]
+        values.append(converted[1])
+    tuples = np.empty(table.num_rows, np.dtype(fields))
+    tuples["fields"] = table.num_columns
+    for i, value in enumerate(values):
+        tuples[f"length{i}"] = tuples.dtype[f"value{i}"].itemsize
+        tuples[f"value{i}"] = value
+    return COPY_BINARY_HEADER + tuples.tobytes() + COPY_BINARY_TRAILER

@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/tap.py [--rows 200000] [--requests 200] [--clients 100] [--duration 60]
 
-Creates a throw-away embedded deployment, loads a synthetic catalog with `dms load` (catalog.obj, partitioned
+Creates a throw-away embedded deployment, loads a synthetic catalog with `dms load` (cat.obj, partitioned
 on HEALPix, published in TAP_SCHEMA by the load), starts `dms serve` in a subprocess, and prints:
   1. a sync TAP cone query (TOP 100 rows in a 0.1 deg cone) over HTTP: p50 / p95 latency;
   2. the same ADQL through the query engine `dms query` uses, in-process: p50 / p95, and the HTTP overhead;
@@ -35,7 +35,7 @@ from dms.query.engine import QueryEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY = (
-    "SELECT TOP 100 id, ra, dec, mag FROM catalog.obj "
+    "SELECT TOP 100 id, ra, dec, mag FROM cat.obj "
     "WHERE CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', {ra:.4f}, {dec:.4f}, 0.1)) = 1"
 )
 

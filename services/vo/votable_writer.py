@@ -64,8 +64,9 @@ def to_astropy(table: pa.Table, widths: Mapping[str, int | None] | None = None) 
                 data = data.reshape(len(values), width)
             else:
                 data = np.empty(len(values), dtype=object)
-                for i, v in enumerate(values):
-                    data[i] = np.array(v if v is not None else [], dtype=float)
+                for i, v in enumerate(values):  # masked cells: BINARY2 writes each element's null flag
+                    cell = v if v is not None else []
+                    data[i] = np.ma.MaskedArray(cell, mask=np.zeros(len(cell), bool), dtype=float)
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
             data = _text([v if v is not None else "" for v in values])
         elif pa.types.is_boolean(kind):
@@ -131,9 +132,14 @@ def result_chunks(
     data, tail = rest.rsplit(end, 1)
     yield head + start
     if serialization == "tabledata":
-        yield data
+        # each batch's rows as astropy indents them, without the newline and indentation around them
+        rows = data.rstrip(b" ")
+        indent = data[len(rows) :]
+        yield rows
         for offset in range(batch_rows, table.num_rows, batch_rows):
-            yield _between(describe.document(table.slice(offset, batch_rows), serialization), start, end)
+            more = _between(describe.document(table.slice(offset, batch_rows), serialization), start, end)
+            yield more[1:].rstrip(b" ")
+        yield indent
     else:
         # BINARY2 is one base64 stream: re-encode across batches, carrying the bytes that do not fill a
         # 3-byte group, so no padding appears mid-stream.
@@ -227,7 +233,12 @@ class _Describer:
                 vfield.xtype = "timestamp"
             if pa.types.is_boolean(arrow_field.type):
                 vfield.datatype = "boolean"  # astropy's default, bit, has no null value (VOTable 1.4 sec. 6)
-            if vfield.datatype in ("char", "unicodeChar"):
+            if pa.types.is_list(arrow_field.type) or pa.types.is_large_list(arrow_field.type):
+                # astropy guesses an object column's type from its cells (one cell may look like text)
+                width = self.widths.get(vfield.name)
+                vfield.datatype = "double"
+                vfield.arraysize = "*" if width is None else str(width)
+            elif vfield.datatype in ("char", "unicodeChar"):
                 vfield.arraysize = "*"
             if self.datalink is not None and vfield.name == self.datalink[0]:
                 vfield.ID = "datalink_id"

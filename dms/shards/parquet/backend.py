@@ -71,7 +71,7 @@ class DuckDBShard(ShardBackend):
     # storing chunks ------------------------------------------------------------------------------------
 
     def table_dir(self, table: CatalogTable) -> Path:
-        return self.root / table.schema_name / table.table_name
+        return self.root / table.storage_schema / table.storage_table
 
     def write_load(self, table: CatalogTable, load_id: int, rows: pa.Table) -> list[ChunkFile]:
         from dms.query.integrity import file_checksum

@@ -140,8 +140,9 @@ def _rename_tap_schema(conn: sa.Connection, old: str, new: str) -> None:
     else:
         conn.execute(
             sa.text(
-                "UPDATE tap_schema.schemas SET schema_name = :new, description = replace(description, :old, :new) "
-                "WHERE schema_name = :old"
+                "UPDATE tap_schema.schemas SET schema_name = CAST(:new AS varchar), description = "
+                "'Catalog tables in ' || CAST(:new AS varchar) || ', partitioned on HEALPix (dms load)' "
+                "WHERE schema_name = CAST(:old AS varchar)"
             ),
             {"old": old, "new": new},
         )

@@ -81,10 +81,10 @@ def load_sample(deployment: Deployment, sample: Sample, *, chunk_order: int = 3)
 def reference_connection(sample: Sample) -> duckdb.DuckDBPyConnection:
     conn = duckdb.connect()
     register_duckdb(conn, temporary=False)
-    conn.execute("CREATE SCHEMA catalog")
+    conn.execute("CREATE SCHEMA cat")
     for name, table in sample.tables.items():
         conn.register(f"_{name}", table)
-        conn.execute(f"CREATE TABLE catalog.{name} AS SELECT * FROM _{name}")
+        conn.execute(f"CREATE TABLE cat.{name} AS SELECT * FROM _{name}")
     conn.execute("SET search_path = 'catalog,main'")
     return conn
 

@@ -49,7 +49,7 @@ def _rows() -> list[tuple[Any, ...]]:
 
 
 DDL = (
-    "CREATE SCHEMA catalog",
+    "CREATE SCHEMA cat",
     "CREATE TABLE cat.obj (id BIGINT, ra DOUBLE PRECISION, dec DOUBLE PRECISION, mag DOUBLE PRECISION, "
     "name VARCHAR, tags VARCHAR, flux DOUBLE PRECISION)",
     "CREATE TABLE cat.regions (rid INTEGER, region DOUBLE PRECISION[])",

@@ -268,7 +268,7 @@ def test_drop_removes_a_table_everywhere(
 ) -> None:
     prefix = f"drop_{storage}"
     _director_and_child(deployment, tmp_path, prefix, storage)
-    obj, src = f"catalog.{prefix}_obj", f"catalog.{prefix}_src"
+    obj, src = f"cat.{prefix}_obj", f"cat.{prefix}_src"
     engine = QueryEngine(deployment)  # its cached registry must see the drop
     try:
         assert engine.execute(f"SELECT COUNT(*) AS n FROM {prefix}_src").table["n"].to_pylist() == [6_000]
@@ -380,9 +380,9 @@ def test_orphans_are_placed_by_position_and_queries_find_them(
             ra="ra", dec="decl", id="objectId", chunk_order=2, max_chunk_rows=300, storage=storage, replicas=2
         ),
     )
-    with pytest.raises(OrphanError, match=rf"40 rows refer to objects that are not in catalog\.{o}.*20 rows"):
+    with pytest.raises(OrphanError, match=rf"40 rows refer to objects that are not in cat\.{o}.*20 rows"):
         _load_orphans(deployment, sample, "refuse")
-    assert _registry_rows(deployment, f"catalog.{s}")["catalog_table"] == 0
+    assert _registry_rows(deployment, f"cat.{s}")["catalog_table"] == 0
     assert _load_orphans(deployment, sample, "place-by-position") == 60
     ref = reference_connection(sample)
     sources = sample.tables[s]
@@ -404,7 +404,7 @@ def test_orphans_are_placed_by_position_and_queries_find_them(
             assert expected, sql  # each query has rows to find
     # an object arriving later for a placed orphan would not join it: refused, naming the way out
     late = _stars(1, seed=23, first_id=900_003)
-    with pytest.raises(OrphanError, match=rf"catalog\.{s}.*dms catalog drop catalog\.{s}"):
+    with pytest.raises(OrphanError, match=rf"cat\.{s}.*dms catalog drop cat\.{s}"):
         load_files(deployment, o, [write_parquet(late, tmp_path / "late.parquet")], progress=False)
     drop_table(deployment, s)
     assert _load_orphans(deployment, sample, "skip") == 60

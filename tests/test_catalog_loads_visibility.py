@@ -66,9 +66,9 @@ def _shard_rows(shards: list[str], table: str, load_id: int | None = None) -> in
     total = 0
     for uri in shards:
         with psycopg.connect(uri) as conn:
-            if conn.execute("SELECT to_regclass(%s)", (f"catalog.{table}",)).fetchone() == (None,):
+            if conn.execute("SELECT to_regclass(%s)", (f"cat.{table}",)).fetchone() == (None,):
                 continue
-            query = psycopg.sql.SQL("SELECT count(*) FROM catalog.{} WHERE NOT _overlap").format(
+            query = psycopg.sql.SQL("SELECT count(*) FROM cat.{} WHERE NOT _overlap").format(
                 psycopg.sql.Identifier(table)
             )
             if load_id is not None:
@@ -121,11 +121,11 @@ def test_a_failed_load_leaves_no_rows(pg_deployment: tuple[Deployment, list[str]
     shard's table and the registry rows, but not the table in the way, which is not DMS's."""
     deployment, shards = pg_deployment
     with psycopg.connect(shards[1], autocommit=True) as conn:
-        conn.execute("CREATE SCHEMA catalog")
+        conn.execute("CREATE SCHEMA cat")
         conn.execute("CREATE TABLE cat.z (something_else integer)")
         conn.execute("INSERT INTO cat.z VALUES (42)")
     star = TableOptions(ra="ra", dec="dec", id="id", chunk_order=1, storage="postgres")
-    with pytest.raises(DMSError, match=r"shard 'pg1' cannot store the rows of catalog\.z"):
+    with pytest.raises(DMSError, match=r"shard 'pg1' cannot store the rows of cat\.z"):
         load_files(deployment, "z", [star_file(tmp_path, "z1", 0, 1000, 4)], progress=False, create=star)
     with psycopg.connect(shards[0], autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('cat.z')").fetchone() == (None,)
@@ -222,12 +222,12 @@ def test_migration_moves_the_like_link_out_of_the_description(pg_server: Any, tm
             conn.execute(
                 sa.text(
                     f"INSERT INTO dms.catalog_table ({columns}) VALUES "
-                    "('cat.hip', 'director', 'hip', 'ra', 'dec', 2, 'duckdb', 'layout like gaia'), "
+                    "('catalog.hip', 'director', 'hip', 'ra', 'dec', 2, 'duckdb', 'layout like gaia'), "
                     "('dp1.Match', 'director', 'id', 'ra', 'dec', 2, 'duckdb', 'layout like dp1.Object'), "
-                    "('cat.other', 'director', 'id', 'ra', 'dec', 2, 'duckdb', 'Other stars')"
+                    "('catalog.other', 'director', 'id', 'ra', 'dec', 2, 'duckdb', 'Other stars')"
                 )
             )
-        migrate.upgrade(deployment)
+        migrate.upgrade(deployment)  # c0024 renames catalog.* to cat.*, references included
         query = sa.text("SELECT name, description, like_table FROM dms.catalog_table ORDER BY name")
         with deployment.connect() as conn:
             assert [tuple(r) for r in conn.execute(query)] == [
@@ -240,8 +240,8 @@ def test_migration_moves_the_like_link_out_of_the_description(pg_server: Any, tm
         with deployment.engine().connect() as conn:
             rows = conn.execute(sa.text("SELECT name, description FROM dms.catalog_table ORDER BY name"))
             assert [tuple(r) for r in rows] == [
-                ("cat.hip", "layout like cat.gaia"),
-                ("cat.other", "Other stars"),
+                ("catalog.hip", "layout like catalog.gaia"),
+                ("catalog.other", "Other stars"),
                 ("dp1.Match", "layout like dp1.Object"),
             ]
     finally:

@@ -175,7 +175,7 @@ ENDPOINTS: dict[str, list[str]] = {
     "/tap/availability": [],
     "/tap/examples": [],
     "/scs/gaia": ["RA", "DEC", "SR", "VERB", "MAXREC", "RESPONSEFORMAT"],
-    "/scs/catalog.gaia": ["RA", "DEC", "SR", "VERB"],
+    "/scs/cat.gaia": ["RA", "DEC", "SR", "VERB"],
     "/sia/query": [
         "POS",
         "BAND",

@@ -99,7 +99,7 @@ def test_maxrec_overflow_and_tables(live: Live) -> None:
 
 
 def test_cone_search_on_a_loaded_catalog(live: Live) -> None:
-    result = pyvo.dal.SCSService(f"{live.url}/scs/catalog.gaia").search(pos=(200.0, -40.0), radius=3.0)
+    result = pyvo.dal.SCSService(f"{live.url}/scs/cat.gaia").search(pos=(200.0, -40.0), radius=3.0)
     assert set(result.to_table()["source_id"].tolist()) == _inside(live.gaia, 200.0, -40.0, 3.0) != set()
 
 

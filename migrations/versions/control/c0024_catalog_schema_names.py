@@ -111,9 +111,25 @@ def _rename(old: str, new: str, *, keep_storage: bool) -> None:
             if tap_schema:
                 for table, column in TAP_NAME_COLUMNS:
                     _replace(conn, "tap_schema", table, column, before, after)
+            _rename_dangling(conn, old, new)
         if tap_schema:
             _rename_tap_schema(conn, old, new)
     _rename_release(conn, old, new)
+
+
+def _rename_dangling(conn: sa.Connection, old: str, new: str) -> None:
+    """References to `old.*` tables that are not registered (a --like layout whose table was dropped) follow
+    the renamed schema too."""
+    preparer = conn.dialect.identifier_preparer
+    for column in ("like_table", "director_table2"):
+        name = preparer.quote(column)
+        conn.execute(
+            sa.text(
+                f"UPDATE dms.catalog_table SET {name} = :new || '.' || split_part({name}, '.', 2) "
+                f"WHERE split_part({name}, '.', 1) = :old AND {name} NOT IN (SELECT name FROM dms.catalog_table)"
+            ),
+            {"old": old, "new": new},
+        )
 
 
 def _replace(conn: sa.Connection, schema: str, table: str, column: str, before: str, after: str) -> None:

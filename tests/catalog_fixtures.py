@@ -85,14 +85,14 @@ def reference_connection(sample: Sample) -> duckdb.DuckDBPyConnection:
     for name, table in sample.tables.items():
         conn.register(f"_{name}", table)
         conn.execute(f"CREATE TABLE cat.{name} AS SELECT * FROM _{name}")
-    conn.execute("SET search_path = 'catalog,main'")
+    conn.execute("SET search_path = 'cat,main'")
     return conn
 
 
 def reference(conn: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     duck_sql = sqlglot.transpile(sql, read="postgres", write="duckdb")[0]
     cursor = conn.cursor()
-    cursor.execute("SET search_path = 'catalog,main'")
+    cursor.execute("SET search_path = 'cat,main'")
     cursor.execute("SET integer_division = true")  # PostgreSQL semantics, as the engine uses
     return cursor.sql(duck_sql).to_arrow_table()
 

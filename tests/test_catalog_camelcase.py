@@ -197,7 +197,7 @@ _REFERENCE: dict[str, pa.Table] = {}
 def reference(conn: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     if sql not in _REFERENCE:
         cursor = conn.cursor()
-        cursor.execute("SET search_path = 'catalog,main'")
+        cursor.execute("SET search_path = 'cat,main'")
         cursor.execute("SET integer_division = true")  # PostgreSQL semantics, as the engine uses
         _REFERENCE[sql] = cursor.sql(
             sqlglot.transpile(sql, read="postgres", write="duckdb")[0]

@@ -3,6 +3,7 @@ through pyvo against a live server, checked against astropy on the same rows."""
 
 from __future__ import annotations
 
+import io
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -110,3 +111,19 @@ def test_bad_catalog_queries_get_a_votable_error(live: Live) -> None:
     ):
         response = httpx.get(f"{live.url}/tap/sync", params={"LANG": "ADQL", "QUERY": query})
         assert response.status_code == 400 and 'value="ERROR"' in response.text, query
+
+
+def test_legacy_catalog_names_resolve_with_a_warning(live: Live) -> None:
+    """`catalog.gaia` (CATALOG is an ADQL reserved word) is read as `cat.gaia` for now, said in an INFO."""
+    from astropy.io.votable import parse
+
+    body = httpx.post(
+        f"{live.url}/tap/sync",
+        data={"LANG": "ADQL", "QUERY": "SELECT COUNT(*) AS n FROM catalog.gaia WHERE dec > 60"},
+        timeout=120,
+    ).content
+    votable = parse(io.BytesIO(body))
+    count = votable.get_first_table().to_table()["n"][0]
+    assert int(count) == int((live.gaia["dec"].to_numpy() > 60).sum())
+    infos = {i.name: i.value for i in votable.resources[0].infos}
+    assert infos["QUERY_STATUS"] == "OK" and "catalog.gaia is now cat.gaia" in infos["WARNING"]

@@ -121,9 +121,11 @@ def test_c0024_renames_catalog_tables_and_keeps_their_rows(deployment: Deploymen
     )
     keys = foreign_keys(deployment)
     # A deployment from before schema 1.18.0: the table was catalog.legacy. c0024's downgrade turns a table it
-    # renamed back into that state, so mark cat.legacy as renamed and go down.
+    # renamed back into that state, so mark cat.legacy as renamed from catalog.legacy and go down.
     with deployment.engine().begin() as conn:
-        conn.execute(sa.text("UPDATE dms.catalog_table SET storage_name = name WHERE name = 'cat.legacy'"))
+        conn.execute(
+            sa.text("UPDATE dms.catalog_table SET storage_name = 'catalog.legacy' WHERE name = 'cat.legacy'")
+        )
     migrate.downgrade(deployment, "c0020")
     old = registry_names(deployment)
     assert old["tables"] == ["catalog.legacy"] and old["chunks"] == ["catalog.legacy"]
@@ -174,7 +176,9 @@ def test_c0024_refuses_a_name_clash(deployment: Deployment, tmp_path: Path) -> N
             create=TableOptions(ra="ra", dec="dec", id="id", chunk_order=1),
         )
     with deployment.engine().begin() as conn:
-        conn.execute(sa.text("UPDATE dms.catalog_table SET storage_name = name WHERE name = 'cat.twin'"))
+        conn.execute(
+            sa.text("UPDATE dms.catalog_table SET storage_name = 'catalog.twin' WHERE name = 'cat.twin'")
+        )
     migrate.downgrade(deployment, "c0020")  # catalog.twin beside cat.twin_b
     with deployment.engine().begin() as conn:  # now a cat.twin appears beside catalog.twin
         conn.execute(

@@ -76,9 +76,11 @@ def _rename(old: str, new: str, *, keep_storage: bool) -> None:
     conn = op.get_bind()
     condition = "split_part(name, '.', 1) = :old"
     if not keep_storage:
-        condition += " AND storage_name = :old || '.' || split_part(name, '.', 2)"
+        # only the tables c0024 renamed: their rows are stored under the name they get back
+        condition += " AND storage_name = :new || '.' || split_part(name, '.', 2)"
     names = conn.execute(
-        sa.text(f"SELECT name FROM dms.catalog_table WHERE {condition} ORDER BY name"), {"old": old}
+        sa.text(f"SELECT name FROM dms.catalog_table WHERE {condition} ORDER BY name"),
+        {"old": old, "new": new},
     ).scalars()
     pairs = [(name, f"{new}.{name.split('.', 1)[1]}") for name in names]
     taken = conn.execute(
@@ -143,25 +145,31 @@ def _replace(conn: sa.Connection, schema: str, table: str, column: str, before: 
 
 
 def _rename_tap_schema(conn: sa.Connection, old: str, new: str) -> None:
-    """TAP_SCHEMA's schema row follows its tables (merged into `new` when that is published already)."""
-    exists = conn.execute(
-        sa.text("SELECT count(*) FROM tap_schema.schemas WHERE schema_name = :new"), {"new": new}
-    ).scalar_one()
+    """TAP_SCHEMA's renamed tables move to schema `new` (described once); `old` stays while it has others."""
+    values = {"old": old, "new": new}
     conn.execute(
-        sa.text("UPDATE tap_schema.tables SET schema_name = :new WHERE schema_name = :old"),
-        {"old": old, "new": new},
+        sa.text(
+            "UPDATE tap_schema.tables SET schema_name = CAST(:new AS varchar) WHERE schema_name = CAST(:old AS "
+            "varchar) AND split_part(table_name, '.', 1) = CAST(:new AS varchar)"
+        ),
+        values,
     )
-    if exists:
-        conn.execute(sa.text("DELETE FROM tap_schema.schemas WHERE schema_name = :old"), {"old": old})
-    else:
-        conn.execute(
-            sa.text(
-                "UPDATE tap_schema.schemas SET schema_name = CAST(:new AS varchar), description = "
-                "'Catalog tables in ' || CAST(:new AS varchar) || ', partitioned on HEALPix (dms load)' "
-                "WHERE schema_name = CAST(:old AS varchar)"
-            ),
-            {"old": old, "new": new},
-        )
+    conn.execute(
+        sa.text(
+            "INSERT INTO tap_schema.schemas (schema_name, description, schema_index) SELECT CAST(:new AS varchar), "
+            "'Catalog tables in ' || CAST(:new AS varchar) || ', partitioned on HEALPix (dms load)', schema_index "
+            "FROM tap_schema.schemas WHERE schema_name = CAST(:old AS varchar) AND NOT EXISTS "
+            "(SELECT 1 FROM tap_schema.schemas WHERE schema_name = CAST(:new AS varchar))"
+        ),
+        values,
+    )
+    conn.execute(
+        sa.text(
+            "DELETE FROM tap_schema.schemas WHERE schema_name = CAST(:old AS varchar) AND NOT EXISTS "
+            "(SELECT 1 FROM tap_schema.tables WHERE schema_name = CAST(:old AS varchar))"
+        ),
+        values,
+    )
 
 
 def _rename_release(conn: sa.Connection, old: str, new: str) -> None:

@@ -134,7 +134,7 @@ def step_queries(rows: int, directory: Path) -> dict[str, Any]:
             dms_times, duck_times = [], []
             for _ in range(4):  # the first run warms the caches
                 started = time.perf_counter()
-                dms_answer = engine.execute(sql.replace("FROM obj", "FROM catalog.obj"), timeout=3600).table
+                dms_answer = engine.execute(sql.replace("FROM obj", "FROM cat.obj"), timeout=3600).table
                 dms_times.append(time.perf_counter() - started)
                 started = time.perf_counter()
                 duck_answer = duck.execute(sql).fetchall()

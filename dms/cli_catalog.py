@@ -18,6 +18,11 @@ from dms.errors import DMSError
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--create", "create", is_flag=True, help="Register TABLE from the first file's columns.")
 @click.option(
+    "--schema",
+    help="Schema of TABLE (a regular ADQL identifier), e.g. --schema gaia_dr3 for gaia_dr3.gaia_source; "
+    "default: cat (or the SCHEMA. prefix of TABLE).",
+)
+@click.option(
     "--role",
     type=click.Choice(["director", "child", "replicated", "match"]),
     default="director",
@@ -99,6 +104,7 @@ def load(
     table: str,
     files: tuple[Path, ...],
     create: bool,
+    schema: str | None,
     role: str,
     ra: str | None,
     dec: str | None,
@@ -127,7 +133,10 @@ def load(
     with other options is refused (drop it with `dms catalog drop TABLE --yes` to start afresh).
     """
     from dms.loaders.catalog import TableOptions, load_files
+    from dms.schema.catalog import new_table_name
 
+    if schema is not None or create:  # a new table's schema must be a regular ADQL identifier
+        table = new_table_name(table, schema)
     options = None
     if create:
         options = TableOptions(

@@ -7,7 +7,7 @@ API (/api/workspace): upload a table, save a query result, share, drop::
 
     from dms.client import Client
     dms = Client()                      # DMS_URL, DMS_TOKEN
-    stars = dms.query("SELECT TOP 10 * FROM catalog.gaia")
+    stars = dms.query("SELECT TOP 10 * FROM cat.gaia")
     dms.upload(stars, "mine")           # then: SELECT * FROM user_<me>.mine
 """
 
@@ -73,7 +73,7 @@ class Client:
         """The rows of an ADQL query as a pandas DataFrame."""
         return self.query(adql, **options).to_pandas()
 
-    def cone(self, ra: float, dec: float, radius: float, table: str = "catalog.gaia") -> Table:
+    def cone(self, ra: float, dec: float, radius: float, table: str = "cat.gaia") -> Table:
         """Rows of a published table within `radius` degrees of (ra, dec), by the cone search service."""
         service = pyvo.dal.SCSService(f"{self.url}/scs/{table}", session=self.session)
         try:

@@ -579,4 +579,4 @@ def _index_path(deployment: Deployment, table: CatalogTable, load_id: int) -> Pa
 
 
 def _index_relative(table: CatalogTable, load_id: int) -> Path:
-    return Path("catalog") / "_index" / table.schema_name / table.table_name / f"load{load_id}.parquet"
+    return Path("catalog") / "_index" / table.storage_schema / table.storage_table / f"load{load_id}.parquet"

@@ -38,7 +38,7 @@ def load_lock_key(name: str) -> int:
 
 def index_dir(deployment: Deployment, table: CatalogTable) -> Path:
     """Where the director-index (and orphan-index) files of a table's loads live."""
-    return deployment.data_dir / "catalog" / "_index" / table.schema_name / table.table_name
+    return deployment.data_dir / "catalog" / "_index" / table.storage_schema / table.storage_table
 
 
 def dependents(conn: sa.Connection, table: CatalogTable) -> list[CatalogTable]:

@@ -34,11 +34,11 @@ def write_result(
         status = {b"IVOA.QUERY_STATUS": b"OVERFLOW" if overflow else b"OK"}
         pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **status}), target)
     elif fmt == "votable":
-        # the services' writer: nulls as masks, char/boolean/timestamp fields as TAP writes them
-        from dms.services.vo.votable import result_votable
+        # the services' writer, batch by batch: nulls as masks, char/boolean/timestamp fields as TAP writes
+        from dms.services.vo.votable_writer import write_votable
 
         assert isinstance(target, Path)
-        target.write_bytes(result_votable(table, overflow=overflow, infos=infos))
+        write_votable(target, table, overflow=overflow, infos=infos)
     else:
         text = {"csv": _csv, "json": _json, "table": _text}[fmt](table, overflow)
         if isinstance(target, Path):

@@ -18,8 +18,9 @@ from sqlglot.optimizer.qualify import qualify
 from sqlglot.schema import MappingSchema
 
 from dms.query import qserv_sql
+from dms.query.adql import frames
 from dms.query.errors import QueryRefused
-from dms.schema.catalog import SQL_TYPES, CatalogTable
+from dms.schema.catalog import LEGACY_SCHEMA, LEGACY_WARNING, SQL_TYPES, CatalogTable, legacy_name
 
 SIMPLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 UPLOAD_SCHEMA = "tap_upload"
@@ -141,9 +142,26 @@ def _qualify_table_names(query: exp.Query, catalog: Catalog) -> None:
             if name not in {u.lower() for u in catalog.uploads}:
                 raise QueryRefused(f"no uploaded table {table.name!r} (uploaded: {sorted(catalog.uploads)})")
         elif (schema, name) not in catalog.tables and (schema, name) not in catalog.control:
-            raise QueryRefused(f"table {table.db}.{table.name} is not a table that can be queried")
+            schema = _renamed_schema(schema, name, catalog)
+            if schema is None:
+                raise QueryRefused(f"table {table.db}.{table.name} is not a table that can be queried")
         table.set("db", exp.to_identifier(schema))
         table.set("this", exp.to_identifier(name))
+
+
+def _renamed_schema(schema: str, name: str, catalog: Catalog) -> str | None:
+    """The schema a deprecated spelling now means (``catalog.x`` is ``cat.x`` since schema 1.18.0), said
+    in the result as a warning; None when `schema.name` means nothing."""
+    renamed = legacy_name(schema, name)
+    if renamed is None:
+        return None
+    new_schema, _ = renamed.split(".")
+    if (new_schema, name) not in catalog.tables:
+        return None
+    frames.note(
+        LEGACY_WARNING.format(old=f"{schema}.{name}", new=renamed, legacy=LEGACY_SCHEMA), warning=True
+    )
+    return new_schema
 
 
 def _bind_areaspec(query: exp.Query, catalog: Catalog) -> None:

@@ -18,7 +18,7 @@ from felis.metadata import MetaDataBuilder
 
 from dms.errors import SchemaVersionError
 
-SCHEMA_VERSION = "1.18.0"
+SCHEMA_VERSION = "1.19.0"
 """Version of the control database schema this DMS expects; each migration that changes it bumps it."""
 
 SHARD_SCHEMA_VERSION = "1.1.0"

@@ -15,7 +15,12 @@ import sqlalchemy as sa
 from dms.errors import DMSError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-DEFAULT_SCHEMA = "catalog"
+DEFAULT_SCHEMA = "cat"
+"""The schema of a table loaded without one (`dms load gaia ...` -> ``cat.gaia``): a regular ADQL
+identifier, so ``SELECT * FROM cat.gaia`` is strict ADQL 2.1."""
+LEGACY_SCHEMA = "catalog"
+"""The default schema before schema 1.18.0 (migration c0024 renamed its tables to ``cat.``). CATALOG is an
+ADQL reserved word; ``catalog.x`` still resolves to ``cat.x``, with a deprecation warning."""
 #: Columns DMS adds to every partitioned row.
 PARTITION_COLUMNS = ("_healpix_29", "_chunk", "_overlap")
 ROLES = ("director", "child", "replicated")
@@ -26,7 +31,8 @@ class CatalogError(DMSError):
 
 
 def qualified_name(name: str) -> str:
-    """`schema.table` for a table name given with or without its schema (the default schema is `catalog`)."""
+    """`schema.table` for a table name given with or without its schema (the default schema is `cat`);
+    the legacy `catalog.x` is read as `cat.x`."""
     parts = name.split(".")
     if len(parts) == 1:
         parts = [DEFAULT_SCHEMA, parts[0]]
@@ -34,7 +40,55 @@ def qualified_name(name: str) -> str:
         raise CatalogError(
             f"table name {name!r} is not valid: use TABLE or SCHEMA.TABLE with letters, digits, underscores"
         )
+    if parts[0].lower() == LEGACY_SCHEMA:
+        parts[0] = DEFAULT_SCHEMA
     return ".".join(parts)
+
+
+def new_table_name(name: str, schema: str | None = None) -> str:
+    """The qualified name of a table about to be created: `schema` (or the one in `name`, else `cat`) must
+    be a regular ADQL identifier, so the table can be queried without quotes."""
+    if schema is not None:
+        if "." in name:
+            raise CatalogError(f"table {name!r} names its schema already; drop --schema or the prefix")
+        name = f"{schema}.{name}"
+    if "." in name and name.split(".")[0].lower() == LEGACY_SCHEMA:
+        raise CatalogError(
+            f"schema {LEGACY_SCHEMA!r} is an ADQL reserved word (CATALOG); load into {DEFAULT_SCHEMA!r} (the "
+            "default) or name another schema, e.g. --schema gaia_dr3"
+        )
+    qualified = qualified_name(name)
+    schema_part = qualified.split(".")[0]
+    if not REGULAR_SCHEMA.match(schema_part) or schema_part.upper() in _adql_reserved():
+        raise CatalogError(
+            f"schema {schema_part!r} is not a regular ADQL identifier (a letter, then letters, digits, "
+            "underscores; no reserved word): queries would have to quote it"
+        )
+    return qualified
+
+
+REGULAR_SCHEMA = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def _adql_reserved() -> frozenset[str]:
+    from vo_models.adql.misc import ADQL_SQL_KEYWORDS
+
+    from dms.query.adql.grammar import RESERVED_WORDS
+
+    return frozenset(ADQL_SQL_KEYWORDS) | RESERVED_WORDS
+
+
+def legacy_name(schema: str | None, name: str) -> str | None:
+    """`cat.<name>` when `schema.name` is the legacy `catalog.<name>` spelling, else None."""
+    if schema is not None and schema.lower() == LEGACY_SCHEMA:
+        return f"{DEFAULT_SCHEMA}.{name}"
+    return None
+
+
+LEGACY_WARNING = (
+    "table {old} is now {new}: the schema {legacy!r} is an ADQL reserved word and its name is deprecated "
+    "(it will stop resolving in a later release); write {new}"
+)
 
 
 @dataclass(frozen=True)
@@ -73,6 +127,7 @@ class CatalogTable:
     director_table2: str | None = None  # a match table's second director (Qserv's director_table2)
     director_key2_column: str | None = None  # a match table's column holding the second director's id
     extra: dict[str, str] = field(default_factory=dict)
+    storage_name: str | None = None  # where the rows are stored, when not under `name` (see migration c0024)
 
     @property
     def schema_name(self) -> str:
@@ -81,6 +136,15 @@ class CatalogTable:
     @property
     def table_name(self) -> str:
         return self.name.split(".")[1]
+
+    @property
+    def storage_schema(self) -> str:
+        """The schema the shards (and index files) hold the rows under: the old one of a renamed table."""
+        return (self.storage_name or self.name).split(".")[0]
+
+    @property
+    def storage_table(self) -> str:
+        return (self.storage_name or self.name).split(".")[1]
 
     @property
     def partitioned(self) -> bool:
@@ -218,6 +282,7 @@ def get_table(conn: sa.Connection, name: str) -> CatalogTable:
         like_table=row["like_table"],
         director_table2=row.get("director_table2"),
         director_key2_column=row.get("director_key2_column"),
+        storage_name=row.get("storage_name"),
     )
 
 

@@ -81,18 +81,18 @@ def load_sample(deployment: Deployment, sample: Sample, *, chunk_order: int = 3)
 def reference_connection(sample: Sample) -> duckdb.DuckDBPyConnection:
     conn = duckdb.connect()
     register_duckdb(conn, temporary=False)
-    conn.execute("CREATE SCHEMA catalog")
+    conn.execute("CREATE SCHEMA cat")
     for name, table in sample.tables.items():
         conn.register(f"_{name}", table)
-        conn.execute(f"CREATE TABLE catalog.{name} AS SELECT * FROM _{name}")
-    conn.execute("SET search_path = 'catalog,main'")
+        conn.execute(f"CREATE TABLE cat.{name} AS SELECT * FROM _{name}")
+    conn.execute("SET search_path = 'cat,main'")
     return conn
 
 
 def reference(conn: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     duck_sql = sqlglot.transpile(sql, read="postgres", write="duckdb")[0]
     cursor = conn.cursor()
-    cursor.execute("SET search_path = 'catalog,main'")
+    cursor.execute("SET search_path = 'cat,main'")
     cursor.execute("SET integer_division = true")  # PostgreSQL semantics, as the engine uses
     return cursor.sql(duck_sql).to_arrow_table()
 

@@ -1,5 +1,5 @@
 """A live server for the portal tests and benchmark: a deployment with anonymous access off, user alice and
-her token (`dms users`), a Gaia sample loaded with `dms load` as catalog.gaia, ObsCore rows of which two
+her token (`dms users`), a Gaia sample loaded with `dms load` as cat.gaia, ObsCore rows of which two
 are real FITS images that astropy ships (M13, an image with a SIP WCS), and DiaObject histories in the APDB.
 """
 

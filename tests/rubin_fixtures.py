@@ -194,7 +194,7 @@ def load_rubin(
     sample: RubinSample,
     *,
     storage: str,
-    schema: str = "catalog",
+    schema: str = "cat",
     only: tuple[str, ...] = ("Object", "Source", "RefObject"),
     like: str | None = "Object",
 ) -> dict[str, LoadResult]:
@@ -225,7 +225,7 @@ def load_rubin(
     }
 
 
-def rubin_reference(sample: RubinSample, schema: str = "catalog") -> duckdb.DuckDBPyConnection:
+def rubin_reference(sample: RubinSample, schema: str = "cat") -> duckdb.DuckDBPyConnection:
     """One unpartitioned DuckDB copy of the tables, under their camelCase names."""
     conn = duckdb.connect()
     register_duckdb(conn, temporary=False)

@@ -49,10 +49,10 @@ def _rows() -> list[tuple[Any, ...]]:
 
 
 DDL = (
-    "CREATE SCHEMA catalog",
-    "CREATE TABLE catalog.obj (id BIGINT, ra DOUBLE PRECISION, dec DOUBLE PRECISION, mag DOUBLE PRECISION, "
+    "CREATE SCHEMA cat",
+    "CREATE TABLE cat.obj (id BIGINT, ra DOUBLE PRECISION, dec DOUBLE PRECISION, mag DOUBLE PRECISION, "
     "name VARCHAR, tags VARCHAR, flux DOUBLE PRECISION)",
-    "CREATE TABLE catalog.regions (rid INTEGER, region DOUBLE PRECISION[])",
+    "CREATE TABLE cat.regions (rid INTEGER, region DOUBLE PRECISION[])",
 )
 REGIONS = [(1, [0.5, 1.0, 1.0]), (2, [359.0, 0.0, 1.0, 0.0, 1.0, 2.0, 359.0, 2.0])]
 
@@ -76,8 +76,8 @@ class Postgres(Backend):
         for statement in DDL:
             conn.execute(statement)
         with conn.cursor() as cur:
-            cur.executemany("INSERT INTO catalog.obj VALUES (%s, %s, %s, %s, %s, %s, %s)", _rows())
-            cur.executemany("INSERT INTO catalog.regions VALUES (%s, %s)", REGIONS)
+            cur.executemany("INSERT INTO cat.obj VALUES (%s, %s, %s, %s, %s, %s, %s)", _rows())
+            cur.executemany("INSERT INTO cat.regions VALUES (%s, %s)", REGIONS)
 
     def run(self, sql: str) -> list[tuple[Any, ...]]:
         return self.conn.execute(sql).fetchall()  # type: ignore[arg-type]
@@ -91,8 +91,8 @@ class DuckDB(Backend):
         register_duckdb(self.conn)
         for statement in DDL:
             self.conn.execute(statement)
-        self.conn.executemany("INSERT INTO catalog.obj VALUES (?, ?, ?, ?, ?, ?, ?)", _rows())
-        self.conn.executemany("INSERT INTO catalog.regions VALUES (?, ?)", REGIONS)
+        self.conn.executemany("INSERT INTO cat.obj VALUES (?, ?, ?, ?, ?, ?, ?)", _rows())
+        self.conn.executemany("INSERT INTO cat.regions VALUES (?, ?)", REGIONS)
 
     def run(self, sql: str) -> list[tuple[Any, ...]]:
         return self.conn.execute(sql).fetchall()
@@ -153,7 +153,7 @@ def in_convex_polygon(vertices: list[tuple[float, float]]) -> set[int]:
 def test_cone_search(backends: tuple[Backend, Backend]) -> None:
     rows = both(
         backends,
-        "SELECT id FROM catalog.obj WHERE CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', 0.5, 1, 1.2)) = 1",
+        "SELECT id FROM cat.obj WHERE CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', 0.5, 1, 1.2)) = 1",
     )
     separation = POINTS.separation(SkyCoord(0.5 * u.deg, 1 * u.deg)).deg
     assert ids(rows) == set(IDS[separation <= 1.2].tolist())
@@ -163,18 +163,18 @@ def test_cone_search(backends: tuple[Backend, Backend]) -> None:
 def test_cone_search_adql21_forms_and_region(backends: tuple[Backend, Backend]) -> None:
     a = both(
         backends,
-        "SELECT id FROM catalog.obj WHERE 1 = CONTAINS(POINT(ra, dec), CIRCLE(POINT(359.5, 0), 0.7))",
+        "SELECT id FROM cat.obj WHERE 1 = CONTAINS(POINT(ra, dec), CIRCLE(POINT(359.5, 0), 0.7))",
     )
     b = both(
         backends,
-        "SELECT id FROM catalog.obj WHERE INTERSECTS(REGION('CIRCLE ICRS 359.5 0 0.7'), POINT(ra, dec)) = 1",
+        "SELECT id FROM cat.obj WHERE INTERSECTS(REGION('CIRCLE ICRS 359.5 0 0.7'), POINT(ra, dec)) = 1",
     )
     separation = POINTS.separation(SkyCoord(359.5 * u.deg, 0 * u.deg)).deg
     assert ids(a) == ids(b) == set(IDS[separation <= 0.7].tolist())
 
 
 def test_box_is_the_polygon_of_its_corners(backends: tuple[Backend, Backend]) -> None:
-    rows = both(backends, "SELECT id FROM catalog.obj WHERE CONTAINS(POINT(ra, dec), BOX(0, 1, 3, 2)) = 1")
+    rows = both(backends, "SELECT id FROM cat.obj WHERE CONTAINS(POINT(ra, dec), BOX(0, 1, 3, 2)) = 1")
     expected = in_convex_polygon([(-1.5, 0), (1.5, 0), (1.5, 2), (-1.5, 2)])
     assert ids(rows) == expected and len(expected) > 100
 
@@ -184,16 +184,16 @@ def test_polygon_either_orientation(backends: tuple[Backend, Backend]) -> None:
     coords = ", ".join(f"{lon}, {lat}" for lon, lat in ccw)
     reverse = ", ".join(f"POINT({lon}, {lat})" for lon, lat in reversed(ccw))
     a = both(
-        backends, f"SELECT id FROM catalog.obj WHERE CONTAINS(POINT(ra, dec), POLYGON('ICRS', {coords})) = 1"
+        backends, f"SELECT id FROM cat.obj WHERE CONTAINS(POINT(ra, dec), POLYGON('ICRS', {coords})) = 1"
     )
-    b = both(backends, f"SELECT id FROM catalog.obj WHERE CONTAINS(POINT(ra, dec), POLYGON({reverse})) = 1")
+    b = both(backends, f"SELECT id FROM cat.obj WHERE CONTAINS(POINT(ra, dec), POLYGON({reverse})) = 1")
     assert ids(a) == ids(b) == in_convex_polygon(ccw)
 
 
 def test_contains_on_region_values(backends: tuple[Backend, Backend]) -> None:
     rows = both(
         backends,
-        "SELECT r.rid, o.id FROM catalog.obj AS o, catalog.regions AS r WHERE CONTAINS(POINT(o.ra, o.dec), "
+        "SELECT r.rid, o.id FROM cat.obj AS o, cat.regions AS r WHERE CONTAINS(POINT(o.ra, o.dec), "
         'r."region") = 1',  # REGION is an ADQL reserved word
     )
     circle = {i for rid, i in rows if rid == 1}
@@ -206,8 +206,7 @@ def test_contains_on_region_values(backends: tuple[Backend, Backend]) -> None:
 def test_distance_both_forms(backends: tuple[Backend, Backend]) -> None:
     rows = both(
         backends,
-        "SELECT id, DISTANCE(POINT(ra, dec), POINT(1, 1)), DISTANCE(ra, dec, 1, 1) FROM catalog.obj ORDER BY "
-        "id",
+        "SELECT id, DISTANCE(POINT(ra, dec), POINT(1, 1)), DISTANCE(ra, dec, 1, 1) FROM cat.obj ORDER BY id",
     )
     expected = POINTS.separation(SkyCoord(1 * u.deg, 1 * u.deg)).deg
     got = np.array([r[1] for r in sorted(rows)])
@@ -237,7 +236,7 @@ def test_area_centroid_and_coordinates(backends: tuple[Backend, Backend]) -> Non
         f"AREA(POLYGON({coords})), AREA(BOX(10, 0, 2, 2)), AREA(POINT(1, 2)), "
         f"COORD1(CENTROID(POLYGON({coords}))), COORD2(CENTROID(POLYGON({coords}))), "
         "CENTROID(CIRCLE(3, 4, 1)), COORD1(POINT(5, 6)), COORD2(POINT(5, 6)), COORDSYS(POINT(5, 6)) "
-        "FROM catalog.obj WHERE id = 1",  # ADQL has no SELECT without FROM
+        "FROM cat.obj WHERE id = 1",  # ADQL has no SELECT without FROM
     )
     sq_deg = (180 / math.pi) ** 2
     assert row[0] == pytest.approx(2 * math.pi * (1 - math.cos(math.radians(2))) * sq_deg, rel=1e-12)
@@ -256,14 +255,14 @@ def test_intersects_and_contains_of_circles(backends: tuple[Backend, Backend]) -
         "SELECT INTERSECTS(CIRCLE(0, 0, 1), CIRCLE(1.5, 0, 1)), INTERSECTS(CIRCLE(0, 0, 1), CIRCLE(2.5, 0, "
         "1)), "
         "CONTAINS(CIRCLE(0, 0, 1), CIRCLE(0.5, 0, 2)), CONTAINS(CIRCLE(0, 0, 2), CIRCLE(0.5, 0, 1)) "
-        "FROM catalog.obj WHERE id = 1",
+        "FROM cat.obj WHERE id = 1",
     )
     assert row == (1, 0, 1, 0)
 
 
 def test_top_order_offset(backends: tuple[Backend, Backend]) -> None:
     pg, dd = (
-        b.query("SELECT TOP 7 id FROM catalog.obj WHERE mag IS NOT NULL ORDER BY mag DESC, id OFFSET 5")
+        b.query("SELECT TOP 7 id FROM cat.obj WHERE mag IS NOT NULL ORDER BY mag DESC, id OFFSET 5")
         for b in backends
     )
     order = sorted((-m, i) for i, m, k in zip(IDS, MAG, range(N), strict=True) if k % 97 != 0)
@@ -275,7 +274,7 @@ def test_math_functions(backends: tuple[Backend, Backend]) -> None:
         backends,
         "SELECT id, LOG(flux), LOG10(flux), EXP(flux / 100), SQRT(flux), POWER(flux, 2), ROUND(flux, 2), "
         "TRUNCATE(flux, 1), MOD(flux, 7), ABS(-flux), CEILING(flux), FLOOR(flux), ATAN2(dec, ra), "
-        "DEGREES(RADIANS(ra)), SIN(ra) * SIN(ra) + COS(ra) * COS(ra), PI() FROM catalog.obj",
+        "DEGREES(RADIANS(ra)), SIN(ra) * SIN(ra) + COS(ra) * COS(ra), PI() FROM cat.obj",
     )
     f = dict(zip(IDS.tolist(), FLUX, strict=True))
     for r in rows[:200]:
@@ -295,7 +294,7 @@ def test_string_functions_and_ivo_udfs(backends: tuple[Backend, Backend]) -> Non
         backends,
         "SELECT id, ivo_hasword(name, 'star'), ivo_nocasematch(name, 'star%'), ivo_hashlist_has(tags, "
         "'BLUE'), "
-        "LOWER(name), UPPER(name), name || '!' FROM catalog.obj WHERE name ILIKE '%STAR%' OR name LIKE "
+        "LOWER(name), UPPER(name), name || '!' FROM cat.obj WHERE name ILIKE '%STAR%' OR name LIKE "
         "'gal%'",
     )
     names = dict(zip(IDS.tolist(), NAMES, strict=True))
@@ -314,7 +313,7 @@ def test_aggregates_group_by_string_agg(backends: tuple[Backend, Backend]) -> No
     rows = both(
         backends,
         "SELECT tags, COUNT(*), MIN(id), MAX(id), AVG(flux), SUM(id), COUNT(mag) "
-        "FROM catalog.obj GROUP BY tags HAVING COUNT(*) > 1",
+        "FROM cat.obj GROUP BY tags HAVING COUNT(*) > 1",
     )
     for tag, count, lo, hi, mean, total, with_mag in rows:
         members = [k for k in range(N) if TAGS[k] == tag]
@@ -327,14 +326,12 @@ def test_aggregates_group_by_string_agg(backends: tuple[Backend, Backend]) -> No
         )
         assert mean == pytest.approx(FLUX[members].mean(), rel=1e-12)
         assert with_mag == sum(1 for k in members if k % 97 != 0)
-    [(joined,)] = both(backends, "SELECT ivo_string_agg(name, '|') FROM catalog.obj WHERE id <= 3")
+    [(joined,)] = both(backends, "SELECT ivo_string_agg(name, '|') FROM cat.obj WHERE id <= 3")
     assert sorted(joined.split("|")) == sorted(NAMES[:3])
 
 
 def test_in_unit(backends: tuple[Backend, Backend]) -> None:
-    rows = both(
-        backends, "SELECT id, IN_UNIT(ra, 'arcsec'), IN_UNIT(flux, 'Jy') FROM catalog.obj WHERE id < 50"
-    )
+    rows = both(backends, "SELECT id, IN_UNIT(ra, 'arcsec'), IN_UNIT(flux, 'Jy') FROM cat.obj WHERE id < 50")
     for i, ra_arcsec, jy in rows:
         assert ra_arcsec == pytest.approx((RA[i - 1] * u.deg).to_value(u.arcsec), rel=1e-12)
         assert jy == pytest.approx((FLUX[i - 1] * u.mJy).to_value(u.Jy), rel=1e-12)
@@ -343,9 +340,9 @@ def test_in_unit(backends: tuple[Backend, Backend]) -> None:
 def test_with_set_operations_and_subqueries(backends: tuple[Backend, Backend]) -> None:
     rows = both(
         backends,
-        "WITH bright AS (SELECT id FROM catalog.obj WHERE mag < 10) "
-        "SELECT id FROM bright UNION SELECT id FROM catalog.obj WHERE id <= 10 "
-        "EXCEPT SELECT id FROM catalog.obj WHERE id IN (SELECT id FROM catalog.obj WHERE MOD(id, 2) = 0)",
+        "WITH bright AS (SELECT id FROM cat.obj WHERE mag < 10) "
+        "SELECT id FROM bright UNION SELECT id FROM cat.obj WHERE id <= 10 "
+        "EXCEPT SELECT id FROM cat.obj WHERE id IN (SELECT id FROM cat.obj WHERE MOD(id, 2) = 0)",
     )
     bright = {int(i) for i, m, k in zip(IDS, MAG, range(N), strict=True) if k % 97 != 0 and m < 10}
     assert ids(rows) == {i for i in bright | set(range(1, 11)) if i % 2 == 1}
@@ -356,7 +353,7 @@ def test_cast_coalesce_case(backends: tuple[Backend, Backend]) -> None:
         backends,
         "SELECT id, CAST(id AS VARCHAR(10)), COALESCE(mag, -1), CASE WHEN mag < 12 THEN 'bright' ELSE "
         "'faint' END, "
-        "CAST(FLOOR(ra) AS INTEGER) FROM catalog.obj WHERE id < 200",
+        "CAST(FLOOR(ra) AS INTEGER) FROM cat.obj WHERE id < 200",
     )
     for i, text, mag, label, ra_int in rows:
         k = i - 1
@@ -372,7 +369,7 @@ def test_cone_in_galactic_coordinates_is_transformed(backends: tuple[Backend, Ba
     l_deg, b_deg = float(centre.l.deg), float(centre.b.deg)
     rows = both(
         backends,
-        f"SELECT id FROM catalog.obj WHERE CONTAINS(POINT(ra, dec), CIRCLE('GALACTIC', {l_deg!r}, "
+        f"SELECT id FROM cat.obj WHERE CONTAINS(POINT(ra, dec), CIRCLE('GALACTIC', {l_deg!r}, "
         f"{b_deg!r}, 1.2)) = 1",
     )
     separation = POINTS.galactic.separation(SkyCoord(l_deg * u.deg, b_deg * u.deg, frame="galactic")).deg
@@ -386,7 +383,7 @@ def test_box_in_fk4_is_the_fk4_box_on_the_sky(backends: tuple[Backend, Backend])
     lon, lat = float(centre.ra.deg), float(centre.dec.deg)
     rows = both(
         backends,
-        f"SELECT id FROM catalog.obj WHERE CONTAINS(POINT(ra, dec), BOX('FK4', {lon!r}, {lat!r}, 2, 2)) = 1",
+        f"SELECT id FROM cat.obj WHERE CONTAINS(POINT(ra, dec), BOX('FK4', {lon!r}, {lat!r}, 2, 2)) = 1",
     )
     corners = [(lon - 1, lat - 1), (lon + 1, lat - 1), (lon + 1, lat + 1), (lon - 1, lat + 1)]
     v = unit_vectors(np.array([c[0] for c in corners]), np.array([c[1] for c in corners]))
@@ -401,10 +398,10 @@ def test_box_in_fk4_is_the_fk4_box_on_the_sky(backends: tuple[Backend, Backend])
 def test_rand_with_a_seed_is_the_same_on_both_backends(backends: tuple[Backend, Backend]) -> None:
     import random
 
-    rows = both(backends, "SELECT id, RAND(7) FROM catalog.obj WHERE id <= 3")
+    rows = both(backends, "SELECT id, RAND(7) FROM cat.obj WHERE id <= 3")
     assert {r[1] for r in rows} == {random.Random(7).random()}
     for backend in backends:  # RAND() is a value per row, in [0, 1)
-        values = [r[1] for r in backend.query("SELECT id, RAND() FROM catalog.obj WHERE id <= 50")]
+        values = [r[1] for r in backend.query("SELECT id, RAND() FROM cat.obj WHERE id <= 50")]
         assert all(0 <= v < 1 for v in values) and len(set(values)) > 1
 
 
@@ -418,7 +415,7 @@ def test_polygon_centroid_is_exact_on_the_sphere(backends: tuple[Backend, Backen
     reverse = ", ".join(f"{lon}, {lat}" for lon, lat in reversed(quad))
     [row] = both(
         backends,
-        f"SELECT CENTROID(POLYGON({coords})), CENTROID(POLYGON({reverse})) FROM catalog.obj WHERE id = 1",
+        f"SELECT CENTROID(POLYGON({coords})), CENTROID(POLYGON({reverse})) FROM cat.obj WHERE id = 1",
     )
     nside = 1024
     vertices = hp.ang2vec(np.array([p[0] for p in quad]), np.array([p[1] for p in quad]), lonlat=True)

@@ -104,7 +104,7 @@ def test_tap_examples_are_strict_adql() -> None:
     from dms.services.vo.tap_schema import Column, Table
 
     columns = (Column("ra", "double", ucd="pos.eq.ra"), Column("dec", "double", ucd="pos.eq.dec"))
-    table = Table("catalog", "catalog.obj", "objects", "table", columns)
+    table = Table("cat", "cat.obj", "objects", "table", columns)
     queries = re.findall(r'<pre property="query">(.*?)</pre>', examples_document([table]), re.S)
     assert len(queries) == 3
     for query in queries:

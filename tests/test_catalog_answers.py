@@ -38,16 +38,14 @@ from tests.catalog_fixtures import (
 
 CAP = 1_000  # far below every intermediate result below (the Gaia sample has ~40,000 rows)
 INNER = [
-    "SELECT COUNT(*) AS n FROM (SELECT source_id FROM catalog.gaia) AS x",
-    "SELECT AVG(g) AS m, COUNT(*) AS n FROM (SELECT phot_g_mean_mag AS g FROM catalog.gaia) AS x",
-    "SELECT COUNT(*) AS n, SUM(flux) AS f FROM catalog.obs "
-    "WHERE source_id IN (SELECT source_id FROM catalog.gaia WHERE dec > 0)",
-    "SELECT COUNT(*) AS n FROM catalog.obs "
-    "WHERE source_id IN (SELECT source_id FROM catalog.gaia WHERE dec > 80)",
-    "SELECT COUNT(*) AS n FROM "
-    "(SELECT source_id AS i FROM catalog.gaia UNION ALL SELECT hip FROM catalog.hip) AS u",
-    "WITH g AS (SELECT source_id, dec FROM catalog.gaia) SELECT COUNT(*) AS n, SUM(dec) AS s FROM g",
-    "SELECT MAX(n) AS most FROM (SELECT visit, COUNT(*) AS n FROM catalog.obs GROUP BY visit) AS v",
+    "SELECT COUNT(*) AS n FROM (SELECT source_id FROM cat.gaia) AS x",
+    "SELECT AVG(g) AS m, COUNT(*) AS n FROM (SELECT phot_g_mean_mag AS g FROM cat.gaia) AS x",
+    "SELECT COUNT(*) AS n, SUM(flux) AS f FROM cat.obs "
+    "WHERE source_id IN (SELECT source_id FROM cat.gaia WHERE dec > 0)",
+    "SELECT COUNT(*) AS n FROM cat.obs WHERE source_id IN (SELECT source_id FROM cat.gaia WHERE dec > 80)",
+    "SELECT COUNT(*) AS n FROM (SELECT source_id AS i FROM cat.gaia UNION ALL SELECT hip FROM cat.hip) AS u",
+    "WITH g AS (SELECT source_id, dec FROM cat.gaia) SELECT COUNT(*) AS n, SUM(dec) AS s FROM g",
+    "SELECT MAX(n) AS most FROM (SELECT visit, COUNT(*) AS n FROM cat.obs GROUP BY visit) AS v",
 ]
 
 
@@ -121,13 +119,13 @@ def test_the_cap_does_not_cut_intermediate_results(
 
 def test_the_cap_still_cuts_and_reports_the_final_result(engines: dict[str, QueryEngine], ref: Any) -> None:
     for sql in (
-        "SELECT source_id AS i FROM catalog.gaia UNION ALL SELECT hip FROM catalog.hip",
-        "WITH g AS (SELECT source_id FROM catalog.gaia) SELECT source_id FROM g",
-        "SELECT source_id FROM catalog.obs WHERE source_id IN (SELECT source_id FROM catalog.gaia)",
+        "SELECT source_id AS i FROM cat.gaia UNION ALL SELECT hip FROM cat.hip",
+        "WITH g AS (SELECT source_id FROM cat.gaia) SELECT source_id FROM g",
+        "SELECT source_id FROM cat.obs WHERE source_id IN (SELECT source_id FROM cat.gaia)",
     ):
         result = engines["duckdb"].execute(sql, max_rows=CAP)
         assert result.overflow and result.table.num_rows == CAP, sql
-    union = "SELECT dec FROM catalog.gaia UNION SELECT dec FROM catalog.hip ORDER BY dec LIMIT 5"
+    union = "SELECT dec FROM cat.gaia UNION SELECT dec FROM cat.hip ORDER BY dec LIMIT 5"
     result = engines["duckdb"].execute(union, max_rows=3)
     assert (
         result.overflow
@@ -142,20 +140,20 @@ def test_an_intermediate_result_over_the_limit_is_an_error_naming_it(
     with QueryEngine(deployments["duckdb"]) as engine:
         engine.inner_row_limit = 10_000
         for sql in (
-            "SELECT COUNT(*) FROM (SELECT source_id FROM catalog.gaia) AS x",
-            "WITH g AS (SELECT source_id FROM catalog.gaia) SELECT COUNT(*) FROM g",
-            "SELECT COUNT(*) FROM catalog.obs WHERE source_id IN (SELECT source_id FROM catalog.gaia)",
+            "SELECT COUNT(*) FROM (SELECT source_id FROM cat.gaia) AS x",
+            "WITH g AS (SELECT source_id FROM cat.gaia) SELECT COUNT(*) FROM g",
+            "SELECT COUNT(*) FROM cat.obs WHERE source_id IN (SELECT source_id FROM cat.gaia)",
         ):
             with pytest.raises(QueryRefused, match="more than 10,000 rows"):
                 engine.execute(sql, max_rows=CAP)
         small = engine.execute(
-            "SELECT COUNT(*) AS n FROM (SELECT source_id FROM catalog.gaia WHERE dec > 60) AS x"
+            "SELECT COUNT(*) AS n FROM (SELECT source_id FROM cat.gaia WHERE dec > 60) AS x"
         )
         assert 0 < small.table.column(0)[0].as_py() <= 10_000
 
 
 def test_dms_query_counts_a_derived_table_whole(deployments: dict[str, Deployment], sample: Sample) -> None:
-    sql = "SELECT COUNT(*) AS n FROM (SELECT source_id FROM catalog.gaia) AS x"
+    sql = "SELECT COUNT(*) AS n FROM (SELECT source_id FROM cat.gaia) AS x"
     result = CliRunner().invoke(
         main,
         [
@@ -189,16 +187,16 @@ def test_tap_maxrec_applies_to_the_final_result_only(
 ) -> None:
     gaia = sample.tables["gaia"].num_rows
     with running_server(deployments["postgres"]) as url:
-        assert _tap_rows(url, "SELECT COUNT(*) AS n FROM (SELECT source_id FROM catalog.gaia) AS x", 100) == [
+        assert _tap_rows(url, "SELECT COUNT(*) AS n FROM (SELECT source_id FROM cat.gaia) AS x", 100) == [
             {"n": str(gaia)}
         ]
-        avg = "SELECT AVG(g) AS m FROM (SELECT phot_g_mean_mag AS g FROM catalog.gaia) AS x"
+        avg = "SELECT AVG(g) AS m FROM (SELECT phot_g_mean_mag AS g FROM cat.gaia) AS x"
         assert float(_tap_rows(url, avg, 100)[0]["m"]) == pytest.approx(
             reference(ref, avg).column(0)[0].as_py()
         )
         union = INNER[4]
         assert _tap_rows(url, union, 100) == [{"n": str(gaia + sample.tables["hip"].num_rows)}]
-        assert len(_tap_rows(url, "SELECT source_id FROM catalog.gaia", 100)) == 100
+        assert len(_tap_rows(url, "SELECT source_id FROM cat.gaia", 100)) == 100
 
 
 # --- item 8: loads that commit out of load-id order -------------------------------------------------------
@@ -215,8 +213,8 @@ def test_a_long_lived_engine_sees_a_load_that_commits_after_a_later_one(
         load_files(deployment, "x", [star_file(tmp_path, "x1", 0, 1000, 1)], progress=False, create=star)
         with QueryEngine(deployment) as engine, running_server(deployment) as url:
             counts = (
-                "SELECT COUNT(*) AS n FROM catalog.x",
-                "SELECT COUNT(*) AS n FROM catalog.x WHERE ra >= 0",
+                "SELECT COUNT(*) AS n FROM cat.x",
+                "SELECT COUNT(*) AS n FROM cat.x WHERE ra >= 0",
             )
 
             def seen() -> list[int]:
@@ -224,7 +222,7 @@ def test_a_long_lived_engine_sees_a_load_that_commits_after_a_later_one(
                 return local + [int(_tap_rows(url, sql, 10)[0]["n"]) for sql in counts]
 
             assert seen() == [1000] * 4
-            with held_commit(monkeypatch, "catalog.x") as held:
+            with held_commit(monkeypatch, "cat.x") as held:
                 thread, outcome = in_thread(
                     load_files, deployment, "x", [star_file(tmp_path, "x2", 1000, 500, 2)], progress=False
                 )
@@ -262,7 +260,7 @@ def test_dms_query_reads_adql_from_a_file_or_standard_input(
     l_deg, b_deg = float(centre.l.deg), float(centre.b.deg)
     query = (
         "-- stars near the first one, in galactic coordinates\n"
-        "SELECT COUNT(*) AS n FROM catalog.gaia\n"
+        "SELECT COUNT(*) AS n FROM cat.gaia\n"
         f"WHERE CONTAINS(POINT(ra, dec), CIRCLE('GALACTIC', {l_deg!r}, {b_deg!r}, 20)) = 1"
     )
     expected = int((stars.separation(centre).deg <= 20).sum())
@@ -291,7 +289,7 @@ def test_dms_query_votable_keeps_nulls_typed(
     out = tmp_path / "west.vot"
     sql = (
         "SELECT source_id, CASE WHEN ra > 180 THEN NULL ELSE ra END AS ra_west, "
-        "CASE WHEN ra > 180 THEN NULL ELSE 'west' END AS side FROM catalog.gaia"
+        "CASE WHEN ra > 180 THEN NULL ELSE 'west' END AS side FROM cat.gaia"
     )
     data_dir = str(deployments["duckdb"].data_dir)
     result = CliRunner().invoke(

@@ -197,7 +197,7 @@ _REFERENCE: dict[str, pa.Table] = {}
 def reference(conn: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     if sql not in _REFERENCE:
         cursor = conn.cursor()
-        cursor.execute("SET search_path = 'catalog,main'")
+        cursor.execute("SET search_path = 'cat,main'")
         cursor.execute("SET integer_division = true")  # PostgreSQL semantics, as the engine uses
         _REFERENCE[sql] = cursor.sql(
             sqlglot.transpile(sql, read="postgres", write="duckdb")[0]
@@ -431,7 +431,7 @@ def test_match_table_loads_refuse_what_cannot_be_joined_chunk_by_chunk(
     with pytest.raises(LoadError, match="farther apart than the directors' overlap"):
         load_files(deployments["postgres"], "FarMatch", [path], progress=False, create=across)
     missing = far.set_column(1, "objectId", pa.array([12345], pa.int64()))
-    with pytest.raises(LoadError, match=r"not in catalog\.Object"):
+    with pytest.raises(LoadError, match=r"not in cat\.Object"):
         load_files(
             deployments["duckdb"],
             "GoneMatch",

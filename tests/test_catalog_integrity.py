@@ -23,7 +23,7 @@ from dms.query.integrity import ChunkDamaged
 from tests.answers_support import drop_databases, new_database
 from tests.catalog_fixtures import Sample, make_sample
 
-SUM = "SELECT SUM(phot_g_mean_mag) AS s, COUNT(*) AS n FROM catalog.gaia"
+SUM = "SELECT SUM(phot_g_mean_mag) AS s, COUNT(*) AS n FROM cat.gaia"
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +125,8 @@ def test_count_from_the_registry_checks_the_files_exist(deployments: dict[str, D
     deployment = deployments["single"]
     path, relative = _a_chunk_file(deployment)
     with QueryEngine(deployment) as engine:
-        assert engine.execute("SELECT COUNT(*) FROM catalog.gaia").table.column(0)[0].as_py() > 0
+        assert engine.execute("SELECT COUNT(*) FROM cat.gaia").table.column(0)[0].as_py() > 0
         path.rename(path.with_name("moved-away"))
         with pytest.raises(ChunkDamaged, match="cannot be counted") as caught:
-            engine.execute("SELECT COUNT(*) FROM catalog.gaia")
+            engine.execute("SELECT COUNT(*) FROM cat.gaia")
     assert relative in str(caught.value)

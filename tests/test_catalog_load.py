@@ -144,7 +144,7 @@ def test_bad_input_is_refused_and_changes_nothing(deployment: Deployment, tmp_pa
     not_parquet.write_bytes(b"not a parquet file")
     with pytest.raises(CatalogFileError, match="cannot be read"):
         load_files(deployment, "t", [not_parquet], progress=False)
-    with pytest.raises(LoadError, match=r"not in catalog\.t"):
+    with pytest.raises(LoadError, match=r"not in cat\.t"):
         child = pa.table({"cid": [1, 2], "id": [1, 999_999]})
         load_files(
             deployment,
@@ -167,7 +167,7 @@ def test_a_killed_load_is_invisible_and_resumes(deployment: Deployment, tmp_path
     )
     dms = str(Path(sys.executable).parent / "dms")
     process = subprocess.Popen([dms, "--data-dir", str(deployment.data_dir), "load", "g", str(path), "-q"])
-    load_dir = deployment.data_dir / "catalog" / "shard0" / "catalog" / "g" / "load2"
+    load_dir = deployment.data_dir / "catalog" / "shard0" / "cat" / "g" / "load2"
     deadline = time.monotonic() + 60
     while process.poll() is None and time.monotonic() < deadline:
         if load_dir.exists() and len(list(load_dir.glob("*.parquet"))) >= 5:
@@ -188,7 +188,7 @@ def test_a_killed_load_is_invisible_and_resumes(deployment: Deployment, tmp_path
     files = [
         f
         for shard in ("shard0", "shard1")
-        for f in (deployment.data_dir / "catalog" / shard / "catalog" / "g" / "load2").glob("*.parquet")
+        for f in (deployment.data_dir / "catalog" / shard / "cat" / "g" / "load2").glob("*.parquet")
     ]
     written = pq.ParquetDataset(files).read()  # each row once, not counting overlap copies
     assert written.num_rows - int(pa.compute.sum(written["_overlap"]).as_py()) == 482_176

@@ -114,7 +114,7 @@ def _parquet_dirs(deployment: Deployment, table: str) -> list[Path]:
     return [
         d
         for shard in ("shard0", "shard1")
-        if (d := deployment.data_dir / "catalog" / shard / "catalog" / table).exists()
+        if (d := deployment.data_dir / "catalog" / shard / "cat" / table).exists()
     ]
 
 
@@ -177,8 +177,8 @@ def test_a_failed_create_on_postgres_leaves_nothing(
     )
     with pytest.raises(DMSError, match=r"shard 'pg1'.*column 'note' holds a NUL character"):
         load_files(deployment, "failed_pg", [bad], create=options, progress=False)
-    assert _registry_rows(deployment, "catalog.failed_pg") == dict.fromkeys(REGISTRY_TABLES, 0)
-    assert not any(_pg_table_exists(uri, "catalog.failed_pg") for uri in pg_uris)
+    assert _registry_rows(deployment, "cat.failed_pg") == dict.fromkeys(REGISTRY_TABLES, 0)
+    assert not any(_pg_table_exists(uri, "cat.failed_pg") for uri in pg_uris)
     # a corrected --create with other options defines the table anew, with the new options
     notes[bad_row] = "ok"
     good = write_parquet(stars.append_column("note", pa.array(notes)), tmp_path / "good.parquet")
@@ -186,7 +186,7 @@ def test_a_failed_create_on_postgres_leaves_nothing(
     load_files(deployment, "failed_pg", [good], create=options, progress=False)
     with deployment.connect() as conn:
         order = conn.execute(
-            sa.text("SELECT chunk_order FROM dms.catalog_table WHERE name = 'catalog.failed_pg'")
+            sa.text("SELECT chunk_order FROM dms.catalog_table WHERE name = 'cat.failed_pg'")
         )
         assert order.scalar_one() == 3
     assert _rows(deployment, "SELECT COUNT(*) AS n FROM failed_pg")["n"].to_pylist() == [400]
@@ -195,7 +195,7 @@ def test_a_failed_create_on_postgres_leaves_nothing(
 def test_a_create_failing_after_writing_chunks_removes_them(deployment: Deployment, tmp_path: Path) -> None:
     stars = _stars(2_000, seed=7)
     path = write_parquet(stars, tmp_path / "s.parquet")
-    blocker = deployment.data_dir / "catalog" / "shard1" / "catalog" / "failed_duck"
+    blocker = deployment.data_dir / "catalog" / "shard1" / "cat" / "failed_duck"
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("not a directory")  # shard1 cannot write: after shard0 wrote its chunk files
     options = TableOptions(
@@ -203,8 +203,8 @@ def test_a_create_failing_after_writing_chunks_removes_them(deployment: Deployme
     )
     with pytest.raises(OSError):
         load_files(deployment, "failed_duck", [path], create=options, progress=False)
-    assert _registry_rows(deployment, "catalog.failed_duck") == dict.fromkeys(REGISTRY_TABLES, 0)
-    assert not (deployment.data_dir / "catalog" / "shard0" / "catalog" / "failed_duck").exists()
+    assert _registry_rows(deployment, "cat.failed_duck") == dict.fromkeys(REGISTRY_TABLES, 0)
+    assert not (deployment.data_dir / "catalog" / "shard0" / "cat" / "failed_duck").exists()
     blocker.unlink()
     load_files(deployment, "failed_duck", [path], create=options, progress=False)
     assert _rows(deployment, "SELECT COUNT(*) AS n FROM failed_duck")["n"].to_pylist() == [2_000]
@@ -268,7 +268,7 @@ def test_drop_removes_a_table_everywhere(
 ) -> None:
     prefix = f"drop_{storage}"
     _director_and_child(deployment, tmp_path, prefix, storage)
-    obj, src = f"catalog.{prefix}_obj", f"catalog.{prefix}_src"
+    obj, src = f"cat.{prefix}_obj", f"cat.{prefix}_src"
     engine = QueryEngine(deployment)  # its cached registry must see the drop
     try:
         assert engine.execute(f"SELECT COUNT(*) AS n FROM {prefix}_src").table["n"].to_pylist() == [6_000]
@@ -281,7 +281,7 @@ def test_drop_removes_a_table_everywhere(
             engine.execute(f"SELECT COUNT(*) AS n FROM {prefix}_src")
         assert engine.execute(f"SELECT COUNT(*) AS n FROM {prefix}_obj").table["n"].to_pylist() == [3_000]
         assert _registry_rows(deployment, src) == dict.fromkeys(REGISTRY_TABLES, 0)
-        index = deployment.data_dir / "catalog" / "_index" / "catalog" / f"{prefix}_obj"
+        index = deployment.data_dir / "catalog" / "_index" / "cat" / f"{prefix}_obj"
         assert list(index.glob("*.parquet"))
         result = drop_table(deployment, obj)
         assert not index.exists()
@@ -309,14 +309,14 @@ def test_drop_command_asks_and_drops_children_when_told(deployment: Deployment, 
     args = ["--data-dir", str(deployment.data_dir), "catalog", "drop"]
     assert "--yes" in CliRunner().invoke(main, [*args, "--help"]).output
     refused = CliRunner().invoke(main, [*args, "cli_obj", "--yes"])
-    assert refused.exit_code == 1 and "director of catalog.cli_src" in refused.output
+    assert refused.exit_code == 1 and "director of cat.cli_src" in refused.output
     declined = CliRunner().invoke(main, [*args, "cli_src"], input="n\n")
     assert declined.exit_code == 1
-    assert _registry_rows(deployment, "catalog.cli_src")["catalog_table"] == 1
+    assert _registry_rows(deployment, "cat.cli_src")["catalog_table"] == 1
     done = CliRunner().invoke(main, [*args, "cli_obj", "--with-children", "--yes"])
     assert done.exit_code == 0, done.output
-    assert "catalog.cli_src, catalog.cli_obj" in done.output
-    for name in ("catalog.cli_obj", "catalog.cli_src"):
+    assert "cat.cli_src, cat.cli_obj" in done.output
+    for name in ("cat.cli_obj", "cat.cli_src"):
         assert _registry_rows(deployment, name) == dict.fromkeys(REGISTRY_TABLES, 0)
         assert not _parquet_dirs(deployment, name.split(".")[1])
 
@@ -380,9 +380,9 @@ def test_orphans_are_placed_by_position_and_queries_find_them(
             ra="ra", dec="decl", id="objectId", chunk_order=2, max_chunk_rows=300, storage=storage, replicas=2
         ),
     )
-    with pytest.raises(OrphanError, match=rf"40 rows refer to objects that are not in catalog\.{o}.*20 rows"):
+    with pytest.raises(OrphanError, match=rf"40 rows refer to objects that are not in cat\.{o}.*20 rows"):
         _load_orphans(deployment, sample, "refuse")
-    assert _registry_rows(deployment, f"catalog.{s}")["catalog_table"] == 0
+    assert _registry_rows(deployment, f"cat.{s}")["catalog_table"] == 0
     assert _load_orphans(deployment, sample, "place-by-position") == 60
     ref = reference_connection(sample)
     sources = sample.tables[s]
@@ -404,7 +404,7 @@ def test_orphans_are_placed_by_position_and_queries_find_them(
             assert expected, sql  # each query has rows to find
     # an object arriving later for a placed orphan would not join it: refused, naming the way out
     late = _stars(1, seed=23, first_id=900_003)
-    with pytest.raises(OrphanError, match=rf"catalog\.{s}.*dms catalog drop catalog\.{s}"):
+    with pytest.raises(OrphanError, match=rf"cat\.{s}.*dms catalog drop cat\.{s}"):
         load_files(deployment, o, [write_parquet(late, tmp_path / "late.parquet")], progress=False)
     drop_table(deployment, s)
     assert _load_orphans(deployment, sample, "skip") == 60
@@ -489,7 +489,7 @@ def test_a_dense_load_is_refused_with_the_advice_and_loads_when_followed(
     )
     with pytest.raises(PartitionError, match="--max-chunk-rows to at least") as refused:
         load_files(deployment, "dense", [path], create=options, progress=False)
-    assert _registry_rows(deployment, "catalog.dense")["catalog_table"] == 0
+    assert _registry_rows(deployment, "cat.dense")["catalog_table"] == 0
     options.max_chunk_rows = int(str(refused.value).split("at least ")[1].split(" ")[0].replace(",", ""))
     load_files(deployment, "dense", [path], create=options, progress=False)
     assert _rows(deployment, "SELECT COUNT(*) AS n FROM dense")["n"].to_pylist() == [n]
@@ -507,7 +507,7 @@ def test_load_command_reports_orphans_and_states_the_default(deployment: Deploym
     child += ["--director", "cli_orph_obj", "--director-key", "objectId", "--ra", "ra", "--dec", "decl"]
     refused = CliRunner().invoke(main, [*child, "--orphans", "refuse"])
     assert refused.exit_code == 1 and "Traceback" not in refused.output
-    assert "40 rows refer to objects that are not in catalog.cli_orph_obj" in refused.output
+    assert "40 rows refer to objects that are not in cat.cli_orph_obj" in refused.output
     loaded = CliRunner().invoke(main, child)
     assert loaded.exit_code == 0, loaded.output
     assert "60 rows without a director row were placed by their own position" in loaded.output

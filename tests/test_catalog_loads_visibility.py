@@ -41,7 +41,7 @@ HIP_OPTIONS = (
     "Hipparcos 2",
     "-q",
 )
-COUNT = "SELECT COUNT(*) AS n FROM catalog.x WHERE ra >= 0"  # not answered from the registry's row count
+COUNT = "SELECT COUNT(*) AS n FROM cat.x WHERE ra >= 0"  # not answered from the registry's row count
 
 
 @pytest.fixture()
@@ -66,9 +66,9 @@ def _shard_rows(shards: list[str], table: str, load_id: int | None = None) -> in
     total = 0
     for uri in shards:
         with psycopg.connect(uri) as conn:
-            if conn.execute("SELECT to_regclass(%s)", (f"catalog.{table}",)).fetchone() == (None,):
+            if conn.execute("SELECT to_regclass(%s)", (f"cat.{table}",)).fetchone() == (None,):
                 continue
-            query = psycopg.sql.SQL("SELECT count(*) FROM catalog.{} WHERE NOT _overlap").format(
+            query = psycopg.sql.SQL("SELECT count(*) FROM cat.{} WHERE NOT _overlap").format(
                 psycopg.sql.Identifier(table)
             )
             if load_id is not None:
@@ -98,12 +98,12 @@ def test_a_load_in_flight_is_not_read_even_by_an_older_snapshot(
     with QueryEngine(deployment) as engine:
         assert _count(engine) == 1000
         before = engine.registry.snapshot()  # a query planned now, whose shard reads run later
-        with held_commit(monkeypatch, "catalog.x") as held:
+        with held_commit(monkeypatch, "cat.x") as held:
             thread, outcome = in_thread(
                 load_files, deployment, "x", [star_file(tmp_path, "x2", 1000, 500, 2)], progress=False
             )
             assert held.reached.wait(60)
-            running = [i for i, s in _load_states(deployment, "catalog.x").items() if s == "running"]
+            running = [i for i, s in _load_states(deployment, "cat.x").items() if s == "running"]
             assert len(running) == 1 and _shard_rows(shards, "x", running[0]) == 500  # written, uncommitted
             assert _count(engine) == 1000
             with monkeypatch.context() as patch:
@@ -121,19 +121,19 @@ def test_a_failed_load_leaves_no_rows(pg_deployment: tuple[Deployment, list[str]
     shard's table and the registry rows, but not the table in the way, which is not DMS's."""
     deployment, shards = pg_deployment
     with psycopg.connect(shards[1], autocommit=True) as conn:
-        conn.execute("CREATE SCHEMA catalog")
-        conn.execute("CREATE TABLE catalog.z (something_else integer)")
-        conn.execute("INSERT INTO catalog.z VALUES (42)")
+        conn.execute("CREATE SCHEMA cat")
+        conn.execute("CREATE TABLE cat.z (something_else integer)")
+        conn.execute("INSERT INTO cat.z VALUES (42)")
     star = TableOptions(ra="ra", dec="dec", id="id", chunk_order=1, storage="postgres")
-    with pytest.raises(DMSError, match=r"shard 'pg1' cannot store the rows of catalog\.z"):
+    with pytest.raises(DMSError, match=r"shard 'pg1' cannot store the rows of cat\.z"):
         load_files(deployment, "z", [star_file(tmp_path, "z1", 0, 1000, 4)], progress=False, create=star)
     with psycopg.connect(shards[0], autocommit=True) as conn:
-        assert conn.execute("SELECT to_regclass('catalog.z')").fetchone() == (None,)
+        assert conn.execute("SELECT to_regclass('cat.z')").fetchone() == (None,)
     with psycopg.connect(shards[1], autocommit=True) as conn:
-        assert conn.execute("SELECT something_else FROM catalog.z").fetchall() == [(42,)]
-    assert _load_states(deployment, "catalog.z") == {}
+        assert conn.execute("SELECT something_else FROM cat.z").fetchall() == [(42,)]
+    assert _load_states(deployment, "cat.z") == {}
     with QueryEngine(deployment) as engine, pytest.raises(DMSError, match="z"):
-        engine.execute("SELECT COUNT(*) AS n FROM catalog.z WHERE ra >= 0")
+        engine.execute("SELECT COUNT(*) AS n FROM cat.z WHERE ra >= 0")
 
 
 def test_a_load_whose_process_died_is_cleaned_up_by_the_next(
@@ -150,13 +150,13 @@ def test_a_load_whose_process_died_is_cleaned_up_by_the_next(
         patch.setattr(catalog_loader, "_commit", killed)
         with pytest.raises(KeyboardInterrupt):
             load_files(deployment, "x", [star_file(tmp_path, "x3", 5000, 300, 5)], progress=False)
-    (dead,) = [i for i, s in _load_states(deployment, "catalog.x").items() if s == "running"]
+    (dead,) = [i for i, s in _load_states(deployment, "cat.x").items() if s == "running"]
     assert _shard_rows(shards, "x", dead) == 300
     with QueryEngine(deployment) as engine:
         assert _count(engine) == 1000
         load_files(deployment, "x", [star_file(tmp_path, "x4", 9000, 200, 6)], progress=False)
         assert _shard_rows(shards, "x", dead) == 0
-        assert dead not in _load_states(deployment, "catalog.x")
+        assert dead not in _load_states(deployment, "cat.x")
         assert _count(engine) == 1200 == _shard_rows(shards, "x")
 
 
@@ -180,7 +180,7 @@ def test_description_keeps_the_like_layout(pg_server: Any, tmp_path: Path) -> No
         assert loaded.exit_code == 0, loaded.output
         with deployment.connect() as conn:
             row = conn.execute(
-                sa.text("SELECT description, like_table FROM dms.catalog_table WHERE name = 'catalog.hip'")
+                sa.text("SELECT description, like_table FROM dms.catalog_table WHERE name = 'cat.hip'")
             ).one()
             chunks = {
                 name: set(
@@ -189,14 +189,14 @@ def test_description_keeps_the_like_layout(pg_server: Any, tmp_path: Path) -> No
                         {"t": name},
                     ).all()
                 )
-                for name in ("catalog.gaia", "catalog.hip")
+                for name in ("cat.gaia", "cat.hip")
             }
-        assert tuple(row) == ("Hipparcos 2", "catalog.gaia")
-        assert chunks["catalog.hip"] <= chunks["catalog.gaia"]  # gaia's adaptive layout, not one of its own
+        assert tuple(row) == ("Hipparcos 2", "cat.gaia")
+        assert chunks["cat.hip"] <= chunks["cat.gaia"]  # gaia's adaptive layout, not one of its own
         listing = CliRunner().invoke(main, [*base, "tables"])
-        assert "chunks of catalog.gaia" in listing.output
+        assert "chunks of cat.gaia" in listing.output
         match = (
-            "SELECT COUNT(*) AS n FROM catalog.hip h JOIN catalog.gaia g "
+            "SELECT COUNT(*) AS n FROM cat.hip h JOIN cat.gaia g "
             "ON scisql_angSep(h.ra, h.dec, g.ra, g.dec) < 0.001"
         )
         with QueryEngine(deployment) as engine:
@@ -227,15 +227,16 @@ def test_migration_moves_the_like_link_out_of_the_description(pg_server: Any, tm
                     "('catalog.other', 'director', 'id', 'ra', 'dec', 2, 'duckdb', 'Other stars')"
                 )
             )
-        migrate.upgrade(deployment)
+        migrate.upgrade(deployment)  # c0024 renames catalog.* to cat.*, references included
         query = sa.text("SELECT name, description, like_table FROM dms.catalog_table ORDER BY name")
         with deployment.connect() as conn:
             assert [tuple(r) for r in conn.execute(query)] == [
-                ("catalog.hip", None, "catalog.gaia"),
-                ("catalog.other", "Other stars", None),
+                ("cat.hip", None, "cat.gaia"),
+                ("cat.other", "Other stars", None),
                 ("dp1.Match", None, "dp1.Object"),
             ]
-            assert conn.execute(sa.text("SELECT generation FROM dms.catalog_generation")).scalar_one() == 0
+            # c0024's renames are registry changes: plans cached under the old names must not be reused
+            assert conn.execute(sa.text("SELECT generation FROM dms.catalog_generation")).scalar_one() > 0
         migrate.downgrade(deployment, "c0006")
         with deployment.engine().connect() as conn:
             rows = conn.execute(sa.text("SELECT name, description FROM dms.catalog_table ORDER BY name"))

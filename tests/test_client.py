@@ -56,7 +56,7 @@ def apdb_objects(meta_vo: MetaVO) -> list[int]:
 def test_query_and_pandas_equal_direct_sql(meta_vo: MetaVO, token: str) -> None:
     client = Client(meta_vo.url, token)
     assert "dms_" not in repr(client)
-    got = client.query("SELECT TOP 20 source_id, ra FROM catalog.gaia WHERE dec > 0 ORDER BY source_id")
+    got = client.query("SELECT TOP 20 source_id, ra FROM cat.gaia WHERE dec > 0 ORDER BY source_id")
     gaia = meta_vo.gaia
     ids = np.sort(gaia["source_id"].to_numpy()[gaia["dec"].to_numpy() > 0])[:20]
     assert isinstance(got, Table) and got["source_id"].tolist() == ids.tolist()
@@ -82,12 +82,12 @@ def test_cone_images_and_the_workspace(meta_vo: MetaVO, token: str) -> None:
     assert set(near["id"].tolist()) == expected and expected
     images = client.images(10.0, 20.0)
     assert sorted(images["obs_id"].tolist()) == ["img0"]
-    stars = client.query("SELECT TOP 30 source_id, ra, dec FROM catalog.gaia ORDER BY source_id")
+    stars = client.query("SELECT TOP 30 source_id, ra, dec FROM cat.gaia ORDER BY source_id")
     stored = client.upload(stars, "picked")
     assert stored["qualified_name"] == "user_dana.picked" and stored["rows"] == 30
     back = client.query("SELECT source_id FROM user_dana.picked ORDER BY source_id")
     assert back["source_id"].tolist() == stars["source_id"].tolist()
-    client.save("few", "SELECT TOP 3 source_id FROM catalog.gaia ORDER BY source_id")
+    client.save("few", "SELECT TOP 3 source_id FROM cat.gaia ORDER BY source_id")
     assert [t["name"] for t in client.workspace()["tables"]] == ["few", "picked"]
     with pytest.raises(ClientError) as refused:
         client.share("picked", user="nobody")

@@ -123,11 +123,11 @@ def test_a_spilled_streamed_load_answers_as_the_file(
     ids = rng.choice(gaia["source_id"].to_numpy(), 25, replace=False).tolist()
     with QueryEngine(deployment) as engine:
         sql = "SELECT COUNT(*) AS n, SUM(phot_g_mean_mag) AS s, COUNT(DISTINCT source_id) AS d"
-        sql += " FROM catalog.gaia"
+        sql += " FROM cat.gaia"
         got = engine.execute(sql).table.to_pylist()[0]
         assert (got["n"], got["d"]) == (truth[0], truth[2]) and got["s"] == pytest.approx(truth[1], rel=1e-12)
         id_list = ", ".join(str(i) for i in ids)
-        found = engine.execute(f"SELECT source_id, ra FROM catalog.gaia WHERE source_id IN ({id_list})").table
+        found = engine.execute(f"SELECT source_id, ra FROM cat.gaia WHERE source_id IN ({id_list})").table
     expected = duck.execute(
         "SELECT source_id, ra FROM read_parquet(?) WHERE list_contains(?, source_id) ORDER BY source_id",
         [str(path), ids],

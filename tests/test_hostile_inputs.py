@@ -115,20 +115,20 @@ INJECTIONS = [
     "INSTALL httpfs",
     "ATTACH '/tmp/x.duckdb'",
     "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r",
-    "SELECT * FROM catalog.gaia WHERE 1 = (SELECT 1 FROM pg_sleep(1000))",
+    "SELECT * FROM cat.gaia WHERE 1 = (SELECT 1 FROM pg_sleep(1000))",
     "SELECT " + "(" * 300 + "1" + ")" * 300,
     "SELECT " + "ABS(" * 200 + "1" + ")" * 200,
-    "SELECT source_id FROM catalog.gaia WHERE " + " OR ".join(f"source_id = {i}" for i in range(3000)),
+    "SELECT source_id FROM cat.gaia WHERE " + " OR ".join(f"source_id = {i}" for i in range(3000)),
     "SELECT " + " + ".join("1" for _ in range(3000)),
-    "SELECT * FROM catalog.gaia WHERE source_id IN "
-    + "(SELECT source_id FROM catalog.gaia WHERE source_id IN " * 60
+    "SELECT * FROM cat.gaia WHERE source_id IN "
+    + "(SELECT source_id FROM cat.gaia WHERE source_id IN " * 60
     + "(1)"
     + ")" * 60,
-    "SELECT TOP 1 * FROM catalog.gaia UNION SELECT TOP 1 * FROM tap_upload.nothing",
+    "SELECT TOP 1 * FROM cat.gaia UNION SELECT TOP 1 * FROM tap_upload.nothing",
     "SELECT COUNT(*) FROM _local.x",
     "SELECT * FROM TAP_SCHEMA.tables WHERE table_name = '\x00'",
-    "SELECT CONTAINS(POINT('ICRS', 1, 2), CIRCLE('ICRS', 1, 2, -1)) FROM catalog.gaia",
-    "SELECT IN_UNIT(ra, 'parsec/furlong') FROM catalog.gaia",
+    "SELECT CONTAINS(POINT('ICRS', 1, 2), CIRCLE('ICRS', 1, 2, -1)) FROM cat.gaia",
+    "SELECT IN_UNIT(ra, 'parsec/furlong') FROM cat.gaia",
 ]
 PATHS = ["../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "/etc/hostname", "%00", "a" * 5000, "💥", "\\x00"]
 NUMBERS = ["-1", "1e309", "-1e309", "nan", "inf", "99999999999999999999999", "0x10", "", " ", "1,2", "-0"]
@@ -175,7 +175,7 @@ ENDPOINTS: dict[str, list[str]] = {
     "/tap/availability": [],
     "/tap/examples": [],
     "/scs/gaia": ["RA", "DEC", "SR", "VERB", "MAXREC", "RESPONSEFORMAT"],
-    "/scs/catalog.gaia": ["RA", "DEC", "SR", "VERB"],
+    "/scs/cat.gaia": ["RA", "DEC", "SR", "VERB"],
     "/sia/query": [
         "POS",
         "BAND",
@@ -277,7 +277,7 @@ def test_job_resources_answer_clearly(
     part: str, value: str, name: str, live: Live, client: httpx.Client
 ) -> None:
     created = client.post(
-        "/tap/async", data={"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": "SELECT TOP 1 * FROM catalog.gaia"}
+        "/tap/async", data={"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": "SELECT TOP 1 * FROM cat.gaia"}
     )
     check(created, live)
     assert created.status_code == 303
@@ -300,6 +300,6 @@ def test_nothing_stored_changed_and_the_server_still_answers(live: Live, client:
     assert after == BEFORE
     response = client.get(
         "/tap/sync",
-        params={"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": "SELECT COUNT(*) AS n FROM catalog.gaia"},
+        params={"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": "SELECT COUNT(*) AS n FROM cat.gaia"},
     )
     assert response.status_code == 200 and "2411" in response.text

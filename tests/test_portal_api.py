@@ -33,7 +33,7 @@ def get(live: LivePortal, path: str, **params: str) -> httpx.Response:
 
 @pytest.mark.parametrize("order", [0, 3, 5])
 def test_density_counts_equal_healpy_on_the_same_rows(live_portal: LivePortal, order: int) -> None:
-    response = get(live_portal, "/portal/api/density", table="catalog.gaia", order=str(order))
+    response = get(live_portal, "/portal/api/density", table="cat.gaia", order=str(order))
     assert response.status_code == 200, response.text
     found = response.json()
     ra, dec = live_portal.gaia["ra"].to_numpy(), live_portal.gaia["dec"].to_numpy()
@@ -46,7 +46,7 @@ def test_density_counts_equal_healpy_on_the_same_rows(live_portal: LivePortal, o
 
 
 def test_density_corners_are_healpy_boundaries(live_portal: LivePortal) -> None:
-    pixels = get(live_portal, "/portal/api/density", table="catalog.gaia", order="2").json()["pixels"]
+    pixels = get(live_portal, "/portal/api/density", table="cat.gaia", order="2").json()["pixels"]
     for pixel in pixels[:20]:
         corners = np.array(pixel["corners"])
         inside = hp.ang2pix(4, corners[:, 0], corners[:, 1], nest=True, lonlat=True)
@@ -59,10 +59,10 @@ def test_density_corners_are_healpy_boundaries(live_portal: LivePortal) -> None:
 
 
 def test_density_tables_and_bad_requests(live_portal: LivePortal) -> None:
-    assert get(live_portal, "/portal/api/density-tables").json() == {"tables": ["catalog.gaia"]}
+    assert get(live_portal, "/portal/api/density-tables").json() == {"tables": ["cat.gaia"]}
     for params, status, words in [
-        ({"table": "catalog.gaia", "order": "9"}, 400, "out of range"),
-        ({"table": "catalog.gaia", "order": "x"}, 400, "not an integer"),
+        ({"table": "cat.gaia", "order": "9"}, 400, "out of range"),
+        ({"table": "cat.gaia", "order": "x"}, 400, "not an integer"),
         ({"table": 'gaia"; DROP TABLE x; --'}, 404, "has no HEALPix index"),
         ({}, 400, "table is missing"),
     ]:
@@ -143,7 +143,7 @@ def test_light_curve_is_the_apdb_history(live_portal: LivePortal) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/portal/api/whoami", "/portal/api/density?table=catalog.gaia", "/portal/api/lightcurve?diaObjectId=7"],
+    ["/portal/api/whoami", "/portal/api/density?table=cat.gaia", "/portal/api/lightcurve?diaObjectId=7"],
 )
 def test_endpoints_need_a_valid_token(live_portal: LivePortal, path: str) -> None:
     for headers in ({}, {"Authorization": "Bearer dms_wrong"}, {"Authorization": "Basic x"}):
@@ -167,7 +167,7 @@ def test_whoami_and_public_pages(live_portal: LivePortal) -> None:
 @pytest.mark.parametrize(
     "query",
     [
-        "SELECT TOP 50 source_id, ra, dec, phot_g_mean_mag FROM catalog.gaia ORDER BY source_id",
+        "SELECT TOP 50 source_id, ra, dec, phot_g_mean_mag FROM cat.gaia ORDER BY source_id",
         "SELECT obs_id, s_ra, s_dec, t_exptime, calib_level FROM ivoa.ObsCore ORDER BY obs_id",
     ],
 )

@@ -31,7 +31,7 @@ if not Path(CHROMIUM).exists():
 
 CONE = (83.6, 22.0, 10.0)
 QUERY = (
-    "SELECT source_id, ra, dec, phot_g_mean_mag FROM catalog.gaia WHERE "
+    "SELECT source_id, ra, dec, phot_g_mean_mag FROM cat.gaia WHERE "
     f"CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', {CONE[0]}, {CONE[1]}, {CONE[2]})) = 1"
 )
 TIMEOUT = 60_000
@@ -85,7 +85,7 @@ def test_the_page_works_under_its_content_security_policy(live_portal: LivePorta
     page.press("#token", "Enter")
     page.wait_for_selector("#app:not([hidden])", timeout=TIMEOUT)
     page.wait_for_selector(".cm-content", timeout=TIMEOUT)
-    page.wait_for_selector(".tree-table[data-table='catalog.gaia']", state="attached", timeout=TIMEOUT)
+    page.wait_for_selector(".tree-table[data-table='cat.gaia']", state="attached", timeout=TIMEOUT)
     context.close()
     assert violations == []
 
@@ -108,13 +108,13 @@ def test_login_refuses_a_wrong_token_then_accepts_alice(
 
 
 def test_schema_browser_lists_tap_schema(page: Any, shots: Path) -> None:
-    page.wait_for_selector(".tree-table[data-table='catalog.gaia']", state="attached")
+    page.wait_for_selector(".tree-table[data-table='cat.gaia']", state="attached")
     schemas = page.locator(".tree-schema > summary").all_inner_texts()
-    assert any(s.startswith("catalog") for s in schemas) and any(s.startswith("ivoa") for s in schemas)
+    assert any(s.startswith("cat") for s in schemas) and any(s.startswith("ivoa") for s in schemas)
     page.fill("#schema-filter", "gaia")
     assert page.locator(".tree-table:not([hidden])").count() == 1
-    page.click(".tree-table[data-table='catalog.gaia'] > summary")
-    columns = page.locator("ul[aria-label='Columns of catalog.gaia'] li")
+    page.click(".tree-table[data-table='cat.gaia'] > summary")
+    columns = page.locator("ul[aria-label='Columns of cat.gaia'] li")
     columns.first.wait_for()
     names = [text.split()[0] for text in columns.all_inner_texts()]
     assert {"source_id", "ra", "dec", "phot_g_mean_mag"} <= set(names)
@@ -213,9 +213,9 @@ def test_sky_plot_shows_the_density_map_and_the_results(
     expected = expected_cone(live_portal)
     assert page.get_attribute("#sky", "data-points") == str(len(expected))
     label = page.get_attribute("#sky", "aria-label")
-    assert "density map of catalog.gaia" in label and f"{len(expected)} result positions" in label
+    assert "density map of cat.gaia" in label and f"{len(expected)} result positions" in label
     status = page.inner_text("#sky-status")
-    assert status.startswith(f"catalog.gaia: {live_portal.gaia.num_rows} rows")
+    assert status.startswith(f"cat.gaia: {live_portal.gaia.num_rows} rows")
     red = page.evaluate(
         """([points]) => {
         const ctx = document.getElementById('sky').getContext('2d');
@@ -276,7 +276,7 @@ def test_light_curve(page: Any, live_portal: LivePortal, shots: Path) -> None:
 
 
 def test_async_job_runs_and_is_listed(page: Any, live_portal: LivePortal, shots: Path) -> None:
-    _type_query(page, "SELECT TOP 7 source_id FROM catalog.gaia ORDER BY source_id")
+    _type_query(page, "SELECT TOP 7 source_id FROM cat.gaia ORDER BY source_id")
     page.click("#run-async")
     page.wait_for_function("document.getElementById('query-status').textContent.includes('7 rows')")
     row = page.locator("#jobs tbody tr").first

@@ -152,7 +152,7 @@ def test_div_is_integer_division_in_postgresql_sql_too(
 ) -> None:
     """DIV(x, y) is the quotient truncated toward zero on both shard kinds (it was x / y on DuckDB)."""
     result = engines[backend].execute(
-        "SELECT filterId, DIV(photClam, 100) AS h, DIV(7.5, 2) AS d, DIV(-7.5, 2) AS n FROM catalog.Filter"
+        "SELECT filterId, DIV(photClam, 100) AS h, DIV(7.5, 2) AS d, DIV(-7.5, 2) AS n FROM cat.Filter"
     )
     filters = qserv_tables.tables["Filter"]
     expected = {
@@ -162,7 +162,7 @@ def test_div_is_integer_division_in_postgresql_sql_too(
     assert set(zip(*(result.table.column(c).to_pylist() for c in range(4)), strict=False)) == expected
     # exact on 15-digit ids (no detour through DECIMAL(18,3) or double)
     ids = engines[backend].execute(
-        "SELECT objectId, DIV(objectId, 1) AS q FROM catalog.Object WHERE decl_PS > 4.9"
+        "SELECT objectId, DIV(objectId, 1) AS q FROM cat.Object WHERE decl_PS > 4.9"
     )
     assert ids.table.num_rows > 0
     assert ids.table.column(0).to_pylist() == ids.table.column(1).to_pylist()
@@ -173,7 +173,7 @@ def test_unnamed_columns_are_named_by_their_text(engines: dict[str, QueryEngine]
     names, _ = mariadb_rows(mariadb, sql)
     assert engines["duckdb"].execute(sql, lang="qserv").table.column_names == names
     # the same names in PostgreSQL SQL (not sqlglot's _col_0)
-    assert engines["postgres"].execute(sql.replace("Object", "catalog.Object")).table.column_names == names
+    assert engines["postgres"].execute(sql.replace("Object", "cat.Object")).table.column_names == names
 
 
 def _cli(deployment: Deployment, *args: str) -> Any:

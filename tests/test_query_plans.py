@@ -189,7 +189,7 @@ def test_the_plan_is_what_runs(world: World) -> None:
     assert [line for line in explained if line.startswith("[shard")] == [
         f"[{job.shard}] {job.sql}" for job in plan.jobs
     ]
-    assert plan.strategy == "chunks" and plan.primary == "catalog.gaia" and plan.jobs
+    assert plan.strategy == "chunks" and plan.primary == "cat.gaia" and plan.jobs
 
 
 def test_a_repeated_query_reuses_its_plan_until_the_registry_changes(world: World, tmp_path: Path) -> None:

@@ -27,11 +27,11 @@ from tests.catalog_fixtures import Sample, add_postgres_shards, load_sample, mak
 
 RADIUS_ARCSEC = 36.0
 ADQL = (
-    "SELECT u.k, g.source_id FROM TAP_UPLOAD.t AS u JOIN catalog.gaia AS g "
+    "SELECT u.k, g.source_id FROM TAP_UPLOAD.t AS u JOIN cat.gaia AS g "
     f"ON DISTANCE(POINT('ICRS', u.ra, u.dec), POINT('ICRS', g.ra, g.dec)) < {RADIUS_ARCSEC / 3600!r}"
 )
 CONTAINS = (
-    "SELECT u.k, g.source_id FROM catalog.gaia AS g, TAP_UPLOAD.t AS u WHERE "
+    "SELECT u.k, g.source_id FROM cat.gaia AS g, TAP_UPLOAD.t AS u WHERE "
     f"CONTAINS(POINT('ICRS', g.ra, g.dec), CIRCLE('ICRS', u.ra, u.dec, {RADIUS_ARCSEC / 3600!r})) = 1"
 )
 
@@ -103,7 +103,7 @@ def test_upload_crossmatch_equals_the_reference(engine: QueryEngine, sample: Sam
     conn = reference_connection(sample)
     conn.register("up", upload)
     reference = conn.sql(
-        "SELECT u.k, g.source_id FROM up u, catalog.gaia g "
+        "SELECT u.k, g.source_id FROM up u, cat.gaia g "
         f"WHERE scisql_angSep(u.ra, u.dec, g.ra, g.dec) < {RADIUS_ARCSEC / 3600!r}"
     ).to_arrow_table()
     assert _pairs(result.table) == _pairs(reference)

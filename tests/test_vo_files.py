@@ -82,14 +82,14 @@ def test_query_errors_do_not_show_the_data_directory(meta_vo: MetaVO, tmp_path: 
     for chunk in chunks:
         chunk.unlink()
     response = httpx.post(
-        f"{meta_vo.url}/tap/sync", data={"LANG": "ADQL", "QUERY": "SELECT SUM(ra) FROM catalog.victim"}
+        f"{meta_vo.url}/tap/sync", data={"LANG": "ADQL", "QUERY": "SELECT SUM(ra) FROM cat.victim"}
     )
     assert response.status_code == 400 and 'value="ERROR"' in response.text, response.text
     _no_server_paths(meta_vo, response.text)
     # The same failure in an async job: its error summary and error document name no server path either.
     created = httpx.post(
         f"{meta_vo.url}/tap/async",
-        data={"LANG": "ADQL", "QUERY": "SELECT SUM(ra) FROM catalog.victim", "PHASE": "RUN"},
+        data={"LANG": "ADQL", "QUERY": "SELECT SUM(ra) FROM cat.victim", "PHASE": "RUN"},
         follow_redirects=False,
     )
     job = created.headers["location"]

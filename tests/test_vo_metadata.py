@@ -44,17 +44,17 @@ def test_each_column_has_its_own_tables_metadata(meta_vo: MetaVO) -> None:
         "mag": ("mag", "phot.mag;em.opt.R"),
         "name": (None, "meta.id"),
     }
-    assert _fields(meta_vo, "SELECT mag, name FROM catalog.objects") == {
+    assert _fields(meta_vo, "SELECT mag, name FROM cat.objects") == {
         "mag": ("mag", "phot.mag;em.opt.G"),
         "name": (None, None),
     }
-    assert _fields(meta_vo, "SELECT TOP 3 * FROM catalog.objects")["id"] == (None, "meta.id;meta.main")
+    assert _fields(meta_vo, "SELECT TOP 3 * FROM cat.objects")["id"] == (None, "meta.id;meta.main")
     # Through a derived table and a CTE, under another name: still survey.obj's mag.
     assert _fields(meta_vo, "SELECT x.m FROM (SELECT mag AS m FROM survey.obj) AS x")["m"] == (
         "mag",
         "phot.mag;em.opt.R",
     )
-    assert _fields(meta_vo, "WITH c AS (SELECT mag FROM catalog.objects) SELECT c.mag FROM c")["mag"] == (
+    assert _fields(meta_vo, "WITH c AS (SELECT mag FROM cat.objects) SELECT c.mag FROM c")["mag"] == (
         "mag",
         "phot.mag;em.opt.G",
     )
@@ -87,10 +87,10 @@ def test_uploaded_columns_borrow_nothing(meta_vo: MetaVO) -> None:
 
 
 def test_loaded_files_give_units_and_ucds(meta_vo: MetaVO) -> None:
-    gaia = _published(meta_vo, "catalog.gaia")
+    gaia = _published(meta_vo, "cat.gaia")
     assert gaia["ra"] == ("deg", "pos.eq.ra;meta.main")  # unit from Parquet field metadata
     assert gaia["phot_g_mean_mag"] == ("mag", "phot.mag;em.opt")  # ucd from TableOptions.ucds
-    objects = _published(meta_vo, "catalog.objects")
+    objects = _published(meta_vo, "cat.objects")
     assert objects["ra"][0] == "deg" and objects["mag"] == ("mag", "phot.mag;em.opt.G")  # FITS TUNIT/TUCD
     assert objects["id"] == (None, "meta.id;meta.main")
 
@@ -100,7 +100,7 @@ def test_in_unit_on_a_loaded_catalog_table(meta_vo: MetaVO) -> None:
         f"{meta_vo.url}/tap/sync",
         data={
             "LANG": "ADQL",
-            "QUERY": "SELECT TOP 20 source_id, IN_UNIT(ra, 'arcsec') AS ra_as FROM catalog.gaia "
+            "QUERY": "SELECT TOP 20 source_id, IN_UNIT(ra, 'arcsec') AS ra_as FROM cat.gaia "
             "ORDER BY source_id",
         },
     )
@@ -113,7 +113,7 @@ def test_in_unit_on_a_loaded_catalog_table(meta_vo: MetaVO) -> None:
     # A column that has no unit is still refused clearly.
     response = httpx.post(
         f"{meta_vo.url}/tap/sync",
-        data={"LANG": "ADQL", "QUERY": "SELECT IN_UNIT(mag_b, 'mag') FROM catalog.gaia"},
+        data={"LANG": "ADQL", "QUERY": "SELECT IN_UNIT(mag_b, 'mag') FROM cat.gaia"},
     )
     assert response.status_code == 400 and "unit of mag_b is not known" in response.text
 
@@ -152,7 +152,7 @@ def test_dms_load_unit_and_ucd_options(meta_vo: MetaVO, tmp_path: Path) -> None:
         main, [*base, "--unit", "flux=mJy", "--unit", "dec=deg", "--ucd", "sid=meta.id"]
     )
     assert done.exit_code == 0, done.output
-    published = _published(meta_vo, "catalog.stars")
+    published = _published(meta_vo, "cat.stars")
     assert published["ra"] == ("deg", "pos.eq.ra;meta.main")  # the file's unit
     assert published["dec"] == ("deg", "pos.eq.dec;meta.main")  # --unit
     assert published["flux"] == ("mJy", "phot.flux")  # --unit over nothing, the file's ucd

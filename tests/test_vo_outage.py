@@ -62,7 +62,7 @@ def test_a_stopped_database_is_a_503_and_a_running_job_ends_in_error(own_server:
 
         stop(own_server)
         availability = httpx.get(f"{url}/tap/availability", timeout=10)
-        assert "<avail:available>false</avail:available>" in availability.text
+        assert "<available>false</available>" in availability.text
         assert "cannot be reached" in availability.text
         sync = f"{url}/tap/sync?LANG=ADQL&QUERY=SELECT+TOP+1+id+FROM+survey.obj"
         for endpoint in (

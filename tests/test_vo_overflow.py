@@ -18,7 +18,7 @@ from vo_meta_support import MetaVO, meta_vo_fixture  # noqa: F401 (the meta_vo f
 
 from dms.cli import main
 
-QUERIES = ["SELECT source_id, ra FROM catalog.gaia", "SELECT id, mag FROM survey.obj"]
+QUERIES = ["SELECT source_id, ra FROM cat.gaia", "SELECT id, mag FROM survey.obj"]
 FORMATS = ["votable", "votable/b2", "csv", "tsv", "json", "parquet"]
 
 

@@ -179,7 +179,7 @@ def test_vosi_endpoints_and_landing_page(live_vo: LiveVO) -> None:
         "/datalink/availability",
         "/scs/survey.obj/availability",
     ):
-        assert "<avail:available>true</avail:available>" in httpx.get(live_vo.url + path).text
+        assert "<available>true</available>" in httpx.get(live_vo.url + path).text
     for path in ("/sia/capabilities", "/datalink/capabilities", "/scs/survey.obj/capabilities"):
         assert "vosi:capabilities" in httpx.get(live_vo.url + path).text
     page = httpx.get(live_vo.url + "/").text

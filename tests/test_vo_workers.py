@@ -42,7 +42,7 @@ from dms.services.vo.uws import job_tag
 DMS = str(Path(sys.executable).parent / "dms")
 ROWS = 5000
 CONE = (
-    "SELECT TOP 500 id, ra, dec, mag FROM catalog.obj "
+    "SELECT TOP 500 id, ra, dec, mag FROM cat.obj "
     "WHERE CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', {ra}, {dec}, 1.5)) = 1"
 )
 # A control-database query that runs far longer than the test (a 6-way cross join of ~100 rows each).
@@ -254,8 +254,8 @@ def test_every_worker_answers_as_dms_query(served: Served) -> None:
     queries = [
         CONE.format(ra=5.0, dec=0.0),
         CONE.format(ra=12.5, dec=-4.0),
-        "SELECT COUNT(*) AS n, MIN(mag) AS faintest FROM catalog.obj WHERE dec > 3",
-        "SELECT id, mag FROM catalog.obj WHERE id IN (1, 77, 4999)",
+        "SELECT COUNT(*) AS n, MIN(mag) AS faintest FROM cat.obj WHERE dec > 3",
+        "SELECT id, mag FROM cat.obj WHERE id IN (1, 77, 4999)",
     ]
     with clients_on_two_workers(served) as (first, second):
         for query in queries:
@@ -348,11 +348,11 @@ def _job_backends(served: Served, job_id: str) -> int:
 @pytest.mark.parametrize(
     ("params", "status", "words"),
     [
-        ({"LANG": "ADQL", "QUERY": "SELEC id FROM catalog.obj"}, 400, "line 1"),
-        ({"LANG": "ADQL", "QUERY": "SELECT id FROM catalog.nothing"}, 400, "unknown table"),
+        ({"LANG": "ADQL", "QUERY": "SELEC id FROM cat.obj"}, 400, "line 1"),
+        ({"LANG": "ADQL", "QUERY": "SELECT id FROM cat.nothing"}, 400, "unknown table"),
         ({"LANG": "KLINGON", "QUERY": "SELECT 1"}, 400, "LANG"),
         ({"LANG": "ADQL"}, 400, "QUERY is missing"),
-        ({"LANG": "ADQL", "QUERY": "SELECT id FROM catalog.obj", "MAXREC": "-3"}, 400, "MAXREC"),
+        ({"LANG": "ADQL", "QUERY": "SELECT id FROM cat.obj", "MAXREC": "-3"}, 400, "MAXREC"),
     ],
 )
 def test_bad_input_is_a_4xx_on_every_worker(

@@ -228,7 +228,7 @@ def test_share_with_a_user_and_a_group_then_unshare(
 
 def test_save_a_query_result_as_a_table(meta_vo: MetaVO, tokens: dict[str, str], cleanup: None) -> None:
     url, deployment = meta_vo.url, meta_vo.deployment
-    query = "SELECT TOP 50 source_id, ra, dec FROM catalog.gaia WHERE dec > 60 ORDER BY source_id"
+    query = "SELECT TOP 50 source_id, ra, dec FROM cat.gaia WHERE dec > 60 ORDER BY source_id"
     saved = httpx.post(
         f"{url}/api/workspace/results",
         json={"name": "north", "query": query},
@@ -392,15 +392,15 @@ def test_tokens_are_never_logged(
 def test_unreleased_data_on_the_dac_and_on_qa(meta_vo: MetaVO, tokens: dict[str, str]) -> None:
     url, deployment = meta_vo.url, meta_vo.deployment
     query = "SELECT count(*) AS n FROM survey.obj"
-    catalog = "SELECT count(*) AS n FROM catalog.gaia"
+    catalog = "SELECT count(*) AS n FROM cat.gaia"
     # IN_UNIT needs the columns' units, which only the engine knows: the visibility check still sees the table
-    in_unit = "SELECT count(*) AS n FROM catalog.gaia WHERE IN_UNIT(dec, 'arcsec') > -324000"
+    in_unit = "SELECT count(*) AS n FROM cat.gaia WHERE IN_UNIT(dec, 'arcsec') > -324000"
     dms(deployment, "release", "set", "survey", "unreleased")
-    dms(deployment, "release", "set", "catalog.gaia", "unreleased")
+    dms(deployment, "release", "set", "cat.gaia", "unreleased")
     try:
         assert "survey: unreleased" in dms(deployment, "release", "list")
         for token in (tokens["alice"], tokens["alice_unreleased"], None):
-            for text, name in ((query, "survey.obj"), (catalog, "catalog.gaia"), (in_unit, "catalog.gaia")):
+            for text, name in ((query, "survey.obj"), (catalog, "cat.gaia"), (in_unit, "cat.gaia")):
                 response = tap(url, text, token)
                 assert response.status_code == 400 and f"unknown table {name}" in response.text
         assert "survey.obj" not in listed(url, tokens["alice_unreleased"])  # the DAC never shows it
@@ -424,7 +424,7 @@ def test_unreleased_data_on_the_dac_and_on_qa(meta_vo: MetaVO, tokens: dict[str,
         assert rows(tap(url, query, tokens["alice"]))["n"][0] == 3000
     finally:
         dms(deployment, "release", "set", "survey", "released")
-        dms(deployment, "release", "set", "catalog.gaia", "released")
+        dms(deployment, "release", "set", "cat.gaia", "released")
     assert rows(tap(url, catalog, tokens["alice"]))["n"][0] == meta_vo.gaia.num_rows
     assert rows(tap(url, in_unit, tokens["alice"]))["n"][0] == meta_vo.gaia.num_rows
 

@@ -1,6 +1,6 @@
 """A live VO server over a deployment that has everything the metadata, SCS, file and crossmatch tests need:
 the synthetic survey.obj and ObsCore rows of vo_support (two images kept as real FITS files in the data
-directory, one remote), and a Gaia sample loaded with `dms load` as catalog.gaia."""
+directory, one remote), and a Gaia sample loaded with `dms load` as cat.gaia."""
 
 from __future__ import annotations
 

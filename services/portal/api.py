@@ -126,7 +126,7 @@ class Portal:
         require_scope(request, "tap")
         table = request.query_params.get("table", "")
         if not table:
-            raise ServiceError("table is missing: give a catalog table, e.g. table=catalog.gaia")
+            raise ServiceError("table is missing: give a catalog table, e.g. table=cat.gaia")
         order = parse_order(request.query_params.get("order"))
         found = await run_in_threadpool(density_map, self.context.executor, self.registry, table, order)
         return Response(json.dumps(found.to_json()), media_type="application/json")

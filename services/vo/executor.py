@@ -31,6 +31,7 @@ from dms.query.lineage import catalog_unit_resolver
 from dms.query.parse import cte_for
 from dms.query.reader import READER_ROLE, reader_transaction
 from dms.query.sqlcompose import column_definitions, ident, statement
+from dms.schema.catalog import legacy_name
 from dms.services.vo.errors import QueryCancelled, QueryError, QueryRefused, QuerySyntaxError, QueryTimeout
 from dms.services.workspace.viewer import current_viewer
 from dms.services.workspace.visibility import generation, viewer_settings
@@ -126,7 +127,8 @@ class RoutingExecutor:
         bare = {name.split(".")[1] for name in catalog}
         for table in tree.find_all(exp.Table):
             name = f"{table.db}.{table.name}".lower() if table.db else table.name.lower()
-            if name in catalog or (not table.db and name in bare):
+            renamed = (legacy_name(table.db, table.name) or "").lower()  # catalog.x is cat.x (deprecated)
+            if name in catalog or renamed in catalog or (not table.db and name in bare):
                 return True
         return False
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from dms.services.vo.errors import ServiceError
 from dms.services.vo.tap_schema import Column
-from dms.services.vo.votable import result_votable
+from dms.services.vo.votable_writer import result_chunks, result_votable
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,23 @@ def choose(value: str | None) -> Format:
             return fmt
     names = ", ".join(f.aliases[0] for f in FORMATS)
     raise ServiceError(f"RESPONSEFORMAT {value!r} is not supported; valid: {names} (or their MIME types)")
+
+
+def render_chunks(
+    fmt: Format,
+    table: pa.Table,
+    columns: Mapping[str, Column] | None = None,
+    *,
+    overflow: bool = False,
+    infos: Mapping[str, str] | None = None,
+) -> Iterator[bytes]:
+    """The result in `fmt` as successive pieces: VOTable is rendered batch by batch (see
+    :mod:`dms.services.vo.votable_writer`), the other formats in one piece."""
+    if fmt in (VOTABLE, VOTABLE_B2):
+        serialization = "binary2" if fmt is VOTABLE_B2 else "tabledata"
+        yield from result_chunks(table, columns, overflow=overflow, serialization=serialization, infos=infos)
+    else:
+        yield render(fmt, table, columns, overflow=overflow, infos=infos)
 
 
 def render(

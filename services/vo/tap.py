@@ -8,6 +8,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -17,7 +18,13 @@ import pyarrow as pa
 import sqlalchemy as sa
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import (
+    FileResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
 from dms.deployment import Deployment
@@ -75,8 +82,9 @@ class TapService:
         *,
         stored: bool = False,
         base: str | None = None,
-    ) -> tuple[bytes, str, int, bool]:
-        """Execute a TAP request's query and render the result: (document, MIME type, rows, overflow)."""
+    ) -> tuple[Iterator[bytes], str, int, bool]:
+        """Execute a TAP request's query: (the document's pieces, rendered as they are read; MIME type;
+        rows; overflow)."""
         request = params.get("REQUEST")
         if request is not None and request.lower() != "doquery":
             raise ServiceError(f"REQUEST {request!r} is not supported; valid: doQuery")
@@ -102,7 +110,7 @@ class TapService:
         columns = result_metadata(self.context.tables(), query, lang, result.table, uploads)
         # ObsCore's file:// access URLs become the server's /files URLs (or nothing, without a base URL)
         table = public_access_urls(result.table, base or "")
-        body = formats.render(fmt, table, columns, overflow=result.overflow, infos=frames.infos(notes))
+        body = formats.render_chunks(fmt, table, columns, overflow=result.overflow, infos=frames.infos(notes))
         return body, fmt.mime, result.table.num_rows, result.overflow
 
     @staticmethod
@@ -148,7 +156,7 @@ class TapService:
 
     def _run_job(
         self, parameters: dict[str, str], cancel: threading.Event, timeout: float
-    ) -> tuple[bytes, str, int]:
+    ) -> tuple[Iterator[bytes], str, int]:
         body, mime, rows, overflow = self.run(
             Params({k: [v] for k, v in parameters.items()}), cancel, timeout, stored=True
         )
@@ -202,7 +210,8 @@ class TapService:
                 log.info("client of a sync query went away: cancelling the query")
                 cancel.set()
         body, mime, _, overflow = work.result()
-        return Response(body, media_type=mime, headers=formats.result_headers(overflow))
+        # a large VOTable is rendered batch by batch while it is sent, never whole in memory
+        return StreamingResponse(body, media_type=mime, headers=formats.result_headers(overflow))
 
     async def async_jobs(self, request: Request) -> Response:
         base = _base(request) + "/tap/async"

@@ -21,7 +21,7 @@ import json
 import logging
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -49,7 +49,8 @@ MAX_WAIT = 120.0
 LOST_DATABASE = "the database connection was lost while the job ran; submit the job again"
 WATCH_SECONDS = 0.5  # how often a server checks whether its running jobs were ended by another server
 
-Runner = Callable[[dict[str, str], threading.Event, float], tuple[bytes, str, int]]
+# (parameters, cancel, seconds) -> (the result document's pieces, MIME type, rows)
+Runner = Callable[[dict[str, str], threading.Event, float], tuple[Iterable[bytes], str, int]]
 """Runs a job from its parameters with a cancel event and a time limit: (result bytes, MIME type, rows)."""
 
 Forget = Callable[[dict[str, str]], None]
@@ -443,7 +444,9 @@ class JobStore:
             with tagged(job_tag(job_id)), acting_as(self._viewer(job.owner_id)):
                 content, mime, rows = self.runner(job.parameters, cancel, limit)
             path = self.results_dir / f"{job_id}.result"
-            path.write_bytes(content)
+            with path.open("wb") as sink:  # piece by piece: a large result is never whole in memory
+                for piece in content:
+                    sink.write(piece)
             if not self._finish(
                 job_id, "COMPLETED", result_url=str(path), result_format=mime, row_count=rows
             ):

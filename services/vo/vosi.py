@@ -1,20 +1,26 @@
-"""VOSI 1.1: capabilities (with TAPRegExt for TAP), availability and the table set (VODataService)."""
+"""VOSI 1.1: capabilities (with TAPRegExt for TAP), availability and the table set (VODataService),
+built from the vo-models models (PyPI `vo-models`, which Rubin's services use) and written by pydantic-xml.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from xml.sax.saxutils import escape
+from typing import Any, Literal
+
+from pydantic import AnyUrl, field_validator
+from pydantic_xml import BaseXmlModel
+from vo_models.tapregext import models as tr
+from vo_models.vodataservice import models as vs
+from vo_models.voresource.models import AccessURL, Capability
+from vo_models.vosi.availability.models import Availability
+from vo_models.vosi.capabilities.models import VOSICapabilities
+from vo_models.vosi.tables.models import VOSITable, VOSITableSet
 
 from dms.services.vo import formats
 from dms.services.vo.tap_schema import Column, Table
 
-CAPABILITIES_HEAD = (
-    '<?xml version="1.0" encoding="UTF-8"?>\n'
-    '<vosi:capabilities xmlns:vosi="http://www.ivoa.net/xml/VOSICapabilities/v1.0" '
-    'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
-    'xmlns:vr="http://www.ivoa.net/xml/VOResource/v1.0" '
-    'xmlns:vs="http://www.ivoa.net/xml/VODataService/v1.1" xmlns:tr="http://www.ivoa.net/xml/TAPRegExt/v1.0">\n'
-)
+Keys = Sequence[tuple[str, str, str, list[tuple[str, str]]]]
+"""TAP_SCHEMA keys: (key id, from table, target table, [(from column, target column)])."""
 
 GEOMETRY = (
     "POINT",
@@ -85,7 +91,13 @@ OUTPUT_IDS = {
 }
 
 
-def vosi_capabilities(base: str, service: str, *, examples: bool = False) -> str:
+def _param_http(
+    url: str, use: Literal["full", "base"], *, role: str | None = None, version: str | None = None
+) -> vs.ParamHTTP:
+    return vs.ParamHTTP(role=role, version=version, access_url=[AccessURL(value=AnyUrl(url), use=use)])
+
+
+def _vosi_entries(base: str, service: str, *, examples: bool = False) -> list[Capability]:
     """The VOSI capabilities, availability (and DALI examples) entries of a service at base/service."""
     entries = [
         ("ivo://ivoa.net/std/VOSI#capabilities", f"{base}/{service}/capabilities"),
@@ -95,138 +107,138 @@ def vosi_capabilities(base: str, service: str, *, examples: bool = False) -> str
         entries.append(("ivo://ivoa.net/std/VOSI#tables-1.1", f"{base}/tap/tables"))
     if examples:
         entries.append(("ivo://ivoa.net/std/DALI#examples", f"{base}/{service}/examples"))
-    return "".join(
-        f'<capability standardID="{sid}"><interface xsi:type="vs:ParamHTTP">'
-        f'<accessURL use="full">{escape(url)}</accessURL></interface></capability>\n'
-        for sid, url in entries
-    )
+    return [Capability(standard_id=AnyUrl(sid), interface=[_param_http(url, "full")]) for sid, url in entries]
 
 
 def tap_capabilities(base: str, *, upload_limit: int, default_rows: int, hard_rows: int) -> str:
-    features = "".join(
-        f'<languageFeatures type="{kind}">'
-        + "".join(
-            f"<feature><form>{escape(form)}</form>"
-            + (f"<description>{escape(text)}</description>" if text else "")
-            + "</feature>"
-            for form, text in items
-        )
-        + "</languageFeatures>"
-        for kind, items in ADQL_FEATURES.items()
+    language = tr.Language(
+        name="ADQL",
+        version=[
+            tr.Version(value="2.0", ivo_id="ivo://ivoa.net/std/ADQL#v2.0"),
+            tr.Version(value="2.1", ivo_id="ivo://ivoa.net/std/ADQL#v2.1"),
+        ],
+        description="ADQL 2.1, translated to PostgreSQL or DuckDB by DMS (ICRS only)",
+        language_features=[
+            tr.LanguageFeatureList(
+                type=kind, feature=[tr.LanguageFeature(form=form, description=text) for form, text in items]
+            )
+            for kind, items in ADQL_FEATURES.items()
+        ],
     )
-    outputs = "".join(
-        (f'<outputFormat ivo-id="{ivo_id}">' if ivo_id else "<outputFormat>")
-        + f"<mime>{escape(fmt.mime)}</mime><alias>{fmt.aliases[0]}</alias></outputFormat>"
-        for fmt, ivo_id in OUTPUT_IDS.items()
+    table_access = tr.TableAccess(
+        interface=[_param_http(f"{base}/tap", "base", role="std", version="1.1")],
+        data_model=[tr.DataModelType(value="ObsCore-1.1", ivo_id="ivo://ivoa.net/std/ObsCore#core-1.1")],
+        language=[language],
+        output_format=[
+            tr.OutputFormat(mime=fmt.mime, alias=[fmt.aliases[0]], ivo_id=ivo_id)
+            for fmt, ivo_id in OUTPUT_IDS.items()
+        ],
+        upload_method=[
+            tr.UploadMethod(ivo_id=f"ivo://ivoa.net/std/TAPRegExt#upload-{kind}")
+            for kind in ("inline", "http", "https")
+        ],
+        retention_period=tr.TimeLimits(default=604800, hard=604800),
+        execution_duration=tr.TimeLimits(default=600, hard=3600),
+        output_limit=tr.DataLimits(
+            default=tr.DataLimit(value=default_rows, unit="row"),
+            hard=tr.DataLimit(value=hard_rows, unit="row"),
+        ),
+        upload_limit=tr.DataLimits(hard=tr.DataLimit(value=upload_limit, unit="byte")),
     )
-    return (
-        CAPABILITIES_HEAD + '<capability standardID="ivo://ivoa.net/std/TAP" xsi:type="tr:TableAccess">'
-        '<interface xsi:type="vs:ParamHTTP" role="std" version="1.1"><accessURL '
-        f'use="base">{escape(base)}/tap</accessURL></interface>'
-        '<dataModel ivo-id="ivo://ivoa.net/std/ObsCore#core-1.1">ObsCore-1.1</dataModel>'
-        '<language><name>ADQL</name><version ivo-id="ivo://ivoa.net/std/ADQL#v2.0">2.0</version>'
-        '<version ivo-id="ivo://ivoa.net/std/ADQL#v2.1">2.1</version>'
-        "<description>ADQL 2.1, translated to PostgreSQL or DuckDB by DMS (ICRS only)</description>"
-        f"{features}</language>"
-        f"{outputs}"
-        '<uploadMethod ivo-id="ivo://ivoa.net/std/TAPRegExt#upload-inline"/>'
-        '<uploadMethod ivo-id="ivo://ivoa.net/std/TAPRegExt#upload-http"/>'
-        '<uploadMethod ivo-id="ivo://ivoa.net/std/TAPRegExt#upload-https"/>'
-        "<retentionPeriod><default>604800</default><hard>604800</hard></retentionPeriod>"
-        "<executionDuration><default>600</default><hard>3600</hard></executionDuration>"
-        f'<outputLimit><default unit="row">{default_rows}</default><hard '
-        f'unit="row">{hard_rows}</hard></outputLimit>'
-        f'<uploadLimit><hard unit="byte">{upload_limit}</hard></uploadLimit>'
-        "</capability>\n" + vosi_capabilities(base, "tap", examples=True) + "</vosi:capabilities>\n"
-    )
+    capabilities = [table_access, *_vosi_entries(base, "tap", examples=True)]
+    return _document(VOSICapabilities(capability=capabilities))
 
 
 def service_capabilities(base: str, service: str, standard_id: str, access_url: str) -> str:
     """Capabilities of a simple DAL service (SCS, SIA, DataLink)."""
-    return (
-        CAPABILITIES_HEAD
-        + f'<capability standardID="{standard_id}"><interface xsi:type="vs:ParamHTTP" role="std">'
-        f'<accessURL use="base">{escape(access_url)}</accessURL></interface></capability>\n'
-        + vosi_capabilities(base, service)
-        + "</vosi:capabilities>\n"
-    )
+    own = Capability(standard_id=AnyUrl(standard_id), interface=[_param_http(access_url, "base", role="std")])
+    return _document(VOSICapabilities(capability=[own, *_vosi_entries(base, service)]))
 
 
 def availability(available: bool, note: str) -> str:
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        '<avail:availability xmlns:avail="http://www.ivoa.net/xml/VOSIAvailability/v1.0">'
-        f"<avail:available>{'true' if available else 'false'}</avail:available>"
-        f"<avail:note>{escape(note)}</avail:note></avail:availability>\n"
+    return _document(Availability(available=available, note=[note]))
+
+
+class _TableColumn(vs.TableParam, tag="column"):
+    """A column as TAP_SCHEMA names and describes it.
+
+    vo-models' TableParam puts ADQL reserved words in quotes and XML-escapes descriptions itself; /tables
+    must name a column exactly as TAP_SCHEMA.columns does (taplint compares the two), and pydantic-xml
+    escapes text already (escaping twice would show "&amp;" to clients)."""
+
+    @field_validator("column_name")
+    def validate_colname(cls, value: str) -> str:
+        return value
+
+    @field_validator("description")
+    def validate_description(cls, value: str | None) -> str | None:
+        return value
+
+
+def _column(column: Column) -> _TableColumn:
+    return _TableColumn(
+        column_name=column.name,
+        description=column.description or None,
+        unit=column.unit or None,
+        ucd=column.ucd or None,
+        utype=column.utype or None,
+        xtype=column.xtype or None,
+        datatype=vs.DataType(value=column.datatype, arraysize=column.arraysize or None),
+        flag=[
+            f
+            for f, on in (("indexed", column.indexed), ("std", column.std), ("principal", column.principal))
+            if on
+        ],
     )
 
 
-def _column_xml(column: Column) -> str:
-    optional = "".join(
-        f"<{tag}>{escape(value)}</{tag}>"
-        for tag, value in (
-            ("description", column.description),
-            ("unit", column.unit),
-            ("ucd", column.ucd),
-            ("utype", column.utype),
+def _table_fields(table: Table, keys: Keys, detail: bool) -> dict[str, Any]:
+    foreign = [
+        vs.ForeignKey(
+            target_table=target, fk_column=[vs.FKColumn(from_column=a, target_column=b) for a, b in pairs]
         )
-        if value
-    )
-    arraysize = f' arraysize="{escape(column.arraysize)}"' if column.arraysize else ""
-    xtype = f' extendedType="{escape(column.xtype)}"' if column.xtype else ""
-    flags = "".join(
-        f"<flag>{f}</flag>"
-        for f, on in (("indexed", column.indexed), ("std", column.std), ("principal", column.principal))
-        if on
-    )
-    return (
-        f"<column><name>{escape(column.name)}</name>{optional}"
-        "<dataType "
-        f'xsi:type="vs:VOTableType"{arraysize}{xtype}>{escape(column.datatype)}</dataType>{flags}</column>'
-    )
-
-
-def _table_xml(
-    table: Table, keys: Sequence[tuple[str, str, str, list[tuple[str, str]]]], detail: bool
-) -> str:
-    description = f"<description>{escape(table.description)}</description>" if table.description else ""
-    columns = "".join(_column_xml(c) for c in table.columns) if detail else ""
-    foreign = "".join(
-        f"<foreignKey><targetTable>{escape(target)}</targetTable>"
-        + "".join(
-            f"<fkColumn><fromColumn>{escape(a)}</fromColumn><targetColumn>{escape(b)}</targetColumn></fkColumn>"
-            for a, b in pairs
-        )
-        + "</foreignKey>"
         for _, source, target, pairs in keys
         if source == table.name and detail
-    )
-    head = f'<table type="{escape(table.table_type)}"><name>{escape(table.name)}</name>'
-    return f"{head}{description}{columns}{foreign}</table>"
+    ]
+    return {
+        "table_type": table.table_type,
+        "table_name": table.name,
+        "description": table.description or None,
+        "column": [_column(c) for c in table.columns] if detail else [],
+        "foreign_key": foreign,
+    }
 
 
-_TABLESET_NS = (
-    'xmlns:vosi="http://www.ivoa.net/xml/VOSITables/v1.0" '
-    'xmlns:vs="http://www.ivoa.net/xml/VODataService/v1.1" '
-    'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
-)
+def _table(model: type[vs.Table], table: Table, keys: Keys, detail: bool) -> vs.Table:
+    fields = _table_fields(table, keys, detail)
+    described = model(**fields)
+    # vo-models' Table XML-escapes its text on the way in and pydantic-xml escapes it again on the way out:
+    # keep the text as it is, so a client reads "a & b", not "a &amp; b"
+    for name, value in fields.items():
+        if isinstance(value, str):
+            setattr(described, name, value)
+    return described
 
 
-def tableset(
-    tables: Sequence[Table], keys: Sequence[tuple[str, str, str, list[tuple[str, str]]]], detail: bool = True
-) -> str:
+def tableset(tables: Sequence[Table], keys: Keys, detail: bool = True) -> str:
     schemas: dict[str, list[Table]] = {}
     for table in tables:
         schemas.setdefault(table.schema, []).append(table)
-    body = "".join(
-        f"<schema><name>{escape(name)}</name>"
-        + "".join(_table_xml(t, keys, detail) for t in members)
-        + "</schema>"
-        for name, members in schemas.items()
+    return _document(
+        VOSITableSet(
+            tableset_schema=[
+                vs.TableSchema(schema_name=name, table=[_table(vs.Table, t, keys, detail) for t in members])
+                for name, members in schemas.items()
+            ]
+        )
     )
-    return f'<?xml version="1.0" encoding="UTF-8"?>\n<vosi:tableset {_TABLESET_NS}>{body}</vosi:tableset>\n'
 
 
-def single_table(table: Table, keys: Sequence[tuple[str, str, str, list[tuple[str, str]]]]) -> str:
-    xml = _table_xml(table, keys, True).replace("<table ", f"<vosi:table {_TABLESET_NS} ", 1)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + xml[: -len("</table>")] + "</vosi:table>\n"
+def single_table(table: Table, keys: Keys) -> str:
+    return _document(_table(VOSITable, table, keys, True))
+
+
+def _document(model: BaseXmlModel) -> str:
+    body = model.to_xml(skip_empty=True, encoding="unicode")
+    assert isinstance(body, str)
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n{body}\n'

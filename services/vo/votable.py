@@ -1,8 +1,7 @@
-"""VOTable documents: results (TABLEDATA or BINARY2) with TAP_SCHEMA field metadata, errors, uploads.
+"""VOTable documents: errors, INFO-only documents, and reading uploads; results are written by
+:mod:`dms.services.vo.votable_writer` (re-exported here).
 
-Written with astropy.io.votable. DALI status rules: every result RESOURCE carries
-``<INFO name="QUERY_STATUS" value="OK"/>`` before its table and, when MAXREC cut it short,
-``<INFO name="QUERY_STATUS" value="OVERFLOW"/>`` after it; an error document is a RESOURCE holding only
+DALI status rules: an error document is a RESOURCE holding only
 ``<INFO name="QUERY_STATUS" value="ERROR">message</INFO>``.
 """
 
@@ -18,134 +17,23 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 import pyarrow as pa
 from astropy.io.votable import exceptions as votable_exceptions
-from astropy.io.votable import from_table, parse
-from astropy.io.votable.tree import Info, VOTableFile
-from astropy.table import MaskedColumn, Table
+from astropy.io.votable import parse
+from astropy.io.votable.tree import VOTableFile
 
-from dms.query.output import unique_names
 from dms.services.vo.errors import ServiceError
-from dms.services.vo.tap_schema import Column
+from dms.services.vo.votable_writer import (
+    VOTABLE_NS,
+    VOTABLE_VERSION,
+    result_chunks,
+    result_votable,
+    to_astropy,
+    write_votable,
+)
 
-VOTABLE_VERSION = "1.4"
-VOTABLE_NS = "http://www.ivoa.net/xml/VOTable/v1.3"
-# Result columns holding DALI geometry arrays, recognised by length where the type alone cannot tell.
+__all__ = ["result_chunks", "result_votable", "to_astropy", "write_votable"]
+
 MAX_UPLOAD_BYTES = 20_000_000
 MAX_UPLOAD_ROWS = 1_000_000
-
-
-def to_astropy(table: pa.Table) -> Table:
-    """An Arrow table as an astropy Table: nulls become masks, text UTF-8 bytes (VOTable char), timestamps
-    ISO strings, lists arrays of doubles or longs (variable-length unless all rows have the same length)."""
-    result = Table()
-    # two result columns of one name (SELECT o.objectId, s.objectId) are both kept, under unique names
-    for name, column in zip(unique_names(table.column_names), table.columns, strict=True):
-        kind = column.type
-        values = column.to_pylist()
-        mask = np.array([v is None for v in values], dtype=bool)
-        data: np.ndarray
-        if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
-            data = _text([v.isoformat() if v is not None else "" for v in values])
-        elif pa.types.is_list(kind):
-            # integer lists (a HEALPix cell list) stay integers, VOTable long; the rest are doubles
-            element: type = np.int64 if pa.types.is_integer(kind.value_type) else float
-            missing = 0 if element is np.int64 else np.nan
-            lengths = {len(v) for v in values if v is not None}
-            if len(lengths) <= 1:
-                width = lengths.pop() if lengths else 2
-                data = np.array([v if v is not None else [missing] * width for v in values], dtype=element)
-                data = data.reshape(len(values), width)
-            else:
-                data = np.empty(len(values), dtype=object)
-                for i, v in enumerate(values):
-                    data[i] = np.array(v if v is not None else [], dtype=element)
-        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            data = _text([v if v is not None else "" for v in values])
-        elif pa.types.is_boolean(kind):
-            data = np.array([bool(v) for v in values], dtype=bool)
-        else:
-            dtype = kind.to_pandas_dtype()
-            fill = 0 if np.issubdtype(dtype, np.integer) else np.nan
-            data = np.array([fill if v is None else v for v in values], dtype=dtype)
-        result[name] = MaskedColumn(data, mask=mask) if mask.any() and data.ndim == 1 else data
-    return result
-
-
-def _text(values: list[str]) -> np.ndarray:
-    encoded = [v.encode("utf-8") for v in values]
-    width = max((len(v) for v in encoded), default=1) or 1
-    return np.array(encoded, dtype=f"S{width}")
-
-
-def result_votable(
-    table: pa.Table,
-    columns: Mapping[str, Column] | None = None,
-    *,
-    overflow: bool = False,
-    serialization: str = "tabledata",
-    infos: Mapping[str, str] | None = None,
-    datalink: tuple[str, str] | None = None,
-) -> bytes:
-    """A results VOTable; `columns` (lower-case name -> TAP_SCHEMA column) supplies units, UCDs, text.
-
-    `datalink` = (column, DataLink service URL) adds a service descriptor that links each row's `column`
-    value (its publisher DID) to that service, as DataLink 1.1 section 4 describes.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", votable_exceptions.VOWarning)
-        votable: VOTableFile = from_table(to_astropy(table))
-        votable.version = VOTABLE_VERSION
-        resource = votable.resources[0]
-        resource.type = "results"
-        resource.infos.append(Info(name="QUERY_STATUS", value="OK"))
-        for name, value in (infos or {}).items():
-            resource.infos.append(Info(name=name, value=value))
-        _describe_fields(votable, table, columns or {})
-        if datalink is not None:
-            for vfield in votable.get_first_table().fields:
-                if vfield.name == datalink[0]:
-                    vfield.ID = "datalink_id"
-        buffer = io.BytesIO()
-        votable.to_xml(buffer, tabledata_format=serialization)
-    document = buffer.getvalue()
-    if datalink is not None and b'ID="datalink_id"' in document:
-        descriptor = (
-            '<RESOURCE type="meta" utype="adhoc:service">'
-            '<PARAM name="standardID" datatype="char" arraysize="*" value="ivo://ivoa.net/std/DataLink#links-1.1"/>'
-            f'<PARAM name="accessURL" datatype="char" arraysize="*" value={quoteattr(datalink[1])}/>'
-            '<GROUP name="inputParams"><PARAM name="ID" datatype="char" arraysize="*" value="" '
-            'ref="datalink_id"/>'
-            "</GROUP></RESOURCE>\n"
-        ).encode()
-        at = document.rfind(b"</VOTABLE>")
-        document = document[:at] + descriptor + document[at:]
-    if overflow:
-        marker = b"</RESOURCE>"
-        at = document.rfind(marker)
-        document = document[:at] + b'<INFO name="QUERY_STATUS" value="OVERFLOW"/>\n' + document[at:]
-    return document
-
-
-def _describe_fields(votable: VOTableFile, table: pa.Table, columns: Mapping[str, Column]) -> None:
-    for vfield, arrow_field in zip(votable.get_first_table().fields, table.schema, strict=True):
-        meta = columns.get(arrow_field.name.lower())
-        if pa.types.is_timestamp(arrow_field.type):
-            vfield.xtype = "timestamp"
-        if pa.types.is_boolean(arrow_field.type):
-            vfield.datatype = "boolean"  # astropy's default, bit, has no null value (VOTable 1.4 sec. 6)
-        if vfield.datatype in ("char", "unicodeChar"):
-            vfield.arraysize = "*"
-        if meta is None:
-            continue
-        if meta.ucd:
-            vfield.ucd = meta.ucd
-        if meta.unit:
-            vfield.unit = meta.unit
-        if meta.utype:
-            vfield.utype = meta.utype
-        if meta.xtype and not vfield.xtype:
-            vfield.xtype = meta.xtype
-        if meta.description:
-            vfield.description = meta.description
 
 
 def error_votable(message: str) -> bytes:

@@ -80,7 +80,7 @@ class DuckDBShard(ShardBackend):
     # storing chunks ------------------------------------------------------------------------------------
 
     def table_dir(self, table: CatalogTable) -> Path:
-        return self.root / table.schema_name / table.table_name
+        return self.root / table.storage_schema / table.storage_table
 
     def write_chunks(
         self, table: CatalogTable, load_id: int, chunks: Iterable[tuple[int, int, pa.Table]]

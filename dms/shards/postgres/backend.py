@@ -47,11 +47,13 @@ POOL_WAIT = 2.0
 def physical_name(table: CatalogTable) -> str:
     """The table's name on a PostgreSQL shard as the registry records it (schema-qualified, quoted); SQL
     statements use `table_ident` instead."""
-    return ".".join('"' + part.replace('"', '""') + '"' for part in (table.schema_name, table.table_name))
+    return ".".join(
+        '"' + part.replace('"', '""') + '"' for part in (table.storage_schema, table.storage_table)
+    )
 
 
 def table_ident(table: CatalogTable) -> Identifier:
-    return ident((table.schema_name, table.table_name))
+    return ident((table.storage_schema, table.storage_table))
 
 
 class PostgresShard(ShardBackend):
@@ -188,7 +190,7 @@ class PostgresShard(ShardBackend):
             columns += [("_healpix_29", "bigint not null"), ("_chunk", "bigint not null")]
             columns.append(("_overlap", "boolean not null"))
         columns.append(("_load_id", "integer not null"))
-        schema, target = ident(table.schema_name), table_ident(table)
+        schema, target = ident(table.storage_schema), table_ident(table)
         conn.execute(statement("CREATE SCHEMA IF NOT EXISTS {schema}", schema=schema))
         conn.execute(
             statement("CREATE TABLE {table} ({columns})", table=target, columns=column_definitions(columns))
@@ -198,7 +200,7 @@ class PostgresShard(ShardBackend):
         return True
 
     def _create_indexes(self, conn: psycopg.Connection, table: CatalogTable) -> None:
-        base = f"{table.schema_name}_{table.table_name}"
+        base = f"{table.storage_schema}_{table.storage_table}"
         target = table_ident(table)
         if table.partitioned:
             healpix = ident(f"{base}_healpix_29")
@@ -235,8 +237,8 @@ class PostgresShard(ShardBackend):
 
     def relation(self, table: CatalogTable, files: list[str]) -> exp.Expression | None:
         return exp.Table(
-            this=exp.to_identifier(table.table_name, quoted=True),
-            db=exp.to_identifier(table.schema_name, quoted=True),
+            this=exp.to_identifier(table.storage_table, quoted=True),
+            db=exp.to_identifier(table.storage_schema, quoted=True),
         )
 
     def execute(

@@ -5,6 +5,7 @@ error is recorded on its task, but nothing downstream waits for it: the rest of 
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,8 @@ from astropy.wcs import WCS, FITSFixedWarning
 from dms.services.backbone import Backbone
 from dms.services.drp.errors import DrpError
 from dms.services.drp.patches import patches_touching
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,15 +62,21 @@ def find_inputs(
         if ref.path is None:
             continue
         path = store.absolute(ref.path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FITSFixedWarning)
-            primary = fits.getheader(path, 0)
-            header = fits.getheader(path, 1)
-            wcs = WCS(header)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FITSFixedWarning)
+                primary = fits.getheader(path, 0)
+                header = fits.getheader(path, 1)
+                wcs = WCS(header)
+            rows, cols = int(header["NAXIS2"]), int(header["NAXIS1"])
+        except (OSError, IndexError, KeyError, ValueError, TypeError) as exc:
+            # not a raw with an image extension and a WCS (another camera's file, a damaged one): no sky
+            # position, so it belongs to no region
+            log.warning("raw %s skipped: its image extension or WCS cannot be read (%s)", ref.path, exc)
+            continue
         band = str(primary.get("FILTBAND", ""))
         if bands and band not in bands:
             continue
-        rows, cols = int(header["NAXIS2"]), int(header["NAXIS1"])
         cra, cdec = wcs.pixel_to_world_values((cols - 1) / 2, (rows - 1) / 2)
         if _separation(ra, dec, np.array([float(cra)]), np.array([float(cdec)]))[0] > radius:
             continue

@@ -92,9 +92,11 @@ def _select(table: str, columns: list[str], where: exp.Expression | None = None)
 
 
 def _columns(engine: Any, table: str) -> set[str]:
-    """The columns of a catalog table, named as in a query (an unqualified name is in schema catalog)."""
+    """The columns of a catalog table, named as in a query (an unqualified name is in the default schema)."""
+    from dms.schema.catalog import DEFAULT_SCHEMA
+
     tables = engine.registry.snapshot().tables
-    wanted = table if "." in table else f"catalog.{table}"
+    wanted = table if "." in table else f"{DEFAULT_SCHEMA}.{table}"
     info = next((t for name, t in tables.items() if name.lower() == wanted.lower()), None)
     if info is None:
         known = ", ".join(sorted(tables)) or "none"

@@ -16,6 +16,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from dms.query.adql.grammar import quote_identifier
+from dms.schema.catalog import legacy_name
 from dms.services.vo import formats, vosi
 from dms.services.vo.errors import QueryError, ServiceError
 from dms.services.vo.http import VOTABLE_MIME, XML, Context, public_message, read_params
@@ -41,6 +42,8 @@ def cone_tables(context: Context) -> list[Table]:
 def find_cone_table(tables: list[Table], name: str) -> Table:
     """The cone table `name` names: SCHEMA.TABLE, or a bare TABLE that only one schema has (any case)."""
     wanted = name.strip().strip('"').lower()
+    if "." in wanted:  # the deprecated catalog.<name> spelling of cat.<name> still resolves
+        wanted = (legacy_name(*wanted.split(".", 1)) or wanted).lower()
     found = [t for t in tables if t.name.lower() == wanted]
     if not found and "." not in wanted:
         found = [t for t in tables if t.name.lower().split(".", 1)[-1] == wanted]

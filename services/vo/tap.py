@@ -39,7 +39,7 @@ from dms.services.vo.http import XML, Context, Params, error_response, guarded, 
 from dms.services.vo.tap_schema import Table
 from dms.services.vo.upload_fetch import AllowList
 from dms.services.vo.uws import JobStore
-from dms.services.vo.uws_xml import iso, job_list_xml, job_xml
+from dms.services.vo.uws_xml import iso, job_list_xml, job_part_xml, job_xml
 from dms.services.vo.votable import MAX_UPLOAD_BYTES, read_upload
 
 DEFAULT_ROWS = 100_000
@@ -269,24 +269,10 @@ class TapService:
         if part in simple:
             return PlainTextResponse(simple[part])
         if part == "parameters":
-            xml = job_xml(job, "")
-            start, end = (
-                xml.index("<uws:parameters>"),
-                xml.index("</uws:parameters>") + len("</uws:parameters>"),
-            )
-            namespaces = 'xmlns:uws="http://www.ivoa.net/xml/UWS/v1.0" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
-            return Response(
-                xml[start:end].replace("<uws:parameters>", f"<uws:parameters {namespaces}>", 1),
-                media_type=XML,
-            )
+            return Response(job_part_xml(job, "", "parameters"), media_type=XML)
         if part == "results":
-            xml = job_xml(job, f"{_base(request)}/tap/async/{job_id}")
-            start, end = xml.index("<uws:results>"), xml.index("</uws:results>") + len("</uws:results>")
-            namespaces = (
-                'xmlns:uws="http://www.ivoa.net/xml/UWS/v1.0" xmlns:xlink="http://www.w3.org/1999/xlink"'
-            )
             return Response(
-                xml[start:end].replace("<uws:results>", f"<uws:results {namespaces}>", 1), media_type=XML
+                job_part_xml(job, f"{_base(request)}/tap/async/{job_id}", "results"), media_type=XML
             )
         if part == "error":
             if job.phase != "ERROR":

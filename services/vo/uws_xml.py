@@ -76,6 +76,15 @@ def job_xml(job: Job, base: str) -> str:
     return _document(job_model(job, base))
 
 
+def job_part_xml(job: Job, base: str, part: str) -> str:
+    """One element of the job document as a document of its own (`results` or `parameters`, with the
+    namespaces declared), for the job's /results and /parameters resources."""
+    model = job_model(job, base)
+    element = getattr(model, part)
+    assert isinstance(element, BaseXmlModel)
+    return _document(element)
+
+
 def job_list_xml(jobs: list[Job], base: str) -> str:
     """The UWS job list; `base` is the job list's URL."""
     refs = []

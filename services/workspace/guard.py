@@ -21,6 +21,7 @@ from sqlglot.tokens import TokenType
 
 from dms.deployment import Deployment
 from dms.query.adql.functions import ANY_UNIT
+from dms.query.errors import QuerySyntaxError
 from dms.query.parse import cte_for
 from dms.query.parse import parse as parse_query
 from dms.services.vo.errors import QueryRefused
@@ -80,13 +81,17 @@ class VisibleExecutor:
 
     def _named_tables(self, query: str, lang: str) -> list[tuple[str, str]]:
         """(schema, table) of every table the query names; unqualified names of catalog tables get their
-        schema. A query this parse refuses is refused here with the parse's error: the check fails closed
-        (IN_UNIT, whose units only the inner executor knows, reads as its bare column here)."""
+        schema. IN_UNIT, whose units only the inner executor knows, reads as its bare column here. A query
+        this parse refuses for any reason but its syntax is refused here: the check fails closed."""
         language = {"postgresql": "sql", "mysql": "qserv"}.get(lang.lower(), lang.lower())
         if language not in ("sql", "adql", "qserv"):
             return []  # the inner executor refuses the language before it reads the query
         try:
             tree = parse_query(query, language, unit_of=lambda column: ANY_UNIT)
+        except QuerySyntaxError:
+            # not valid in its language: every inner executor checks the same grammar first and refuses it,
+            # in the words of the service that answers (a syntax error runs nothing)
+            return []
         except (sqlglot.errors.SqlglotError, RecursionError) as exc:
             raise QueryRefused(f"the query could not be read: {str(exc).splitlines()[0][:200]}") from None
         catalog = self._catalog_names()

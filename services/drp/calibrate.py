@@ -106,8 +106,11 @@ class CharacterizeTask(Task[CharacterizeConfig, dict[str, Any]]):
             backbone = Backbone(deployment)
             raw_hdus = backbone.get("raw", raw)
             try:
-                bias = backbone.get("bias", {"instrument": instrument, "detector": detector})
-                flat = backbone.get("flat", {"instrument": instrument, "detector": detector, "band": band})
+                where_calibs = io.calibration_collections(backbone, instrument, int(raw["exposure"]))
+                bias = backbone.get("bias", {"instrument": instrument, "detector": detector}, where_calibs)
+                flat = backbone.get(
+                    "flat", {"instrument": instrument, "detector": detector, "band": band}, where_calibs
+                )
             except Exception as exc:  # not found, corrupted: the calibration's own message says which
                 raise DrpError(f"{where}: no usable master calibration: {exc}") from None
         exposure = self.subtask_isr().run(raw=raw_hdus, bias=bias, flat=flat)

@@ -64,3 +64,20 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def calibration_collections(backbone: Any, instrument: str, exposure: int) -> list[str] | None:
+    """Where a raw's master calibrations are looked for: its own night's calibration RUN first (the
+    simulator's `INSTRUMENT/calib/simDAYOBS`; Rubin's exposure id is day_obs * 100000 + seq_num), then every
+    RUN as usual; None (every RUN, oldest first) when the night has no RUN of its own. Without this, two
+    nights' masters of one detector resolve to the older night's."""
+    import sqlalchemy as sa
+
+    night = f"{instrument}/calib/sim{int(exposure) // 100_000}"
+    with backbone.begin() as conn:
+        runs = list(
+            conn.execute(
+                sa.text("SELECT name FROM dms.collection WHERE type = 'RUN' ORDER BY created_at, name")
+            ).scalars()
+        )
+    return [night, *(r for r in runs if r != night)] if night in runs else None

@@ -15,6 +15,7 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
 from dms.services.backbone import Backbone
+from dms.services.drp import io
 from dms.services.drp.errors import DrpError
 from dms.services.drp.patches import patches_touching
 
@@ -111,12 +112,13 @@ def find_inputs(
 
 def _calibration_problem(backbone: Backbone, raw: RawInput, checked: dict[str, str | None]) -> str | None:
     instrument = raw.data_id["instrument"]
+    collections = io.calibration_collections(backbone, instrument, raw.visit)
     for kind, data_id in (
         ("bias", {"instrument": instrument, "detector": raw.detector}),
         ("flat", {"instrument": instrument, "detector": raw.detector, "band": raw.band}),
     ):
         try:
-            ref = backbone.find(kind, data_id)
+            ref = backbone.find(kind, data_id, collections)
         except Exception as exc:  # an unknown dataset type: no calibration of that kind at all
             return f"no master {kind} for {data_id}: {exc}"
         if ref is None:

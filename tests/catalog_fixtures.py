@@ -122,6 +122,39 @@ def add_postgres_shards(deployment: Deployment, uris: list[str]) -> None:
     list(migrate.upgrade(deployment))
 
 
+def new_database(server: object) -> str:
+    """A fresh database on the test PostgreSQL server (pgserver); its URI."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:  # type: ignore[attr-defined]
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return server.get_uri(name)  # type: ignore[attr-defined,no-any-return]
+
+
+def sample_deployment(server: object, directory: Path, sample: Sample) -> Deployment:
+    """A deployment with one DuckDB and one PostgreSQL shard holding the sample, and its Gaia table again as
+    gaia_pg on the PostgreSQL shard (the plan and shape-cache suites' world)."""
+    from dms import migrate
+
+    deployment = Deployment.create(directory, database_url=new_database(server))
+    deployment.add_shard(ShardConfig(name="shard1", kind="duckdb", path="catalog/shard1.duckdb"))
+    deployment.add_shard(ShardConfig(name="pg", kind="postgres", url=new_database(server)))
+    list(migrate.upgrade(deployment))
+    load_sample(deployment, sample, chunk_order=3)
+    load_files(
+        deployment,
+        "gaia_pg",
+        [sample.files["gaia"]],
+        progress=False,
+        create=TableOptions(ra="ra", dec="dec", id="source_id", chunk_order=3, storage="postgres"),
+    )
+    return deployment
+
+
 def engines(deployment: Deployment) -> Iterator[QueryEngine]:
     engine = QueryEngine(deployment)
     try:

@@ -18,17 +18,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
-from dms import migrate
-from dms.config import ShardConfig
 from dms.deployment import Deployment
 from dms.loaders.catalog import TableOptions, load_files
 from dms.loaders.samples import write_parquet
@@ -37,10 +33,10 @@ from dms.query.shard_plan import QueryPlan
 from tests.catalog_fixtures import (
     Sample,
     canonical_rows,
-    load_sample,
     make_sample,
     reference,
     reference_connection,
+    sample_deployment,
 )
 
 FIXTURES = Path(__file__).parent / "data" / "plans"
@@ -96,28 +92,10 @@ class World:
     sample: Sample
 
 
-def _database(server: object) -> str:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server.get_uri(), autocommit=True) as conn:  # type: ignore[attr-defined]
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return server.get_uri(name)  # type: ignore[attr-defined,no-any-return]
-
-
 @pytest.fixture(scope="module")
 def world(pg_server: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     sample = make_sample(tmp_path_factory.mktemp("plans-sample"))
-    deployment = Deployment.create(tmp_path_factory.mktemp("plans"), database_url=_database(pg_server))
-    deployment.add_shard(ShardConfig(name="shard1", kind="duckdb", path="catalog/shard1.duckdb"))
-    deployment.add_shard(ShardConfig(name="pg", kind="postgres", url=_database(pg_server)))
-    list(migrate.upgrade(deployment))
-    load_sample(deployment, sample, chunk_order=3)
-    load_files(
-        deployment,
-        "gaia_pg",
-        [sample.files["gaia"]],
-        progress=False,
-        create=TableOptions(ra="ra", dec="dec", id="source_id", chunk_order=3, storage="postgres"),
-    )
+    deployment = sample_deployment(pg_server, tmp_path_factory.mktemp("plans"), sample)
     engine = QueryEngine(deployment)
     try:
         yield World(deployment, engine, {name: root for name, root in engine.roots.items() if root}, sample)

@@ -7,22 +7,18 @@ Real Gaia DR3 (~40k stars, tests/catalog_fixtures.py) on a DuckDB/Parquet shard 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import numpy as np
-import psycopg
 import pytest
 import sqlglot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlglot.tokens import TokenType
 
-from dms import migrate
-from dms.config import ShardConfig
 from dms.deployment import Deployment
 from dms.loaders.catalog import TableOptions, load_files
 from dms.loaders.samples import write_parquet
@@ -32,10 +28,10 @@ from dms.query.shape import shape_of
 from tests.catalog_fixtures import (
     Sample,
     canonical_rows,
-    load_sample,
     make_sample,
     reference,
     reference_connection,
+    sample_deployment,
 )
 
 TABLES = ("gaia", "gaia_pg")  # the same rows on a DuckDB/Parquet shard and on a PostgreSQL shard
@@ -49,28 +45,10 @@ class World:
     reference: duckdb.DuckDBPyConnection
 
 
-def _database(server: object) -> str:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server.get_uri(), autocommit=True) as conn:  # type: ignore[attr-defined]
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return server.get_uri(name)  # type: ignore[attr-defined,no-any-return]
-
-
 @pytest.fixture(scope="module")
 def world(pg_server: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     sample = make_sample(tmp_path_factory.mktemp("shape-sample"))
-    deployment = Deployment.create(tmp_path_factory.mktemp("shape"), database_url=_database(pg_server))
-    deployment.add_shard(ShardConfig(name="shard1", kind="duckdb", path="catalog/shard1.duckdb"))
-    deployment.add_shard(ShardConfig(name="pg", kind="postgres", url=_database(pg_server)))
-    list(migrate.upgrade(deployment))
-    load_sample(deployment, sample, chunk_order=3)
-    load_files(
-        deployment,
-        "gaia_pg",
-        [sample.files["gaia"]],
-        progress=False,
-        create=TableOptions(ra="ra", dec="dec", id="source_id", chunk_order=3, storage="postgres"),
-    )
+    deployment = sample_deployment(pg_server, tmp_path_factory.mktemp("shape"), sample)
     engine = QueryEngine(deployment)
     conn = reference_connection(sample)
     try:

@@ -3,7 +3,7 @@
 Both take integers only (SMALLINT, INTEGER, BIGINT). The literals become decimal integers, and every operand
 of a bitwise operator that is itself an operation is bracketed, so that PostgreSQL (`&`, `|`, `#`, `~`) and
 DuckDB (`&`, `|`, `xor()`, `~`) evaluate the tree the ADQL grammar built, whatever their own precedence.
-An operand that is certainly not an integer (a real literal, a string, a division, a geometry, a function
+An operand that is certainly not an integer (a real literal, a string, a geometry, a function
 of real result, a column of a real or text type) is an error naming it; an operand of unknown type is left
 to the database.
 """
@@ -85,8 +85,6 @@ def not_integer(node: exp.Expr) -> str | None:
         if any(c in node.this for c in ".eE"):
             return f"the real number {node.this}"
         return None
-    if isinstance(node, exp.Div):
-        return "a division (/), which is real on DuckDB: CAST it AS BIGINT first"
     if isinstance(node, exp.Cast):
         target = node.to.sql("postgres").lower()
         if target in INTEGER_TYPES:
@@ -98,7 +96,8 @@ def not_integer(node: exp.Expr) -> str | None:
         return f"{node.name}(...), which is not an integer"
     if isinstance(node, exp.Neg | exp.Abs | exp.Floor | exp.Ceil | exp.Round | exp.Trunc):
         return not_integer(node.this) if isinstance(node, exp.Neg | exp.Abs) else _rounded(node)
-    if isinstance(node, exp.Add | exp.Sub | exp.Mul | exp.Mod):
+    if isinstance(node, exp.Add | exp.Sub | exp.Mul | exp.Div | exp.Mod):
+        # the engine divides integers as PostgreSQL does, on every backend
         return not_integer(node.this) or not_integer(node.expression)
     return None
 
@@ -164,7 +163,7 @@ def _columns_of(node: exp.Expr) -> Iterator[exp.Column]:
     """The columns whose type is the operand's type: the operand itself, or those under + - * and signs."""
     if isinstance(node, exp.Column):
         yield node
-    elif isinstance(node, exp.Add | exp.Sub | exp.Mul | exp.Mod):
+    elif isinstance(node, exp.Add | exp.Sub | exp.Mul | exp.Div | exp.Mod):
         yield from _columns_of(_bare(node.this))
         yield from _columns_of(_bare(node.expression))
     elif isinstance(node, exp.Neg | exp.Abs):

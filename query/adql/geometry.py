@@ -335,6 +335,7 @@ def _contains_compound(inner: Shape, outer: Shape) -> exp.Expression:
     if isinstance(inner, Compound) and inner.operator == "UNION":
         return _all([contains(m, outer) for m in inner.members])
     compound = outer if isinstance(outer, Compound) else inner
+    assert isinstance(compound, Compound)
     why = {
         ("UNION", False): "a region can lie in a union without lying in any one of its members",
         ("INTERSECTION", True): "the intersection's own shape would be needed",

@@ -20,6 +20,8 @@ from sqlglot.schema import MappingSchema
 
 from dms.query import qserv_sql
 from dms.query.adql import frames
+from dms.query.adql.bitwise import check_column_types
+from dms.query.adql.errors import AdqlSyntaxError
 from dms.query.errors import QueryRefused, QuerySyntaxError
 from dms.schema.catalog import LEGACY_SCHEMA, LEGACY_WARNING, SQL_TYPES, CatalogTable, legacy_name
 
@@ -285,9 +287,6 @@ def column_types(aliases: dict[str, TableRef], catalog: Catalog) -> Callable[[ex
 
 def check_adql_types(query: exp.Query, aliases: dict[str, TableRef], catalog: Catalog) -> None:
     """What ADQL needs of its operands' types once columns are bound: integers for the bitwise operators."""
-    from dms.query.adql.bitwise import check_column_types
-    from dms.query.adql.errors import AdqlSyntaxError
-
     try:
         check_column_types(query, column_types(aliases, catalog))
     except AdqlSyntaxError as exc:

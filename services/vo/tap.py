@@ -30,13 +30,15 @@ from starlette.routing import Route
 from dms.deployment import Deployment
 from dms.query.adql import frames
 from dms.query.adql.grammar import quote_identifier
+from dms.query.shape import shape_of
+from dms.query.shape_memo import ShapeMemo
 from dms.services.auth import authenticate
 from dms.services.vo import formats, upload_fetch, vosi
 from dms.services.vo.column_metadata import result_metadata
 from dms.services.vo.errors import ServiceError
 from dms.services.vo.files import public_access_urls
 from dms.services.vo.http import XML, Context, Params, error_response, guarded, read_params
-from dms.services.vo.tap_schema import Table
+from dms.services.vo.tap_schema import Column, Table
 from dms.services.vo.upload_fetch import AllowList
 from dms.services.vo.uws import JobStore
 from dms.services.vo.uws_xml import iso, job_list_xml, job_part_xml, job_xml
@@ -71,6 +73,8 @@ class TapService:
         self.uploads_dir = context.deployment.data_dir / UPLOADS_DIR
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
         self.jobs = JobStore(context.deployment, "tap", self._run_job, forget=self._forget_uploads)
+        self.metadata: ShapeMemo[dict[str, Column]] = ShapeMemo()
+        """Result column metadata by query shape, for one load of TAP_SCHEMA (dms.query.shape_memo)."""
 
     # ---- running a query ------------------------------------------------------------------------------
 
@@ -107,11 +111,28 @@ class TapService:
             result = self.context.executor.execute(
                 query, lang=lang, max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
             )
-        columns = result_metadata(self.context.tables(), query, lang, result.table, uploads)
+        columns = self._metadata(query, lang, result.table, uploads)
         # ObsCore's file:// access URLs become the server's /files URLs (or nothing, without a base URL)
         table = public_access_urls(result.table, base or "")
         body = formats.render_chunks(fmt, table, columns, overflow=result.overflow, infos=frames.infos(notes))
         return body, fmt.mime, result.table.num_rows, result.overflow
+
+    def _metadata(
+        self, query: str, lang: str, table: pa.Table, uploads: dict[str, pa.Table]
+    ) -> dict[str, Column]:
+        """The result columns' TAP_SCHEMA metadata (:func:`result_metadata`), remembered by the query's
+        shape: the outputs of two queries of one shape come from the same columns of the same tables."""
+        tables = self.context.tables()
+        shape = None if uploads or "in_unit" in query.lower() else shape_of(query)
+        if shape is None:
+            return result_metadata(tables, query, lang, table, uploads)
+        key = (lang, shape.key, tuple(table.column_names), tuple(t.name for t in tables))
+        generation = self.context.version
+        found = self.metadata.get(key, generation)
+        if found is None:
+            found = result_metadata(tables, query, lang, table, uploads)
+            self.metadata.put(key, generation, found)
+        return found
 
     @staticmethod
     def _maxrec(value: str | None) -> int:

@@ -185,9 +185,7 @@ def build_template(
     )
 
 
-def literal_blind(
-    text: str, shape: Shape, parsed: exp.Expression, parse: Callable[[str], exp.Expression]
-) -> bool:
+def literal_blind(text: str, shape: Shape, parsed: exp.Expr, parse: Callable[[str], exp.Expr]) -> bool:
     """Whether `parse` (an ADQL translation) carries the query's numbers into `parsed` as they are, and
     uses them for nothing else: the same text with every number changed must parse to `parsed` with
     those numbers changed. A translation that computes from a number (a folded constant, a region's

@@ -100,7 +100,7 @@ class Registry:
                         # the driver's connection must be taken before detach(), which forgets it
                         driver = raw.driver_connection
                         raw.detach()  # its own from now on: never handed back to the pool in autocommit
-                        driver.autocommit = True
+                        driver.autocommit = True  # type: ignore[union-attr]
                         self._generation_conn = raw
                     cursor = self._generation_conn.cursor()
                     cursor.execute(GENERATION_SQL)

@@ -61,7 +61,7 @@ class ShapeMemo(Generic[V]):
             return len(self._values)
 
 
-def names_spelled_out(text: str, shape: Shape, tree: exp.Expression) -> bool:
+def names_spelled_out(text: str, shape: Shape, tree: exp.Expr) -> bool:
     """Whether every table `tree` (the parse of `text`) names is spelled by identifiers of the text that
     lie outside its literals, so that every query of this shape names the same tables."""
     spans = [(literal.start, literal.end) for literal in shape.literals]

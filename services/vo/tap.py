@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import secrets
@@ -60,6 +61,7 @@ VALID_LANGS = "ADQL, ADQL-2.0, ADQL-2.1, PostgreSQL, QSERV, MYSQL"
 UPLOAD_ITEM = re.compile(r"^\s*([^,]+?)\s*,\s*(\S+)\s*$")
 STORED = re.compile(r"stored:([0-9a-f]{32}\.xml)")
 ORPHAN_AGE = 600.0  # seconds: an unreferenced stored upload younger than this may belong to a job being made
+WHOLE_BYTES = 1 << 20  # a sync result document of at most this size is sent as one body
 DISCONNECT_POLL = 0.25  # seconds between checks that a sync query's client is still there
 AVAILABILITY_TIMEOUT = 3  # seconds to connect to the database for /availability
 UPLOADS_DIR = Path("vo") / "uploads"  # inline uploads of async jobs, under the data directory
@@ -222,17 +224,32 @@ class TapService:
         params = await read_params(request)
         cancel = threading.Event()
         base = _base(request)
-        work = asyncio.ensure_future(
-            run_in_threadpool(lambda: self.run(params, cancel, SYNC_TIMEOUT, base=base))
-        )
+        work = asyncio.ensure_future(run_in_threadpool(lambda: self._run_sync(params, cancel, base)))
         while not work.done():
             await asyncio.wait({work}, timeout=DISCONNECT_POLL)
             if not work.done() and not cancel.is_set() and await request.is_disconnected():
                 log.info("client of a sync query went away: cancelling the query")
                 cancel.set()
-        body, mime, _, overflow = work.result()
+        body, mime, overflow = work.result()
+        headers = formats.result_headers(overflow)
+        if isinstance(body, bytes):
+            return Response(body, media_type=mime, headers=headers)
         # a large VOTable is rendered batch by batch while it is sent, never whole in memory
-        return StreamingResponse(body, media_type=mime, headers=formats.result_headers(overflow))
+        return StreamingResponse(body, media_type=mime, headers=headers)
+
+    def _run_sync(
+        self, params: Params, cancel: threading.Event, base: str
+    ) -> tuple[bytes | Iterator[bytes], str, bool]:
+        """A sync query's document: a small one whole (one write, no thread hop per piece while it is
+        sent), a larger one as its pieces, the first of them rendered here."""
+        body, mime, _, overflow = self.run(params, cancel, SYNC_TIMEOUT, base=base)
+        pieces, size = [], 0
+        for piece in body:
+            pieces.append(piece)
+            size += len(piece)
+            if size > WHOLE_BYTES:
+                return itertools.chain(pieces, body), mime, overflow
+        return b"".join(pieces), mime, overflow
 
     async def async_jobs(self, request: Request) -> Response:
         base = _base(request) + "/tap/async"

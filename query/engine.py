@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,19 +141,21 @@ class QueryEngine:
             table = self._evaluate(parsed, run, top=True)
         for item in notes:
             frames.note(item.text, info_name=item.info_name)
-        # a note would be missing from the fast path's answers; ADQL's numbers must pass untouched
-        if (
-            shape is not None
-            and not notes
-            and (
-                lang != "adql" or literal_blind(query, shape, parsed, lambda t: parse(t, lang, unit_of=units))
-            )
-        ):
-            self._remember_shape(lang, shape, parsed, run)
+        if shape is not None and not notes:  # a note would be missing from the fast path's answers
+            self._remember_shape(lang, query, shape, parsed, run, lambda t: parse(t, lang, unit_of=units))
         return _capped(table, max_rows, run.notes)
 
-    def _remember_shape(self, lang: str, shape: Shape, parsed: exp.Query, run: _Run) -> None:
-        """Keep the plan of a flat SELECT over one catalog table by its shape (dms.query.fast_path)."""
+    def _remember_shape(
+        self,
+        lang: str,
+        text: str,
+        shape: Shape,
+        parsed: exp.Query,
+        run: _Run,
+        reparse: Callable[[str], exp.Expr],
+    ) -> None:
+        """Keep the plan of a flat SELECT over one catalog table by its shape (dms.query.fast_path); an
+        ADQL query's numbers must pass its translation untouched (`reparse` translates another text)."""
         if run.flat is None or len(run.plans) != 1 or run.catalog.materialized:
             return
         if not isinstance(parsed, exp.Select) or parsed.args.get("with_"):
@@ -162,8 +165,9 @@ class QueryEngine:
         select, aliases, plan = run.flat
         # ADQL's strings stay fixed: the grammar check, frames and units read them during the translation
         template = build_template(shape, select, aliases, plan, self.stores, bind_strings=lang != "adql")
-        if template is not None:
-            self.templates.put((lang, shape.key, run.max_rows), run.snapshot.generation, template)
+        if template is None or (lang == "adql" and not literal_blind(text, shape, parsed, reparse)):
+            return
+        self.templates.put((lang, shape.key, run.max_rows), run.snapshot.generation, template)
 
     def _fast(
         self,

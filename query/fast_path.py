@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlglot import exp
 
+from dms.query.adql import frames
 from dms.query.registry import Snapshot
 from dms.query.restrict import RestrictionFinder
 from dms.query.rewrite import Decomposition
@@ -200,8 +201,11 @@ def literal_blind(text: str, shape: Shape, parsed: exp.Expr, parse: Callable[[st
         position = literal.end
     pieces.append(text[position:])
     try:
-        probe = parse("".join(pieces))
+        with frames.collect_notes() as notes:  # the probe's notes are no part of the query's answer
+            probe = parse("".join(pieces))
     except Exception:  # any refusal: the translation reads these numbers
+        return False
+    if notes:
         return False
     slot_of_start = {lit.start: i for i, lit in enumerate(shape.literals)}
     expected = parsed.copy()

@@ -153,7 +153,7 @@ def measure(engine: Any, queries: list[str]) -> dict[str, float]:
     # where a shape hit's time goes
     key = shape_of(queries[0])
     assert key is not None
-    template = engine.templates.get((key.key, None), engine.registry.snapshot().generation)
+    template = engine.templates.get(("sql", key.key, None), engine.registry.snapshot().generation)
     assert template is not None, "the query's shape takes no fast path"
     shapes = {q: shape_of(q) for q in fresh}
     snapshot = engine.registry.snapshot()

@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,8 +29,9 @@ from sqlglot import exp
 
 from dms.deployment import Deployment
 from dms.query import dispatch, qserv_sql
+from dms.query.adql import frames
 from dms.query.errors import QueryCancelled, QueryError, QueryRefused, QueryTimeout
-from dms.query.fast_path import FastQuery, TemplateCache, build_template
+from dms.query.fast_path import FastQuery, TemplateCache, build_template, literal_blind
 from dms.query.integrity import reroute_damaged
 from dms.query.lineage import catalog_unit_resolver
 from dms.query.mysql_semantics import mysql_semantics
@@ -49,6 +51,8 @@ INLINE_IN_LIMIT = 10_000
 INNER_ROW_LIMIT = 5_000_000
 """Most rows of an intermediate result (WITH query, derived table, subquery, side of a set operation)."""
 SHAPE_NOTE = "plan from the cache of query shapes: this query's literals bound as parameters"
+SHAPE_LANGS = ("sql", "adql")
+"""Languages whose queries are kept by shape (Qserv's MySQL semantics depend on more than the text)."""
 
 
 @dataclass
@@ -121,9 +125,9 @@ class QueryEngine:
         uploads: dict[str, pa.Table] | None = None,
         cancel: threading.Event | None = None,
     ) -> QueryResult:
-        shape = shape_of(query) if lang == "sql" and not uploads else None
+        shape = shape_of(query) if lang in SHAPE_LANGS and not uploads else None
         if shape is not None:
-            fast = self._fast(shape, max_rows, timeout, cancel)
+            fast = self._fast(lang, shape, max_rows, timeout, cancel)
             if fast is not None:
                 return fast
         run = self._run(lang, query, max_rows, timeout, uploads, cancel)
@@ -132,14 +136,26 @@ class QueryEngine:
             if columns is not None:
                 return QueryResult(columns, False, ["answered from the registry"])
         units = catalog_unit_resolver(run.snapshot.tables)
-        parsed = parse(query, lang, unit_of=units)
-        table = self._evaluate(parsed, run, top=True)
-        if shape is not None:
-            self._remember_shape(shape, parsed, run)
+        with frames.collect_notes() as notes:  # what the translation and binding said, passed on below
+            parsed = parse(query, lang, unit_of=units)
+            table = self._evaluate(parsed, run, top=True)
+        for item in notes:
+            frames.note(item.text, info_name=item.info_name)
+        if shape is not None and not notes:  # a note would be missing from the fast path's answers
+            self._remember_shape(lang, query, shape, parsed, run, lambda t: parse(t, lang, unit_of=units))
         return _capped(table, max_rows, run.notes)
 
-    def _remember_shape(self, shape: Shape, parsed: exp.Query, run: _Run) -> None:
-        """Keep the plan of a flat SELECT over one catalog table by its shape (dms.query.fast_path)."""
+    def _remember_shape(
+        self,
+        lang: str,
+        text: str,
+        shape: Shape,
+        parsed: exp.Query,
+        run: _Run,
+        reparse: Callable[[str], exp.Expr],
+    ) -> None:
+        """Keep the plan of a flat SELECT over one catalog table by its shape (dms.query.fast_path); an
+        ADQL query's numbers must pass its translation untouched (`reparse` translates another text)."""
         if run.flat is None or len(run.plans) != 1 or run.catalog.materialized:
             return
         if not isinstance(parsed, exp.Select) or parsed.args.get("with_"):
@@ -147,17 +163,24 @@ class QueryEngine:
         if sum(1 for _ in parsed.find_all(exp.Select)) != 1:
             return  # a subquery's rows may have become literals of the plan
         select, aliases, plan = run.flat
-        template = build_template(shape, select, aliases, plan, self.stores)
-        if template is not None:
-            self.templates.put((shape.key, run.max_rows), run.snapshot.generation, template)
+        # ADQL's strings stay fixed: the grammar check, frames and units read them during the translation
+        template = build_template(shape, select, aliases, plan, self.stores, bind_strings=lang != "adql")
+        if template is None or (lang == "adql" and not literal_blind(text, shape, parsed, reparse)):
+            return
+        self.templates.put((lang, shape.key, run.max_rows), run.snapshot.generation, template)
 
     def _fast(
-        self, shape: Shape, max_rows: int | None, timeout: float | None, cancel: threading.Event | None
+        self,
+        lang: str,
+        shape: Shape,
+        max_rows: int | None,
+        timeout: float | None,
+        cancel: threading.Event | None,
     ) -> QueryResult | None:
         """The result of a query of a known shape from its template (parameters bound; no merge when one
         shard answers), or None when the usual path must answer it."""
         snapshot = self.registry.snapshot()
-        template = self.templates.get((shape.key, max_rows), snapshot.generation)
+        template = self.templates.get((lang, shape.key, max_rows), snapshot.generation)
         if template is None:
             return None
         try:

@@ -22,16 +22,17 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlglot import exp
 
+from dms.query.adql import frames
 from dms.query.registry import Snapshot
 from dms.query.restrict import RestrictionFinder
 from dms.query.rewrite import Decomposition
-from dms.query.shape import Shape
+from dms.query.shape import Literal, Shape
 from dms.query.shard_plan import ChunkKey, QueryPlan
 from dms.query.sources import ShardSql
 from dms.query.validate import TableRef
@@ -128,8 +129,11 @@ def build_template(
     aliases: dict[str, TableRef],
     plan: QueryPlan,
     stores: dict[str, ShardBackend],
+    *,
+    bind_strings: bool = True,
 ) -> ShapeTemplate | None:
-    """The template of a planned flat SELECT, or None when its shape cannot take the fast path."""
+    """The template of a planned flat SELECT, or None when its shape cannot take the fast path; with
+    `bind_strings` False every string literal is fixed."""
     if plan.strategy != "chunks" or plan.aggregated or plan.overlap_aliases or plan.decomposition is None:
         return None
     if plan.merge is None:
@@ -142,7 +146,7 @@ def build_template(
     if table is None or not table.partitioned or table.role == "match" or where is None:
         return None
     kinds = {stores[s].dialect for s in stores if stores[s].kind == table.storage_kind}
-    strings_bind = kinds <= {"postgres"}  # DuckDB types a bound string as VARCHAR, a literal as anything
+    strings_bind = bind_strings and kinds <= {"postgres"}  # DuckDB types a bound string as VARCHAR
     slot_of_start = {lit.start: i for i, lit in enumerate(shape.literals)}
     shard = plan.decomposition.shard.copy()
     usable: dict[int, bool] = {}
@@ -180,6 +184,44 @@ def build_template(
         fixed=fixed,
         file_tables=plan.file_tables,
     )
+
+
+def literal_blind(text: str, shape: Shape, parsed: exp.Expr, parse: Callable[[str], exp.Expr]) -> bool:
+    """Whether `parse` (an ADQL translation) carries the query's numbers into `parsed` as they are, and
+    uses them for nothing else: the same text with every number changed must parse to `parsed` with
+    those numbers changed. A translation that computes from a number (a folded constant, a region's
+    HEALPix cells, a frame transformation) fails the check, so its shape never takes the fast path."""
+    changed = {i: _other_number(lit) for i, lit in enumerate(shape.literals) if lit.kind != "string"}
+    if not changed:
+        return True
+    pieces, position = [], 0
+    for i, value in changed.items():
+        literal = shape.literals[i]
+        pieces += [text[position : literal.start], value]
+        position = literal.end
+    pieces.append(text[position:])
+    try:
+        with frames.collect_notes() as notes:  # the probe's notes are no part of the query's answer
+            probe = parse("".join(pieces))
+    except Exception:  # any refusal: the translation reads these numbers
+        return False
+    if notes:
+        return False
+    slot_of_start = {lit.start: i for i, lit in enumerate(shape.literals)}
+    expected = parsed.copy()
+    for node in expected.find_all(exp.Literal):
+        slot = slot_of_start.get(node.meta.get("start", -1))
+        if slot in changed and not node.is_string and node.this == shape.literals[slot].text:
+            node.set("this", changed[slot])
+    return expected == probe and expected.sql("postgres") == probe.sql("postgres")
+
+
+def _other_number(literal: Literal) -> str:
+    """A number of the same kind and length as `literal`'s, but another value."""
+    last = literal.text[-1]
+    if not last.isdigit():  # "10." : a decimal without fraction digits
+        return literal.text + "5"
+    return literal.text[:-1] + str((int(last) + 3) % 10)
 
 
 class TemplateCache:

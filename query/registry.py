@@ -97,8 +97,10 @@ class Registry:
                 try:
                     if self._generation_conn is None:
                         raw = self.deployment.engine().raw_connection()
+                        # the driver's connection must be taken before detach(), which forgets it
+                        driver = raw.driver_connection
                         raw.detach()  # its own from now on: never handed back to the pool in autocommit
-                        raw.driver_connection.autocommit = True  # type: ignore[union-attr]
+                        driver.autocommit = True  # type: ignore[union-attr]
                         self._generation_conn = raw
                     cursor = self._generation_conn.cursor()
                     cursor.execute(GENERATION_SQL)

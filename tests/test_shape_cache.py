@@ -14,17 +14,23 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+import sqlalchemy as sa
 import sqlglot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlglot import exp
 from sqlglot.tokens import TokenType
 
 from dms.deployment import Deployment
 from dms.loaders.catalog import TableOptions, load_files
 from dms.loaders.samples import write_parquet
+from dms.query.adql import frames
 from dms.query.engine import SHAPE_NOTE, QueryEngine
-from dms.query.fast_path import TemplateCache
+from dms.query.fast_path import TemplateCache, literal_blind
+from dms.query.parse import parse
+from dms.query.registry import GENERATION_SQL, Registry
 from dms.query.shape import shape_of
+from dms.query.shape_memo import ShapeMemo, names_spelled_out
 from tests.catalog_fixtures import (
     Sample,
     canonical_rows,
@@ -270,3 +276,147 @@ def test_the_generation_connection_never_returns_to_the_pool(world: World) -> No
             c.close()
     with world.deployment.connect() as conn, conn.begin_nested():
         pass
+
+
+def test_the_registry_reads_its_generation_on_one_kept_connection(world: World) -> None:
+    """The generation is read on the registry's own connection, opened once (the connection's driver
+    must be taken before `detach()`, which forgets it: every snapshot then opened a connection)."""
+    registry = Registry(world.deployment)
+    try:
+        with world.deployment.connect() as conn:
+            want = conn.execute(sa.text(GENERATION_SQL)).scalar_one()
+        assert registry.generation() == want
+        kept = registry._generation_conn
+        assert kept is not None
+        for _ in range(5):
+            assert registry.snapshot().generation == want
+        assert registry._generation_conn is kept
+    finally:
+        registry.close()
+
+
+def _adql_cone(table: str, ra: float, dec: float, radius: float) -> str:
+    return (
+        f"SELECT source_id, ra, dec, phot_g_mean_mag FROM {table} WHERE "
+        f"CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', {ra:.5f}, {dec:.5f}, {radius:.4f})) = 1"
+    )
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_repeated_adql_cones_bind_and_answer_as_the_unpartitioned_copy(world: World, table: str) -> None:
+    """TAP's language takes the shape cache too: the second ADQL cone of a shape is a bind."""
+    engine = QueryEngine(world.deployment)
+    rng = np.random.default_rng(5)
+    try:
+        first = engine.execute(_adql_cone(table, 10.0, 41.0, 1.5), lang="adql")
+        assert SHAPE_NOTE not in first.plan
+        fast = 0
+        for ra, dec in zip(rng.uniform(0, 360, 10), rng.uniform(5, 80, 10), strict=True):
+            result = engine.execute(_adql_cone(table, float(ra), float(dec), 1.5), lang="adql")
+            fast += SHAPE_NOTE in result.plan
+            sql = _cone(table, float(ra), float(dec), 1.5)  # the same cone in SQL, for the reference
+            assert canonical_rows(result.table) == _expected(world, sql)
+        assert fast == 10
+        # the same text as SQL is another language: never answered from the ADQL template
+        assert len(engine.templates) == 1
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize(
+    ("adql", "blind"),
+    [
+        (
+            "SELECT TOP 5 a FROM t WHERE CONTAINS(POINT('ICRS', ra, dec), "
+            "CIRCLE('ICRS', 10.5, 41.0, 1.0)) = 1",
+            True,
+        ),
+        ("SELECT a FROM t WHERE id = 5 AND ra BETWEEN 1 AND 2.5", True),
+        # a BOX becomes the polygon of its corners, computed from its numbers
+        (
+            "SELECT a FROM t WHERE CONTAINS(POINT('ICRS', ra, dec), BOX('ICRS', 10.0, 41.0, 1.0, 2.0)) = 1",
+            False,
+        ),
+        # a GALACTIC circle's center is transformed to ICRS
+        (
+            "SELECT a FROM t WHERE CONTAINS(POINT('GALACTIC', ra, dec), "
+            "CIRCLE('GALACTIC', 10.0, 41.0, 1.0)) = 1",
+            False,
+        ),
+    ],
+)
+def test_adql_shapes_whose_numbers_the_translation_computes_with_are_not_blind(
+    adql: str, blind: bool
+) -> None:
+    shape = shape_of(adql)
+    assert shape is not None
+    assert literal_blind(adql, shape, parse(adql, "adql"), lambda text: parse(text, "adql")) is blind
+
+
+def test_a_translation_that_keeps_a_number_and_computes_with_it_is_not_blind() -> None:
+    """A number both kept and used (as a region column's HEALPix cells are computed from a circle that
+    stays in the exact test) must fail the check: bound anew, it would disagree with what was computed."""
+    sql = "SELECT a FROM t WHERE x < 4.25"
+
+    def computing(text: str) -> exp.Expression:
+        tree = parse(text, "sql")
+        literal = next(tree.find_all(exp.Literal))
+        where = tree.args["where"]
+        where.set(
+            "this",
+            exp.and_(
+                where.this,
+                exp.LT(this=exp.column("y"), expression=exp.Literal.number(repr(float(literal.this) * 2))),
+            ),
+        )
+        return tree
+
+    shape = shape_of(sql)
+    assert shape is not None
+    assert literal_blind(sql, shape, computing(sql), computing) is False
+    assert literal_blind(sql, shape, parse(sql, "sql"), lambda text: parse(text, "sql")) is True
+
+
+def test_an_adql_query_with_a_translation_note_keeps_its_note_every_time(world: World) -> None:
+    """A query whose translation says something (a frame transformed) is never answered from a template,
+    which would leave the note out."""
+    engine = QueryEngine(world.deployment)
+    try:
+        for ra in (120.0, 121.5, 119.25):
+            text = (
+                "SELECT source_id FROM gaia WHERE CONTAINS(POINT('GALACTIC', ra, dec), "
+                f"CIRCLE('GALACTIC', {ra:.4f}, 0.5000, 1.0000)) = 1"
+            )
+            with frames.collect_notes() as notes:
+                result = engine.execute(text, lang="adql")
+            assert SHAPE_NOTE not in result.plan
+            assert any("transformed to ICRS" in n.text for n in notes)
+        assert len(engine.templates) == 0
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "read", "spelled"),
+    [
+        ("SELECT a FROM cat.obj AS o WHERE o.x = 'cat.obj' AND y = 5", "postgres", True),
+        ('SELECT a FROM "cat"."Obj" WHERE x = 1', "postgres", True),
+        # DuckDB reads a string after FROM as a file to scan: a literal that names a table
+        ("SELECT a FROM 'data.parquet' WHERE x = 1", "duckdb", False),
+    ],
+)
+def test_names_are_spelled_out_only_by_identifiers_outside_literals(
+    text: str, read: str, spelled: bool
+) -> None:
+    shape = shape_of(text)
+    assert shape is not None
+    assert names_spelled_out(text, shape, sqlglot.parse_one(text, read=read)) is spelled
+
+
+def test_the_shape_memo_is_bounded_and_emptied_by_a_new_generation() -> None:
+    memo: ShapeMemo[int] = ShapeMemo(size=2)
+    memo.put("a", 1, 10)
+    memo.put("b", 1, 20)
+    memo.put("c", 1, 30)
+    assert memo.get("a", 1) is None and memo.get("c", 1) == 30 and len(memo) == 2
+    assert memo.get("c", 2) is None and len(memo) == 0

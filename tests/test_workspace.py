@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
@@ -27,6 +28,7 @@ from dms.cli import main
 from dms.deployment import Deployment
 from dms.loaders.samples import hipparcos_table
 from dms.services.auth import issue_token
+from dms.services.workspace.visibility import CACHE_SECONDS
 
 TIMEOUT = 120
 
@@ -427,6 +429,33 @@ def test_unreleased_data_on_the_dac_and_on_qa(meta_vo: MetaVO, tokens: dict[str,
         dms(deployment, "release", "set", "cat.gaia", "released")
     assert rows(tap(url, catalog, tokens["alice"]))["n"][0] == meta_vo.gaia.num_rows
     assert rows(tap(url, in_unit, tokens["alice"]))["n"][0] == meta_vo.gaia.num_rows
+
+
+def test_a_known_query_shape_is_still_checked_against_the_release_state(
+    meta_vo: MetaVO, tokens: dict[str, str]
+) -> None:
+    """The tables a query of a known shape names are remembered, never whether the viewer may read them:
+    cones of one shape over cat.gaia are refused once it is unreleased and answered once it is released."""
+    url, deployment = meta_vo.url, meta_vo.deployment
+
+    def cone(ra: float) -> str:
+        return (
+            "SELECT TOP 5 ra, dec FROM cat.gaia WHERE "
+            f"CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', {ra:.3f}, 20.000, 2.0)) = 1"
+        )
+
+    for ra in (10.0, 11.0):
+        assert tap(url, cone(ra), tokens["alice"]).status_code == 200
+    dms(deployment, "release", "set", "cat.gaia", "unreleased")
+    try:
+        time.sleep(CACHE_SECONDS)  # another process changed it: this server's brief cache runs out
+        for ra in (12.0, 13.0):
+            refused = tap(url, cone(ra), tokens["alice"])
+            assert refused.status_code == 400 and "unknown table cat.gaia" in refused.text
+    finally:
+        dms(deployment, "release", "set", "cat.gaia", "released")
+    time.sleep(CACHE_SECONDS)
+    assert tap(url, cone(14.0), tokens["alice"]).status_code == 200
 
 
 # ---- hostile input over the whole API --------------------------------------------------------------------

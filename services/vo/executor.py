@@ -31,6 +31,8 @@ from dms.query.limits import check_depth, check_nesting, too_complex
 from dms.query.lineage import catalog_unit_resolver
 from dms.query.parse import cte_for
 from dms.query.reader import READER_ROLE, reader_transaction
+from dms.query.shape import shape_of
+from dms.query.shape_memo import ShapeMemo, names_spelled_out
 from dms.query.sqlcompose import column_definitions, ident, statement
 from dms.schema.catalog import legacy_name
 from dms.services.vo.errors import QueryCancelled, QueryError, QueryRefused, QuerySyntaxError, QueryTimeout
@@ -81,6 +83,8 @@ class RoutingExecutor:
 
         self.control = ControlDatabaseExecutor(deployment)
         self.engine = QueryEngine(deployment)
+        self.routes: ShapeMemo[bool] = ShapeMemo()
+        """Whether a query names a catalog table, by (language, shape), for the registry generation."""
 
     def execute(
         self,
@@ -111,7 +115,15 @@ class RoutingExecutor:
         )
 
     def _names_catalog_table(self, query: str, lang: str) -> bool:
-        tables = self.engine.registry.snapshot().tables
+        snapshot = self.engine.registry.snapshot()
+        # IN_UNIT's unit (a string) decides whether the query can be read at all, so it is read each time
+        shape = shape_of(query) if "in_unit" not in query.lower() else None
+        key = (lang.lower(), shape.key) if shape is not None else None
+        if key is not None:
+            known = self.routes.get(key, snapshot.generation)
+            if known is not None:
+                return known
+        tables = snapshot.tables
         tree: exp.Expr
         try:
             if lang.lower() == "adql":
@@ -126,12 +138,16 @@ class RoutingExecutor:
             raise too_complex(exc) from None
         catalog = {name.lower() for name in tables}
         bare = {name.split(".")[1] for name in catalog}
+        named = False
         for table in tree.find_all(exp.Table):
             name = f"{table.db}.{table.name}".lower() if table.db else table.name.lower()
             renamed = (legacy_name(table.db, table.name) or "").lower()  # catalog.x is cat.x (deprecated)
             if name in catalog or renamed in catalog or (not table.db and name in bare):
-                return True
-        return False
+                named = True
+                break
+        if key is not None and shape is not None and names_spelled_out(query, shape, tree):
+            self.routes.put(key, snapshot.generation, named)
+        return named
 
 
 # PostgreSQL type OID -> Arrow type of the result column; anything else is returned as text.

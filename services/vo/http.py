@@ -150,6 +150,12 @@ class Context:
                 self._keys = load_keys(conn)
             self._loaded = time.monotonic()
 
+    @property
+    def version(self) -> tuple[float, int]:
+        """Changes whenever the cached TAP_SCHEMA is loaded again (for caches of what it decides)."""
+        self._refresh()
+        return self._loaded, self._generation
+
     def invalidate(self) -> None:
         with self._lock:
             self._loaded = 0.0

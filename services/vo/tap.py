@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import secrets
@@ -30,13 +31,15 @@ from starlette.routing import Route
 from dms.deployment import Deployment
 from dms.query.adql import frames
 from dms.query.adql.grammar import quote_identifier
+from dms.query.shape import shape_of
+from dms.query.shape_memo import ShapeMemo
 from dms.services.auth import authenticate
 from dms.services.vo import formats, upload_fetch, vosi
 from dms.services.vo.column_metadata import result_metadata
 from dms.services.vo.errors import ServiceError
 from dms.services.vo.files import public_access_urls
 from dms.services.vo.http import XML, Context, Params, error_response, guarded, read_params
-from dms.services.vo.tap_schema import Table
+from dms.services.vo.tap_schema import Column, Table
 from dms.services.vo.upload_fetch import AllowList
 from dms.services.vo.uws import JobStore
 from dms.services.vo.uws_xml import iso, job_list_xml, job_part_xml, job_xml
@@ -58,6 +61,7 @@ VALID_LANGS = "ADQL, ADQL-2.0, ADQL-2.1, PostgreSQL, QSERV, MYSQL"
 UPLOAD_ITEM = re.compile(r"^\s*([^,]+?)\s*,\s*(\S+)\s*$")
 STORED = re.compile(r"stored:([0-9a-f]{32}\.xml)")
 ORPHAN_AGE = 600.0  # seconds: an unreferenced stored upload younger than this may belong to a job being made
+WHOLE_BYTES = 1 << 20  # a sync result document of at most this size is sent as one body
 DISCONNECT_POLL = 0.25  # seconds between checks that a sync query's client is still there
 AVAILABILITY_TIMEOUT = 3  # seconds to connect to the database for /availability
 UPLOADS_DIR = Path("vo") / "uploads"  # inline uploads of async jobs, under the data directory
@@ -71,6 +75,8 @@ class TapService:
         self.uploads_dir = context.deployment.data_dir / UPLOADS_DIR
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
         self.jobs = JobStore(context.deployment, "tap", self._run_job, forget=self._forget_uploads)
+        self.metadata: ShapeMemo[dict[str, Column]] = ShapeMemo()
+        """Result column metadata by query shape, for one load of TAP_SCHEMA (dms.query.shape_memo)."""
 
     # ---- running a query ------------------------------------------------------------------------------
 
@@ -107,11 +113,28 @@ class TapService:
             result = self.context.executor.execute(
                 query, lang=lang, max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
             )
-        columns = result_metadata(self.context.tables(), query, lang, result.table, uploads)
+        columns = self._metadata(query, lang, result.table, uploads)
         # ObsCore's file:// access URLs become the server's /files URLs (or nothing, without a base URL)
         table = public_access_urls(result.table, base or "")
         body = formats.render_chunks(fmt, table, columns, overflow=result.overflow, infos=frames.infos(notes))
         return body, fmt.mime, result.table.num_rows, result.overflow
+
+    def _metadata(
+        self, query: str, lang: str, table: pa.Table, uploads: dict[str, pa.Table]
+    ) -> dict[str, Column]:
+        """The result columns' TAP_SCHEMA metadata (:func:`result_metadata`), remembered by the query's
+        shape: the outputs of two queries of one shape come from the same columns of the same tables."""
+        tables = self.context.tables()
+        shape = None if uploads or "in_unit" in query.lower() else shape_of(query)
+        if shape is None:
+            return result_metadata(tables, query, lang, table, uploads)
+        key = (lang, shape.key, tuple(table.column_names), tuple(t.name for t in tables))
+        generation = self.context.version
+        found = self.metadata.get(key, generation)
+        if found is None:
+            found = result_metadata(tables, query, lang, table, uploads)
+            self.metadata.put(key, generation, found)
+        return found
 
     @staticmethod
     def _maxrec(value: str | None) -> int:
@@ -201,17 +224,32 @@ class TapService:
         params = await read_params(request)
         cancel = threading.Event()
         base = _base(request)
-        work = asyncio.ensure_future(
-            run_in_threadpool(lambda: self.run(params, cancel, SYNC_TIMEOUT, base=base))
-        )
+        work = asyncio.ensure_future(run_in_threadpool(lambda: self._run_sync(params, cancel, base)))
         while not work.done():
             await asyncio.wait({work}, timeout=DISCONNECT_POLL)
             if not work.done() and not cancel.is_set() and await request.is_disconnected():
                 log.info("client of a sync query went away: cancelling the query")
                 cancel.set()
-        body, mime, _, overflow = work.result()
+        body, mime, overflow = work.result()
+        headers = formats.result_headers(overflow)
+        if isinstance(body, bytes):
+            return Response(body, media_type=mime, headers=headers)
         # a large VOTable is rendered batch by batch while it is sent, never whole in memory
-        return StreamingResponse(body, media_type=mime, headers=formats.result_headers(overflow))
+        return StreamingResponse(body, media_type=mime, headers=headers)
+
+    def _run_sync(
+        self, params: Params, cancel: threading.Event, base: str
+    ) -> tuple[bytes | Iterator[bytes], str, bool]:
+        """A sync query's document: a small one whole (one write, no thread hop per piece while it is
+        sent), a larger one as its pieces, the first of them rendered here."""
+        body, mime, _, overflow = self.run(params, cancel, SYNC_TIMEOUT, base=base)
+        pieces, size = [], 0
+        for piece in body:
+            pieces.append(piece)
+            size += len(piece)
+            if size > WHOLE_BYTES:
+                return itertools.chain(pieces, body), mime, overflow
+        return b"".join(pieces), mime, overflow
 
     async def async_jobs(self, request: Request) -> Response:
         base = _base(request) + "/tap/async"

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Hashable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 from xml.sax.saxutils import quoteattr
@@ -123,6 +125,9 @@ def result_chunks(
     """
     if serialization not in _DATA_MARKERS:
         raise ValueError(f"serialization {serialization!r}: valid are {', '.join(_DATA_MARKERS)}")
+    if serialization == "tabledata" and datalink is None and table.num_rows and _plain(table.schema):
+        yield from _plain_chunks(table, columns or {}, overflow, infos or {}, batch_rows)
+        return
     widths = list_widths(table)
     describe = _Describer(table, columns or {}, infos or {}, datalink, widths)
     first = table.slice(0, batch_rows)
@@ -193,6 +198,85 @@ def write_votable(
         target.write(chunk)
         written += len(chunk)
     return written
+
+
+_PLAIN_CELLS = ("int8", "int16", "int32", "int64", "float", "double", "bool")
+"""Arrow types whose TABLEDATA cells :func:`_plain_chunks` writes itself (as astropy writes them)."""
+_FRAMES: OrderedDict[Hashable, tuple[bytes, bytes]] = OrderedDict()
+_FRAMES_SIZE = 256
+_FRAMES_LOCK = threading.Lock()
+
+
+def _plain(schema: pa.Schema) -> bool:
+    return all(str(f.type) in _PLAIN_CELLS for f in schema)
+
+
+def _plain_chunks(
+    table: pa.Table,
+    columns: Mapping[str, Column],
+    overflow: bool,
+    infos: Mapping[str, str],
+    batch_rows: int,
+) -> Iterator[bytes]:
+    """The document of a result of numbers and booleans only: astropy's FIELDs and frame, written once
+    per column set (and metadata, INFOs, which columns have nulls), around rows written here as
+    astropy's TABLEDATA writer writes them (its per-cell Python costs milliseconds per hundred rows)."""
+    first = table.slice(0, batch_rows)
+    key = (
+        table.schema,
+        tuple(column.null_count > 0 for column in first.columns),
+        tuple(columns.get(name.lower()) for name in table.column_names),
+        tuple(infos.items()),
+    )
+    with _FRAMES_LOCK:
+        frame = _FRAMES.get(key)
+        if frame is not None:
+            _FRAMES.move_to_end(key)
+    if frame is None:
+        document = _Describer(table, columns, infos, None, {}).document(first, "tabledata")
+        start, end = _DATA_MARKERS["tabledata"]
+        head, rest = document.split(start, 1)
+        tail = rest.rsplit(end, 1)[1]
+        frame = (head + start + b"\n", b"    " + end + tail)
+        with _FRAMES_LOCK:
+            _FRAMES[key] = frame
+            while len(_FRAMES) > _FRAMES_SIZE:
+                _FRAMES.popitem(last=False)
+    yield frame[0]
+    for offset in range(0, table.num_rows, batch_rows):
+        yield _plain_rows(table.slice(offset, batch_rows))
+    yield _finish(frame[1], overflow, None)
+
+
+def _plain_rows(batch: pa.Table) -> bytes:
+    cells = [_plain_cells(column) for column in batch.columns]
+    rows = ["     <TR>\n" + "".join(row) + "     </TR>\n" for row in zip(*cells, strict=True)]
+    return "".join(rows).encode()
+
+
+def _plain_cells(column: pa.ChunkedArray) -> list[str]:
+    """One column's cells as astropy writes them: an empty cell for a null, T/F, integers in decimal,
+    floating point as numpy prints the value (without a trailing ".0"), NaN, +InF and -InF."""
+    kind = column.type
+    valid = column.is_valid().to_pylist()
+    if pa.types.is_boolean(kind):
+        texts = ["T" if v else "F" for v in column.fill_null(False).to_pylist()]
+    elif pa.types.is_integer(kind):
+        texts = [str(v) for v in column.fill_null(0).to_pylist()]
+    else:
+        texts = [_float_text(v) for v in column.fill_null(0).to_numpy()]
+    return [
+        f"      <TD>{text}</TD>\n" if ok else "      <TD/>\n" for text, ok in zip(texts, valid, strict=True)
+    ]
+
+
+def _float_text(value: np.floating) -> str:
+    if np.isfinite(value):
+        text = str(value)
+        return text[:-2] if text.endswith(".0") else text
+    if np.isnan(value):
+        return "NaN"
+    return "+InF" if value > 0 else "-InF"
 
 
 class _Describer:

@@ -24,6 +24,8 @@ from dms.query.adql.functions import ANY_UNIT
 from dms.query.errors import QuerySyntaxError
 from dms.query.parse import cte_for
 from dms.query.parse import parse as parse_query
+from dms.query.shape import shape_of
+from dms.query.shape_memo import ShapeMemo, names_spelled_out
 from dms.services.vo.errors import QueryRefused
 from dms.services.vo.executor import QueryExecutor, QueryResult, RoutingExecutor
 from dms.services.workspace.viewer import Viewer, current_viewer
@@ -39,6 +41,8 @@ class VisibleExecutor:
     def __init__(self, deployment: Deployment, inner: QueryExecutor | None = None) -> None:
         self.deployment = deployment
         self.inner: QueryExecutor = inner or RoutingExecutor(deployment)
+        self.named: ShapeMemo[tuple[tuple[str, str], ...]] = ShapeMemo()
+        """The tables a query names by (language, shape), for the registry generation."""
 
     def __getattr__(self, name: str) -> Any:  # control, engine, ... of the routing executor
         return getattr(self.inner, name)
@@ -54,14 +58,15 @@ class VisibleExecutor:
         cancel: threading.Event | None = None,
     ) -> QueryResult:
         viewer = current_viewer()
-        named = self._named_tables(query, lang)
+        catalog = self._catalog_names()
+        named = self._named_tables(query, lang, catalog)
         if named:
             with self.deployment.engine().connect() as conn:
                 hidden = hidden_tables(conn, viewer, named)
             if hidden:
                 raise QueryRefused(f"unknown table {hidden[0]}; the tables are listed at /tap/tables")
             workspace = [(s, t) for s, t in named if s.lower().startswith(WORKSPACE_PREFIX)]
-            if workspace and any(self._is_catalog(s, t) for s, t in named):
+            if workspace and any(f"{s}.{t}".lower() in catalog[1] for s, t in named):
                 query, shipped = self._ship_workspace_tables(query, workspace, uploads or {})
                 uploads = {**(uploads or {}), **shipped}
         return self.inner.execute(
@@ -70,22 +75,29 @@ class VisibleExecutor:
 
     # ---- steps --------------------------------------------------------------------------------------------
 
-    def _catalog_names(self) -> set[str]:
+    def _catalog_names(self) -> tuple[int | None, set[str]]:
+        """The registry generation and the lower-case names of the catalog tables."""
         engine = getattr(self.inner, "engine", None)
         if engine is None:
-            return set()
-        return {name.lower() for name in engine.registry.snapshot().tables}
+            return None, set()
+        snapshot = engine.registry.snapshot()
+        return snapshot.generation, {name.lower() for name in snapshot.tables}
 
-    def _is_catalog(self, schema: str, table: str) -> bool:
-        return f"{schema}.{table}".lower() in self._catalog_names()
-
-    def _named_tables(self, query: str, lang: str) -> list[tuple[str, str]]:
+    def _named_tables(
+        self, query: str, lang: str, catalog: tuple[int | None, set[str]]
+    ) -> list[tuple[str, str]]:
         """(schema, table) of every table the query names; unqualified names of catalog tables get their
         schema. IN_UNIT, whose units only the inner executor knows, reads as its bare column here. A query
-        this parse refuses for any reason but its syntax is refused here: the check fails closed."""
+        this parse refuses for any reason but its syntax is refused here: the check fails closed. A query
+        of a shape read before is not parsed again (dms.query.shape_memo)."""
         language = {"postgresql": "sql", "mysql": "qserv"}.get(lang.lower(), lang.lower())
         if language not in ("sql", "adql", "qserv"):
             return []  # the inner executor refuses the language before it reads the query
+        shape = shape_of(query)
+        if shape is not None:
+            known = self.named.get((language, shape.key), catalog[0])
+            if known is not None:
+                return list(known)
         try:
             tree = parse_query(query, language, unit_of=lambda column: ANY_UNIT)
         except QuerySyntaxError:
@@ -94,8 +106,7 @@ class VisibleExecutor:
             return []
         except (sqlglot.errors.SqlglotError, RecursionError) as exc:
             raise QueryRefused(f"the query could not be read: {str(exc).splitlines()[0][:200]}") from None
-        catalog = self._catalog_names()
-        bare = {name.split(".", 1)[1]: name.split(".", 1)[0] for name in catalog}
+        bare = {name.split(".", 1)[1]: name.split(".", 1)[0] for name in catalog[1]}
         named = []
         for table in tree.find_all(exp.Table):
             schema, name = table.db.lower(), table.name.lower()
@@ -106,6 +117,8 @@ class VisibleExecutor:
                     continue  # unknown: the inner executor refuses it
                 schema = bare[name]
             named.append((schema, name))
+        if shape is not None and catalog[0] is not None and names_spelled_out(query, shape, tree):
+            self.named.put((language, shape.key), catalog[0], tuple(named))
         return named
 
     def _ship_workspace_tables(

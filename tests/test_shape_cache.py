@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+import sqlalchemy as sa
 import sqlglot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -270,3 +271,34 @@ def test_the_generation_connection_never_returns_to_the_pool(world: World) -> No
             c.close()
     with world.deployment.connect() as conn, conn.begin_nested():
         pass
+
+
+def test_a_query_on_an_unchanged_registry_reads_its_generation_only(world: World) -> None:
+    """The registry generation is read on the registry's own connection; a query on an unchanged registry
+    checks out no connection of the deployment's pool (the kept connection had been lost, so that every
+    query opened new connections and read the generation the slow way)."""
+    engine = QueryEngine(world.deployment)
+    try:
+        for table in TABLES:  # their shapes are known
+            engine.execute(_cone(table, 10, 41, 1))
+        with world.deployment.connect() as conn:
+            expected = conn.execute(sa.text("SELECT generation FROM dms.catalog_generation")).scalar_one()
+        assert engine.registry.generation() == expected
+        checkouts: list[object] = []
+
+        def count(*_args: object) -> None:
+            checkouts.append(_args)
+
+        pool = world.deployment.engine().pool
+        sa.event.listen(pool, "checkout", count)
+        try:
+            for table in TABLES:
+                for i in range(3):
+                    result = engine.execute(_cone(table, 11 + i, 40, 1))
+                    assert result.plan[0] == SHAPE_NOTE
+                    assert canonical_rows(result.table) == _expected(world, _cone(table, 11 + i, 40, 1))
+        finally:
+            sa.event.remove(pool, "checkout", count)
+        assert checkouts == []
+    finally:
+        engine.close()

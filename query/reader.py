@@ -116,8 +116,8 @@ def _roll_back(conn: psycopg.Connection[Any]) -> None:
         conn.close()
 
 
-def _settings(conn: psycopg.Connection[Any], timeout: float | None) -> list[sql.Composable]:
-    settings: list[sql.Composable] = []
+def _settings(conn: psycopg.Connection[Any], timeout: float | None) -> list[sql.Composed]:
+    settings: list[sql.Composed] = []
     if conn.info.parameter_status("is_superuser") == "on":
         settings.append(setting("temp_file_limit", TEMP_FILE_LIMIT))
     settings.append(statement("SET LOCAL ROLE {role}", role=READER_ROLE))

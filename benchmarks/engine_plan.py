@@ -8,8 +8,10 @@ For a 1' cone and an id lookup on each shard kind it prints the p50 of `QueryEng
 (cache miss) and again (cache hit), of `execute` likewise (the user's figure: SQL text to Arrow table): on
 a miss, on a hit of the plan cache by bound text, and on a hit of the cache of query shapes (new literals
 each time: `dms.query.fast_path`), then where a shape hit's time goes (finding the literals, reading the
-registry generation, binding, the per-shard SQL with bound parameters) and the per-shard SQL with
-literals alone on the shard backend. Writes JSON to benchmarks/results/engine-plan-DATE.json.
+registry generation, binding, the per-shard SQL with bound parameters, and within it the director index
+lookup, the shard's planning alone, one empty read-only round trip to a PostgreSQL shard and a chunk file's
+first checksum) and the per-shard SQL with literals alone on the shard backend. Writes JSON to
+benchmarks/results/engine-plan-DATE.json.
 """
 
 from __future__ import annotations
@@ -170,6 +172,46 @@ def measure(engine: Any, queries: list[str]) -> dict[str, float]:
             engine.stores[fast.shard].execute(fast.sql, timeout=None, cancel=None, params=fast.params)
 
     figures["  shard SQL (bound parameters)"] = p50(shard_bound, hits)
+    figures.update(shard_parts(engine, template, snapshot, {q: bound[q] for q in hits}, p50))
+    return figures
+
+
+def shard_parts(
+    engine: Any, template: Any, snapshot: Any, bound: dict[str, Any], p50: Any
+) -> dict[str, float]:
+    """Where the per-shard SQL of a shape hit goes: the director index (id lookups), the shard's planning
+    of the query alone (EXPLAIN with the same parameters: DuckDB binds the scisql macros' expansion on
+    every query), one empty read-only round trip (PostgreSQL), and a chunk file's first checksum (DuckDB:
+    once per file and process, `dms.query.integrity`)."""
+    from dms.query import reader
+    from dms.query.integrity import file_checksum
+
+    figures: dict[str, float] = {}
+    queries = list(bound)
+    ids = [int(q.rsplit("=", 1)[1]) for q in queries if "source_id =" in q]
+    if ids:
+        table = template.table.name
+        snapshot.chunks_of_ids(table, ids[:1])  # the index's statistics, once per snapshot
+        figures["  director index lookup"] = p50(lambda i: snapshot.chunks_of_ids(table, [i]), ids)
+
+    def explain(query: str) -> None:
+        for fast in bound[query] or []:
+            store = engine.stores[fast.shard]
+            store.execute("EXPLAIN " + fast.sql, timeout=None, cancel=None, params=fast.params)
+
+    figures["  shard planning alone (EXPLAIN)"] = p50(explain, queries)
+    first = next(iter(bound.values()))[0]
+    store = engine.stores[first.shard]
+    pipelined_read = getattr(reader, "pipelined_read", None)  # absent before the one-round-trip read
+    if store.dialect == "postgres" and pipelined_read is not None:
+        with store._connection() as conn:
+            figures["  empty read-only round trip"] = p50(
+                lambda _q: pipelined_read(conn, "SELECT 1", None, 60), queries
+            )
+    else:
+        paths = list(first.params.get("dms_files", []))  # absolute: DuckDBShard.relation_bound
+        if paths:
+            figures["  chunk file checksum (first read)"] = p50(file_checksum, paths * 5)
     return figures
 
 

@@ -85,7 +85,8 @@ class DirectorIndex:
         for i in np.unique(groups.file[hit]).tolist():
             selected = sorted(groups.group[hit & (groups.file == i)].tolist())
             with self._lock:
-                part = self._files[i].read_row_groups(selected, columns=["id", "chunk"])
+                # in this thread: a lookup reads a group or two, less than handing them to arrow's pool
+                part = self._files[i].read_row_groups(selected, columns=["id", "chunk"], use_threads=False)
                 self.groups_read += len(selected)
             index_ids = part["id"].to_numpy()
             chunk = part["chunk"].to_numpy()

@@ -71,8 +71,53 @@ def _one_message_transaction(conn: psycopg.Connection[Any], timeout: float | Non
     conn.execute("COMMIT")
 
 
-def _settings(conn: psycopg.Connection[Any], timeout: float | None) -> list[sql.Composable]:
-    settings: list[sql.Composable] = []
+def pipelined_read(
+    conn: psycopg.Connection[Any],
+    query: str,
+    params: dict[str, Any] | None,
+    timeout: float | None,
+) -> tuple[list[tuple[Any, ...]], list[tuple[str, int]]] | None:
+    """Rows and (name, type oid) columns of one read-only statement run as the reader role, with BEGIN READ
+    ONLY, the settings, the statement and COMMIT sent in one pipeline: one round trip to the server instead
+    of three (the statement with `params` bound and its rows in binary). None when `conn` cannot take it
+    (not an idle autocommit connection): the caller uses `reader_transaction`."""
+    if not (conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE):
+        return None
+    cursor = conn.cursor()
+    try:
+        # Never prepared: psycopg would count a statement skipped after a failed one as prepared (the
+        # server never saw its PREPARE), and the connection's next use of it would fail.
+        with conn.pipeline():
+            conn.execute("BEGIN READ ONLY", prepare=False)
+            for statement_ in _settings(conn, timeout):
+                conn.execute(statement_, prepare=False)
+            if params:
+                cursor.execute(query, params, binary=True)
+            else:
+                cursor.execute(query)
+            conn.execute("COMMIT", prepare=False)
+        rows = cursor.fetchall()
+        columns = [(d.name, d.type_code) for d in cursor.description or []]
+    except BaseException:
+        _roll_back(conn)
+        raise
+    finally:
+        cursor.close()
+    return rows, columns
+
+
+def _roll_back(conn: psycopg.Connection[Any]) -> None:
+    """End the failed transaction of a connection that goes back to its pool."""
+    if conn.closed or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except psycopg.Error:  # a broken connection: it is closed, not pooled again
+        conn.close()
+
+
+def _settings(conn: psycopg.Connection[Any], timeout: float | None) -> list[sql.Composed]:
+    settings: list[sql.Composed] = []
     if conn.info.parameter_status("is_superuser") == "on":
         settings.append(setting("temp_file_limit", TEMP_FILE_LIMIT))
     settings.append(statement("SET LOCAL ROLE {role}", role=READER_ROLE))

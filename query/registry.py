@@ -9,19 +9,24 @@ running load never is (queries read only the loads the snapshot lists as committ
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import psycopg
 import sqlalchemy as sa
 
 from dms.deployment import Deployment
 from dms.query.director import DirectorIndex
 from dms.schema.catalog import CatalogTable, list_tables
 
+log = logging.getLogger(__name__)
 PUBLIC_CONTROL_SCHEMAS = ("ivoa", "tap_schema", "alerts")
+GENERATION_CONNECT_TIMEOUT = 10
+"""Seconds to wait for the registry's own connection to the control database."""
 
 
 @dataclass
@@ -87,41 +92,40 @@ class Registry:
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
         self._generation_lock = threading.Lock()
-        self._generation_conn: Any = None
+        self._generation_conn: psycopg.Connection[Any] | None = None
 
     def generation(self) -> int | None:
-        """The registry generation, read on a connection kept for it (one round trip, no pool checkout or
-        ping); None when that connection cannot answer (the caller then reads it the usual way)."""
+        """The registry generation, read on a psycopg connection of its own (autocommit, the statement
+        prepared: one round trip, no pool checkout or ping); None when that connection cannot answer (the
+        caller then reads it the usual way). It is never one of the deployment's pooled connections, so
+        the pool never hands out a connection in autocommit (SQLAlchemy's savepoints need a transaction)."""
         with self._generation_lock:
             for _ in range(2):  # a connection the server dropped is replaced once
                 try:
                     if self._generation_conn is None:
-                        raw = self.deployment.engine().raw_connection()
-                        # the driver's connection must be taken before detach(), which forgets it
-                        driver = raw.driver_connection
-                        raw.detach()  # its own from now on: never handed back to the pool in autocommit
-                        driver.autocommit = True  # type: ignore[union-attr]
-                        self._generation_conn = raw
-                    cursor = self._generation_conn.cursor()
-                    cursor.execute(GENERATION_SQL)
-                    row = cursor.fetchone()
-                    cursor.close()
+                        url = self.deployment.control_url().set(drivername="postgresql")
+                        self._generation_conn = psycopg.connect(
+                            url.render_as_string(hide_password=False),
+                            autocommit=True,
+                            connect_timeout=GENERATION_CONNECT_TIMEOUT,
+                        )
+                    row = self._generation_conn.execute(GENERATION_SQL, prepare=True).fetchone()
+                    assert row is not None, "dms.catalog_generation has no row"
                     return int(row[0])
                 except Exception:  # any failure: drop the connection, read it the usual way
+                    log.debug("registry generation connection failed", exc_info=True)
                     self._drop_generation_conn()
             return None
 
     def _drop_generation_conn(self) -> None:
         if self._generation_conn is not None:
             with contextlib.suppress(Exception):  # already broken
-                self._generation_conn.invalidate()
+                self._generation_conn.close()
             self._generation_conn = None
 
     def close(self) -> None:
         with self._generation_lock:
-            if self._generation_conn is not None:
-                self._generation_conn.close()
-                self._generation_conn = None
+            self._drop_generation_conn()
 
     def snapshot(self) -> Snapshot:
         generation = self.generation()

@@ -420,3 +420,34 @@ def test_the_shape_memo_is_bounded_and_emptied_by_a_new_generation() -> None:
     memo.put("c", 1, 30)
     assert memo.get("a", 1) is None and memo.get("c", 1) == 30 and len(memo) == 2
     assert memo.get("c", 2) is None and len(memo) == 0
+
+
+def test_a_query_on_an_unchanged_registry_reads_its_generation_only(world: World) -> None:
+    """The registry generation is read on the registry's own connection; a query on an unchanged registry
+    checks out no connection of the deployment's pool (the kept connection had been lost, so that every
+    query opened new connections and read the generation the slow way)."""
+    engine = QueryEngine(world.deployment)
+    try:
+        for table in TABLES:  # their shapes are known
+            engine.execute(_cone(table, 10, 41, 1))
+        with world.deployment.connect() as conn:
+            expected = conn.execute(sa.text("SELECT generation FROM dms.catalog_generation")).scalar_one()
+        assert engine.registry.generation() == expected
+        checkouts: list[object] = []
+
+        def count(*_args: object) -> None:
+            checkouts.append(_args)
+
+        pool = world.deployment.engine().pool
+        sa.event.listen(pool, "checkout", count)
+        try:
+            for table in TABLES:
+                for i in range(3):
+                    result = engine.execute(_cone(table, 11 + i, 40, 1))
+                    assert result.plan[0] == SHAPE_NOTE
+                    assert canonical_rows(result.table) == _expected(world, _cone(table, 11 + i, 40, 1))
+        finally:
+            sa.event.remove(pool, "checkout", count)
+        assert checkouts == []
+    finally:
+        engine.close()

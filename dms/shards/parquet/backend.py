@@ -89,11 +89,13 @@ class DuckDBShard(ShardBackend):
         at most that many chunks waiting, so memory stays bounded."""
         directory = self.table_dir(table) / f"load{load_id}"
         directory.mkdir(parents=True, exist_ok=True)
+        key = table.id_column or table.director_key_column
+        bloom = (key,) if key else ()
 
         def write(order: int, pixel: int, part: pa.Table) -> ChunkFile:
             name = "replicated.parquet" if order < 0 else f"chunk-{order}-{pixel}.parquet"
             path = directory / name
-            checksum = write_chunk_file(part, path)
+            checksum = write_chunk_file(part, path, bloom)
             overlap = overlap_count(table, part)
             relative = str(path.relative_to(self.root))
             return ChunkFile(order, pixel, relative, part.num_rows - overlap, overlap, checksum)

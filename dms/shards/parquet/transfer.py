@@ -36,16 +36,32 @@ def confine(conn: duckdb.DuckDBPyConnection, directories: list[Path]) -> None:
     conn.execute("SET GLOBAL lock_configuration = true")
 
 
-def write_chunk_file(part: pa.Table, path: Path) -> str:
+BLOOM_FPP = 0.01
+"""False-positive rate of the Bloom filter of a chunk file's id column."""
+
+
+def write_chunk_file(part: pa.Table, path: Path, bloom_columns: tuple[str, ...] = ()) -> str:
     """Write one chunk's rows as a Parquet file sorted as given, atomically (a temporary name, then rename),
     and return the checksum of its bytes (`dms.query.integrity`), computed as they are written rather than by
-    reading the file back; an existing file is complete and kept (a resumed load)."""
+    reading the file back; an existing file is complete and kept (a resumed load).
+
+    `bloom_columns` (the id column) get a Bloom filter per row group: ids are not ordered within a chunk,
+    so their min/max statistics skip nothing, and an id lookup would read every row group of the file."""
     from dms.query.integrity import ALGORITHM, file_checksum
 
     if path.exists():
         return file_checksum(path)
     sink = pa.BufferOutputStream()
-    pq.write_table(part, sink, row_group_size=ROW_GROUP_ROWS, compression="lz4", write_statistics=True)
+    ndv = max(1, min(ROW_GROUP_ROWS, part.num_rows))
+    bloom = {c: {"ndv": ndv, "fpp": BLOOM_FPP} for c in bloom_columns if c in part.column_names}
+    pq.write_table(
+        part,
+        sink,
+        row_group_size=ROW_GROUP_ROWS,
+        compression="lz4",
+        write_statistics=True,
+        bloom_filter_options=bloom or None,
+    )
     data = sink.getvalue()
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as stream:

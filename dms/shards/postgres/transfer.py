@@ -11,7 +11,7 @@ import numpy as np
 import psycopg
 import pyarrow as pa
 
-from dms.query.reader import create_temp_tables, drop_temp_tables, reader_transaction
+from dms.query.reader import create_temp_tables, drop_temp_tables, pipelined_read, reader_transaction
 from dms.shards.base import ShardCancelled, ShardQueryError, ShardWriteError
 
 CANCEL_POLL = 0.02
@@ -76,9 +76,10 @@ class PostgresConnection:
         tables: dict[str, pa.Table] | None = None,
         params: dict[str, Any] | None = None,
     ) -> pa.Table:
-        """Run one user query as the reader role in a READ ONLY transaction (see `dms.query.reader`), with
-        `tables` shipped as temporary tables first; with `params`, bound to its ``%(name)s`` placeholders
-        and the rows sent in binary (no text to parse for numbers)."""
+        """Run one user query as the reader role in a READ ONLY transaction (see `dms.query.reader`; on an
+        idle autocommit connection in one round trip), with `tables` shipped as temporary tables first;
+        with `params`, bound to its ``%(name)s`` placeholders and the rows sent in binary (no text to
+        parse for numbers)."""
         done = threading.Event()
 
         def watch() -> None:
@@ -93,13 +94,14 @@ class PostgresConnection:
             watcher.start()
         try:
             create_temp_tables(conn, tables or {})
-            with reader_transaction(conn, timeout, one_message=True), conn.cursor() as cur:
-                if params:
-                    cur.execute(sql, params, binary=True)
-                else:
-                    cur.execute(sql)
-                rows = cur.fetchall()
-                description = cur.description or []
+            answer = pipelined_read(conn, sql, params, timeout)
+            if answer is None:
+                with reader_transaction(conn, timeout, one_message=True), conn.cursor() as cur:
+                    if params:
+                        cur.execute(sql, params, binary=True)
+                    else:
+                        cur.execute(sql)
+                    answer = cur.fetchall(), [(d.name, d.type_code) for d in cur.description or []]
         except psycopg.errors.QueryCanceled as exc:
             raise ShardCancelled(str(exc).splitlines()[0]) from exc
         except psycopg.Error as exc:
@@ -111,7 +113,7 @@ class PostgresConnection:
                     drop_temp_tables(conn)
                 except psycopg.Error:
                     conn.close()
-        return rows_to_arrow(rows, [(d.name, d.type_code) for d in description])
+        return rows_to_arrow(*answer)
 
 
 def rows_to_arrow(rows: list[tuple[Any, ...]], columns: list[tuple[str, int]]) -> pa.Table:

@@ -31,7 +31,7 @@ from dms.query import dispatch, qserv_sql
 from dms.query.errors import QueryCancelled, QueryError, QueryRefused, QueryTimeout
 from dms.query.fast_path import FastQuery, TemplateCache, build_template
 from dms.query.integrity import reroute_damaged
-from dms.query.lineage import catalog_unit_resolver
+from dms.query.lineage import catalog_region_resolver, catalog_unit_resolver
 from dms.query.mysql_semantics import mysql_semantics
 from dms.query.parse import parse
 from dms.query.planner import Planner
@@ -132,7 +132,7 @@ class QueryEngine:
             if columns is not None:
                 return QueryResult(columns, False, ["answered from the registry"])
         units = catalog_unit_resolver(run.snapshot.tables)
-        parsed = parse(query, lang, unit_of=units)
+        parsed = parse(query, lang, unit_of=units, region_of=catalog_region_resolver(run.snapshot.tables))
         table = self._evaluate(parsed, run, top=True)
         if shape is not None:
             self._remember_shape(shape, parsed, run)
@@ -215,7 +215,8 @@ class QueryEngine:
     def explain(self, query: str, *, lang: str = "sql") -> str:
         run = self._run(lang, query, None, None, None, None)
         run.explain_only = True
-        self._evaluate(parse(query, lang), run, top=True)
+        regions = catalog_region_resolver(run.snapshot.tables)
+        self._evaluate(parse(query, lang, region_of=regions), run, top=True)
         return "\n".join(run.notes)
 
     def plan(self, query: str, *, lang: str = "sql", max_rows: int | None = None) -> list[QueryPlan]:
@@ -223,7 +224,8 @@ class QueryEngine:
         the order the engine evaluates them (subqueries are evaluated, so their plans come first)."""
         run = self._run(lang, query, max_rows, None, None, None)
         run.explain_only = run.run_inner = True
-        self._evaluate(parse(query, lang), run, top=True)
+        regions = catalog_region_resolver(run.snapshot.tables)
+        self._evaluate(parse(query, lang, region_of=regions), run, top=True)
         return run.plans
 
     def close(self) -> None:

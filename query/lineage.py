@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from sqlglot import exp
 
@@ -141,6 +141,59 @@ def catalog_unit_resolver(tables: Mapping[str, CatalogTable]) -> Callable[[exp.C
     """IN_UNIT's unit of a column reference over the engine's catalog tables (``schema.table`` -> table),
     taken from the table the column belongs to in its SELECT."""
     qualified = {name.lower(): table for name, table in tables.items()}
+    lookup = _catalog_lookup(tables)
+
+    def unit_of(column: exp.Column) -> str | None:
+        origin = column_origin(column, lookup)
+        table = qualified.get(origin.table.lower()) if origin is not None else None
+        found = (
+            next((c for c in table.columns if c.name == origin.column), None) if table and origin else None
+        )
+        return found.unit if found is not None and found.unit else None
+
+    return unit_of
+
+
+def region_resolver(
+    lookup: Lookup, is_text: Callable[[Origin], bool]
+) -> Callable[[exp.Column], Literal["region", "text"] | None]:
+    """Which column references are region columns, by their own table's metadata: "region" when the table
+    also has the column's representation columns (dms.query.regions), "text" for another text column
+    (`is_text`), None otherwise. A reference whose table is not known is a region column by name
+    (ObsCore's s_region), as without a resolver."""
+    from dms.query import regions
+
+    def region_of(column: exp.Column) -> Literal["region", "text"] | None:
+        origin = column_origin(column, lookup)
+        if origin is None:
+            return "region" if column.name.lower() == "s_region" else None
+        schema, _, name = origin.table.rpartition(".")
+        source = lookup(schema or None, name)
+        if source is not None and regions.has_representation(origin.column, source.columns):
+            return "region"
+        return "text" if is_text(origin) else None
+
+    return region_of
+
+
+def catalog_region_resolver(
+    tables: Mapping[str, CatalogTable],
+) -> Callable[[exp.Column], Literal["region", "text"] | None]:
+    """ADQL's region columns over the engine's catalog tables (``dms load --region``), by the registry."""
+    qualified = {name.lower(): table for name, table in tables.items()}
+
+    def is_text(origin: Origin) -> bool:
+        table = qualified.get(origin.table.lower())
+        return table is not None and any(
+            c.name == origin.column and c.datatype == "string" for c in table.columns
+        )
+
+    return region_resolver(_catalog_lookup(tables), is_text)
+
+
+def _catalog_lookup(tables: Mapping[str, CatalogTable]) -> Lookup:
+    """Catalog table names as queries write them: ``schema.table`` (any case), a bare name one schema has."""
+    qualified = {name.lower(): table for name, table in tables.items()}
     bare: dict[str, list[CatalogTable]] = {}
     for name, table in qualified.items():
         bare.setdefault(name.split(".", 1)[-1], []).append(table)
@@ -153,12 +206,4 @@ def catalog_unit_resolver(tables: Mapping[str, CatalogTable]) -> Callable[[exp.C
             found = matches[0] if len(matches) == 1 else None
         return None if found is None else Source(found.name, [c.name for c in found.columns])
 
-    def unit_of(column: exp.Column) -> str | None:
-        origin = column_origin(column, lookup)
-        table = qualified.get(origin.table.lower()) if origin is not None else None
-        found = (
-            next((c for c in table.columns if c.name == origin.column), None) if table and origin else None
-        )
-        return found.unit if found is not None and found.unit else None
-
-    return unit_of
+    return lookup

@@ -16,7 +16,7 @@ from dms.query.adql import grammar
 from dms.query.adql.dialect import Adql
 from dms.query.adql.errors import AdqlError, AdqlSyntaxError
 from dms.query.adql.functions import UnitOf, check_functions, lower_functions
-from dms.query.adql.geometry import lower_geometry
+from dms.query.adql.geometry import RegionOf, lower_geometry
 from dms.query.limits import check_depth, check_nesting, too_complex
 
 DIALECTS = ("postgres", "duckdb")
@@ -40,17 +40,20 @@ FORBIDDEN_NODES: tuple[type[exp.Expression], ...] = (
 )
 
 
-def parse(text: str, *, unit_of: UnitOf | None = None, strict: bool = True) -> exp.Expression:
+def parse(
+    text: str, *, unit_of: UnitOf | None = None, region_of: RegionOf | None = None, strict: bool = True
+) -> exp.Expression:
     """Parse ADQL 2.1 into one SELECT (or set operation) in DMS's canonical SQL form.
 
-    `unit_of` resolves column units for IN_UNIT. Raises AdqlSyntaxError (with line and column) for text that
-    is not one valid ADQL query, and AdqlUnsupportedError for valid ADQL that DMS cannot evaluate.
+    `unit_of` resolves column units for IN_UNIT, `region_of` which columns are region columns (by default
+    those named s_region; dms.query.adql.geometry). Raises AdqlSyntaxError (with line and column) for text
+    that is not one valid ADQL query, and AdqlUnsupportedError for valid ADQL that DMS cannot evaluate.
     `strict=False` skips the ADQL 2.1 grammar check: only for DMS's own canonical SQL, read again.
     """
     try:
         tree = _parse_one(text, strict)
         tree = lower_functions(tree, unit_of)
-        tree = lower_geometry(tree)
+        tree = lower_geometry(tree, region_of)
         check_functions(tree)
     except AdqlError as exc:
         if exc.line is None and exc.token:

@@ -155,23 +155,17 @@ def catalog_unit_resolver(tables: Mapping[str, CatalogTable]) -> Callable[[exp.C
 
 
 def region_resolver(
-    lookup: Lookup, is_text: Callable[[Origin], bool]
+    lookup: Lookup, kind_of: Callable[[Origin], Literal["region", "text"] | None]
 ) -> Callable[[exp.Column], Literal["region", "text"] | None]:
-    """Which column references are region columns, by their own table's metadata: "region" when the table
-    also has the column's representation columns (dms.query.regions), "text" for another text column
-    (`is_text`), None otherwise. A reference whose table is not known is a region column by name
-    (ObsCore's s_region), as without a resolver."""
-    from dms.query import regions
+    """Which column references are region columns, by their own table's metadata (`kind_of` the column it
+    is: see dms.query.adql.geometry.RegionOf). A reference whose table is not known is a region column by
+    name (ObsCore's s_region), as without a resolver."""
 
     def region_of(column: exp.Column) -> Literal["region", "text"] | None:
         origin = column_origin(column, lookup)
         if origin is None:
             return "region" if column.name.lower() == "s_region" else None
-        schema, _, name = origin.table.rpartition(".")
-        source = lookup(schema or None, name)
-        if source is not None and regions.has_representation(origin.column, source.columns):
-            return "region"
-        return "text" if is_text(origin) else None
+        return kind_of(origin)
 
     return region_of
 
@@ -179,16 +173,19 @@ def region_resolver(
 def catalog_region_resolver(
     tables: Mapping[str, CatalogTable],
 ) -> Callable[[exp.Column], Literal["region", "text"] | None]:
-    """ADQL's region columns over the engine's catalog tables (``dms load --region``), by the registry."""
+    """ADQL's region columns over the engine's catalog tables: those `dms load --region` registered."""
     qualified = {name.lower(): table for name, table in tables.items()}
 
-    def is_text(origin: Origin) -> bool:
+    def kind_of(origin: Origin) -> Literal["region", "text"] | None:
         table = qualified.get(origin.table.lower())
-        return table is not None and any(
-            c.name == origin.column and c.datatype == "string" for c in table.columns
-        )
+        if table is None:
+            return None
+        if origin.column in table.region_columns:
+            return "region"
+        text = any(c.name == origin.column and c.datatype == "string" for c in table.columns)
+        return "text" if text else None
 
-    return region_resolver(_catalog_lookup(tables), is_text)
+    return region_resolver(_catalog_lookup(tables), kind_of)
 
 
 def _catalog_lookup(tables: Mapping[str, CatalogTable]) -> Lookup:

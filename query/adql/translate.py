@@ -64,12 +64,19 @@ def parse(
 
 
 def translate(
-    text: str, dialect: str = "postgres", *, unit_of: UnitOf | None = None, strict: bool = True
+    text: str,
+    dialect: str = "postgres",
+    *,
+    unit_of: UnitOf | None = None,
+    region_of: RegionOf | None = None,
+    strict: bool = True,
 ) -> str:
     """ADQL -> SQL text for `dialect` (postgres or duckdb)."""
     if dialect not in DIALECTS:
         raise AdqlError(f"unknown dialect {dialect!r}; valid: {', '.join(DIALECTS)}")
-    return parse(text, unit_of=unit_of, strict=strict).sql(dialect=dialect, normalize_functions=False)
+    return parse(text, unit_of=unit_of, region_of=region_of, strict=strict).sql(
+        dialect=dialect, normalize_functions=False
+    )
 
 
 def _parse_one(text: str, strict: bool = True) -> exp.Expression:

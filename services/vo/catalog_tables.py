@@ -80,8 +80,11 @@ def _describe(conn: sa.Connection, table: CatalogTable, index: int) -> None:
             "i": 1000 + index,
         },
     )
-    for position, column in enumerate(table.columns):
+    hidden = set(table.derived_columns)  # a region's representation is the engine's, not the user's
+    for position, column in enumerate(c for c in table.columns if c.name not in hidden):
         datatype, arraysize, xtype = _TAP_TYPES.get(column.datatype, ("char", "*", None))
+        if column.name in table.region_columns:
+            xtype = "adql:REGION"  # STC-S text that ADQL's INTERSECTS and CONTAINS take (TAP 1.0's type)
         conn.execute(
             sa.text(
                 "INSERT INTO tap_schema.columns (table_name, column_name, ucd, unit, description, datatype, "

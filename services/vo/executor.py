@@ -25,6 +25,7 @@ from sqlglot import exp
 
 from dms.appname import application_name
 from dms.deployment import Deployment, first_line
+from dms.query import regions
 from dms.query.adql import AdqlError, AdqlSyntaxError, parse
 from dms.query.adql.functions import check_functions
 from dms.query.limits import check_depth, check_nesting, too_complex
@@ -163,10 +164,13 @@ def published_regions(columns: Columns) -> Callable[[exp.Column], Literal["regio
         found = columns.get(key)
         return None if found is None else Source(key, [c for c, _ in found])
 
-    def is_text(origin: Origin) -> bool:
-        return any(c == origin.column and t == "char" for c, t in columns.get(origin.table, []))
+    def kind_of(origin: Origin) -> Literal["region", "text"] | None:
+        published = columns.get(origin.table, [])
+        if regions.has_representation(origin.column, [c for c, _ in published]):
+            return "region"
+        return "text" if any(c == origin.column and t == "char" for c, t in published) else None
 
-    return region_resolver(lookup, is_text)
+    return region_resolver(lookup, kind_of)
 
 
 # PostgreSQL type OID -> Arrow type of the result column; anything else is returned as text.

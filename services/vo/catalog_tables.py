@@ -21,6 +21,8 @@ _TAP_TYPES: dict[str, tuple[str, str | None, str | None]] = {
     "timestamp[us, tz=UTC]": ("char", "*", "timestamp"),
     "date32[day]": ("char", "*", "timestamp"),
     "binary": ("unsignedByte", "*", None),
+    "list<double>": ("double", "*", None),
+    "list<int64>": ("long", "*", None),
 }
 
 
@@ -80,11 +82,10 @@ def _describe(conn: sa.Connection, table: CatalogTable, index: int) -> None:
             "i": 1000 + index,
         },
     )
-    hidden = set(table.derived_columns)  # a region's representation is the engine's, not the user's
-    for position, column in enumerate(c for c in table.columns if c.name not in hidden):
+    # A region column is published as ObsCore's s_region is: STC-S text without an xtype (taplint refuses
+    # an xtype element in /tables), its representation columns beside it (SELECT * returns them).
+    for position, column in enumerate(table.columns):
         datatype, arraysize, xtype = _TAP_TYPES.get(column.datatype, ("char", "*", None))
-        if column.name in table.region_columns:
-            xtype = "adql:REGION"  # STC-S text that ADQL's INTERSECTS and CONTAINS take (TAP 1.0's type)
         conn.execute(
             sa.text(
                 "INSERT INTO tap_schema.columns (table_name, column_name, ucd, unit, description, datatype, "
@@ -108,6 +109,8 @@ def _describe(conn: sa.Connection, table: CatalogTable, index: int) -> None:
 
 
 def _ucd(table: CatalogTable, column: str) -> str | None:
+    if column in table.region_columns:
+        return "pos.outline"
     if column == table.ra_column:
         return "pos.eq.ra;meta.main"
     if column == table.dec_column:

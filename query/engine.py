@@ -40,7 +40,7 @@ from dms.query.rewrite import PARTIALS
 from dms.query.shape import Shape, shape_of
 from dms.query.shard_plan import QueryPlan
 from dms.query.sources import ShardSql, normalize_partial
-from dms.query.validate import LOCAL_SCHEMA, Catalog, TableRef, bind
+from dms.query.validate import LOCAL_SCHEMA, Catalog, TableRef, bind, check_adql_types
 from dms.shards import ShardBackend, ShardCancelled, ShardQueryError, ShardUnavailable
 from dms.shards.parquet.transfer import LOCKED_DOWN, confine
 
@@ -296,6 +296,8 @@ class QueryEngine:
         assert isinstance(query, exp.Select)
         self._materialize_subqueries(query, run)
         bound, aliases = bind(query, run.catalog)
+        if run.lang == "adql":
+            check_adql_types(bound, aliases, run.catalog)
         if run.lang == "qserv":
             bound = mysql_semantics(bound, run.catalog)
         assert isinstance(bound, exp.Select)

@@ -226,6 +226,11 @@ class RestrictionFinder:
                 call, one = one, call
             if constant(one) == 1 and isinstance(call, exp.Anonymous):
                 return self._region(call)
+            if constant(one) == 1 and isinstance(call, exp.Cast) and isinstance(call.this, exp.Paren):
+                # CAST((condition) AS INT) = 1 holds exactly where the condition does: ADQL's CONTAINS of a
+                # point in a REGION UNION or INTERSECTION (its members' tests under OR and AND); a NOT
+                # member restricts nothing
+                return self._ranges(call.this.this)
             return None
         if isinstance(node, exp.LT | exp.LTE | exp.GT | exp.GTE):
             return self._distance(node)

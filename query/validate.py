@@ -9,6 +9,7 @@ spelling, so shards with mixed-case column names (DP1's `objectId`) work on Post
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -19,7 +20,9 @@ from sqlglot.schema import MappingSchema
 
 from dms.query import qserv_sql
 from dms.query.adql import frames
-from dms.query.errors import QueryRefused
+from dms.query.adql.bitwise import check_column_types
+from dms.query.adql.errors import AdqlSyntaxError
+from dms.query.errors import QueryRefused, QuerySyntaxError
 from dms.schema.catalog import LEGACY_SCHEMA, LEGACY_WARNING, SQL_TYPES, CatalogTable, legacy_name
 
 SIMPLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -262,6 +265,32 @@ def _aliases(query: exp.Query, catalog: Catalog) -> dict[str, TableRef]:
         elif key[0] == LOCAL_SCHEMA:
             refs[alias] = TableRef("materialized", key[1])
     return refs
+
+
+def column_types(aliases: dict[str, TableRef], catalog: Catalog) -> Callable[[exp.Column], str | None]:
+    """The SQL type of a bound column (lower case), None where the table's types are not known."""
+
+    def type_of(column: exp.Column) -> str | None:
+        ref = aliases.get(column.table)
+        if ref is None:
+            return None
+        if ref.catalog is not None:
+            matches = [c for c in ref.catalog.columns if c.name.lower() == column.name.lower()]
+            return SQL_TYPES.get(matches[0].datatype) if matches else None
+        if ref.kind == "control":
+            schema, _, name = ref.name.partition(".")
+            return {c.lower(): t for c, t in catalog.control[(schema, name)].items()}.get(column.name.lower())
+        return None
+
+    return type_of
+
+
+def check_adql_types(query: exp.Query, aliases: dict[str, TableRef], catalog: Catalog) -> None:
+    """What ADQL needs of its operands' types once columns are bound: integers for the bitwise operators."""
+    try:
+        check_column_types(query, column_types(aliases, catalog))
+    except AdqlSyntaxError as exc:
+        raise QuerySyntaxError(exc.message, exc.line, exc.column) from None
 
 
 def _canonical_columns(query: exp.Query, aliases: dict[str, TableRef]) -> None:

@@ -261,6 +261,22 @@ def test_kind_chooses_the_day_range(archived: Backbone, batch_deployment: Deploy
         workflow_for("cpp", {**base, "kind": "weekly"})
 
 
+def test_without_data_dir_the_production_is_the_deployment_dms_opens(
+    archived: Backbone, batch_deployment: Deployment, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Started outside the CLI and the OCS server (no data_dir, no DMS_DATA_DIR), the raws come from the
+    per-user deployment and the masters are written under it, not under the current directory."""
+    monkeypatch.delenv("DMS_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # platformdirs' per-user data directory
+    (tmp_path / "xdg").mkdir()
+    (tmp_path / "xdg" / "dms").symlink_to(batch_deployment.data_dir)
+    monkeypatch.chdir(tmp_path / "xdg")
+    tasks = workflow_for("cpp", {"day_obs": DAY, "kind": "daily", "amplifiers": N_AMPS}).tasks
+    outputs = {Path(t.args["output"]).resolve().parent for t in tasks}
+    assert outputs == {(batch_deployment.data_dir / "cpp" / "daily" / str(DAY)).resolve()}
+    assert [p.name for p in (tmp_path / "xdg").iterdir()] == ["dms"]
+
+
 def test_dms_cpp_run_and_an_ocs_command(
     archived: Backbone, batch_deployment: Deployment, batch_conn: psycopg.Connection
 ) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import astropy.units as u
 import duckdb
+import httpx
 import numpy as np
 import psycopg
 import pyarrow as pa
@@ -204,6 +205,57 @@ def test_region_union_is_the_union_of_its_members(service: Service) -> None:
     )
     polygon = _tap(service, f"SELECT obs_id FROM ivoa.ObsCore WHERE {QUERIES[2][1]}")
     assert got == circle | polygon and circle - polygon and polygon - circle
+
+
+NOT_CIRCLE = [150.3, 2.1, 0.4]
+NOT_POLYGON = [149.5, 1.5, 150.2, 1.6, 150.0, 2.4]
+
+
+def test_footprints_inside_a_not_region_are_those_that_avoid_its_member(service: Service) -> None:
+    """CONTAINS(s_region, NOT (B)): the footprints that do not meet B (issue 17), also within an INTERSECTION
+    of NOTs (the footprints that meet neither member)."""
+    circle = "Circle ICRS {} {} {}".format(*NOT_CIRCLE)
+    polygon = "Polygon ICRS " + " ".join(map(str, NOT_POLYGON))
+    got = _tap(
+        service, f"SELECT obs_id FROM ivoa.ObsCore WHERE CONTAINS(s_region, REGION('Not ({circle})')) = 1"
+    )
+    meets_circle, unsure = _expected(NOT_CIRCLE)
+    assert got - unsure == set(SHAPES) - meets_circle - unsure
+    assert len(got) > 150 and len(meets_circle) >= 2
+    both = f"Intersection (Not ({circle}) Not ({polygon}))"
+    got = _tap(service, f"SELECT obs_id FROM ivoa.ObsCore WHERE CONTAINS(s_region, REGION('{both}')) = 1")
+    meets_polygon, unsure_polygon = _expected(NOT_POLYGON)
+    unsure |= unsure_polygon
+    assert got - unsure == set(SHAPES) - meets_circle - meets_polygon - unsure
+    assert meets_polygon - meets_circle and len(got) > 150
+
+
+@pytest.mark.parametrize(
+    ("region", "message"),
+    [
+        ("Not (Circle 150.3 2.1 0.4)", "INTERSECTS of a REGION NOT with a region column is not supported"),
+        (
+            "Intersection (Circle 150.3 2.1 0.4 Circle 150.4 2.1 0.4)",
+            "INTERSECTS of a REGION INTERSECTION with a region column is not supported",
+        ),
+    ],
+)
+def test_regions_dms_cannot_decide_are_a_clear_error(service: Service, region: str, message: str) -> None:
+    query = f"SELECT obs_id FROM ivoa.ObsCore WHERE INTERSECTS(s_region, REGION('{region}')) = 1"
+    response = httpx.get(f"{service.url}/tap/sync", params={"LANG": "ADQL", "QUERY": query}, timeout=60)
+    assert response.status_code == 400, response.text
+    assert '<INFO name="QUERY_STATUS" value="ERROR">' in response.text and message in response.text
+
+
+def test_bitwise_operators_on_obscore_columns(service: Service) -> None:
+    """ADQL 2.1 bitwise operators and hexadecimal literals on the control database (PostgreSQL)."""
+    got = _tap(service, "SELECT obs_id FROM ivoa.ObsCore WHERE (calib_level | 0x2) ^ 0x1 = 0x2")
+    assert got == set(SHAPES)  # calib_level is 1: (1 | 2) ^ 1 = 2
+    query = "SELECT obs_id FROM ivoa.ObsCore WHERE s_ra & 1 = 0"
+    response = httpx.get(f"{service.url}/tap/sync", params={"LANG": "ADQL", "QUERY": query}, timeout=60)
+    assert response.status_code == 400, response.text
+    message = "line 1, column 39: the bitwise operator &amp; needs integers, got column s_ra of type"
+    assert message in response.text
 
 
 def test_footprint_pairs_between_visits_equal_spherical_geometry(service: Service) -> None:

@@ -333,6 +333,8 @@ def contains(inner: Shape, outer: Shape) -> exp.Expression:
     """CONTAINS(inner, outer) as 1/0."""
     if isinstance(inner, Point) and isinstance(outer, Compound):
         return _combine(outer, [contains(inner, m) for m in outer.members])
+    if isinstance(outer, Compound) or isinstance(inner, Compound):
+        return _contains_compound(inner, outer)
     if isinstance(inner, Point) and isinstance(outer, RegionColumn):
         return intersects(inner, outer)
     if isinstance(inner, Point) and isinstance(outer, Circle):
@@ -353,6 +355,35 @@ def contains(inner: Shape, outer: Shape) -> exp.Expression:
         f"CONTAINS of a {_kind(inner)} in a {_kind(outer)} is not supported; "
         "supported: a POINT in a CIRCLE, BOX, POLYGON, REGION or region value, and a CIRCLE in a CIRCLE"
     )
+
+
+def _contains_compound(inner: Shape, outer: Shape) -> exp.Expression:
+    """CONTAINS with a compound region where that is exact by its members: a region lies in an INTERSECTION
+    if it lies in every member, in a NOT (B) if it does not meet B (regions are closed), and a UNION lies in
+    a region if every member does."""
+    if isinstance(outer, Compound) and outer.operator == "INTERSECTION":
+        return _all([contains(inner, m) for m in outer.members])
+    if isinstance(outer, Compound) and outer.operator == "NOT":
+        meets = exp.EQ(this=intersects(inner, outer.members[0]), expression=exp.Literal.number(1))
+        return as_int(exp.Not(this=exp.paren(meets, copy=False)))
+    if isinstance(inner, Compound) and inner.operator == "UNION":
+        return _all([contains(m, outer) for m in inner.members])
+    compound = outer if isinstance(outer, Compound) else inner
+    assert isinstance(compound, Compound)
+    why = {
+        ("UNION", False): "a region can lie in a union without lying in any one of its members",
+        ("INTERSECTION", True): "the intersection's own shape would be needed",
+        ("NOT", True): "a NOT region is unbounded",
+    }[(compound.operator, compound is inner)]
+    raise AdqlUnsupportedError(
+        f"CONTAINS of a {_kind(inner)} in a {_kind(outer)} is not supported: {why}; supported: a POINT in "
+        "any REGION, any region in a REGION INTERSECTION or NOT, and a REGION UNION in a region"
+    )
+
+
+def _all(tests: list[exp.Expression]) -> exp.Expression:
+    conditions = [exp.EQ(this=t, expression=exp.Literal.number(1)) for t in tests]
+    return as_int(typing.cast(exp.Expression, exp.and_(*conditions)))
 
 
 def _kind(s: Shape) -> str:
@@ -380,13 +411,26 @@ def intersects(a: Shape, b: Shape) -> exp.Expression:
         separation = fn("scisql_angSep", a.lon, a.lat, b.lon, b.lat)
         return as_int(exp.LTE(this=separation, expression=exp.Add(this=a.radius, expression=b.radius)))
     for one, other in ((a, b), (b, a)):
-        if isinstance(one, Compound):
-            if one.operator != "UNION":
-                raise AdqlUnsupportedError(
-                    f"INTERSECTS of a REGION {one.operator} with a {_kind(other)} is not supported; "
-                    "supported: POINTs with any REGION, and any region with a REGION UNION"
-                )
+        if isinstance(one, Compound) and one.operator == "UNION":
             return _combine(one, [intersects(m, other) for m in one.members])
+    for one, other in ((a, b), (b, a)):
+        if isinstance(one, Compound):
+            # a region meets NOT (B) where it does not lie in B, and meets an INTERSECTION where some point
+            # of it is in every member: neither follows from the members' tests with this region alone
+            why = (
+                "that asks whether the region reaches outside the NOT's member, and DMS tests containment "
+                "of a region only for a CIRCLE in a CIRCLE"
+                if one.operator == "NOT"
+                else "that needs the intersection's own shape, not only its members'"
+            )
+            if one.operator == "NOT" and isinstance(other, Circle) and isinstance(one.members[0], Circle):
+                inside = exp.EQ(this=contains(other, one.members[0]), expression=exp.Literal.number(1))
+                return as_int(exp.Not(this=exp.paren(inside, copy=False)))
+            raise AdqlUnsupportedError(
+                f"INTERSECTS of a REGION {one.operator} with a {_kind(other)} is not supported: {why}; "
+                "supported: POINTs with any REGION, any region with a REGION UNION, and CONTAINS(region, "
+                "REGION('NOT ...')) for regions that avoid one"
+            )
     exact = fn("adql_intersects", array(a), array(b))
     if isinstance(a, RegionColumn) and isinstance(b, RegionColumn):
         overlap = exp.ArrayOverlaps(

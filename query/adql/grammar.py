@@ -48,10 +48,14 @@ DESCRIPTIONS = {
     "REGULAR_IDENTIFIER": "a name",
     "DELIMITED_IDENTIFIER": 'a "quoted name"',
     "COMP_OP": "a comparison operator",
+    "HEXADECIMAL": "a hexadecimal literal",
+    "MALFORMED_HEXADECIMAL": "a hexadecimal literal",
     "RESERVED_WORD": "a reserved word",
     "$END": "the end of the query",
 }
 MAX_EXPECTED_SHOWN = 12
+MAX_BIGINT = 2**63 - 1
+BITWISE_TOKENS = frozenset({"AMPERSAND", "VERTICAL_BAR", "CIRCUMFLEX"})
 POINT_VALUES = ("point", "centroid", "column_reference", "user_defined_function")
 CHARACTER_HINTS = {
     "_": "unexpected character '_' (a name must start with a letter: quote it as \"_name\")",
@@ -145,6 +149,10 @@ def _syntax_error(text: str, exc: UnexpectedInput) -> AdqlSyntaxError:
         message = "ADQL has no LIMIT: write SELECT TOP n ..."
         line, column = _position(text, token.start_pos - len(previous) - _gap(text, token.start_pos))
         return AdqlSyntaxError(message, line, column)
+    elif token.type in BITWISE_TOKENS:
+        message += f" (the bitwise operator {token} takes integers, not a string, a geometry or a condition)"
+    elif token.type == "TILDE":
+        message += " (a bitwise NOT after a sign or an arithmetic operator goes in brackets: a + (~b))"
     elif token.type == "WITH":
         message += " (WITH may only begin the whole query, not a subquery or a set operand)"
     elif exc.expected == {"LPAR"} and previous.upper() in FUNCTION_WORDS:
@@ -174,7 +182,7 @@ def _position(text: str, offset: int) -> tuple[int, int]:
 
 def _expected(names: set[str]) -> str:
     terminals = {t.name: t for t in parser().terminals}
-    shown = []
+    shown: list[str] = []
     for name in names:
         if name in DESCRIPTIONS:
             shown.append(DESCRIPTIONS[name])
@@ -183,6 +191,7 @@ def _expected(names: set[str]) -> str:
             shown.append(word if word[0].isalpha() else f"'{word}'")
         else:
             shown.append(name)
+    shown = list(dict.fromkeys(shown))  # HEXADECIMAL and MALFORMED_HEXADECIMAL read alike
     shown.sort(key=lambda s: (not s.startswith("a "), not s.startswith("'"), s))
     more = ", ..." if len(shown) > MAX_EXPECTED_SHOWN else ""
     words = shown[:MAX_EXPECTED_SHOWN]
@@ -212,6 +221,18 @@ def _check_words(tree: Tree[Token]) -> None:
     """What the BNF says in its terminals: TOP, OFFSET, RAND, CHAR(n) take unsigned integers, and
     the geometry constructors their number of coordinates."""
     for node in tree.iter_subtrees():
+        if node.data == "malformed_hexadecimal":
+            raise _fail(
+                node,
+                f"malformed hexadecimal literal {node.children[0]}: 0x must be followed by the hex "
+                "digits 0-9 and A-F only (e.g. 0x1F)",
+            )
+        if node.data == "hexadecimal" and int(str(node.children[0])[2:], 16) > MAX_BIGINT:
+            raise _fail(
+                node,
+                f"the hexadecimal literal {node.children[0]} is larger than the largest BIGINT "
+                f"(0x{MAX_BIGINT:X}); ADQL's hexadecimal literals are unsigned integers",
+            )
         if node.data == "unsigned_integer":
             number = node.children[0]
             if not re.fullmatch(r"\d+", str(number)):

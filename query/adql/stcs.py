@@ -188,7 +188,10 @@ class _Reader:
                     raise self.error(f"NOT takes one region, got {len(members)}", token)
                 return Not(members[0])
             if len(members) < 2:
-                raise self.error(f"{word} takes at least two regions, got {len(members)}", token)
+                hint = ""
+                if (following := self.peek()) is not None and following.text == "(":
+                    hint = f" (the members go in one pair of brackets: {token.text} (Circle ... Polygon ...))"
+                raise self.error(f"{word} takes at least two regions, got {len(members)}{hint}", token)
             return (Union if word == "UNION" else Intersection)(tuple(members))
         if word in UNSUPPORTED:
             supported = ", ".join([*SHAPES, *sorted(OPERATORS)])

@@ -1,4 +1,5 @@
-"""ADQL 2.1 grammar -> parse -> check the statement -> lower functions and geometry -> check the functions.
+"""ADQL 2.1 grammar -> parse -> check the statement -> lower functions, geometry and bitwise operators ->
+check the functions.
 
 Each step is an AST -> AST function (or a check) on sqlglot expressions; the result is DMS's canonical
 SQL: a PostgreSQL-dialect sqlglot AST calling only functions that exist on both backends.
@@ -13,6 +14,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from dms.query.adql import grammar
+from dms.query.adql.bitwise import lower_bitwise
 from dms.query.adql.dialect import Adql
 from dms.query.adql.errors import AdqlError, AdqlSyntaxError
 from dms.query.adql.functions import UnitOf, check_functions, lower_functions
@@ -54,6 +56,7 @@ def parse(
         tree = _parse_one(text, strict)
         tree = lower_functions(tree, unit_of)
         tree = lower_geometry(tree, region_of)
+        tree = lower_bitwise(tree)
         check_functions(tree)
     except AdqlError as exc:
         if exc.line is None and exc.token:

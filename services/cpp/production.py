@@ -11,7 +11,6 @@ one DAG: per detector a master bias, a master dark (from the bias), a master fla
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,6 +50,14 @@ class CppParameters(ProductionParameters):
     )
 
 
+def deployment_dir(parameters: CppParameters) -> Path:
+    """The production's deployment: its `data_dir`, else the one `dms` itself would open (DMS_DATA_DIR or the
+    per-user data directory), so the raws' registry and the masters' directory are the same deployment's."""
+    from dms.config import default_data_dir
+
+    return Path(parameters.data_dir) if parameters.data_dir else default_data_dir()
+
+
 def day_range(kind: str, day_obs: int) -> tuple[int, int]:
     """(first, last) day_obs of a run of `kind` ending at `day_obs`."""
     try:
@@ -68,8 +75,7 @@ def _registry(parameters: CppParameters) -> Iterator[tuple[Any, Any]]:
     from dms.services.backbone.client import Backbone
     from dms.services.prompt.qc import connect
 
-    data_dir = parameters.data_dir or os.environ.get("DMS_DATA_DIR")
-    deployment = Deployment.open(Path(data_dir) if data_dir else None)
+    deployment = Deployment.open(deployment_dir(parameters))
     try:
         store = Backbone(deployment).store()
         with connect(deployment) as conn:
@@ -161,7 +167,7 @@ def cpp(parameters: CppParameters) -> WorkflowFile:
             f"no raw bias, dark or flat frames of {parameters.instrument} from day_obs {first} to {last} "
             "in the Data Backbone (archive them first)"
         )
-    out = Path(parameters.data_dir or os.environ.get("DMS_DATA_DIR") or ".") / "cpp" / parameters.kind
+    out = deployment_dir(parameters) / "cpp" / parameters.kind
     out = out / str(parameters.day_obs)
     tasks: list[dict[str, Any]] = []
     for det in detectors:
@@ -189,7 +195,7 @@ def cpp(parameters: CppParameters) -> WorkflowFile:
             entry["config"] = {"amplifiers": parameters.amplifiers}
             tasks.append(entry)
     if parameters.template_dataset_type:
-        data_dir = str(Path(parameters.data_dir or os.environ.get("DMS_DATA_DIR") or ".").resolve())
+        data_dir = str(deployment_dir(parameters).resolve())
         for (det, band), exposures in sorted(find_exposures(parameters).items()):
             label = f"template-{det}-{band}"
             tasks.append(

@@ -27,6 +27,7 @@ from dms.appname import application_name
 from dms.deployment import Deployment, first_line
 from dms.query import regions
 from dms.query.adql import AdqlError, AdqlSyntaxError, parse
+from dms.query.adql.bitwise import INTEGER_TYPES, check_column_types
 from dms.query.adql.functions import check_functions
 from dms.query.limits import check_depth, check_nesting, too_complex
 from dms.query.lineage import (
@@ -216,6 +217,7 @@ class ControlDatabaseExecutor:
         self._conninfo = deployment.control_url().set(drivername="postgresql").render_as_string(False)
         self._cache_seconds = cache_seconds
         self._published: tuple[float, dict[str, tuple[str, str]], dict[str, str], Columns] = (0.0, {}, {}, {})
+        self._column_types: dict[str, dict[str, str]] = {}  # lower-case schema.table -> column -> ADQL type
         self._lock = threading.Lock()
         self._generation = -1
 
@@ -235,6 +237,8 @@ class ControlDatabaseExecutor:
                 raise QueryRefused(f"upload table name {name!r} is not a valid name (letters, digits, _)")
         tables, units, columns = self._published_tables()
         tree = self._parse(query, lang, units, columns)
+        if lang.lower() == "adql":
+            self._check_types(tree)
         for with_ in tree.find_all(exp.With):
             if with_.args.get("recursive"):
                 raise QueryRefused("recursive WITH queries (WITH RECURSIVE) are not supported")
@@ -305,6 +309,24 @@ class ControlDatabaseExecutor:
                 table.set("db", exp.to_identifier(exact_schema, quoted=True))
                 table.set("this", exp.to_identifier(exact_name, quoted=True))
 
+    def _check_types(self, tree: exp.Expression) -> None:
+        """ADQL's bitwise operators on published columns of a type that is not an integer: an error at the
+        column (a name of several of the query's tables counts only when it is of no integer type in any)."""
+        with self._lock:
+            published = self._column_types
+        named = [published.get(f"{t.db}.{t.name}".lower(), {}) for t in tree.find_all(exp.Table)]
+
+        def type_of(column: exp.Column) -> str | None:
+            types = [columns[column.name.lower()] for columns in named if column.name.lower() in columns]
+            if not types or any(t.lower() in INTEGER_TYPES for t in types):
+                return None
+            return types[0]
+
+        try:
+            check_column_types(tree, type_of)
+        except AdqlSyntaxError as exc:
+            raise QuerySyntaxError(str(exc)) from exc
+
     def _published_tables(self) -> tuple[dict[str, tuple[str, str]], dict[str, str], Columns]:
         """Published tables (lower-case schema.table -> exact schema, table), column units and each table's
         columns (cached)."""
@@ -324,12 +346,15 @@ class ControlDatabaseExecutor:
             ):
                 units.setdefault(column.lower().strip('"'), unit)
             columns = {}
+            types: dict[str, dict[str, str]] = {}
             for table, name, datatype in conn.execute(
                 "SELECT table_name, column_name, datatype FROM tap_schema.columns ORDER BY column_index"
             ):
                 columns.setdefault(table.lower(), []).append((name.strip('"'), datatype))
+                types.setdefault(table.lower(), {})[name.lower().strip('"')] = datatype or ""
         with self._lock:
             self._published = (time.monotonic(), tables, units, columns)
+            self._column_types = types
             self._generation = current
         return tables, units, columns
 

@@ -88,6 +88,14 @@ from dms.errors import DMSError
     help="With --create: a column's UCD (e.g. ra=pos.eq.ra), over the file's own; repeatable.",
 )
 @click.option(
+    "--region",
+    "region_columns",
+    multiple=True,
+    metavar="COLUMN",
+    help="With --create: COLUMN holds STC-S regions (e.g. detector footprints); the load stores COLUMN_shape "
+    "and COLUMN_moc beside it, so ADQL INTERSECTS/CONTAINS can test it; repeatable.",
+)
+@click.option(
     "--orphans",
     type=click.Choice(["place-by-position", "refuse", "skip"]),
     default="place-by-position",
@@ -123,6 +131,7 @@ def load(
     description: str | None,
     units: tuple[str, ...],
     ucds: tuple[str, ...],
+    region_columns: tuple[str, ...],
     orphans: str,
     quiet: bool,
 ) -> None:
@@ -138,6 +147,10 @@ def load(
     if schema is not None or create:  # a new table's schema must be a regular ADQL identifier
         table = new_table_name(table, schema)
     options = None
+    if region_columns and not create:
+        raise click.UsageError(
+            "--region goes with --create: a table's region columns are set when it is made"
+        )
     if create:
         options = TableOptions(
             role=role,
@@ -157,6 +170,7 @@ def load(
             description=description,
             units=_assignments("--unit", units),
             ucds=_assignments("--ucd", ucds),
+            regions=list(region_columns),
         )
     deployment = _open(ctx)
     result = load_files(deployment, table, list(files), create=options, progress=not quiet, orphans=orphans)

@@ -28,6 +28,7 @@ from dms.loaders.catalog_commit import replica_offset
 from dms.loaders.catalog_define import check_same_definition
 from dms.loaders.catalog_drop import load_lock_key, remove_table, shards_holding
 from dms.loaders.catalog_errors import LoadError
+from dms.loaders.catalog_regions import representation_columns
 from dms.loaders.catalog_stream import (
     SPOOL_MEMORY_BYTES,
     ChunkSpool,
@@ -82,6 +83,7 @@ class TableOptions:
     description: str | None = None
     units: dict[str, str] = field(default_factory=dict)
     ucds: dict[str, str] = field(default_factory=dict)
+    regions: list[str] = field(default_factory=list)  # STC-S text columns stored with their representation
 
 
 @dataclass
@@ -207,6 +209,7 @@ def _define_table(
         columns.append(Column(column_field.name, datatype, **_described(column_field, options)))
     by_lower = {c.name.lower(): c.name for c in columns}
     _check_described(options, set(by_lower.values()))
+    columns += _region_representation(columns, options.regions)
 
     def pick(option: str | None, what: str, required: bool) -> str | None:
         if option is None:
@@ -272,6 +275,32 @@ def _define_table(
         description=options.description,
         like_table=like_table,
     )
+
+
+def _region_representation(columns: list[Column], wanted: list[str]) -> list[Column]:
+    """The representation columns of the --region columns (dms.loaders.catalog_regions), after checking
+    that each names a text column of the file whose representation names are free."""
+    by_lower = {c.name.lower(): c for c in columns}
+    added: list[Column] = []
+    for name in dict.fromkeys(wanted):
+        column = by_lower.get(name.lower())
+        if column is None:
+            raise LoadError(
+                f"--region {name!r} is not a column of the file; it has {sorted(c.name for c in columns)}"
+            )
+        if column.datatype != "string":
+            raise LoadError(
+                f"--region {column.name!r} is a {column.datatype} column; a region column holds STC-S text "
+                "(e.g. 'Polygon ICRS 10 20 11 20 11 21')"
+            )
+        for companion in representation_columns(column):
+            if companion.name.lower() in by_lower:
+                raise LoadError(
+                    f"--region {column.name!r}: the file already has a column {companion.name!r}, the name "
+                    "the load gives the region's representation; rename that column"
+                )
+            added.append(companion)
+    return added
 
 
 def _described(column_field: pa.Field, options: TableOptions) -> dict[str, str | None]:

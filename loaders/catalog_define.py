@@ -30,6 +30,7 @@ DEFINING_OPTIONS = {
     "director_key_column": "--director-key",
     "director_table2": "--director2",
     "director_key2_column": "--director-key2",
+    "region_columns": "--region",
 }
 
 

@@ -22,6 +22,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from dms.loaders.catalog_errors import LoadError
+from dms.loaders.catalog_regions import with_representation
 from dms.loaders.partition import from_nuniq
 from dms.loaders.readers import BATCH_ROWS, catalog_file_schema, iter_catalog_file
 from dms.schema.catalog import CatalogTable
@@ -73,10 +74,11 @@ class LoadSource:
     def check_columns(self, table: CatalogTable) -> None:
         """An error naming the columns that do not match the table, before any row is read."""
         names = self.schema.names
-        wanted = {c.name.lower() for c in table.columns}
+        derived = {n.lower() for n in table.derived_columns}  # computed by the load (catalog_regions)
+        wanted = {c.name.lower() for c in table.columns if c.name.lower() not in derived}
         present = {n.lower() for n in names}
         extra = sorted(n for n in names if n.lower() not in wanted)
-        missing = sorted(c.name for c in table.columns if c.name.lower() not in present)
+        missing = sorted(c.name for c in table.columns if c.name.lower() not in present | derived)
         if extra or missing:
             problems = [
                 f"unknown columns {extra}" if extra else "",
@@ -87,13 +89,22 @@ class LoadSource:
             )
 
     def batches(self, table: CatalogTable, columns: list[str] | None = None) -> Iterator[pa.Table]:
-        """The rows of every file in batches, as the table's columns (or only `columns`) and types."""
-        wanted = [c for c in table.columns if columns is None or c.name in columns]
+        """The rows of every file in batches, as the table's columns (or only `columns`) and types; a region
+        column's representation is computed from its text (dms.loaders.catalog_regions)."""
+        derived = set(table.derived_columns)
+        wanted = [
+            c for c in table.columns if (columns is None or c.name in columns) and c.name not in derived
+        ]
         for path, file_columns in zip(self.paths, self.file_columns, strict=True):
             by_lower = {n.lower(): n for n in file_columns}
             names = [by_lower[c.name.lower()] for c in wanted]
+            first_row = 1
             for batch in iter_catalog_file(path, names, self.batch_rows):
-                yield conform_batch(wanted, batch)
+                rows = conform_batch(wanted, batch)
+                if derived and columns is None:
+                    rows = with_representation(table, rows, first_row, str(path))
+                first_row += rows.num_rows
+                yield rows
 
 
 def conform_batch(columns: list, batch: pa.RecordBatch | pa.Table) -> pa.Table:

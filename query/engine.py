@@ -33,7 +33,7 @@ from dms.query.adql import frames
 from dms.query.errors import QueryCancelled, QueryError, QueryRefused, QueryTimeout
 from dms.query.fast_path import FastQuery, TemplateCache, build_template, literal_blind
 from dms.query.integrity import reroute_damaged
-from dms.query.lineage import catalog_unit_resolver
+from dms.query.lineage import catalog_region_resolver, catalog_unit_resolver
 from dms.query.mysql_semantics import mysql_semantics
 from dms.query.parse import parse
 from dms.query.planner import Planner
@@ -136,13 +136,16 @@ class QueryEngine:
             if columns is not None:
                 return QueryResult(columns, False, ["answered from the registry"])
         units = catalog_unit_resolver(run.snapshot.tables)
+        regions = catalog_region_resolver(run.snapshot.tables)
         with frames.collect_notes() as notes:  # what the translation and binding said, passed on below
-            parsed = parse(query, lang, unit_of=units)
+            parsed = parse(query, lang, unit_of=units, region_of=regions)
             table = self._evaluate(parsed, run, top=True)
         for item in notes:
             frames.note(item.text, info_name=item.info_name)
         if shape is not None and not notes:  # a note would be missing from the fast path's answers
-            self._remember_shape(lang, query, shape, parsed, run, lambda t: parse(t, lang, unit_of=units))
+            self._remember_shape(
+                lang, query, shape, parsed, run, lambda t: parse(t, lang, unit_of=units, region_of=regions)
+            )
         return _capped(table, max_rows, run.notes)
 
     def _remember_shape(
@@ -238,7 +241,8 @@ class QueryEngine:
     def explain(self, query: str, *, lang: str = "sql") -> str:
         run = self._run(lang, query, None, None, None, None)
         run.explain_only = True
-        self._evaluate(parse(query, lang), run, top=True)
+        regions = catalog_region_resolver(run.snapshot.tables)
+        self._evaluate(parse(query, lang, region_of=regions), run, top=True)
         return "\n".join(run.notes)
 
     def plan(self, query: str, *, lang: str = "sql", max_rows: int | None = None) -> list[QueryPlan]:
@@ -246,7 +250,8 @@ class QueryEngine:
         the order the engine evaluates them (subqueries are evaluated, so their plans come first)."""
         run = self._run(lang, query, max_rows, None, None, None)
         run.explain_only = run.run_inner = True
-        self._evaluate(parse(query, lang), run, top=True)
+        regions = catalog_region_resolver(run.snapshot.tables)
+        self._evaluate(parse(query, lang, region_of=regions), run, top=True)
         return run.plans
 
     def close(self) -> None:

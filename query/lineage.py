@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from sqlglot import exp
 
@@ -141,6 +141,56 @@ def catalog_unit_resolver(tables: Mapping[str, CatalogTable]) -> Callable[[exp.C
     """IN_UNIT's unit of a column reference over the engine's catalog tables (``schema.table`` -> table),
     taken from the table the column belongs to in its SELECT."""
     qualified = {name.lower(): table for name, table in tables.items()}
+    lookup = _catalog_lookup(tables)
+
+    def unit_of(column: exp.Column) -> str | None:
+        origin = column_origin(column, lookup)
+        table = qualified.get(origin.table.lower()) if origin is not None else None
+        found = (
+            next((c for c in table.columns if c.name == origin.column), None) if table and origin else None
+        )
+        return found.unit if found is not None and found.unit else None
+
+    return unit_of
+
+
+def region_resolver(
+    lookup: Lookup, kind_of: Callable[[Origin], Literal["region", "text"] | None]
+) -> Callable[[exp.Column], Literal["region", "text"] | None]:
+    """Which column references are region columns, by their own table's metadata (`kind_of` the column it
+    is: see dms.query.adql.geometry.RegionOf). A reference whose table is not known is a region column by
+    name (ObsCore's s_region), as without a resolver."""
+
+    def region_of(column: exp.Column) -> Literal["region", "text"] | None:
+        origin = column_origin(column, lookup)
+        if origin is None:
+            return "region" if column.name.lower() == "s_region" else None
+        return kind_of(origin)
+
+    return region_of
+
+
+def catalog_region_resolver(
+    tables: Mapping[str, CatalogTable],
+) -> Callable[[exp.Column], Literal["region", "text"] | None]:
+    """ADQL's region columns over the engine's catalog tables: those `dms load --region` registered."""
+    qualified = {name.lower(): table for name, table in tables.items()}
+
+    def kind_of(origin: Origin) -> Literal["region", "text"] | None:
+        table = qualified.get(origin.table.lower())
+        if table is None:
+            return None
+        if origin.column in table.region_columns:
+            return "region"
+        text = any(c.name == origin.column and c.datatype == "string" for c in table.columns)
+        return "text" if text else None
+
+    return region_resolver(_catalog_lookup(tables), kind_of)
+
+
+def _catalog_lookup(tables: Mapping[str, CatalogTable]) -> Lookup:
+    """Catalog table names as queries write them: ``schema.table`` (any case), a bare name one schema has."""
+    qualified = {name.lower(): table for name, table in tables.items()}
     bare: dict[str, list[CatalogTable]] = {}
     for name, table in qualified.items():
         bare.setdefault(name.split(".", 1)[-1], []).append(table)
@@ -153,12 +203,4 @@ def catalog_unit_resolver(tables: Mapping[str, CatalogTable]) -> Callable[[exp.C
             found = matches[0] if len(matches) == 1 else None
         return None if found is None else Source(found.name, [c.name for c in found.columns])
 
-    def unit_of(column: exp.Column) -> str | None:
-        origin = column_origin(column, lookup)
-        table = qualified.get(origin.table.lower()) if origin is not None else None
-        found = (
-            next((c for c in table.columns if c.name == origin.column), None) if table and origin else None
-        )
-        return found.unit if found is not None and found.unit else None
-
-    return unit_of
+    return lookup

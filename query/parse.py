@@ -7,7 +7,7 @@ here; `validate` binds them to the director table's position columns.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import sqlglot
 from sqlglot import exp
@@ -18,6 +18,7 @@ from dms.query.errors import QueryRefused, QuerySyntaxError
 from dms.query.limits import check_depth, check_nesting, too_complex
 
 UnitOf = Callable[[exp.Column], str | None]  # a column's unit, for ADQL's IN_UNIT
+RegionOf = Callable[[exp.Column], Literal["region", "text"] | None]  # dms.query.adql.geometry.RegionOf
 
 READ_ONLY_ROOTS = (exp.Select, exp.SetOperation)
 # SQL beyond ADQL's functions: statistics (decomposed across chunks) and the window and ordered-set
@@ -42,15 +43,20 @@ AREASPECS = frozenset(
 )
 
 
-def parse(text: str, lang: str = "sql", *, unit_of: UnitOf | None = None) -> exp.Query:
+def parse(
+    text: str, lang: str = "sql", *, unit_of: UnitOf | None = None, region_of: RegionOf | None = None
+) -> exp.Query:
     """One SELECT (or set operation of SELECTs) or a clear error; `unit_of` gives ADQL's IN_UNIT the unit
-    of a column; each WITH query gets a name of its own (see `scope_ctes`)."""
+    of a column, `region_of` says which columns ADQL's geometry functions take as regions; each WITH query
+    gets a name of its own (see `scope_ctes`)."""
     if lang not in LANGUAGES:
         raise QueryRefused(f"query language {lang!r} is not supported; use one of {', '.join(LANGUAGES)}")
     if not text or not text.strip():
         raise QuerySyntaxError("the query is empty")
     try:
-        query = _parse_adql(text, unit_of) if lang == "adql" else _parse_sql(text, READ_DIALECTS[lang])
+        query = (
+            _parse_adql(text, unit_of, region_of) if lang == "adql" else _parse_sql(text, READ_DIALECTS[lang])
+        )
     except RecursionError as exc:  # the limits below should have caught it
         raise too_complex(exc) from None
     check_depth(query)
@@ -179,13 +185,13 @@ def _check_functions(query: exp.Query) -> None:
             raise QueryRefused(f"function {name} is not available in queries")
 
 
-def _parse_adql(text: str, unit_of: UnitOf | None = None) -> exp.Query:
+def _parse_adql(text: str, unit_of: UnitOf | None = None, region_of: RegionOf | None = None) -> exp.Query:
     try:
         from dms.query import adql
     except ImportError:  # pragma: no cover - the ADQL front end ships with the VO services
         raise QueryRefused("ADQL is not available in this installation; use --lang sql") from None
     try:
-        expression = adql.parse(text, unit_of=unit_of)
+        expression = adql.parse(text, unit_of=unit_of, region_of=region_of)
     except adql.AdqlSyntaxError as exc:
         raise QuerySyntaxError(exc.message, exc.line, exc.column) from None
     except adql.AdqlError as exc:

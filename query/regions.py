@@ -17,6 +17,7 @@ only by their text (a warning is logged when such a region is written).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -110,3 +111,9 @@ def column_values(text: str | None, column: str = "s_region") -> dict[str, Any]:
     values[column + SHAPE_SUFFIX] = shape
     values[column + MOC_SUFFIX] = coverage(shape)
     return values
+
+
+def has_representation(column: str, columns: Iterable[str]) -> bool:
+    """Whether a table with `columns` holds region column `column`'s representation columns beside it."""
+    names = {c.lower() for c in columns}
+    return column.lower() + SHAPE_SUFFIX in names and column.lower() + MOC_SUFFIX in names

@@ -156,6 +156,25 @@ class CatalogTable:
                 return column
         raise CatalogError(f"table {self.name} has no column {name!r}")
 
+    @property
+    def region_columns(self) -> tuple[str, ...]:
+        """The text columns holding regions (STC-S) with their representation columns beside them
+        (``c_shape`` list<double>, ``c_moc`` list<int64>; see dms.query.regions), as `dms load --region`
+        registers them."""
+        types = {c.name.lower(): c.datatype for c in self.columns}
+        return tuple(
+            c.name
+            for c in self.columns
+            if c.datatype == "string"
+            and types.get(c.name.lower() + "_shape") == "list<double>"
+            and types.get(c.name.lower() + "_moc") == "list<int64>"
+        )
+
+    @property
+    def derived_columns(self) -> tuple[str, ...]:
+        """Columns a load computes rather than reads: the representation of the region columns."""
+        return tuple(f"{name}{suffix}" for name in self.region_columns for suffix in ("_shape", "_moc"))
+
     def arrow_schema(self, *, with_partitioning: bool = True) -> pa.Schema:
         fields = [pa.field(c.name, c.arrow_type) for c in self.columns]
         if with_partitioning and self.partitioned:
@@ -183,6 +202,9 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "timestamp[us, tz=UTC]": pa.timestamp("us", tz="UTC"),
     "date32[day]": pa.date32(),
     "binary": pa.binary(),
+    # a region column's representation (dms.query.regions), computed by `dms load --region`
+    "list<double>": pa.list_(pa.float64()),
+    "list<int64>": pa.list_(pa.int64()),
 }
 
 
@@ -205,6 +227,8 @@ SQL_TYPES: dict[str, str] = {
     "timestamp[us, tz=UTC]": "timestamptz",
     "date32[day]": "date",
     "binary": "bytea",
+    "list<double>": "double precision[]",
+    "list<int64>": "bigint[]",
 }
 
 

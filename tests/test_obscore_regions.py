@@ -28,6 +28,7 @@ from dms import migrate
 from dms.deployment import Deployment
 from dms.query import regions
 from dms.query.adql import translate
+from dms.schema import felis_schema
 from dms.services.vo.server import running_server
 from dms.services.vo.tap_schema import sync
 from dms.udfs import register_duckdb
@@ -87,7 +88,14 @@ def service(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         migrate.upgrade(deployment)
         with deployment.engine().begin() as conn:
             _insert(conn, ROWS)
-            sync(conn)
+            conn.execute(
+                sa.text(
+                    "INSERT INTO cdb_lsstcam.exposure (exposure_id, exposure_name, controller, day_obs, "
+                    "seq_num, s_region) VALUES (2026120400001, 'MC_O_20261204_000001', 'O', 20261204, 1, :r)"
+                ),
+                {"r": ROWS[0]["s_region"]},
+            )
+            sync(conn, extra=[felis_schema("cdb_lsstcam")])
         with running_server(deployment) as url:
             yield Service(url, deployment)
     finally:
@@ -154,6 +162,39 @@ def test_region_query_returns_the_footprints_spherical_geometry_finds(
     else:
         moc = MOC.from_polygon(Longitude(region[0::2] * u.deg), Latitude(region[1::2] * u.deg), max_depth=14)
     assert got <= _moc_candidates(moc)  # mocpy's coverage holds every row found
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        "INTERSECTS(CIRCLE('ICRS', 150.3, 2.1, 0.4), s_region) = 1",
+        "CONTAINS(POINT('ICRS', 150.31, 2.05), e.s_region) = 1",
+        "INTERSECTS(s_region, POLYGON('ICRS', 149.5, 1.5, 150.2, 1.6, 150.0, 2.4)) = 1",
+    ],
+)
+def test_text_region_column_without_representation_is_refused_by_name(
+    service: Service, condition: str
+) -> None:
+    """ConsDB's exposure.s_region is STC-S text with no representation columns: a geometry predicate on it
+    is refused with a message naming the column (it used to reach PostgreSQL as s_region_shape, which the
+    table does not have), while the text itself stays selectable and ObsCore's s_region still works."""
+    tap = pyvo.dal.TAPService(f"{service.url}/tap")
+    with pytest.raises(pyvo.dal.DALQueryError) as caught:
+        tap.run_sync(f"SELECT e.exposure_id FROM cdb_lsstcam.exposure AS e WHERE {condition}")
+    message = str(caught.value)
+    assert "s_region is text with no spatial representation" in message
+    assert "s_region_shape" in message and "ObsCore" in message
+    rows = tap.run_sync("SELECT s_region FROM cdb_lsstcam.exposure").to_table()
+    assert list(rows["s_region"]) == [ROWS[0]["s_region"]]
+    shape = SHAPES[ROWS[0]["obs_id"]]
+    centre = [float(np.mean(shape[0::2])), float(np.mean(shape[1::2]))]
+    assert meets(shape, centre)
+    both = _tap(
+        service,
+        "SELECT o.obs_id FROM ivoa.ObsCore AS o JOIN cdb_lsstcam.exposure AS e ON e.s_region = o.s_region "
+        f"WHERE CONTAINS(POINT('ICRS', {centre[0]}, {centre[1]}), o.s_region) = 1",
+    )
+    assert both == {ROWS[0]["obs_id"]}
 
 
 def test_region_union_is_the_union_of_its_members(service: Service) -> None:

@@ -10,9 +10,12 @@ The rules the query engine relies on for spatial chunk pruning (kept exactly as 
 * ``INTERSECTS`` with a POINT argument is ``CONTAINS`` of that point;
 * ``DISTANCE(POINT(a, b), POINT(c, d))`` and ``DISTANCE(a, b, c, d)`` -> ``scisql_angSep(a, b, c, d)``.
 
-* a region column (ObsCore's ``s_region``: STC-S text, with its representation columns of
-  :mod:`dms.query.regions`) in CONTAINS(POINT, col) or INTERSECTS(col, shape) -> ``adql_intersects`` on
-  ``col_shape``, after ``col_moc && ARRAY[cells]`` when the other shape is a constant (HEALPix pruning);
+* a region column (STC-S text with its representation columns of :mod:`dms.query.regions`: ObsCore's
+  ``s_region``, a catalog column loaded with ``dms load --region``) in CONTAINS(POINT, col) or
+  INTERSECTS(col, shape) -> ``adql_intersects`` on ``col_shape``, after ``col_moc && ARRAY[cells]`` when the
+  other shape is a constant (HEALPix pruning). Which columns are region columns is the caller's metadata
+  (a :data:`RegionOf` resolver over the query's tables); without one, a column named ``s_region`` is. A text
+  column without representation columns (ConsDB's ``exposure.s_region``) is refused in a geometry function;
 * INTERSECTS of two circles, polygons or region values -> ``adql_intersects`` (exact, great-circle edges);
 * REGION('STC-S') reads POSITION, CIRCLE, BOX, POLYGON and UNION, INTERSECTION, NOT: a point is in a union
   if it is in a member (in an intersection: in every member; in a NOT: not in its member), and a region
@@ -27,9 +30,11 @@ length tells the shape. AREA, CENTROID and generic CONTAINS on such values call 
 
 from __future__ import annotations
 
+import contextvars
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlglot import exp
 
@@ -95,7 +100,22 @@ class Compound:
 Shape = Point | Circle | Polygon | Value | RegionColumn | Compound
 
 REGION_COLUMNS = frozenset({"s_region"})
-"""Columns that hold STC-S regions with representation columns beside them (ObsCore's s_region)."""
+"""Without a resolver, the columns taken as STC-S regions with representation columns (ObsCore's s_region)."""
+
+ColumnKind = Literal["region", "text"]
+RegionOf = Callable[[exp.Column], ColumnKind | None]
+"""What a column reference is, from its table's metadata: "region" (STC-S text with representation columns),
+"text" (any other character column: no geometry) or None (not text, or not known)."""
+
+
+def by_name(column: exp.Column) -> ColumnKind | None:
+    """The resolver of a query whose tables are not known: ObsCore's column names."""
+    return "region" if column.name.lower() in REGION_COLUMNS else None
+
+
+# The resolver of the query being lowered, set by lower_geometry for its duration (per thread: the services
+# lower queries in several threads at once).
+_region_of: contextvars.ContextVar[RegionOf] = contextvars.ContextVar("region_of", default=by_name)
 
 
 def fn(name: str, *args: exp.Expression) -> exp.Anonymous:
@@ -155,8 +175,12 @@ def _split_frame(args: list[exp.Expression]) -> tuple[str, list[exp.Expression]]
 def shape(node: exp.Expression) -> Shape:
     """The shape a geometry expression denotes (a constructor, in ICRS), or a Value for anything else."""
     name = name_of(node)
-    if isinstance(node, exp.Column) and node.name.lower() in REGION_COLUMNS:
-        return RegionColumn(node)
+    if isinstance(node, exp.Column):
+        kind = _region_of.get()(node)
+        if kind == "region":
+            return RegionColumn(node)
+        if kind == "text":
+            raise _text_column(node)
     if name not in CONSTRUCTORS:
         return Value(node)
     assert isinstance(node, exp.Anonymous)
@@ -166,6 +190,16 @@ def shape(node: exp.Expression) -> Shape:
     frame, args = _split_frame(args)
     built = _build(name, args)
     return _in_icrs(name, frame, built) if frame else built
+
+
+def _text_column(column: exp.Column) -> AdqlUnsupportedError:
+    name = column.sql(dialect="postgres")
+    return AdqlUnsupportedError(
+        f"column {name} is text with no spatial representation ({column.name}{regions.SHAPE_SUFFIX}, "
+        f"{column.name}{regions.MOC_SUFFIX}), so no geometry function can test it; ObsCore's s_region "
+        "(ivoa.ObsCore) and catalog columns loaded with `dms load --region` can be",
+        token=column.name,
+    )
 
 
 def _build(name: str, args: list[exp.Expression]) -> Shape:
@@ -516,6 +550,11 @@ def _unwrap_pruned(node: exp.Expression) -> exp.Expression:
     return node
 
 
-def lower_geometry(tree: exp.Expression) -> exp.Expression:
-    """Replace every ADQL geometry function in `tree` by DMS SQL (top-down: predicates see constructors)."""
-    return rewrite(rewrite(tree, _lower_one), _unwrap_pruned)
+def lower_geometry(tree: exp.Expression, region_of: RegionOf | None = None) -> exp.Expression:
+    """Replace every ADQL geometry function in `tree` by DMS SQL (top-down: predicates see constructors);
+    `region_of` says which columns are region columns (by default, those named s_region)."""
+    token = _region_of.set(region_of or by_name)
+    try:
+        return rewrite(rewrite(tree, _lower_one), _unwrap_pruned)
+    finally:
+        _region_of.reset(token)

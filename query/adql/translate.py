@@ -18,7 +18,7 @@ from dms.query.adql.bitwise import lower_bitwise
 from dms.query.adql.dialect import Adql
 from dms.query.adql.errors import AdqlError, AdqlSyntaxError
 from dms.query.adql.functions import UnitOf, check_functions, lower_functions
-from dms.query.adql.geometry import lower_geometry
+from dms.query.adql.geometry import RegionOf, lower_geometry
 from dms.query.limits import check_depth, check_nesting, too_complex
 
 DIALECTS = ("postgres", "duckdb")
@@ -42,17 +42,20 @@ FORBIDDEN_NODES: tuple[type[exp.Expression], ...] = (
 )
 
 
-def parse(text: str, *, unit_of: UnitOf | None = None, strict: bool = True) -> exp.Expression:
+def parse(
+    text: str, *, unit_of: UnitOf | None = None, region_of: RegionOf | None = None, strict: bool = True
+) -> exp.Expression:
     """Parse ADQL 2.1 into one SELECT (or set operation) in DMS's canonical SQL form.
 
-    `unit_of` resolves column units for IN_UNIT. Raises AdqlSyntaxError (with line and column) for text that
-    is not one valid ADQL query, and AdqlUnsupportedError for valid ADQL that DMS cannot evaluate.
+    `unit_of` resolves column units for IN_UNIT, `region_of` which columns are region columns (by default
+    those named s_region; dms.query.adql.geometry). Raises AdqlSyntaxError (with line and column) for text
+    that is not one valid ADQL query, and AdqlUnsupportedError for valid ADQL that DMS cannot evaluate.
     `strict=False` skips the ADQL 2.1 grammar check: only for DMS's own canonical SQL, read again.
     """
     try:
         tree = _parse_one(text, strict)
         tree = lower_functions(tree, unit_of)
-        tree = lower_geometry(tree)
+        tree = lower_geometry(tree, region_of)
         tree = lower_bitwise(tree)
         check_functions(tree)
     except AdqlError as exc:
@@ -64,12 +67,19 @@ def parse(text: str, *, unit_of: UnitOf | None = None, strict: bool = True) -> e
 
 
 def translate(
-    text: str, dialect: str = "postgres", *, unit_of: UnitOf | None = None, strict: bool = True
+    text: str,
+    dialect: str = "postgres",
+    *,
+    unit_of: UnitOf | None = None,
+    region_of: RegionOf | None = None,
+    strict: bool = True,
 ) -> str:
     """ADQL -> SQL text for `dialect` (postgres or duckdb)."""
     if dialect not in DIALECTS:
         raise AdqlError(f"unknown dialect {dialect!r}; valid: {', '.join(DIALECTS)}")
-    return parse(text, unit_of=unit_of, strict=strict).sql(dialect=dialect, normalize_functions=False)
+    return parse(text, unit_of=unit_of, region_of=region_of, strict=strict).sql(
+        dialect=dialect, normalize_functions=False
+    )
 
 
 def _parse_one(text: str, strict: bool = True) -> exp.Expression:

@@ -21,6 +21,8 @@ _TAP_TYPES: dict[str, tuple[str, str | None, str | None]] = {
     "timestamp[us, tz=UTC]": ("char", "*", "timestamp"),
     "date32[day]": ("char", "*", "timestamp"),
     "binary": ("unsignedByte", "*", None),
+    "list<double>": ("double", "*", None),
+    "list<int64>": ("long", "*", None),
 }
 
 
@@ -80,6 +82,8 @@ def _describe(conn: sa.Connection, table: CatalogTable, index: int) -> None:
             "i": 1000 + index,
         },
     )
+    # A region column is published as ObsCore's s_region is: STC-S text without an xtype (taplint refuses
+    # an xtype element in /tables), its representation columns beside it (SELECT * returns them).
     for position, column in enumerate(table.columns):
         datatype, arraysize, xtype = _TAP_TYPES.get(column.datatype, ("char", "*", None))
         conn.execute(
@@ -105,6 +109,8 @@ def _describe(conn: sa.Connection, table: CatalogTable, index: int) -> None:
 
 
 def _ucd(table: CatalogTable, column: str) -> str | None:
+    if column in table.region_columns:
+        return "pos.outline"
     if column == table.ra_column:
         return "pos.eq.ra;meta.main"
     if column == table.dec_column:

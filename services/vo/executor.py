@@ -14,8 +14,9 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import psycopg
 import pyarrow as pa
@@ -24,11 +25,18 @@ from sqlglot import exp
 
 from dms.appname import application_name
 from dms.deployment import Deployment, first_line
+from dms.query import regions
 from dms.query.adql import AdqlError, AdqlSyntaxError, parse
 from dms.query.adql.bitwise import INTEGER_TYPES, check_column_types
 from dms.query.adql.functions import check_functions
 from dms.query.limits import check_depth, check_nesting, too_complex
-from dms.query.lineage import catalog_unit_resolver
+from dms.query.lineage import (
+    Origin,
+    Source,
+    catalog_region_resolver,
+    catalog_unit_resolver,
+    region_resolver,
+)
 from dms.query.parse import cte_for
 from dms.query.reader import READER_ROLE, reader_transaction
 from dms.query.shape import shape_of
@@ -127,7 +135,9 @@ class RoutingExecutor:
         tree: exp.Expr
         try:
             if lang.lower() == "adql":
-                tree = parse(query, unit_of=catalog_unit_resolver(tables))
+                tree = parse(
+                    query, unit_of=catalog_unit_resolver(tables), region_of=catalog_region_resolver(tables)
+                )
             else:
                 check_nesting(query)
                 tree = sqlglot.parse_one(query, read="postgres")
@@ -148,6 +158,36 @@ class RoutingExecutor:
         if key is not None and shape is not None and names_spelled_out(query, shape, tree):
             self.routes.put(key, snapshot.generation, named)
         return named
+
+
+Columns = dict[str, list[tuple[str, str]]]
+"""Published columns: lower-case schema.table -> [(column, TAP datatype)], in TAP_SCHEMA order."""
+
+
+def published_regions(columns: Columns) -> Callable[[exp.Column], Literal["region", "text"] | None]:
+    """ADQL's region columns over TAP_SCHEMA's tables: a char column is a region column where its table
+    publishes its representation columns (ObsCore's s_region), else text, which no geometry function takes
+    (ConsDB's exposure.s_region)."""
+    bare: dict[str, list[str]] = {}
+    for qualified in columns:
+        bare.setdefault(qualified.split(".", 1)[-1], []).append(qualified)
+
+    def lookup(schema: str | None, name: str) -> Source | None:
+        if schema is not None:
+            key = f"{schema}.{name}".lower()
+        else:
+            matches = bare.get(name.lower(), [])
+            key = matches[0] if len(matches) == 1 else ""
+        found = columns.get(key)
+        return None if found is None else Source(key, [c for c, _ in found])
+
+    def kind_of(origin: Origin) -> Literal["region", "text"] | None:
+        published = columns.get(origin.table, [])
+        if regions.has_representation(origin.column, [c for c, _ in published]):
+            return "region"
+        return "text" if any(c == origin.column and t == "char" for c, t in published) else None
+
+    return region_resolver(lookup, kind_of)
 
 
 # PostgreSQL type OID -> Arrow type of the result column; anything else is returned as text.
@@ -192,7 +232,7 @@ class ControlDatabaseExecutor:
         self.deployment = deployment
         self._conninfo = deployment.control_url().set(drivername="postgresql").render_as_string(False)
         self._cache_seconds = cache_seconds
-        self._published: tuple[float, dict[str, tuple[str, str]], dict[str, str]] = (0.0, {}, {})
+        self._published: tuple[float, dict[str, tuple[str, str]], dict[str, str], Columns] = (0.0, {}, {}, {})
         self._column_types: dict[str, dict[str, str]] = {}  # lower-case schema.table -> column -> ADQL type
         self._lock = threading.Lock()
         self._generation = -1
@@ -211,8 +251,8 @@ class ControlDatabaseExecutor:
         for name in uploads:
             if not UPLOAD_NAME.match(name):
                 raise QueryRefused(f"upload table name {name!r} is not a valid name (letters, digits, _)")
-        tables, units = self._published_tables()
-        tree = self._parse(query, lang, units)
+        tables, units, columns = self._published_tables()
+        tree = self._parse(query, lang, units, columns)
         if lang.lower() == "adql":
             self._check_types(tree)
         for with_ in tree.find_all(exp.With):
@@ -226,10 +266,12 @@ class ControlDatabaseExecutor:
 
     # ---- steps --------------------------------------------------------------------------------------------
 
-    def _parse(self, query: str, lang: str, units: dict[str, str]) -> exp.Expression:
+    def _parse(self, query: str, lang: str, units: dict[str, str], columns: Columns) -> exp.Expression:
         if lang.lower() == "adql":
             try:
-                return parse(query, unit_of=lambda c: units.get(c.name.lower()))
+                return parse(
+                    query, unit_of=lambda c: units.get(c.name.lower()), region_of=published_regions(columns)
+                )
             except AdqlSyntaxError as exc:
                 raise QuerySyntaxError(str(exc)) from exc
             except AdqlError as exc:
@@ -301,12 +343,13 @@ class ControlDatabaseExecutor:
         except AdqlSyntaxError as exc:
             raise QuerySyntaxError(str(exc)) from exc
 
-    def _published_tables(self) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
-        """Published tables (lower-case schema.table -> exact schema, table) and column units (cached)."""
+    def _published_tables(self) -> tuple[dict[str, tuple[str, str]], dict[str, str], Columns]:
+        """Published tables (lower-case schema.table -> exact schema, table), column units and each table's
+        columns (cached)."""
         with self._lock:
-            when, tables, units = self._published
+            when, tables, units, columns = self._published
             if time.monotonic() - when < self._cache_seconds and self._generation == generation():
-                return tables, units
+                return tables, units, columns
         current = generation()
         with psycopg.connect(self._conninfo, autocommit=True) as conn:
             tables = {
@@ -318,16 +361,18 @@ class ControlDatabaseExecutor:
                 "SELECT column_name, unit FROM tap_schema.columns WHERE unit IS NOT NULL AND unit <> ''"
             ):
                 units.setdefault(column.lower().strip('"'), unit)
+            columns = {}
             types: dict[str, dict[str, str]] = {}
-            for table, column, datatype in conn.execute(
-                "SELECT table_name, column_name, datatype FROM tap_schema.columns"
+            for table, name, datatype in conn.execute(
+                "SELECT table_name, column_name, datatype FROM tap_schema.columns ORDER BY column_index"
             ):
-                types.setdefault(table.lower(), {})[column.lower().strip('"')] = datatype or ""
+                columns.setdefault(table.lower(), []).append((name.strip('"'), datatype))
+                types.setdefault(table.lower(), {})[name.lower().strip('"')] = datatype or ""
         with self._lock:
-            self._published = (time.monotonic(), tables, units)
+            self._published = (time.monotonic(), tables, units, columns)
             self._column_types = types
             self._generation = current
-        return tables, units
+        return tables, units, columns
 
     def _load_uploads(self, conn: psycopg.Connection[Any], uploads: dict[str, pa.Table]) -> None:
         """Uploaded tables become temporary tables of the reader role, created as that role in a transaction

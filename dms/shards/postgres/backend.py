@@ -210,6 +210,17 @@ class PostgresShard(ShardBackend):
             conn.execute(statement("CLUSTER {table} USING {index}", table=target, index=healpix))
             chunk = ident(f"{base}_chunk")
             conn.execute(statement("CREATE INDEX {index} ON {table} (_chunk)", index=chunk, table=target))
+        for region in table.region_columns:  # the cell-list prefilter of INTERSECTS (dms.query.regions)
+            cells = region + "_moc"
+            index = ident(f"{base}_{cells.lower()}")
+            conn.execute(
+                statement(
+                    "CREATE INDEX {index} ON {table} USING gin ({cells})",
+                    index=index,
+                    table=target,
+                    cells=ident(cells),
+                )
+            )
         key = table.id_column or table.director_key_column
         if key:
             index = ident(f"{base}_{key.lower()}")

@@ -33,6 +33,8 @@ _ARROW_FROM_OID: dict[int, pa.DataType] = {
     1082: pa.date32(),
     17: pa.binary(),
     26: pa.int64(),
+    1022: pa.list_(pa.float64()),  # a region column's representation (dms.query.regions)
+    1016: pa.list_(pa.int64()),
 }
 
 
@@ -151,8 +153,8 @@ def _unique_names(names: list[str]) -> list[str]:
 
 def copy_ready(table: pa.Table) -> pa.Table:
     """The rows as the text COPY can carry them exactly: float32 columns as float64 (PostgreSQL stores them
-    as double precision) and binary columns as bytea's hex text (``\\x0aff``), since CSV holds text only and
-    arbitrary bytes are not valid UTF-8."""
+    as double precision), binary columns as bytea's hex text (``\\x0aff``), since CSV holds text only and
+    arbitrary bytes are not valid UTF-8, and list columns (a region's representation) as array literals."""
     for i, column_field in enumerate(table.schema):
         if pa.types.is_string(column_field.type) or pa.types.is_large_string(column_field.type):
             nul = pa.compute.match_substring(table.column(i), "\x00")
@@ -168,6 +170,10 @@ def copy_ready(table: pa.Table) -> pa.Table:
             values = table.column(i).to_pylist()
             hex_text = pa.array([None if v is None else "\\x" + v.hex() for v in values], pa.string())
             table = table.set_column(i, column_field.name, hex_text)
+        elif pa.types.is_list(column_field.type):  # an array literal; repr keeps every double exact
+            values = table.column(i).to_pylist()
+            literal = pa.array([None if v is None else "{" + ",".join(map(repr, v)) + "}" for v in values])
+            table = table.set_column(i, column_field.name, literal.cast(pa.string()))
     return table
 
 

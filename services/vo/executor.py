@@ -14,6 +14,8 @@ import json
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,12 +35,16 @@ from dms.query.reader import READER_ROLE, reader_transaction
 from dms.query.sqlcompose import column_definitions, ident, statement
 from dms.schema.catalog import legacy_name
 from dms.services.vo.errors import QueryCancelled, QueryError, QueryRefused, QuerySyntaxError, QueryTimeout
+from dms.services.vo.result_stream import ResultStream
 from dms.services.workspace.viewer import current_viewer
 from dms.services.workspace.visibility import generation, viewer_settings
 
 UPLOAD_SCHEMA = "pg_temp"  # uploads are temporary tables: TAP_UPLOAD.x is rewritten to pg_temp.x
 UPLOAD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 SQL_QUERY_NODES = (exp.Select, exp.Union, exp.Intersect, exp.Except)
+RESULT_CURSOR = "dms_result"
+FETCH_ROWS = 10_000
+"""Rows fetched from the server at a time: one batch of the streamed result."""
 
 
 @dataclass
@@ -108,6 +114,23 @@ class RoutingExecutor:
         return self.control.execute(
             query, lang=lang, max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
         )
+
+    def stream(
+        self,
+        query: str,
+        *,
+        lang: str = "sql",
+        max_rows: int | None = None,
+        timeout: float | None = None,
+        uploads: dict[str, pa.Table] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ResultStream:
+        """As :meth:`execute`, the control database's result read in batches (the engine's is whole)."""
+        options: dict[str, Any] = dict(max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel)
+        if lang.lower() == "qserv" or self._names_catalog_table(query, lang):
+            result = self.execute(query, lang=lang, **options)
+            return ResultStream.of_table(result.table, result.overflow)
+        return self.control.stream(query, lang=lang, **options)
 
     def _names_catalog_table(self, query: str, lang: str) -> bool:
         tables = self.engine.registry.snapshot().tables
@@ -189,6 +212,23 @@ class ControlDatabaseExecutor:
         uploads: dict[str, pa.Table] | None = None,
         cancel: threading.Event | None = None,
     ) -> QueryResult:
+        stream = self.stream(
+            query, lang=lang, max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
+        )
+        return QueryResult(stream.read_all(), stream.overflow)
+
+    def stream(
+        self,
+        query: str,
+        *,
+        lang: str = "sql",
+        max_rows: int | None = None,
+        timeout: float | None = None,
+        uploads: dict[str, pa.Table] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ResultStream:
+        """The query's result read in batches of ``FETCH_ROWS`` from the server (see :meth:`_run`); the
+        connection stays open until the batches are read or the stream is closed."""
         uploads = uploads or {}
         for name in uploads:
             if not UPLOAD_NAME.match(name):
@@ -199,10 +239,19 @@ class ControlDatabaseExecutor:
             if with_.args.get("recursive"):
                 raise QueryRefused("recursive WITH queries (WITH RECURSIVE) are not supported")
         self._check_tables(tree, tables, {n.lower() for n in uploads})
+        if max_rows is not None:
+            # one row more than asked for tells an overflow (the query's own LIMIT applies first)
+            result = exp.Subquery(this=tree, alias=exp.TableAlias(this=exp.to_identifier(RESULT_CURSOR)))
+            tree = exp.Select(expressions=[exp.Star()]).from_(result, copy=False)
+            tree = tree.limit(max_rows + 1, copy=False)
         text = tree.sql(dialect="postgres", normalize_functions=False)
-        with psycopg.connect(self._conninfo, autocommit=True, application_name=application_name()) as conn:
+        conn = psycopg.connect(self._conninfo, autocommit=True, application_name=application_name())
+        try:
             self._load_uploads(conn, uploads)
             return self._run(conn, text, max_rows, timeout, cancel)
+        except BaseException:
+            conn.close()
+            raise
 
     # ---- steps --------------------------------------------------------------------------------------------
 
@@ -317,31 +366,70 @@ class ControlDatabaseExecutor:
         max_rows: int | None,
         timeout: float | None,
         cancel: threading.Event | None,
-    ) -> QueryResult:
+    ) -> ResultStream:
+        """Run the query, capped at ``max_rows + 1`` rows, into a cursor WITH HOLD: at the end of the READ
+        ONLY transaction PostgreSQL materializes the capped result on the server (spilling to temporary
+        files, within the reader's limits), so every error of the query (a division by zero at row N, the
+        statement timeout) is raised here, before the first byte is sent, and the exact row count, hence the
+        overflow, is known. The rows are then fetched in batches, never all at once."""
         done = threading.Event()
         if cancel is not None:
             threading.Thread(target=_cancel_when_set, args=(conn, cancel, done), daemon=True).start()
+        cursor = conn.cursor(name=RESULT_CURSOR, scrollable=True, withhold=True)
         try:
-            with reader_transaction(conn, timeout), conn.cursor(name="dms_query") as cur:
-                viewer_settings(conn, current_viewer())  # TAP_SCHEMA lists what the caller may read
-                cur.itersize = 10_000
-                cur.execute(text.encode())
-                rows = cur.fetchall() if max_rows is None else cur.fetchmany(max_rows + 1)
-                description = cur.description or []
-        except psycopg.errors.QueryCanceled as exc:
-            if cancel is not None and cancel.is_set():
-                raise QueryCancelled("the query was cancelled") from exc
-            raise QueryTimeout(f"the query ran longer than its time limit of {timeout:g} s") from exc
-        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction) as exc:
-            raise QueryRefused(f"not allowed: {first_line(exc)}") from exc
-        except psycopg.errors.SyntaxError as exc:
-            raise QuerySyntaxError(first_line(exc)) from exc
-        except psycopg.Error as exc:
-            raise QueryError(first_line(exc)) from exc
+            with _query_errors(cancel, timeout):
+                with reader_transaction(conn, timeout):
+                    viewer_settings(conn, current_viewer())  # TAP_SCHEMA lists what the caller may read
+                    cursor.execute(text.encode())
+                # the transaction is over: the result is materialized, counted, then read from the start
+                total = conn.execute(statement("MOVE FORWARD ALL IN {c}", c=ident(RESULT_CURSOR))).rowcount
+                cursor.scroll(0, mode="absolute")
+                description = cursor.description or []
         finally:
             done.set()
-        overflow = max_rows is not None and len(rows) > max_rows
-        return QueryResult(_arrow_table(description, rows[:max_rows] if overflow else rows), overflow)
+        overflow = max_rows is not None and total > max_rows
+        rows = min(total, max_rows) if max_rows is not None else total
+        schema = _arrow_table(description, []).schema
+
+        def close() -> None:
+            if not conn.closed:
+                conn.close()  # the held cursor and the upload tables go with the connection
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                left = rows
+                while left > 0:
+                    if cancel is not None and cancel.is_set():
+                        raise QueryCancelled("the query was cancelled")
+                    with _query_errors(cancel, timeout):
+                        fetched = cursor.fetchmany(min(FETCH_ROWS, left))
+                    if not fetched:
+                        raise QueryError(f"the result ended after {rows - left} of its {rows} rows")
+                    left -= len(fetched)
+                    yield from _arrow_table(description, fetched).cast(schema).to_batches()
+            finally:
+                close()
+
+        return ResultStream(schema, rows, overflow, batches(), close)
+
+
+@contextmanager
+def _query_errors(cancel: threading.Event | None, timeout: float | None) -> Iterator[None]:
+    """PostgreSQL's errors as the services' query errors."""
+    try:
+        yield
+    except psycopg.errors.QueryCanceled as exc:
+        if cancel is not None and cancel.is_set():
+            raise QueryCancelled("the query was cancelled") from exc
+        raise QueryTimeout(f"the query ran longer than its time limit of {timeout or 0:g} s") from exc
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction) as exc:
+        raise QueryRefused(f"not allowed: {first_line(exc)}") from exc
+    except psycopg.errors.SyntaxError as exc:
+        raise QuerySyntaxError(first_line(exc)) from exc
+    except psycopg.OperationalError as exc:
+        raise QueryError(f"the database connection was lost: {first_line(exc)}") from exc
+    except psycopg.Error as exc:
+        raise QueryError(first_line(exc)) from exc
 
 
 def _cancel_when_set(conn: psycopg.Connection[Any], cancel: threading.Event, done: threading.Event) -> None:

@@ -75,16 +75,21 @@ def stream_query(executor: Any, query: str, **options: Any) -> ResultStream:
 
 def rebatched(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
     """The batches as tables of exactly `rows` rows (the last may be shorter), for writers that render a
-    fixed number of rows at a time."""
+    fixed number of rows at a time. If the source fails, the rows it gave are yielded before the error."""
     pending: list[pa.RecordBatch] = []
     held = 0
-    for batch in batches:
-        pending.append(batch)
-        held += batch.num_rows
-        while held >= rows:
-            table = pa.Table.from_batches(pending)
-            yield table.slice(0, rows)
-            rest = table.slice(rows)
-            pending, held = rest.to_batches(), rest.num_rows
+    try:
+        for batch in batches:
+            pending.append(batch)
+            held += batch.num_rows
+            while held >= rows:
+                table = pa.Table.from_batches(pending)
+                yield table.slice(0, rows)
+                rest = table.slice(rows)
+                pending, held = rest.to_batches(), rest.num_rows
+    except Exception:
+        if held:  # the rows read before the source failed are still written, then the failure
+            yield pa.Table.from_batches(pending)
+        raise
     if held:
         yield pa.Table.from_batches(pending)

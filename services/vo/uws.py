@@ -444,9 +444,13 @@ class JobStore:
             with tagged(job_tag(job_id)), acting_as(self._viewer(job.owner_id)):
                 content, mime, rows = self.runner(job.parameters, cancel, limit)
             path = self.results_dir / f"{job_id}.result"
-            with path.open("wb") as sink:  # piece by piece: a large result is never whole in memory
-                for piece in content:
-                    sink.write(piece)
+            try:
+                with path.open("wb") as sink:  # piece by piece: a large result is never whole in memory
+                    for piece in content:
+                        sink.write(piece)
+            except BaseException:  # a result that failed part-way is no result: the job ends in ERROR
+                path.unlink(missing_ok=True)
+                raise
             if not self._finish(
                 job_id, "COMPLETED", result_url=str(path), result_format=mime, row_count=rows
             ):

@@ -193,7 +193,7 @@ def _terminate_streaming_backend(meta_vo: MetaVO) -> int:
             conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND pid <> pg_backend_pid() AND query ILIKE %s",
-                ("%FETCH%dms_result%",),
+                ('%FETCH%"dms_query"%',),
             ).fetchall()
         )
 

@@ -4,8 +4,10 @@ The services depend only on :class:`QueryExecutor` (the signature of the query e
 ``QueryEngine.execute``). Until the distributed engine (issue 4) is merged, :class:`ControlDatabaseExecutor`
 runs queries on the control database itself: ADQL is translated by :mod:`dms.query.adql`, tables must be
 published in TAP_SCHEMA (or uploaded), and the query runs as the read-only role ``dms_reader`` in a READ
-ONLY transaction with a statement timeout, through a server-side cursor that stops after ``max_rows + 1``
-rows. :func:`make_executor` is the one place that chooses the implementation.
+ONLY transaction with a statement timeout, into a scrollable server-side cursor over its materialized
+result capped at ``max_rows + 1`` rows, which is counted, then read in batches
+(:meth:`ControlDatabaseExecutor.stream`). :func:`make_executor` is the one place that chooses the
+implementation.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -42,7 +44,8 @@ from dms.services.workspace.visibility import generation, viewer_settings
 UPLOAD_SCHEMA = "pg_temp"  # uploads are temporary tables: TAP_UPLOAD.x is rewritten to pg_temp.x
 UPLOAD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 SQL_QUERY_NODES = (exp.Select, exp.Union, exp.Intersect, exp.Except)
-RESULT_CURSOR = "dms_result"
+RESULT_CURSOR = "dms_query"
+RESULT_NAME = "dms_result"  # the WITH query that holds the result
 FETCH_ROWS = 10_000
 """Rows fetched from the server at a time: one batch of the streamed result."""
 
@@ -239,12 +242,7 @@ class ControlDatabaseExecutor:
             if with_.args.get("recursive"):
                 raise QueryRefused("recursive WITH queries (WITH RECURSIVE) are not supported")
         self._check_tables(tree, tables, {n.lower() for n in uploads})
-        if max_rows is not None:
-            # one row more than asked for tells an overflow (the query's own LIMIT applies first)
-            result = exp.Subquery(this=tree, alias=exp.TableAlias(this=exp.to_identifier(RESULT_CURSOR)))
-            tree = exp.Select(expressions=[exp.Star()]).from_(result, copy=False)
-            tree = tree.limit(max_rows + 1, copy=False)
-        text = tree.sql(dialect="postgres", normalize_functions=False)
+        text = _materialized(tree, max_rows).sql(dialect="postgres", normalize_functions=False)
         conn = psycopg.connect(self._conninfo, autocommit=True, application_name=application_name())
         try:
             self._load_uploads(conn, uploads)
@@ -367,24 +365,26 @@ class ControlDatabaseExecutor:
         timeout: float | None,
         cancel: threading.Event | None,
     ) -> ResultStream:
-        """Run the query, capped at ``max_rows + 1`` rows, into a cursor WITH HOLD: at the end of the READ
-        ONLY transaction PostgreSQL materializes the capped result on the server (spilling to temporary
-        files, within the reader's limits), so every error of the query (a division by zero at row N, the
-        statement timeout) is raised here, before the first byte is sent, and the exact row count, hence the
-        overflow, is known. The rows are then fetched in batches, never all at once."""
+        """Run the query (materialized, capped at ``max_rows + 1`` rows: see :func:`_materialized`) in a
+        scrollable server-side cursor of the READ ONLY transaction and move to its end: PostgreSQL computes
+        the whole capped result into a tuplestore (spilling to temporary files, within the reader's
+        limits), under the statement timeout and the cancel event, so every error of the query (a division
+        by zero at row N, the time limit) is raised here, before the first byte is sent, and the exact row
+        count, hence the overflow, is known. The stored rows are then fetched in batches of ``FETCH_ROWS``
+        while the transaction stays open, never all at once."""
         done = threading.Event()
         if cancel is not None:
             threading.Thread(target=_cancel_when_set, args=(conn, cancel, done), daemon=True).start()
-        cursor = conn.cursor(name=RESULT_CURSOR, scrollable=True, withhold=True)
+        cursor = conn.cursor(name=RESULT_CURSOR, scrollable=True)
         try:
-            with _query_errors(cancel, timeout):
-                with reader_transaction(conn, timeout):
-                    viewer_settings(conn, current_viewer())  # TAP_SCHEMA lists what the caller may read
-                    cursor.execute(text.encode())
-                # the transaction is over: the result is materialized, counted, then read from the start
+            with ExitStack() as stack, _query_errors(cancel, timeout):
+                stack.enter_context(reader_transaction(conn, timeout))
+                viewer_settings(conn, current_viewer())  # TAP_SCHEMA lists what the caller may read
+                cursor.execute(text.encode())
                 total = conn.execute(statement("MOVE FORWARD ALL IN {c}", c=ident(RESULT_CURSOR))).rowcount
                 cursor.scroll(0, mode="absolute")
                 description = cursor.description or []
+                transaction = stack.pop_all()  # it stays open while the rows are read
         finally:
             done.set()
         overflow = max_rows is not None and total > max_rows
@@ -392,8 +392,11 @@ class ControlDatabaseExecutor:
         schema = _arrow_table(description, []).schema
 
         def close() -> None:
-            if not conn.closed:
-                conn.close()  # the held cursor and the upload tables go with the connection
+            if conn.closed:
+                return
+            with suppress(psycopg.Error):  # a lost connection has no transaction to end
+                transaction.close()  # the end of the READ ONLY transaction
+            conn.close()  # the upload tables go with the connection
 
         def batches() -> Iterator[pa.RecordBatch]:
             try:
@@ -411,6 +414,17 @@ class ControlDatabaseExecutor:
                 close()
 
         return ResultStream(schema, rows, overflow, batches(), close)
+
+
+def _materialized(tree: exp.Expression, max_rows: int | None) -> exp.Expression:
+    """``WITH dms_result AS MATERIALIZED (query) SELECT * FROM dms_result [LIMIT max_rows + 1]``: the rows
+    are computed once into a tuplestore, so a scrollable cursor reads them back without running the query
+    (or its volatile functions, RAND()) again; one row more than asked for tells an overflow (the query's
+    own ORDER BY and LIMIT apply first)."""
+    alias = exp.TableAlias(this=exp.to_identifier(RESULT_NAME))
+    select = exp.Select(expressions=[exp.Star()]).from_(exp.to_table(RESULT_NAME), copy=False)
+    select.set("with_", exp.With(expressions=[exp.CTE(this=tree, alias=alias, materialized=True)]))
+    return select if max_rows is None else select.limit(max_rows + 1, copy=False)
 
 
 @contextmanager

@@ -60,8 +60,8 @@ def running_slow_queries(vo: LiveVO) -> int:
         return int(
             conn.execute(
                 sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%AS c "
-                    "WHERE%' AND pid <> pg_backend_pid()"
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND (query LIKE '%AS c "
+                    "WHERE%' OR query LIKE 'MOVE FORWARD ALL IN \"dms_query\"') AND pid <> pg_backend_pid()"
                 )
             ).scalar_one()
         )

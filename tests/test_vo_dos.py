@@ -47,9 +47,11 @@ def backends(vo: LiveVO, where: str, **args: str) -> list[int]:
 
 
 def slow_queries(vo: LiveVO) -> list[int]:
-    """Backends running a user query (its text, or the FETCH of its server-side cursor)."""
+    """Backends running a user query (its text, or the MOVE or FETCH of its server-side cursor)."""
     return backends(
-        vo, "state = 'active' AND (query LIKE '%AS c WHERE%' OR query LIKE 'FETCH FORWARD %\"dms_query\"')"
+        vo,
+        "state = 'active' AND (query LIKE '%AS c WHERE%' OR query LIKE 'FETCH FORWARD %\"dms_query\"' "
+        "OR query LIKE 'MOVE FORWARD ALL IN \"dms_query\"')",
     )
 
 

@@ -12,6 +12,7 @@ import asyncio
 import csv
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -394,3 +395,29 @@ def test_the_protocol_turns_off_nagle_on_sockets_uvicorn_binds() -> None:
     before, after = asyncio.run(run())
     assert after == 1
     assert before in (0, 1)  # 0 with the standard loop (the defect), 1 where the loop sets it itself
+
+
+def test_a_job_of_a_killed_worker_ends_in_error_and_its_query_stops(served: Served) -> None:
+    """SIGKILL the worker running a job: the other worker finds the job without a lease (its holder's
+    database session ended) and ends it in ERROR with a message, terminating the query the dead worker left
+    running; uvicorn starts a worker in the killed one's place (issue 16, item 3)."""
+    with clients_on_two_workers(served) as (first, second):
+        running = worker_of(served, first)
+        created = first.post(f"{served.url}/tap/async", data={"LANG": "ADQL", "QUERY": SLOW, "PHASE": "RUN"})
+        job_url = created.headers["location"]
+        job_id = job_url.rsplit("/", 1)[1]
+        deadline = time.monotonic() + 60
+        while not _job_backends(served, job_id) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _job_backends(served, job_id) == 1, "the slow query should be running"
+        os.kill(running, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while second.get(f"{job_url}/phase").text != "ERROR" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert second.get(f"{job_url}/phase").text == "ERROR"
+        assert "server process running the job stopped" in second.get(f"{job_url}/error").text
+        assert _job_backends(served, job_id) == 0, "the dead worker's query still runs"
+    deadline = time.monotonic() + 120
+    while len(served.workers()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(served.workers()) == 2  # the next tests have two workers again

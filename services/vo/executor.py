@@ -4,8 +4,10 @@ The services depend only on :class:`QueryExecutor` (the signature of the query e
 ``QueryEngine.execute``). Until the distributed engine (issue 4) is merged, :class:`ControlDatabaseExecutor`
 runs queries on the control database itself: ADQL is translated by :mod:`dms.query.adql`, tables must be
 published in TAP_SCHEMA (or uploaded), and the query runs as the read-only role ``dms_reader`` in a READ
-ONLY transaction with a statement timeout, through a server-side cursor that stops after ``max_rows + 1``
-rows. :func:`make_executor` is the one place that chooses the implementation.
+ONLY transaction with a statement timeout, into a scrollable server-side cursor over its materialized
+result capped at ``max_rows + 1`` rows, which is counted, then read in batches
+(:meth:`ControlDatabaseExecutor.stream`). :func:`make_executor` is the one place that chooses the
+implementation.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -44,12 +47,17 @@ from dms.query.shape_memo import ShapeMemo, names_spelled_out
 from dms.query.sqlcompose import column_definitions, ident, statement
 from dms.schema.catalog import legacy_name
 from dms.services.vo.errors import QueryCancelled, QueryError, QueryRefused, QuerySyntaxError, QueryTimeout
+from dms.services.vo.result_stream import ResultStream
 from dms.services.workspace.viewer import current_viewer
 from dms.services.workspace.visibility import generation, viewer_settings
 
 UPLOAD_SCHEMA = "pg_temp"  # uploads are temporary tables: TAP_UPLOAD.x is rewritten to pg_temp.x
 UPLOAD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 SQL_QUERY_NODES = (exp.Select, exp.Union, exp.Intersect, exp.Except)
+RESULT_CURSOR = "dms_query"
+RESULT_NAME = "dms_result"  # the WITH query that holds the result
+FETCH_ROWS = 10_000
+"""Rows fetched from the server at a time: one batch of the streamed result."""
 
 
 @dataclass
@@ -121,6 +129,23 @@ class RoutingExecutor:
         return self.control.execute(
             query, lang=lang, max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
         )
+
+    def stream(
+        self,
+        query: str,
+        *,
+        lang: str = "sql",
+        max_rows: int | None = None,
+        timeout: float | None = None,
+        uploads: dict[str, pa.Table] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ResultStream:
+        """As :meth:`execute`, the control database's result read in batches (the engine's is whole)."""
+        options: dict[str, Any] = dict(max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel)
+        if lang.lower() == "qserv" or self._names_catalog_table(query, lang):
+            result = self.execute(query, lang=lang, **options)
+            return ResultStream.of_table(result.table, result.overflow)
+        return self.control.stream(query, lang=lang, **options)
 
     def _names_catalog_table(self, query: str, lang: str) -> bool:
         snapshot = self.engine.registry.snapshot()
@@ -247,6 +272,23 @@ class ControlDatabaseExecutor:
         uploads: dict[str, pa.Table] | None = None,
         cancel: threading.Event | None = None,
     ) -> QueryResult:
+        stream = self.stream(
+            query, lang=lang, max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
+        )
+        return QueryResult(stream.read_all(), stream.overflow)
+
+    def stream(
+        self,
+        query: str,
+        *,
+        lang: str = "sql",
+        max_rows: int | None = None,
+        timeout: float | None = None,
+        uploads: dict[str, pa.Table] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ResultStream:
+        """The query's result read in batches of ``FETCH_ROWS`` from the server (see :meth:`_run`); the
+        connection stays open until the batches are read or the stream is closed."""
         uploads = uploads or {}
         for name in uploads:
             if not UPLOAD_NAME.match(name):
@@ -259,10 +301,14 @@ class ControlDatabaseExecutor:
             if with_.args.get("recursive"):
                 raise QueryRefused("recursive WITH queries (WITH RECURSIVE) are not supported")
         self._check_tables(tree, tables, {n.lower() for n in uploads})
-        text = tree.sql(dialect="postgres", normalize_functions=False)
-        with psycopg.connect(self._conninfo, autocommit=True, application_name=application_name()) as conn:
+        text = _materialized(tree, max_rows).sql(dialect="postgres", normalize_functions=False)
+        conn = psycopg.connect(self._conninfo, autocommit=True, application_name=application_name())
+        try:
             self._load_uploads(conn, uploads)
             return self._run(conn, text, max_rows, timeout, cancel)
+        except BaseException:
+            conn.close()
+            raise
 
     # ---- steps --------------------------------------------------------------------------------------------
 
@@ -406,31 +452,86 @@ class ControlDatabaseExecutor:
         max_rows: int | None,
         timeout: float | None,
         cancel: threading.Event | None,
-    ) -> QueryResult:
+    ) -> ResultStream:
+        """Run the query (materialized, capped at ``max_rows + 1`` rows: see :func:`_materialized`) in a
+        scrollable server-side cursor of the READ ONLY transaction and move to its end: PostgreSQL computes
+        the whole capped result into a tuplestore (spilling to temporary files, within the reader's
+        limits), under the statement timeout and the cancel event, so every error of the query (a division
+        by zero at row N, the time limit) is raised here, before the first byte is sent, and the exact row
+        count, hence the overflow, is known. The stored rows are then fetched in batches of ``FETCH_ROWS``
+        while the transaction stays open, never all at once."""
         done = threading.Event()
         if cancel is not None:
             threading.Thread(target=_cancel_when_set, args=(conn, cancel, done), daemon=True).start()
+        cursor = conn.cursor(name=RESULT_CURSOR, scrollable=True)
         try:
-            with reader_transaction(conn, timeout), conn.cursor(name="dms_query") as cur:
+            with ExitStack() as stack, _query_errors(cancel, timeout):
+                stack.enter_context(reader_transaction(conn, timeout))
                 viewer_settings(conn, current_viewer())  # TAP_SCHEMA lists what the caller may read
-                cur.itersize = 10_000
-                cur.execute(text.encode())
-                rows = cur.fetchall() if max_rows is None else cur.fetchmany(max_rows + 1)
-                description = cur.description or []
-        except psycopg.errors.QueryCanceled as exc:
-            if cancel is not None and cancel.is_set():
-                raise QueryCancelled("the query was cancelled") from exc
-            raise QueryTimeout(f"the query ran longer than its time limit of {timeout:g} s") from exc
-        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction) as exc:
-            raise QueryRefused(f"not allowed: {first_line(exc)}") from exc
-        except psycopg.errors.SyntaxError as exc:
-            raise QuerySyntaxError(first_line(exc)) from exc
-        except psycopg.Error as exc:
-            raise QueryError(first_line(exc)) from exc
+                cursor.execute(text.encode())
+                total = conn.execute(statement("MOVE FORWARD ALL IN {c}", c=ident(RESULT_CURSOR))).rowcount
+                cursor.scroll(0, mode="absolute")
+                description = cursor.description or []
+                transaction = stack.pop_all()  # it stays open while the rows are read
         finally:
             done.set()
-        overflow = max_rows is not None and len(rows) > max_rows
-        return QueryResult(_arrow_table(description, rows[:max_rows] if overflow else rows), overflow)
+        overflow = max_rows is not None and total > max_rows
+        rows = min(total, max_rows) if max_rows is not None else total
+        schema = _arrow_table(description, []).schema
+
+        def close() -> None:
+            if conn.closed:
+                return
+            with suppress(psycopg.Error):  # a lost connection has no transaction to end
+                transaction.close()  # the end of the READ ONLY transaction
+            conn.close()  # the upload tables go with the connection
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                left = rows
+                while left > 0:
+                    if cancel is not None and cancel.is_set():
+                        raise QueryCancelled("the query was cancelled")
+                    with _query_errors(cancel, timeout):
+                        fetched = cursor.fetchmany(min(FETCH_ROWS, left))
+                    if not fetched:
+                        raise QueryError(f"the result ended after {rows - left} of its {rows} rows")
+                    left -= len(fetched)
+                    yield from _arrow_table(description, fetched).cast(schema).to_batches()
+            finally:
+                close()
+
+        return ResultStream(schema, rows, overflow, batches(), close)
+
+
+def _materialized(tree: exp.Expression, max_rows: int | None) -> exp.Expression:
+    """``WITH dms_result AS MATERIALIZED (query) SELECT * FROM dms_result [LIMIT max_rows + 1]``: the rows
+    are computed once into a tuplestore, so a scrollable cursor reads them back without running the query
+    (or its volatile functions, RAND()) again; one row more than asked for tells an overflow (the query's
+    own ORDER BY and LIMIT apply first)."""
+    alias = exp.TableAlias(this=exp.to_identifier(RESULT_NAME))
+    select = exp.Select(expressions=[exp.Star()]).from_(exp.to_table(RESULT_NAME), copy=False)
+    select.set("with_", exp.With(expressions=[exp.CTE(this=tree, alias=alias, materialized=True)]))
+    return select if max_rows is None else select.limit(max_rows + 1, copy=False)
+
+
+@contextmanager
+def _query_errors(cancel: threading.Event | None, timeout: float | None) -> Iterator[None]:
+    """PostgreSQL's errors as the services' query errors."""
+    try:
+        yield
+    except psycopg.errors.QueryCanceled as exc:
+        if cancel is not None and cancel.is_set():
+            raise QueryCancelled("the query was cancelled") from exc
+        raise QueryTimeout(f"the query ran longer than its time limit of {timeout or 0:g} s") from exc
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction) as exc:
+        raise QueryRefused(f"not allowed: {first_line(exc)}") from exc
+    except psycopg.errors.SyntaxError as exc:
+        raise QuerySyntaxError(first_line(exc)) from exc
+    except psycopg.OperationalError as exc:
+        raise QueryError(f"the database connection was lost: {first_line(exc)}") from exc
+    except psycopg.Error as exc:
+        raise QueryError(first_line(exc)) from exc
 
 
 def _cancel_when_set(conn: psycopg.Connection[Any], cancel: threading.Event, done: threading.Event) -> None:

@@ -37,8 +37,9 @@ from dms.services.auth import authenticate
 from dms.services.vo import formats, upload_fetch, vosi
 from dms.services.vo.column_metadata import result_metadata
 from dms.services.vo.errors import ServiceError
-from dms.services.vo.files import public_access_urls
+from dms.services.vo.files import URL_COLUMN, public_access_urls
 from dms.services.vo.http import XML, Context, Params, error_response, guarded, read_params
+from dms.services.vo.result_stream import ResultTruncated, stream_query
 from dms.services.vo.tap_schema import Column, Table
 from dms.services.vo.upload_fetch import AllowList
 from dms.services.vo.uws import JobStore
@@ -110,14 +111,25 @@ class TapService:
         max_rows = self._maxrec(params.get("MAXREC"))
         uploads = self._uploads(params, stored=stored)
         with frames.collect_notes() as notes:  # what the ADQL translation did (frames, RAND(seed))
-            result = self.context.executor.execute(
-                query, lang=lang, max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
+            result = stream_query(
+                self.context.executor,
+                query,
+                lang=lang,
+                max_rows=max_rows,
+                timeout=timeout,
+                uploads=uploads,
+                cancel=cancel,
             )
-        columns = self._metadata(query, lang, result.table, uploads)
+        try:
+            columns = self._metadata(query, lang, result.schema.empty_table(), uploads)
+        except BaseException:
+            result.close()
+            raise
         # ObsCore's file:// access URLs become the server's /files URLs (or nothing, without a base URL)
-        table = public_access_urls(result.table, base or "")
-        body = formats.render_chunks(fmt, table, columns, overflow=result.overflow, infos=frames.infos(notes))
-        return body, fmt.mime, result.table.num_rows, result.overflow
+        if URL_COLUMN in result.schema.names:
+            result = result.map(lambda batch: public_access_urls(batch, base or ""))
+        body = formats.render_chunks(fmt, result, columns, infos=frames.infos(notes))
+        return body, fmt.mime, result.num_rows, result.overflow
 
     def _metadata(
         self, query: str, lang: str, table: pa.Table, uploads: dict[str, pa.Table]
@@ -234,21 +246,29 @@ class TapService:
         headers = formats.result_headers(overflow)
         if isinstance(body, bytes):
             return Response(body, media_type=mime, headers=headers)
-        # a large VOTable is rendered batch by batch while it is sent, never whole in memory
+        # a large result is read and rendered batch by batch while it is sent, never whole in memory
         return StreamingResponse(body, media_type=mime, headers=headers)
 
     def _run_sync(
         self, params: Params, cancel: threading.Event, base: str
     ) -> tuple[bytes | Iterator[bytes], str, bool]:
         """A sync query's document: a small one whole (one write, no thread hop per piece while it is
-        sent), a larger one as its pieces, the first of them rendered here."""
+        sent), a larger one as its pieces, the first of them rendered here. A result that fails part-way
+        keeps the behaviour of a streamed one (:func:`_sent`): in-band where the format says so, else an
+        incomplete transfer."""
         body, mime, _, overflow = self.run(params, cancel, SYNC_TIMEOUT, base=base)
-        pieces, size = [], 0
-        for piece in body:
-            pieces.append(piece)
-            size += len(piece)
-            if size > WHOLE_BYTES:
-                return itertools.chain(pieces, body), mime, overflow
+        pieces: list[bytes] = []
+        size = 0
+        try:
+            for piece in body:
+                pieces.append(piece)
+                size += len(piece)
+                if size > WHOLE_BYTES:
+                    return _sent(itertools.chain(pieces, body)), mime, overflow
+        except ResultTruncated as exc:
+            log.warning("a sync result failed part-way (reported in the document): %s", exc)
+        except Exception as exc:
+            return _sent(_then_raise(pieces, exc)), mime, overflow
         return b"".join(pieces), mime, overflow
 
     async def async_jobs(self, request: Request) -> Response:
@@ -404,6 +424,25 @@ class TapService:
             Route("/tap/tables/{name}", guarded(self.table), methods=["GET"]),
             Route("/tap/examples", guarded(self.examples), methods=["GET"]),
         ]
+
+
+def _then_raise(pieces: list[bytes], failure: Exception) -> Iterator[bytes]:
+    """The pieces rendered before `failure`, then the failure (the transfer is cut short)."""
+    yield from pieces
+    raise failure
+
+
+def _sent(body: Iterator[bytes]) -> Iterator[bytes]:
+    """A sync response's body: a result that failed part-way and said so in-band (VOTable, JSON) ends
+    normally; any other failure propagates, and the server then closes the connection without the final
+    chunk, so the client sees an incomplete transfer."""
+    try:
+        yield from body
+    except ResultTruncated as exc:
+        log.warning("a sync result failed part-way (reported in the document): %s", exc)
+    except Exception as exc:
+        log.warning("a sync result failed part-way; the transfer is cut short: %s", exc)
+        raise
 
 
 def remove_orphan_uploads(deployment: Deployment) -> int:

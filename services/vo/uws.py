@@ -35,6 +35,7 @@ from dms.deployment import Deployment
 from dms.services.auth import User
 from dms.services.dbstate import database_unreachable
 from dms.services.vo.errors import QueryCancelled, QueryError, ServiceError, without_server_paths
+from dms.services.vo.uws_leases import REAP_SECONDS, Leases, end_dead_jobs, unleased_jobs
 from dms.services.workspace.viewer import Viewer, acting_as, viewer_of_user
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,8 @@ class JobStore:
         self._cancels: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
+        self._leases = Leases(deployment)
+        self._reaper: threading.Thread | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------
 
@@ -175,15 +178,23 @@ class JobStore:
             )
         for job_id in ids:
             self._submit(job_id)
+        with self._lock:
+            if self._reaper is None:  # from now on, the jobs of a process that died end in ERROR here
+                self._reaper = threading.Thread(
+                    target=self._reap_dead, name=f"uws-{self.service}-reap", daemon=True
+                )
+                self._reaper.start()
         return len(ids)
 
     def shutdown(self) -> None:
         self._closing.set()
-        if self._watcher is not None:
-            self._watcher.join(timeout=5)
+        for thread in (self._watcher, self._reaper):
+            if thread is not None:
+                thread.join(timeout=5)
         for event in list(self._cancels.values()):
             event.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._leases.close()
 
     # ---- UWS operations -------------------------------------------------------------------------------
 
@@ -403,7 +414,28 @@ class JobStore:
                     target=self._watch_ended, name=f"uws-{self.service}-watch", daemon=True
                 )
                 self._watcher.start()
+        try:
+            self._leases.take(job_id)  # released when the run ends, or by PostgreSQL if this process dies
+        except Exception as exc:  # the database is away: the job fails when it starts
+            log.warning("cannot take the lease of job %s: %s", job_id, exc)
         self._pool.submit(self._execute, job_id)
+
+    def _reap_dead(self) -> None:
+        """End in ERROR the active jobs that no server process holds (see :mod:`uws_leases`)."""
+        suspects: set[str] = set()
+        while not self._closing.wait(REAP_SECONDS):
+            try:
+                with self._lock:
+                    mine = set(self._cancels)
+                unleased = unleased_jobs(self.deployment, self.service) - mine
+                dead = unleased & suspects
+                suspects = unleased - dead
+                if dead:
+                    for job_id in end_dead_jobs(self.deployment, dead):
+                        log.warning("job %s was left by a server process that stopped: ERROR", job_id)
+                        self._notify(job_id)
+            except Exception as exc:  # the database is away: look again later
+                log.debug("cannot look for the jobs of stopped server processes: %s", exc)
 
     def _watch_ended(self) -> None:
         """Cancel the local runs of jobs that left QUEUED/EXECUTING elsewhere: aborted, deleted or destroyed
@@ -444,9 +476,13 @@ class JobStore:
             with tagged(job_tag(job_id)), acting_as(self._viewer(job.owner_id)):
                 content, mime, rows = self.runner(job.parameters, cancel, limit)
             path = self.results_dir / f"{job_id}.result"
-            with path.open("wb") as sink:  # piece by piece: a large result is never whole in memory
-                for piece in content:
-                    sink.write(piece)
+            try:
+                with path.open("wb") as sink:  # piece by piece: a large result is never whole in memory
+                    for piece in content:
+                        sink.write(piece)
+            except BaseException:  # a result that failed part-way is no result: the job ends in ERROR
+                path.unlink(missing_ok=True)
+                raise
             if not self._finish(
                 job_id, "COMPLETED", result_url=str(path), result_format=mime, row_count=rows
             ):
@@ -467,6 +503,8 @@ class JobStore:
         finally:
             with self._lock:
                 self._cancels.pop(job_id, None)
+            with contextlib.suppress(Exception):  # a lost connection holds no lease any more
+                self._leases.release(job_id)
             self._notify(job_id)
 
     def _viewer(self, owner: str | None) -> Viewer:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 import pyarrow as pa
@@ -30,8 +31,12 @@ from astropy.io.votable import from_table
 from astropy.io.votable.tree import Info, VOTableFile
 from astropy.table import MaskedColumn, Table
 
+from dms.errors import DMSError
 from dms.query.output import unique_names
+from dms.services.vo.result_stream import ResultStream, ResultTruncated, rebatched
 from dms.services.vo.tap_schema import Column
+
+log = logging.getLogger(__name__)
 
 VOTABLE_VERSION = "1.4"
 VOTABLE_NS = "http://www.ivoa.net/xml/VOTable/v1.3"
@@ -108,7 +113,7 @@ def _text(values: list[str]) -> np.ndarray:
 
 
 def result_chunks(
-    table: pa.Table,
+    result: pa.Table | ResultStream,
     columns: Mapping[str, Column] | None = None,
     *,
     overflow: bool = False,
@@ -119,49 +124,94 @@ def result_chunks(
 ) -> Iterator[bytes]:
     """A results VOTable as successive pieces of the document, rendered one batch of rows at a time.
 
+    `result` is a table (`overflow` says whether MAXREC cut it) or a stream (which says so itself).
     `columns` (lower-case name -> TAP_SCHEMA column) supplies units, UCDs and descriptions. `datalink` =
     (column, DataLink service URL) adds a service descriptor linking each row's `column` value (its publisher
     DID) to that service (DataLink 1.1 section 4).
+
+    If reading or rendering the rows fails after the document began, it still ends well-formed: the rows
+    sent so far, then ``<INFO name="QUERY_STATUS" value="ERROR">`` with the message after the table (DALI
+    1.1 section 4.4.1), and :class:`ResultTruncated` is raised (a sync response stops there; an async job
+    ends in ERROR). A failure before the first piece gives an error document instead of a result.
     """
     if serialization not in _DATA_MARKERS:
         raise ValueError(f"serialization {serialization!r}: valid are {', '.join(_DATA_MARKERS)}")
-    if serialization == "tabledata" and datalink is None and table.num_rows and _plain(table.schema):
-        yield from _plain_chunks(table, columns or {}, overflow, infos or {}, batch_rows)
+    stream = ResultStream.of_table(result, overflow) if isinstance(result, pa.Table) else result
+    known = result if isinstance(result, pa.Table) else stream.table
+    plain = known is not None and known.num_rows > 0 and _plain(known.schema)
+    if serialization == "tabledata" and datalink is None and known is not None and plain:
+        # numbers and booleans only: the rows are written around astropy's frame
+        yield from _plain_chunks(known, columns or {}, stream.overflow, infos or {}, batch_rows)
         return
-    widths = list_widths(table)
-    describe = _Describer(table, columns or {}, infos or {}, datalink, widths)
-    first = table.slice(0, batch_rows)
-    document = describe.document(first, serialization)
+    try:
+        whole = known
+        if whole is None and stream.has_lists():  # fixed or variable arrays are decided from every row
+            whole = stream.read_all()
+            stream = ResultStream.of_table(whole, stream.overflow)
+        widths = list_widths(whole) if whole is not None else {}
+        describe = _Describer(stream.schema, columns or {}, infos or {}, datalink, widths)
+        batches = rebatched(stream.batches, batch_rows)
+        first = next(batches, None)
+        document = describe.document(stream.schema.empty_table() if first is None else first, serialization)
+    except Exception as exc:
+        stream.close()
+        yield error_document(_message(exc))
+        raise ResultTruncated(_message(exc)) from exc
     start, end = _DATA_MARKERS[serialization]
-    if first.num_rows == 0:  # astropy writes no DATA element for an empty table
-        yield _finish(document, overflow, describe.linked)
+    if first is None:  # astropy writes no DATA element for an empty table
+        yield _finish(document, stream.overflow, describe.linked)
         return
     head, rest = document.split(start, 1)
     data, tail = rest.rsplit(end, 1)
     yield head + start
-    if serialization == "tabledata":
-        # each batch's rows as astropy indents them, without the newline and indentation around them
-        rows = data.rstrip(b" ")
-        indent = data[len(rows) :]
-        yield rows
-        for offset in range(batch_rows, table.num_rows, batch_rows):
-            more = _between(describe.document(table.slice(offset, batch_rows), serialization), start, end)
-            yield more[1:].rstrip(b" ")
-        yield indent
-    else:
-        # BINARY2 is one base64 stream: re-encode across batches, carrying the bytes that do not fill a
-        # 3-byte group, so no padding appears mid-stream.
-        carry = base64.b64decode(data)
-        for offset in range(batch_rows, table.num_rows, batch_rows):
-            raw = base64.b64decode(
-                _between(describe.document(table.slice(offset, batch_rows), serialization), start, end)
-            )
-            whole = carry + raw
-            cut = len(whole) - len(whole) % 3
-            yield base64.b64encode(whole[:cut]) + b"\n"
-            carry = whole[cut:]
-        yield base64.b64encode(carry)
-    yield _finish(end + tail, overflow, describe.linked)
+    carry = b""
+    try:
+        if serialization == "tabledata":
+            # each batch's rows as astropy indents them, without the newline and indentation around them
+            rows = data.rstrip(b" ")
+            indent = data[len(rows) :]
+            yield rows
+            for batch in batches:
+                more = _between(describe.document(batch, serialization), start, end)
+                yield more[1:].rstrip(b" ")
+            yield indent
+        else:
+            # BINARY2 is one base64 stream: re-encode across batches, carrying the bytes that do not fill a
+            # 3-byte group, so no padding appears mid-stream.
+            carry = base64.b64decode(data)
+            for batch in batches:
+                raw = base64.b64decode(_between(describe.document(batch, serialization), start, end))
+                whole = carry + raw
+                cut = len(whole) - len(whole) % 3
+                yield base64.b64encode(whole[:cut]) + b"\n"
+                carry = whole[cut:]
+            yield base64.b64encode(carry)
+    except Exception as exc:
+        stream.close()
+        message = _message(exc)
+        # whole rows only were sent: close the data where it stopped, the status says the rest is missing
+        yield (base64.b64encode(carry) if serialization == "binary2" else b"\n") + _finish(
+            end + tail, False, describe.linked, error=message
+        )
+        raise ResultTruncated(message) from exc
+    yield _finish(end + tail, stream.overflow, describe.linked)
+
+
+def _message(exc: Exception) -> str:
+    """What a client is told of a failure: a query error's message; of anything else, only its kind."""
+    if isinstance(exc, DMSError):
+        return str(exc)
+    log.error("a result failed while it was written", exc_info=exc)
+    return f"internal error: {type(exc).__name__}"
+
+
+def error_document(message: str) -> bytes:
+    """A VOTable that only says the query failed, and why (DALI 1.1 section 4.4.1)."""
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        f'<VOTABLE version="{VOTABLE_VERSION}" xmlns="{VOTABLE_NS}">\n<RESOURCE type="results">\n'
+        f'<INFO name="QUERY_STATUS" value="ERROR">{escape(message)}</INFO>\n</RESOURCE>\n</VOTABLE>\n'
+    ).encode()
 
 
 def result_votable(
@@ -233,7 +283,7 @@ def _plain_chunks(
         if frame is not None:
             _FRAMES.move_to_end(key)
     if frame is None:
-        document = _Describer(table, columns, infos, None, {}).document(first, "tabledata")
+        document = _Describer(table.schema, columns, infos, None, {}).document(first, "tabledata")
         start, end = _DATA_MARKERS["tabledata"]
         head, rest = document.split(start, 1)
         tail = rest.rsplit(end, 1)[1]
@@ -284,13 +334,13 @@ class _Describer:
 
     def __init__(
         self,
-        table: pa.Table,
+        schema: pa.Schema,
         columns: Mapping[str, Column],
         infos: Mapping[str, str],
         datalink: tuple[str, str] | None,
         widths: Mapping[str, int | None],
     ) -> None:
-        self.schema = table.schema
+        self.schema = schema
         self.columns = columns
         self.infos = infos
         self.datalink = datalink
@@ -348,13 +398,21 @@ def _between(document: bytes, start: bytes, end: bytes) -> bytes:
     return document.split(start, 1)[1].rsplit(end, 1)[0]
 
 
-def _finish(tail: bytes, overflow: bool, datalink: tuple[str, str] | None) -> bytes:
-    """The end of the document, with the DataLink service descriptor and the OVERFLOW status added."""
+def _finish(
+    tail: bytes, overflow: bool, datalink: tuple[str, str] | None, *, error: str | None = None
+) -> bytes:
+    """The end of the document, with the DataLink service descriptor and the OVERFLOW (or ERROR) status
+    after the table."""
     if datalink is not None:
         tail = _with_descriptor(tail, datalink)
-    if overflow:
-        at = tail.rfind(b"</RESOURCE>")
-        tail = tail[:at] + b'<INFO name="QUERY_STATUS" value="OVERFLOW"/>\n' + tail[at:]
+    status = b""
+    if error is not None:
+        status = f'<INFO name="QUERY_STATUS" value="ERROR">{escape(error)}</INFO>\n'.encode()
+    elif overflow:
+        status = b'<INFO name="QUERY_STATUS" value="OVERFLOW"/>\n'
+    if status:
+        at = tail.find(b"</RESOURCE>")  # the results resource's end (a DataLink resource follows it)
+        tail = tail[:at] + status + tail[at:]
     return tail
 
 

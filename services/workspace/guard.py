@@ -28,6 +28,7 @@ from dms.query.shape import shape_of
 from dms.query.shape_memo import ShapeMemo, names_spelled_out
 from dms.services.vo.errors import QueryRefused
 from dms.services.vo.executor import QueryExecutor, QueryResult, RoutingExecutor
+from dms.services.vo.result_stream import ResultStream, stream_query
 from dms.services.workspace.viewer import Viewer, current_viewer
 from dms.services.workspace.visibility import hidden_tables
 
@@ -57,6 +58,31 @@ class VisibleExecutor:
         uploads: dict[str, pa.Table] | None = None,
         cancel: threading.Event | None = None,
     ) -> QueryResult:
+        query, uploads = self._checked(query, lang, uploads)
+        return self.inner.execute(
+            query, lang=lang, max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
+        )
+
+    def stream(
+        self,
+        query: str,
+        *,
+        lang: str = "sql",
+        max_rows: int | None = None,
+        timeout: float | None = None,
+        uploads: dict[str, pa.Table] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ResultStream:
+        """As :meth:`execute`, the result read batch by batch (when the inner executor can)."""
+        query, uploads = self._checked(query, lang, uploads)
+        return stream_query(
+            self.inner, query, lang=lang, max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
+        )
+
+    def _checked(
+        self, query: str, lang: str, uploads: dict[str, pa.Table] | None
+    ) -> tuple[str, dict[str, pa.Table] | None]:
+        """The query and uploads to run, once every table it names is visible to the viewer."""
         viewer = current_viewer()
         catalog = self._catalog_names()
         named = self._named_tables(query, lang, catalog)
@@ -69,9 +95,7 @@ class VisibleExecutor:
             if workspace and any(f"{s}.{t}".lower() in catalog[1] for s, t in named):
                 query, shipped = self._ship_workspace_tables(query, workspace, uploads or {})
                 uploads = {**(uploads or {}), **shipped}
-        return self.inner.execute(
-            query, lang=lang, max_rows=max_rows, timeout=timeout, uploads=uploads, cancel=cancel
-        )
+        return query, uploads
 
     # ---- steps --------------------------------------------------------------------------------------------
 

@@ -26,9 +26,19 @@ def commit_load(
     files: dict[str, list[ChunkFile]],
     index_path: str | None,
     rows: int,
+    supersedes: list[str] | None = None,
 ) -> None:
-    """Make the load visible: one control-database transaction."""
+    """Make the load visible: one control-database transaction. `supersedes`: the index files of earlier
+    loads that the load's own index file holds too (merged into it); they stop being named in it."""
     with deployment.connect() as conn:
+        if supersedes:
+            conn.execute(
+                sa.text(
+                    "UPDATE dms.catalog_load SET index_path = NULL WHERE table_name = :t "
+                    "AND state = 'committed' AND index_path = ANY(:p)"
+                ),
+                {"t": table.name, "p": supersedes},
+            )
         register_load(conn, deployment, table, load_id, files, index_path, rows)
         conn.commit()
 

@@ -123,7 +123,7 @@ def step_queries(rows: int, directory: Path) -> dict[str, Any]:
     from dms.query.engine import QueryEngine
 
     deployment = Deployment.open(directory)
-    files = sorted(str(p) for p in (directory / "catalog").glob("shard*/catalog/obj/load*/*.parquet"))
+    files = sorted(str(p) for p in (directory / "catalog").glob("shard*/cat/obj/load*/*.parquet"))
     duck = duckdb.connect()
     count_sql = f"SELECT COUNT(*) AS n FROM obj WHERE {FILTER}"
     agg_sql = f"SELECT {AGGREGATE} FROM obj"

@@ -482,13 +482,14 @@ def _write_shards(
 def _route(table: CatalogTable, rows: pa.Table, spools: list[ChunkSpool]) -> None:
     """Each shard's copies of the rows: a partitioned table's chunks go to their primary shard and the
     replicas after it (see replica_offset); a replicated table's rows go to every shard. The rows are put
-    in chunk order once (one `take`), and each chunk's slice is handed to the shards that hold it."""
+    in chunk and `_healpix_29` order once (one `take`), and each chunk's slice is handed to the shards that
+    hold it (a chunk from one batch needs no sorting again)."""
     if not table.partitioned:
         for spool in spools:
             spool.add(-1, rows)
         return
     chunk = rows["_chunk"].to_numpy()
-    order = np.argsort(chunk, kind="stable")
+    order = np.lexsort((rows["_healpix_29"].to_numpy(), chunk))  # a chunk's rows as its shards store them
     rows, chunk = rows.take(pa.array(order)), chunk[order]
     starts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]])
     ends = np.r_[starts[1:], len(chunk)]

@@ -165,7 +165,10 @@ class ChunkSpool:
                 yield REPLICATED_CHUNK[0], REPLICATED_CHUNK[1], rows
                 continue
             order, pixel = from_nuniq(key)
-            yield order, pixel, rows.sort_by("_healpix_29")
+            h29 = rows["_healpix_29"].to_numpy()
+            if (h29[1:] < h29[:-1]).any():  # pieces of several batches (each sorted): merged by a sort
+                rows = rows.sort_by("_healpix_29")
+            yield order, pixel, rows
         self._writers.clear()
 
 

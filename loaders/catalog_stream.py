@@ -255,9 +255,9 @@ class IndexSpool:
         conn: duckdb.DuckDBPyConnection, runs: list[str], earlier: list[str], id_column: str, table: str
     ) -> None:
         """An error when ids of this load are already in the table (a director's ids are unique)."""
-        row = conn.execute(
+        row = conn.execute(  # the table's ids probe a hash of the load's (usually the smaller side)
             "SELECT count(*), min(id) FROM read_parquet(?) WHERE id IN (SELECT id FROM read_parquet(?))",
-            [runs, earlier],
+            [earlier, runs],
         ).fetchone()
         if row and row[0]:
             raise LoadError(

@@ -43,6 +43,13 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (all its threads): less sensitive than wall time to other
+    processes sharing the cores."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def generate(path: Path, rows: int) -> dict[str, Any]:
     """The synthetic catalog, BATCH rows at a time, ids unique over the whole file."""
     meta = path.with_suffix(".json")
@@ -68,14 +75,14 @@ def generate(path: Path, rows: int) -> dict[str, Any]:
 def step_pyarrow(path: Path, rows: int) -> dict[str, Any]:
     """pyarrow reads the file and writes the same rows as Parquet (lz4, as the shards do), streamed."""
     out = path.with_name("pyarrow-copy.parquet")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     source = pq.ParquetFile(path)
     with pq.ParquetWriter(out, source.schema_arrow, compression="lz4") as writer:
         for batch in source.iter_batches(batch_size=1_000_000):
             writer.write_batch(batch, row_group_size=16_384)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     out.unlink()
-    return {"seconds": seconds, "rows_s": rows / seconds, "peak_mb": peak_mb()}
+    return {"seconds": seconds, "rows_s": rows / seconds, "cpu_seconds": cpu, "peak_mb": peak_mb()}
 
 
 def _deployment(directory: Path, rows: int, fresh: bool) -> Any:
@@ -96,11 +103,11 @@ def step_ingest(path: Path, rows: int, directory: Path) -> dict[str, Any]:
     from dms.loaders.catalog import TableOptions, load_files
 
     deployment = _deployment(directory, rows, fresh=True)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     result = load_files(
         deployment, "obj", [path], create=TableOptions(ra="ra", dec="dec", id="id"), progress=False
     )
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     started = time.perf_counter()
     again = load_files(deployment, "obj", [path], progress=False)
     repeat = time.perf_counter() - started
@@ -109,6 +116,7 @@ def step_ingest(path: Path, rows: int, directory: Path) -> dict[str, Any]:
     return {
         "seconds": seconds,
         "rows_s": rows / seconds,
+        "cpu_seconds": cpu,
         "chunks": result.chunks,
         "overlap_rows": result.overlap_rows,
         "repeat_seconds": repeat,
@@ -123,7 +131,7 @@ def step_queries(rows: int, directory: Path) -> dict[str, Any]:
     from dms.query.engine import QueryEngine
 
     deployment = Deployment.open(directory)
-    files = sorted(str(p) for p in (directory / "catalog").glob("shard*/catalog/obj/load*/*.parquet"))
+    files = sorted(str(p) for p in (directory / "catalog").glob("shard*/cat/obj/load*/*.parquet"))
     duck = duckdb.connect()
     count_sql = f"SELECT COUNT(*) AS n FROM obj WHERE {FILTER}"
     agg_sql = f"SELECT {AGGREGATE} FROM obj"
@@ -240,6 +248,11 @@ def print_size(rows: int, f: dict[str, Any]) -> None:
             f"(peak {peer['peak_mb']:.0f} MB)  ratio {ingest['rows_s'] / peer['rows_s']:.2f}x  "
             f"repeat load {ingest['repeat_seconds']:.2f} s"
         )
+        if "cpu_seconds" in ingest and "cpu_seconds" in peer:
+            print(
+                f"ingest CPU DMS {ingest['cpu_seconds']:.1f} s  pyarrow {peer['cpu_seconds']:.1f} s  "
+                f"ratio {peer['cpu_seconds'] / ingest['cpu_seconds']:.2f}x"
+            )
     for label in ("filtered_count", "aggregate"):
         q = f.get("queries", {}).get(label)
         if q:

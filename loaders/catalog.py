@@ -13,6 +13,7 @@ import json
 import logging
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -313,12 +314,14 @@ def _described(column_field: pa.Field, options: TableOptions) -> dict[str, str |
 
 
 def _check_described(options: TableOptions, columns: set[str]) -> None:
-    from astropy import units
-
     for option, values in (("--unit", options.units), ("--ucd", options.ucds)):
         unknown = sorted(set(values) - columns)
         if unknown:
             raise LoadError(f"{option} names {unknown}, not columns of the file; it has {sorted(columns)}")
+    if not options.units:
+        return
+    from astropy import units  # (imported only when there are units to check: it takes a second)
+
     for name, unit in options.units.items():
         try:
             units.Unit(unit, format="vounit", parse_strict="raise")
@@ -402,7 +405,8 @@ def _load(
     deployment: Deployment, table: CatalogTable, load_id: int, source: LoadSource, bar: tqdm, orphans: str
 ) -> LoadResult:
     """Stream the rows: each batch is partitioned (chunk ids computed column-wise) and gathered by chunk per
-    shard; then each shard stores its chunks one at a time, the index is written and the load commits."""
+    shard; then the index is written (a director's merged with its earlier loads'), the shards store their
+    chunks (one at a time each, the shards at the same time) and the load commits."""
     stores = _stores(deployment, table)
     spool_root = deployment.data_dir / "catalog" / "_spool"
     spool_root.mkdir(parents=True, exist_ok=True)
@@ -426,33 +430,95 @@ def _load(
             _route(table, placed.rows, spools)
             index.add(placed.index)
             bar.update(batch.num_rows)
-        files: dict[str, list[ChunkFile]] = {}
-        for store, spool in zip(stores, spools, strict=True):
-            if table.partitioned and spool.rows == 0:
-                continue
-            chunks = spool.chunks() if spool.rows else iter([(*REPLICATED_CHUNK, _empty_rows(table))])
-            files[store.name] = store.write_chunks(table, load_id, chunks)
-            store.close()
-        index_path = None
-        if index.write(_index_path(deployment, table, load_id), table.id_column or "id"):
-            index_path = str(_index_relative(table, load_id))
-    _commit(deployment, table, load_id, files, index_path, rows)
+        index_path, merged = _write_index(deployment, table, load_id, index)
+        files = _write_shards(table, load_id, stores, spools)
+    _commit(deployment, table, load_id, files, index_path, rows, supersedes=merged)
+    _remove_superseded_indexes(deployment, table, keep=merged)
     chunk_count = len({(f.chunk_order, f.chunk_id) for fs in files.values() for f in fs})
     return LoadResult(
         table.name, load_id, rows, overlap, chunk_count, orphans=orphan_count, orphan_policy=orphans
     )
 
 
+def _write_index(
+    deployment: Deployment, table: CatalogTable, load_id: int, index: IndexSpool
+) -> tuple[str | None, list[str]]:
+    """The load's director index file (relative path, or None when it adds no index rows) and the index
+    files it replaces. A director's new ids are merged with its committed index into one file, so a
+    lookup stays one row group per id however many loads the table has, and an id already loaded is
+    refused here, before any row reaches a shard. (A child's index of orphans stays one file per load.)"""
+    earlier: list[str] = []
+    if table.role == "director":
+        with deployment.connect() as conn:
+            earlier = _committed_index_paths(conn, table.name)
+    path = _index_path(deployment, table, load_id)
+    merge_with = [deployment.data_dir / p for p in earlier]
+    if not index.write(path, table.id_column or "id", merge_with, table.name):
+        return None, []
+    return str(_index_relative(table, load_id)), earlier
+
+
+def _committed_index_paths(conn: sa.Connection, table: str) -> list[str]:
+    paths = conn.execute(
+        sa.text(
+            "SELECT index_path FROM dms.catalog_load WHERE table_name = :t AND state = 'committed' "
+            "AND index_path IS NOT NULL ORDER BY load_id"
+        ),
+        {"t": table},
+    ).scalars()
+    return [str(p) for p in paths]
+
+
+def _remove_superseded_indexes(deployment: Deployment, table: CatalogTable, keep: list[str]) -> None:
+    """Delete the index files no committed load names any more, except those this load replaced (`keep`):
+    a query that took its registry snapshot just before the commit may still open them. The table's load
+    lock is held, so no other load is writing an index here."""
+    directory = _index_path(deployment, table, 0).parent
+    with deployment.connect() as conn:
+        named = set(_committed_index_paths(conn, table.name))
+    spared = {deployment.data_dir / p for p in named | set(keep)}
+    for path in directory.glob("load*.parquet"):
+        if path not in spared:
+            path.unlink(missing_ok=True)
+
+
+def _write_shards(
+    table: CatalogTable, load_id: int, stores: list[ShardBackend], spools: list[ChunkSpool]
+) -> dict[str, list[ChunkFile]]:
+    """Each shard's chunks stored, the shards at the same time: each writes through its own connection or
+    files, so one shard's COPY and index builds overlap another's, and the Python side (Parquet encoding,
+    binary COPY buffers) mostly runs without the GIL."""
+
+    def write(store: ShardBackend, spool: ChunkSpool) -> list[ChunkFile]:
+        try:
+            chunks = spool.chunks() if spool.rows else iter([(*REPLICATED_CHUNK, _empty_rows(table))])
+            return store.write_chunks(table, load_id, chunks)
+        finally:
+            store.close()
+
+    jobs = [
+        (store, spool)
+        for store, spool in zip(stores, spools, strict=True)
+        if not (table.partitioned and spool.rows == 0)
+    ]
+    if len(jobs) <= 1:
+        return {store.name: write(store, spool) for store, spool in jobs}
+    with ThreadPoolExecutor(len(jobs), thread_name_prefix="dms-load-shard") as pool:
+        futures = {store.name: pool.submit(write, store, spool) for store, spool in jobs}
+        return {name: future.result() for name, future in futures.items()}
+
+
 def _route(table: CatalogTable, rows: pa.Table, spools: list[ChunkSpool]) -> None:
     """Each shard's copies of the rows: a partitioned table's chunks go to their primary shard and the
     replicas after it (see replica_offset); a replicated table's rows go to every shard. The rows are put
-    in chunk order once (one `take`), and each chunk's slice is handed to the shards that hold it."""
+    in chunk and `_healpix_29` order once (one `take`), and each chunk's slice is handed to the shards that
+    hold it (a chunk from one batch needs no sorting again)."""
     if not table.partitioned:
         for spool in spools:
             spool.add(-1, rows)
         return
     chunk = rows["_chunk"].to_numpy()
-    order = np.argsort(chunk, kind="stable")
+    order = np.lexsort((rows["_healpix_29"].to_numpy(), chunk))  # a chunk's rows as its shards store them
     rows, chunk = rows.take(pa.array(order)), chunk[order]
     starts = np.flatnonzero(np.r_[True, chunk[1:] != chunk[:-1]])
     ends = np.r_[starts[1:], len(chunk)]
@@ -507,14 +573,7 @@ def _positions(table: CatalogTable, batch: pa.Table) -> np.ndarray:
 
 
 def committed_index_files(deployment: Deployment, conn: sa.Connection, table: str) -> list[Path]:
-    paths = conn.execute(
-        sa.text(
-            "SELECT index_path FROM dms.catalog_load WHERE table_name = :t AND state = 'committed' "
-            "AND index_path IS NOT NULL ORDER BY load_id"
-        ),
-        {"t": table},
-    ).scalars()
-    return [deployment.data_dir / p for p in paths]
+    return [deployment.data_dir / p for p in _committed_index_paths(conn, table)]
 
 
 @dataclass

@@ -26,9 +26,19 @@ def commit_load(
     files: dict[str, list[ChunkFile]],
     index_path: str | None,
     rows: int,
+    supersedes: list[str] | None = None,
 ) -> None:
-    """Make the load visible: one control-database transaction."""
+    """Make the load visible: one control-database transaction. `supersedes`: the index files of earlier
+    loads that the load's own index file holds too (merged into it); they stop being named in it."""
     with deployment.connect() as conn:
+        if supersedes:
+            conn.execute(
+                sa.text(
+                    "UPDATE dms.catalog_load SET index_path = NULL WHERE table_name = :t "
+                    "AND state = 'committed' AND index_path = ANY(:p)"
+                ),
+                {"t": table.name, "p": supersedes},
+            )
         register_load(conn, deployment, table, load_id, files, index_path, rows)
         conn.commit()
 
@@ -55,18 +65,14 @@ def register_load(
     names = sorted(files)
     if table.partitioned:  # the shard order that placed the chunks (see replica_offset)
         names = sorted(s.name for s in deployment.shards() if s.kind == table.storage_kind)
+    chunks, file_rows = [], []
     for shard_name, chunk_files in files.items():
         for f in chunk_files:
             if f.chunk_order >= 0:
                 uniq = int(nuniq(f.chunk_order, f.chunk_id))
                 primary = replica_offset(uniq, names.index(shard_name), len(names)) == 0
-                _register_chunk(conn, table, shard_name, f, primary)
-            conn.execute(
-                sa.text(
-                    "INSERT INTO dms.chunk_file (load_id, table_name, shard, chunk_order, chunk_id, "
-                    "path, row_count, overlap_row_count, checksum) "
-                    "VALUES (:l, :t, :s, :o, :c, :p, :r, :v, :k)"
-                ),
+                chunks.append(_chunk_params(table, shard_name, f, primary))
+            file_rows.append(
                 {
                     "l": load_id,
                     "t": table.name,
@@ -77,8 +83,21 @@ def register_load(
                     "r": f.row_count,
                     "v": f.overlap_row_count,
                     "k": f.checksum,
-                },
+                }
             )
+    # one executemany per statement (psycopg pipelines them): a few round trips, not three per chunk file
+    if chunks:
+        conn.execute(sa.text(_CHUNK_SQL), chunks)
+        conn.execute(sa.text(_REPLICA_SQL), chunks)
+    if file_rows:
+        conn.execute(
+            sa.text(
+                "INSERT INTO dms.chunk_file (load_id, table_name, shard, chunk_order, chunk_id, "
+                "path, row_count, overlap_row_count, checksum) "
+                "VALUES (:l, :t, :s, :o, :c, :p, :r, :v, :k)"
+            ),
+            file_rows,
+        )
     conn.execute(
         sa.text(
             "UPDATE dms.catalog_load SET state = 'committed', committed_at = now(), row_count = :r, "
@@ -95,10 +114,8 @@ def register_load(
     publish(conn)  # TAP_SCHEMA describes the table as soon as queries can see it
 
 
-def _register_chunk(
-    conn: sa.Connection, table: CatalogTable, shard: str, f: ChunkFile, primary: bool
-) -> None:
-    params = {
+def _chunk_params(table: CatalogTable, shard: str, f: ChunkFile, primary: bool) -> dict[str, object]:
+    return {
         "p": primary,
         "t": table.name,
         "o": f.chunk_order,
@@ -107,27 +124,23 @@ def _register_chunk(
         "v": f.overlap_row_count,
         "s": shard,
     }
-    conn.execute(
-        sa.text(
-            "INSERT INTO dms.chunk (table_name, chunk_order, chunk_id, healpix_29_min, healpix_29_max, "
-            "row_count, overlap_row_count, created_at, updated_at) VALUES (:t, :o, :c, "
-            "CAST(:c AS bigint) << (2 * (29 - :o)), ((CAST(:c AS bigint) + 1) << (2 * (29 - :o))) - 1, "
-            "CASE WHEN :p THEN :r ELSE 0 END, CASE WHEN :p THEN :v ELSE 0 END, now(), now()) "
-            "ON CONFLICT (table_name, chunk_order, chunk_id) DO UPDATE SET "
-            "row_count = dms.chunk.row_count + CASE WHEN :p THEN :r ELSE 0 END, "
-            "overlap_row_count = dms.chunk.overlap_row_count + CASE WHEN :p THEN :v ELSE 0 END, "
-            "updated_at = now()"
-        ),
-        params,
-    )
-    conn.execute(
-        sa.text(
-            "INSERT INTO dms.chunk_replica (table_name, chunk_order, chunk_id, shard, is_primary, state, "
-            "version, row_count, updated_at) VALUES (:t, :o, :c, :s, :p, 'ready', 1, :r, now()) "
-            "ON CONFLICT (table_name, chunk_order, chunk_id, shard) DO UPDATE SET "
-            "row_count = coalesce(dms.chunk_replica.row_count, 0) + :r, "
-            "version = dms.chunk_replica.version + 1, "
-            "updated_at = now()"
-        ),
-        params,
-    )
+
+
+_CHUNK_SQL = (
+    "INSERT INTO dms.chunk (table_name, chunk_order, chunk_id, healpix_29_min, healpix_29_max, "
+    "row_count, overlap_row_count, created_at, updated_at) VALUES (:t, :o, :c, "
+    "CAST(:c AS bigint) << (2 * (29 - :o)), ((CAST(:c AS bigint) + 1) << (2 * (29 - :o))) - 1, "
+    "CASE WHEN :p THEN :r ELSE 0 END, CASE WHEN :p THEN :v ELSE 0 END, now(), now()) "
+    "ON CONFLICT (table_name, chunk_order, chunk_id) DO UPDATE SET "
+    "row_count = dms.chunk.row_count + CASE WHEN :p THEN :r ELSE 0 END, "
+    "overlap_row_count = dms.chunk.overlap_row_count + CASE WHEN :p THEN :v ELSE 0 END, "
+    "updated_at = now()"
+)
+_REPLICA_SQL = (
+    "INSERT INTO dms.chunk_replica (table_name, chunk_order, chunk_id, shard, is_primary, state, "
+    "version, row_count, updated_at) VALUES (:t, :o, :c, :s, :p, 'ready', 1, :r, now()) "
+    "ON CONFLICT (table_name, chunk_order, chunk_id, shard) DO UPDATE SET "
+    "row_count = coalesce(dms.chunk_replica.row_count, 0) + :r, "
+    "version = dms.chunk_replica.version + 1, "
+    "updated_at = now()"
+)

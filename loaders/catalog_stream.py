@@ -10,7 +10,7 @@ the same for the director index a load adds: sorted by id in memory when small, 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -158,10 +158,12 @@ class ChunkSpool:
         self._buffered = 0
 
     def chunks(self) -> Iterator[tuple[int, int, pa.Table]]:
-        """(order, pixel, rows sorted by _healpix_29) of each chunk, one at a time, in NUNIQ order."""
+        """(order, pixel, rows sorted by _healpix_29) of each chunk, one at a time, in `_healpix_29` order
+        of the chunks' pixels (so a shard that stores a table's chunks one after another, as PostgreSQL's
+        heap does, has them in that order without sorting them again)."""
         for writer in self._writers.values():
             writer.close()
-        for key in sorted(set(self._pieces) | set(self._writers)):
+        for key in sorted(set(self._pieces) | set(self._writers), key=_first_healpix_29):
             parts = []
             if key in self._writers:
                 path = self.directory / f"{key}.arrow"
@@ -174,8 +176,19 @@ class ChunkSpool:
                 yield REPLICATED_CHUNK[0], REPLICATED_CHUNK[1], rows
                 continue
             order, pixel = from_nuniq(key)
-            yield order, pixel, rows.sort_by("_healpix_29")
+            h29 = rows["_healpix_29"].to_numpy()
+            if (h29[1:] < h29[:-1]).any():  # pieces of several batches (each sorted): merged by a sort
+                rows = rows.sort_by("_healpix_29")
+            yield order, pixel, rows
         self._writers.clear()
+
+
+def _first_healpix_29(key: int) -> int:
+    """The first `_healpix_29` of a chunk (NUNIQ; a replicated table's -1 sorts first)."""
+    if key < 0:
+        return -1
+    order, pixel = from_nuniq(key)
+    return int(pixel) << (2 * (29 - int(order)))
 
 
 class IndexSpool:
@@ -198,18 +211,26 @@ class IndexSpool:
             self._flush()
 
     def _flush(self) -> None:
+        if not self._pieces:
+            return
         self.directory.mkdir(parents=True, exist_ok=True)
         run = self.directory / f"index-run-{len(self._runs)}.parquet"
         pq.write_table(pa.concat_tables(self._pieces), run, compression="lz4")
         self._runs.append(run)
         self._pieces = []
 
-    def write(self, path: Path, id_column: str) -> bool:
-        """Write the index sorted by id (refusing duplicate ids of a director); False when it is empty."""
+    def write(
+        self, path: Path, id_column: str, merge_with: Sequence[Path] = (), table_name: str = "the table"
+    ) -> bool:
+        """Write the index sorted by id (refusing duplicate ids of a director); False when it is empty.
+
+        With `merge_with` (the table's committed index files), the file written holds their rows too, so a
+        table keeps one index file however many loads it has (a lookup reads one row group per id); a
+        director id already in them is refused, before anything of the load is stored."""
         if self.rows == 0:
             return False
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not self._runs:
+        if not self._runs and not merge_with:
             index = pa.concat_tables(self._pieces).sort_by("id")
             if self.unique and len(index) > 1:
                 ids = index["id"]
@@ -221,13 +242,16 @@ class IndexSpool:
             conn.execute("SET temp_directory = ?", [str(self.directory / "duckdb.tmp")]).fetchall()
             conn.execute("SET memory_limit = ?", [INDEX_SORT_MEMORY]).fetchall()
             runs = [str(r) for r in self._runs]
+            earlier = [str(p) for p in merge_with]
             if self.unique:
                 row = conn.execute(
                     "SELECT count(*) - count(DISTINCT id) FROM read_parquet(?)", [runs]
                 ).fetchone()
                 self._refuse_duplicates(int(row[0]) if row else 0, id_column)
+            if self.unique and earlier:
+                self._refuse_loaded(conn, runs, earlier, id_column, table_name)
             tmp = path.with_suffix(".tmp")
-            conn.cursor().read_parquet(runs).order("id").write_parquet(
+            conn.cursor().read_parquet(runs + earlier).order("id").write_parquet(
                 str(tmp), compression="lz4", row_group_size=INDEX_ROW_GROUP_ROWS
             )
             tmp.replace(path)
@@ -236,6 +260,21 @@ class IndexSpool:
     def _refuse_duplicates(self, duplicates: int, id_column: str) -> None:
         if self.unique and duplicates:
             raise LoadError(f"{duplicates} duplicate values of {id_column} in the files")
+
+    @staticmethod
+    def _refuse_loaded(
+        conn: duckdb.DuckDBPyConnection, runs: list[str], earlier: list[str], id_column: str, table: str
+    ) -> None:
+        """An error when ids of this load are already in the table (a director's ids are unique)."""
+        row = conn.execute(  # the table's ids probe a hash of the load's (usually the smaller side)
+            "SELECT count(*), min(id) FROM read_parquet(?) WHERE id IN (SELECT id FROM read_parquet(?))",
+            [earlier, runs],
+        ).fetchone()
+        if row and row[0]:
+            raise LoadError(
+                f"{row[0]} values of {id_column} (first {row[1]}) are already in {table} from an earlier "
+                "load; a director's ids are unique, so nothing of this load was stored"
+            )
 
 
 class PositionSpool:

@@ -145,8 +145,11 @@ class SkyCounts:
 
     def add(self, h29: IntArray) -> None:
         pixels = h29 >> (2 * (ORDER_29 - self.order))
-        if self._dense is not None:  # a bincount per batch: no sort, whatever the number of pixels
-            self._dense += np.bincount(pixels, minlength=len(self._dense))
+        if self._dense is not None:  # no sort, whatever the number of pixels
+            if len(pixels) < len(self._dense):  # in place: a bincount would allocate (and fault in) 100 MB
+                np.add.at(self._dense, pixels, 1)
+            else:
+                self._dense += np.bincount(pixels, minlength=len(self._dense))
             return
         pixels, counts = np.unique(pixels, return_counts=True)
         merged = np.concatenate([self._pixels, pixels])

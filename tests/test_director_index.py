@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from dms import migrate
+from dms.config import ShardConfig
 from dms.deployment import Deployment
 from dms.loaders import catalog, catalog_stream
 from dms.loaders.catalog import TableOptions, load_files
@@ -138,3 +139,69 @@ def test_a_spilled_streamed_load_answers_as_the_file(
     assert stored == gaia.num_rows
     again = load_files(deployment, "gaia", [path], progress=False)
     assert again.skipped and again.rows == 0  # the checksum stops a repeated load before any row is read
+
+
+def test_appends_keep_one_index_and_refuse_ids_already_loaded(
+    gaia: pa.Table, tmp_path: Path, deployment: Deployment
+) -> None:
+    """Four loads of one director (ids drawn at random, so every load's ids span the others' range) leave one
+    index file whose lookups read one row group per id and agree with the shards' own rows; a load that
+    repeats ids of an earlier one is refused and leaves the table as it was."""
+    deployment.add_shard(ShardConfig(name="shard1", kind="duckdb", path="catalog/shard1.duckdb"))
+    migrate.upgrade(deployment)
+    parts = np.array_split(np.random.default_rng(7).permutation(gaia.num_rows), 4)
+    paths = []
+    for i, part in enumerate(parts):
+        paths.append(tmp_path / f"part{i}.parquet")
+        pq.write_table(gaia.take(pa.array(np.sort(part))), paths[-1])
+    options = TableOptions(ra="ra", dec="dec", id="source_id", chunk_order=2, max_chunk_rows=60_000)
+    index_dir = deployment.data_dir / "catalog" / "_index" / "cat" / "gaia"
+    rng = np.random.default_rng(11)
+    for i, path in enumerate(paths):
+        load_files(deployment, "gaia", [path], create=options if i == 0 else None, progress=False)
+        with deployment.connect() as conn:
+            files = catalog.committed_index_files(deployment, conn, "cat.gaia")
+        assert len(files) == 1 and len(list(index_dir.glob("*.parquet"))) <= 2  # one named, one spared
+        shard_rows = duckdb.connect().execute(  # the truth: each id's chunk as the shards store it
+            "SELECT source_id, _chunk FROM read_parquet(?) WHERE NOT _overlap",
+            [[str(p) for p in (deployment.data_dir / "catalog").glob("shard*/cat/gaia/load*/*.parquet")]],
+        )
+        truth = dict(shard_rows.fetchall())
+        loaded = np.concatenate([gaia["source_id"].to_numpy()[np.sort(p)] for p in parts[: i + 1]])
+        assert len(truth) == len(loaded) == pq.ParquetFile(files[0]).metadata.num_rows
+        index = DirectorIndex([str(f) for f in files])
+        for wanted in rng.choice(loaded, 20, replace=False).tolist():
+            before = index.groups_read
+            assert index.chunks_of([wanted]) == {truth[wanted]}
+            assert index.groups_read - before == 1  # one lookup, however many loads
+    assert index.chunks_of([1, 2, 3]) == set()
+
+    def state() -> tuple[Any, ...]:
+        with deployment.connect() as conn:
+            loads = conn.execute(sa.text("SELECT load_id, state, index_path FROM dms.catalog_load")).all()
+            stored = conn.execute(sa.text("SELECT count(*), sum(row_count) FROM dms.chunk_file")).one()
+        shard_files = sorted(str(p) for p in (deployment.data_dir / "catalog").rglob("shard*/**/*.parquet"))
+        return sorted(loads), tuple(stored), shard_files, files[0].read_bytes()
+
+    before = state()
+    again = gaia.take(pa.array(np.sort(parts[1])[:5]))  # five ids of the second load, with new ones
+    fresh = gaia.take(pa.array(np.sort(parts[2])[:50])).set_column(
+        0, "source_id", pa.array(np.arange(1, 51, dtype=np.int64))
+    )
+    pq.write_table(pa.concat_tables([fresh, again]), tmp_path / "again.parquet")
+    with pytest.raises(LoadError, match=r"5 values of source_id \(first \d+\) are already in cat.gaia"):
+        load_files(deployment, "gaia", [tmp_path / "again.parquet"], progress=False)
+    assert state() == before  # nothing half-loaded: registry, shard files and index as they were
+    ids = [*rng.choice(gaia["source_id"].to_numpy(), 30, replace=False).tolist(), 1, 2]
+    with QueryEngine(deployment) as engine:
+        id_list = ", ".join(str(i) for i in ids)
+        sql = f"SELECT source_id, ra FROM cat.gaia WHERE source_id IN ({id_list})"
+        found = engine.execute(sql).table
+        total = engine.execute("SELECT COUNT(*) AS n FROM cat.gaia").table["n"][0].as_py()
+    duck = duckdb.connect()  # the unpartitioned copy: every input file
+    expected = duck.execute(
+        "SELECT source_id, ra FROM read_parquet(?) WHERE list_contains(?, source_id) ORDER BY source_id",
+        [[str(p) for p in paths], ids],
+    ).fetchall()
+    assert sorted(zip(found["source_id"].to_pylist(), found["ra"].to_pylist(), strict=True)) == expected
+    assert total == gaia.num_rows

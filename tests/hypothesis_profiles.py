@@ -26,5 +26,6 @@ def register() -> None:
 
 def examples(full: int) -> int:
     """The example count of a suite whose full count is `full`, in the loaded profile's proportion."""
-    share = settings.default.max_examples / FULL_EXAMPLES
+    loaded = settings.default
+    share = (loaded.max_examples if loaded is not None else FULL_EXAMPLES) / FULL_EXAMPLES
     return full if share >= 1 else max(MIN_EXAMPLES, round(full * share))

@@ -151,6 +151,7 @@ def _apply(
         try:
             with engine.begin() as conn:
                 cfg.attributes["connection"] = conn
+                cfg.attributes["compare"] = False  # no autogenerate: env.py need not build the metadata
                 action(cfg, spec)
             after = _current(target.label, engine)
         except CommandError as exc:

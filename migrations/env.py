@@ -21,9 +21,12 @@ config = context.config
 
 
 def _run(connection: sa.Connection) -> None:
+    # The Felis metadata takes seconds to build and only autogenerate compares against it: `dms db upgrade`
+    # and `downgrade` (dms.migrate, which sets "compare" False) skip it.
+    compare = config.attributes.get("compare", True)
     context.configure(
         connection=connection,
-        target_metadata=control_metadata(),
+        target_metadata=control_metadata() if compare else None,
         include_schemas=True,
         include_name=_include_name,
         compare_type=True,

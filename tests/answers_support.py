@@ -5,34 +5,33 @@ have one in flight while queries run)."""
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psycopg
 import pyarrow as pa
 import pytest
 
 from dms.loaders import catalog as catalog_loader
 from dms.loaders.samples import write_parquet
+from tests.pg_support import control_database, create_database, drop_database, shard_database
 
 
-def new_database(pg_server: Any, created: list[str]) -> str:
-    """A fresh database on the session server (its name is added to `created`, for `drop_databases`)."""
-    name = f"ans_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server.get_uri(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+def new_database(pg_server: Any, created: list[str], *, migrated: bool = False, shard: bool = False) -> str:
+    """A fresh database on the session server (its name is added to `created`, for `drop_databases`); with
+    `migrated`, a control database already at head; with `shard`, a PostgreSQL shard's (pg_support.py)."""
+    if shard:
+        name = shard_database(pg_server, "ans")
+    else:
+        name = control_database(pg_server, "ans") if migrated else create_database(pg_server, "ans")
     created.append(name)
     return str(pg_server.get_uri(name))
 
 
 def drop_databases(pg_server: Any, created: list[str]) -> None:
-    with psycopg.connect(pg_server.get_uri(), autocommit=True) as conn:
-        for name in created:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(pg_server, *created)
 
 
 def star_file(directory: Path, name: str, first_id: int, rows: int, seed: int) -> Path:

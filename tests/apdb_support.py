@@ -4,7 +4,6 @@ DiaSources and forced sources with the values prompt processing writes)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import numpy as np
@@ -16,6 +15,7 @@ from astropy.time import Time
 from dms import migrate
 from dms.deployment import Deployment
 from dms.services.apdb import Apdb
+from tests.pg_support import control_database, drop_database, seed_default_shard
 
 APDB_TABLES = ("DiaObject", "DiaObjectLast", "DiaSource", "DiaForcedSource")
 FIELD_RADIUS = 1.75  # degrees: LSSTCam's field of view is 9.6 square degrees
@@ -23,16 +23,13 @@ FIELD_RADIUS = 1.75  # degrees: LSSTCam's field of view is 9.6 square degrees
 
 @pytest.fixture(scope="module")
 def apdb_deployment(pg_server: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    admin = pg_server.get_uri()  # type: ignore[attr-defined]
-    name = f"apdb_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = control_database(pg_server, "apdb")
     dep = Deployment.create(tmp_path_factory.mktemp("apdbdep"), database_url=pg_server.get_uri(name))  # type: ignore[attr-defined]
+    seed_default_shard(dep, pg_server)
     migrate.upgrade(dep)
     yield dep
     dep.dispose()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(pg_server, name)
 
 
 @pytest.fixture()

@@ -5,14 +5,12 @@ astropy ships; and LSSTCam-style multi-extension raws (one HDU per amplifier) wr
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import astropy
 import astropy.units as u
 import numpy as np
-import psycopg
 import pytest
 import sqlalchemy as sa
 from astropy.io import fits
@@ -21,6 +19,7 @@ from astropy.time import Time
 from dms import migrate
 from dms.deployment import Deployment
 from dms.services.backbone import Backbone
+from tests.pg_support import control_database, drop_database, seed_default_shard
 
 ASTROPY = Path(astropy.__file__).parent
 REAL_FILES = {
@@ -46,17 +45,14 @@ TRUNCATE dms.distribution_item, dms.distribution_subscription, dms.replication_t
 
 @pytest.fixture(scope="module")
 def module_deployment(pg_server: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    admin = pg_server.get_uri()  # type: ignore[attr-defined]
-    name = f"bb_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = control_database(pg_server, "bb")
     url = pg_server.get_uri(name)  # type: ignore[attr-defined]
     dep = Deployment.create(tmp_path_factory.mktemp("bbdep"), database_url=url)
+    seed_default_shard(dep, pg_server)
     migrate.upgrade(dep)
     yield dep
     dep.dispose()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(pg_server, name)
 
 
 @pytest.fixture()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from dms.deployment import Deployment
 from dms.services.batch import store, workflow
 from dms.services.batch.runner import BatchRunner, RunnerSettings, open_cluster
 from dms.tasks import Task, TaskConfig, register_task
+from tests.pg_support import control_database, drop_database, seed_default_shard
 
 BATCH_TABLES = (
     "dms.calibration, dms.ocs_command, dms.batch_quota, dms.batch_task_input, dms.batch_dataset, "
@@ -67,16 +67,13 @@ def journal(path: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def batch_deployment(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    admin = pg_server.get_uri()
-    name = f"batch_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = control_database(pg_server, "batch")
     dep = Deployment.create(tmp_path_factory.mktemp("batchdep"), database_url=pg_server.get_uri(name))
+    seed_default_shard(dep, pg_server)
     migrate.upgrade(dep)
     yield dep
     dep.dispose()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(pg_server, name)
 
 
 def conninfo_of(deployment: Deployment) -> str:

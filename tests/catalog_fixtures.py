@@ -20,6 +20,7 @@ from dms.loaders.catalog import TableOptions, load_files
 from dms.loaders.samples import gaia_table, hipparcos_table, write_parquet
 from dms.query.engine import QueryEngine
 from dms.udfs import register_duckdb
+from tests.pg_support import control_database, create_database, seed_default_shard, shard_database
 
 
 @dataclass
@@ -122,16 +123,13 @@ def add_postgres_shards(deployment: Deployment, uris: list[str]) -> None:
     list(migrate.upgrade(deployment))
 
 
-def new_database(server: object) -> str:
-    """A fresh database on the test PostgreSQL server (pgserver); its URI."""
-    import uuid
-
-    import psycopg
-    from psycopg import sql
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server.get_uri(), autocommit=True) as conn:  # type: ignore[attr-defined]
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+def new_database(server: object, *, migrated: bool = False, shard: bool = False) -> str:
+    """A fresh database on the test PostgreSQL server (pgserver); its URI. With `migrated`, a control
+    database already at head, with `shard` a PostgreSQL shard's (see tests/pg_support.py)."""
+    if shard:
+        name = shard_database(server, "t")
+    else:
+        name = control_database(server, "t") if migrated else create_database(server, "t")
     return server.get_uri(name)  # type: ignore[attr-defined,no-any-return]
 
 
@@ -140,9 +138,10 @@ def sample_deployment(server: object, directory: Path, sample: Sample) -> Deploy
     gaia_pg on the PostgreSQL shard (the plan and shape-cache suites' world)."""
     from dms import migrate
 
-    deployment = Deployment.create(directory, database_url=new_database(server))
+    deployment = Deployment.create(directory, database_url=new_database(server, migrated=True))
+    seed_default_shard(deployment, server)
     deployment.add_shard(ShardConfig(name="shard1", kind="duckdb", path="catalog/shard1.duckdb"))
-    deployment.add_shard(ShardConfig(name="pg", kind="postgres", url=new_database(server)))
+    deployment.add_shard(ShardConfig(name="pg", kind="postgres", url=new_database(server, shard=True)))
     list(migrate.upgrade(deployment))
     load_sample(deployment, sample, chunk_order=3)
     load_files(

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import psycopg
 import pytest
+from hypothesis import settings
+
+from tests import hypothesis_profiles
+from tests.pg_support import database
 
 # Support modules that test files import helpers from and also load as fixture plugins: rewrite their asserts
 # before the first import (else pytest warns that it cannot).
@@ -23,6 +27,25 @@ pytest.register_assert_rewrite(
     "prompt_support",
     "portal_support",
 )
+hypothesis_profiles.register()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Load the hypothesis profile before the test modules (whose settings read it) are imported."""
+    markexpr = config.getoption("markexpr", "") or ""
+    selects_slow = "slow" in markexpr and "not slow" not in markexpr
+    default = hypothesis_profiles.FULL if selects_slow else hypothesis_profiles.NORMAL
+    settings.load_profile(os.environ.get("DMS_HYPOTHESIS_PROFILE", default))
+
+
+@pytest.hookimpl(tryfirst=True)  # before the -m selection
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """At full count, the property tests belong to the slow suites too (`-m slow` runs them again)."""
+    if settings.get_current_profile_name() != hypothesis_profiles.FULL:
+        return
+    for item in items:
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -40,15 +63,8 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 @pytest.fixture()
 def pg_database(pg_server: object) -> Iterator[str]:
     """A fresh, empty database on the session server; yields its libpq URI and drops it afterwards."""
-    admin_uri = pg_server.get_uri()  # type: ignore[attr-defined]
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_uri, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield pg_server.get_uri(name)  # type: ignore[attr-defined]
-    finally:
-        with psycopg.connect(admin_uri, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with database(pg_server) as uri:
+        yield uri
 
 
 @pytest.fixture()

@@ -4,14 +4,12 @@ removed, and the DRP run once over it on a real Dask cluster."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -22,6 +20,7 @@ from dms.services.batch.runner import open_cluster
 from dms.services.drp.production import DrpParameters, ReleaseRun, run_release
 from dms.services.drp.survey import SurveySpec, simulate_survey
 from dms.services.prompt.simulate import SimulatedNight
+from tests.pg_support import control_database, drop_database, seed_default_shard
 
 SPEC = SurveySpec(visits=4, detectors=3, size=(256, 256), bands="gr", seed=5)
 RELEASE = "drptest"
@@ -65,11 +64,9 @@ def _break_calibrations(deployment: Deployment, night: SimulatedNight) -> tuple[
 
 @pytest.fixture(scope="session")
 def drp_survey(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Survey]:
-    admin = pg_server.get_uri()
-    name = f"drp_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = control_database(pg_server, "drp")
     deployment = Deployment.create(tmp_path_factory.mktemp("drp"), database_url=pg_server.get_uri(name))
+    seed_default_shard(deployment, pg_server)
     migrate.upgrade(deployment)
     night = simulate_survey(deployment, SPEC)
     corrupt, flatless = _break_calibrations(deployment, night)
@@ -80,8 +77,7 @@ def drp_survey(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     yield Survey(deployment, night, run, params, corrupt, flatless, client)
     client.close()
     deployment.dispose()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(pg_server, name)
 
 
 def query(deployment: Deployment, sql: str) -> pd.DataFrame:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 from dms import migrate
 from dms.deployment import Deployment
 from dms.loaders.efd.db import conninfo
+from tests.pg_support import control_database, drop_database, seed_default_shard
 
 INSTRUMENT = "LSSTCam"
 
@@ -21,17 +21,15 @@ INSTRUMENT = "LSSTCam"
 @pytest.fixture(scope="module")
 def efd_deployment(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """An external deployment on a fresh database of the session server, migrated to head (per module)."""
-    name = f"efd_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_server.get_uri(), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+    name = control_database(pg_server, "efd")
     deployment = Deployment.create(
         Path(tmp_path_factory.mktemp("efd")) / "dep", database_url=pg_server.get_uri(name)
     )
+    seed_default_shard(deployment, pg_server)
     migrate.upgrade(deployment)
     yield deployment
     deployment.dispose()
-    with psycopg.connect(pg_server.get_uri(), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(pg_server, name)
 
 
 @pytest.fixture()

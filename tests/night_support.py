@@ -4,13 +4,11 @@ and the payload run once on every visit and detector of it."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import psycopg
 import pytest
 
 from dms import migrate
@@ -19,6 +17,7 @@ from dms.services.backbone import Backbone
 from dms.services.prompt.exposure import DetectorResult, Exposure
 from dms.services.prompt.payload.process import ProcessDetectorTask
 from dms.services.prompt.simulate import Densities, SimulatedNight, simulate_night
+from tests.pg_support import control_database, drop_database, seed_default_shard
 
 SIZE = (512, 512)
 VISITS = 4
@@ -42,11 +41,9 @@ class Processed:
 
 
 def make_deployment(pg_server: object, tmp_path_factory: pytest.TempPathFactory) -> tuple[Deployment, str]:
-    admin = pg_server.get_uri()  # type: ignore[attr-defined]
-    name = f"night_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = control_database(pg_server, "night")
     deployment = Deployment.create(tmp_path_factory.mktemp("night"), database_url=pg_server.get_uri(name))  # type: ignore[attr-defined]
+    seed_default_shard(deployment, pg_server)
     migrate.upgrade(deployment)
     return deployment, name
 
@@ -62,8 +59,7 @@ def simulated(pg_server: object, tmp_path_factory: pytest.TempPathFactory) -> It
     )
     yield Night(deployment, backbone, night)
     deployment.dispose()
-    with psycopg.connect(pg_server.get_uri(), autocommit=True) as conn:  # type: ignore[attr-defined]
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(pg_server, name)
 
 
 @pytest.fixture(scope="session")

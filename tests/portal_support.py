@@ -6,7 +6,6 @@ are real FITS images that astropy ships (M13, an image with a SIP WCS), and DiaO
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any
 import astropy
 import numpy as np
 import pandas as pd
-import psycopg
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
@@ -30,6 +28,7 @@ from dms.loaders.catalog import TableOptions, load_files
 from dms.loaders.samples import gaia_table, write_parquet
 from dms.services.apdb import Apdb
 from dms.services.vo.server import running_server
+from tests.pg_support import control_database, drop_database, seed_default_shard
 
 ASTROPY = Path(astropy.__file__).parent
 REAL_IMAGES = {
@@ -102,12 +101,10 @@ def _apdb(deployment: Deployment) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 @pytest.fixture(scope="module", name="live_portal")
 def live_portal_fixture(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePortal]:
-    name = f"po_{uuid.uuid4().hex[:12]}"
-    admin = pg_server.get_uri()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = control_database(pg_server, "po")
     directory = tmp_path_factory.mktemp("portal")
     deployment = Deployment.create(directory / "dep", database_url=pg_server.get_uri(name))
+    seed_default_shard(deployment, pg_server)
     served: Deployment | None = None
     gaia = gaia_table().take(pa.array(np.arange(0, 482_176, 20)))
     try:
@@ -132,5 +129,4 @@ def live_portal_fixture(pg_server: Any, tmp_path_factory: pytest.TempPathFactory
         if served is not None:
             served.dispose()
         deployment.dispose()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(pg_server, name)

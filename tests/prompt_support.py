@@ -10,7 +10,6 @@ detectors side by side in RA), Gaussian stars, noise, and point transients injec
 from __future__ import annotations
 
 import io
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ from dms.services.prompt.errors import DetectorInputError
 from dms.services.prompt.exposure import MASK_EDGE, DetectorResult, Exposure
 from dms.services.prompt.payloads import DetectorWork, ProcessedDetector
 from dms.services.prompt.visits import NextVisit
+from tests.pg_support import control_database, drop_database, seed_default_shard
 
 INSTRUMENT = "LSSTCamSim"
 PIXEL_SCALE = 0.2 / 3600.0  # degrees per pixel
@@ -56,16 +56,13 @@ RESET_TABLES = (
 
 @pytest.fixture(scope="module")
 def prompt_deployment(pg_server: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    admin = pg_server.get_uri()  # type: ignore[attr-defined]
-    name = f"prompt_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = control_database(pg_server, "prompt")
     dep = Deployment.create(tmp_path_factory.mktemp("promptdep"), database_url=pg_server.get_uri(name))  # type: ignore[attr-defined]
+    seed_default_shard(dep, pg_server)
     migrate.upgrade(dep)
     yield dep
     dep.dispose()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(pg_server, name)
 
 
 def conninfo(deployment: Deployment) -> str:

@@ -21,6 +21,7 @@ from sqlglot import exp
 
 from dms.query.adql import translate
 from dms.udfs import install_postgres, register_duckdb
+from tests.pg_support import create_database, drop_database
 
 N = 2000
 RNG = np.random.default_rng(20261124)
@@ -100,18 +101,13 @@ class DuckDB(Backend):
 
 @pytest.fixture(scope="module")
 def backends(pg_server: Any) -> Iterator[tuple[Backend, Backend]]:
-    import uuid
 
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = pg_server.get_uri()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = create_database(pg_server, "t")
     try:
         with psycopg.connect(pg_server.get_uri(name), autocommit=True) as conn:
             yield Postgres(conn), DuckDB()
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(pg_server, name)
 
 
 def both(backends: tuple[Backend, Backend], adql: str) -> list[tuple[Any, ...]]:

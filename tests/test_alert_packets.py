@@ -33,6 +33,7 @@ from dms.services.alerts.packets import (
     serialize,
 )
 from dms.services.apdb import Apdb, Circle
+from tests.hypothesis_profiles import examples
 
 MJD = 60_900.2
 
@@ -175,7 +176,7 @@ def test_the_columnar_batch_writes_fastavros_bytes(rubin: Schema, with_history: 
     assert rubin.deserialize(got[5][5:])["diaSource"]["psfFlux"] is None
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     st.lists(
         st.tuples(

@@ -12,6 +12,7 @@ from scipy.spatial import cKDTree
 
 from dms.services.apdb import Apdb, ApdbInputError
 from dms.services.prompt.association import associate, cell_order, neighbour_ranges
+from tests.hypothesis_profiles import examples
 
 pytest_plugins = ["apdb_support"]  # the apdb fixture
 
@@ -81,7 +82,7 @@ def test_only_current_versions_match(apdb: Apdb) -> None:
     assert list(associate(apdb, sources, 1.0).matched["diaObjectId"]) == [1, 2]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     st.floats(0, 360, allow_nan=False, exclude_max=True),
     st.floats(-90, 90, allow_nan=False),

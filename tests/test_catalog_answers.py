@@ -35,6 +35,7 @@ from tests.catalog_fixtures import (
     reference,
     reference_connection,
 )
+from tests.pg_support import seed_default_shard
 
 CAP = 1_000  # far below every intermediate result below (the Gaia sample has ~40,000 rows)
 INNER = [
@@ -81,15 +82,19 @@ def deployments(
     made = {}
     try:
         duck = Deployment.create(
-            tmp_path_factory.mktemp("duck") / "dep", database_url=new_database(pg_server, created)
+            tmp_path_factory.mktemp("duck") / "dep",
+            database_url=new_database(pg_server, created, migrated=True),
         )
+        seed_default_shard(duck, pg_server)
         migrate.upgrade(duck)
         _load(duck, sample, "duckdb")
         made["duckdb"] = duck
         pg = Deployment.create(
-            tmp_path_factory.mktemp("pg") / "dep", database_url=new_database(pg_server, created)
+            tmp_path_factory.mktemp("pg") / "dep",
+            database_url=new_database(pg_server, created, migrated=True),
         )
-        add_postgres_shards(pg, [new_database(pg_server, created) for _ in range(2)])
+        seed_default_shard(pg, pg_server)
+        add_postgres_shards(pg, [new_database(pg_server, created, shard=True) for _ in range(2)])
         _load(pg, sample, "postgres")
         made["postgres"] = pg
         yield made
@@ -206,7 +211,10 @@ def test_a_long_lived_engine_sees_a_load_that_commits_after_a_later_one(
     pg_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     created: list[str] = []
-    deployment = Deployment.create(tmp_path / "dep", database_url=new_database(pg_server, created))
+    deployment = Deployment.create(
+        tmp_path / "dep", database_url=new_database(pg_server, created, migrated=True)
+    )
+    seed_default_shard(deployment, pg_server)
     try:
         migrate.upgrade(deployment)
         star = TableOptions(ra="ra", dec="dec", id="id", chunk_order=1)

@@ -35,6 +35,8 @@ from dms.query.engine import QueryEngine
 from dms.query.errors import QueryRefused
 from tests.answers_support import drop_databases, new_database
 from tests.catalog_fixtures import canonical_rows
+from tests.hypothesis_profiles import examples
+from tests.pg_support import seed_default_shard
 from tests.rubin_fixtures import RubinSample, load_rubin, make_rubin_sample, rubin_reference
 
 CONFIGS = ("duckdb", "postgres", "mixed")
@@ -162,10 +164,12 @@ def deployments(
     try:
         for config in CONFIGS:
             deployment = Deployment.create(
-                tmp_path_factory.mktemp(config) / "dep", database_url=new_database(pg_server, created)
+                tmp_path_factory.mktemp(config) / "dep",
+                database_url=new_database(pg_server, created, migrated=True),
             )
+            seed_default_shard(deployment, pg_server)
             if config != "duckdb":
-                _add_postgres(deployment, [new_database(pg_server, created) for _ in range(2)])
+                _add_postgres(deployment, [new_database(pg_server, created, shard=True) for _ in range(2)])
             if config == "duckdb":
                 deployment.add_shard(ShardConfig(name="shard1", kind="duckdb", path="catalog/shard1.duckdb"))
             list(migrate.upgrade(deployment))
@@ -346,7 +350,9 @@ def generated_queries(draw: st.DrawFn) -> tuple[str, str]:
 def test_generated_camelcase_queries_equal_unpartitioned_copy(
     engines: dict[str, QueryEngine], ref: duckdb.DuckDBPyConnection, config: str
 ) -> None:
-    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @settings(
+        max_examples=examples(25), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
+    )
     @given(generated_queries())
     def run(query: tuple[str, str]) -> None:
         check(engines[config], ref, config, f"{query[0]} -- {query[1]}")

@@ -22,6 +22,7 @@ from dms.query.engine import QueryEngine
 from dms.query.integrity import ChunkDamaged
 from tests.answers_support import drop_databases, new_database
 from tests.catalog_fixtures import Sample, make_sample
+from tests.pg_support import seed_default_shard
 
 SUM = "SELECT SUM(phot_g_mean_mag) AS s, COUNT(*) AS n FROM cat.gaia"
 
@@ -34,7 +35,10 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Sample:
 def _deployment(
     pg_server: Any, directory: Path, created: list[str], sample: Sample, replicas: int
 ) -> Deployment:
-    deployment = Deployment.create(directory / "dep", database_url=new_database(pg_server, created))
+    deployment = Deployment.create(
+        directory / "dep", database_url=new_database(pg_server, created, migrated=True)
+    )
+    seed_default_shard(deployment, pg_server)
     if replicas > 1:
         deployment.add_shard(ShardConfig(name="shard1", kind="duckdb", path="catalog/shard1.duckdb"))
     migrate.upgrade(deployment)

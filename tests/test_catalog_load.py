@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import healpy
 import numpy as np
@@ -28,15 +29,20 @@ from dms.loaders.partition import PartitionError, adaptive_layout, healpix_29, n
 from dms.loaders.readers import CatalogFileError
 from dms.loaders.samples import gaia_table, write_parquet
 from dms.query.engine import QueryEngine
+from tests.pg_support import control_database, drop_database, seed_default_shard
 
 
 @pytest.fixture()
-def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    dep = Deployment.create(tmp_path / "dep")
+def deployment(tmp_path: Path, pg_server: Any) -> Iterator[Deployment]:
+    """Two DuckDB shards; the control database on the session's server (a copy at head, as is shard0)."""
+    name = control_database(pg_server, "load")
+    dep = Deployment.create(tmp_path / "dep", database_url=pg_server.get_uri(name))
+    seed_default_shard(dep, pg_server)
     dep.add_shard(ShardConfig(name="shard1", kind="duckdb", path="catalog/shard1.duckdb"))
     migrate.upgrade(dep)
     yield dep
-    dep.stop()
+    dep.dispose()
+    drop_database(pg_server, name)
 
 
 def _stars(n: int, seed: int = 3) -> pa.Table:

@@ -7,7 +7,6 @@ Answers are checked against an unpartitioned DuckDB copy of the same rows, healp
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from tests.catalog_fixtures import (
     reference,
     reference_connection,
 )
+from tests.pg_support import control_database, create_database, drop_database, seed_default_shard
 
 REGISTRY_TABLES = ("catalog_table", "catalog_column", "catalog_load", "chunk", "chunk_replica", "chunk_file")
 
@@ -51,26 +51,26 @@ REGISTRY_TABLES = ("catalog_table", "catalog_column", "catalog_load", "chunk", "
 @pytest.fixture(scope="module")
 def pg_uris(pg_server: object) -> Iterator[list[str]]:
     """Two fresh databases on the session's PostgreSQL server, used as two PostgreSQL shards."""
-    admin = pg_server.get_uri()  # type: ignore[attr-defined]
-    names = [f"s_{uuid.uuid4().hex[:10]}" for _ in range(2)]
-    with psycopg.connect(admin, autocommit=True) as conn:
-        for name in names:
-            conn.execute(f'CREATE DATABASE "{name}"')
+    names = [create_database(pg_server, "s") for _ in range(2)]
     yield [pg_server.get_uri(n) for n in names]  # type: ignore[attr-defined]
-    with psycopg.connect(admin, autocommit=True) as conn:
-        for name in names:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(pg_server, *names)
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory, pg_uris: list[str]) -> Iterator[Deployment]:
-    """Two DuckDB shards (shard0, shard1) and two PostgreSQL shards (pg0, pg1)."""
-    dep = Deployment.create(tmp_path_factory.mktemp("qs"))
+def deployment(
+    pg_server: object, tmp_path_factory: pytest.TempPathFactory, pg_uris: list[str]
+) -> Iterator[Deployment]:
+    """Two DuckDB shards (shard0, shard1) and two PostgreSQL shards (pg0, pg1); the control database on the
+    session's server."""
+    control = control_database(pg_server, "qs")
+    dep = Deployment.create(tmp_path_factory.mktemp("qs"), database_url=pg_server.get_uri(control))  # type: ignore[attr-defined]
+    seed_default_shard(dep, pg_server)
     dep.add_shard(ShardConfig(name="shard1", kind="duckdb", path="catalog/shard1.duckdb"))
     migrate.upgrade(dep)
     add_postgres_shards(dep, pg_uris)
     yield dep
-    dep.stop()
+    dep.dispose()
+    drop_database(pg_server, control)
 
 
 def _stars(n: int, seed: int, first_id: int = 1) -> pa.Table:

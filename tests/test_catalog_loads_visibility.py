@@ -27,6 +27,7 @@ from dms.loaders.catalog import TableOptions, load_files
 from dms.query.engine import QueryEngine
 from tests.answers_support import drop_databases, held_commit, in_thread, new_database, star_file
 from tests.catalog_fixtures import canonical_rows, make_sample, reference, reference_connection
+from tests.pg_support import seed_default_shard
 
 HIP_OPTIONS = (
     "--ra",
@@ -50,8 +51,11 @@ def pg_deployment(pg_server: Any, tmp_path: Path) -> Iterator[tuple[Deployment, 
     from tests.catalog_fixtures import add_postgres_shards
 
     created: list[str] = []
-    deployment = Deployment.create(tmp_path / "dep", database_url=new_database(pg_server, created))
-    shards = [new_database(pg_server, created) for _ in range(2)]
+    deployment = Deployment.create(
+        tmp_path / "dep", database_url=new_database(pg_server, created, migrated=True)
+    )
+    seed_default_shard(deployment, pg_server)
+    shards = [new_database(pg_server, created, shard=True) for _ in range(2)]
     try:
         add_postgres_shards(deployment, shards)
         yield deployment, shards
@@ -166,7 +170,10 @@ def test_a_load_whose_process_died_is_cleaned_up_by_the_next(
 def test_description_keeps_the_like_layout(pg_server: Any, tmp_path: Path) -> None:
     sample = make_sample(tmp_path)
     created: list[str] = []
-    deployment = Deployment.create(tmp_path / "dep", database_url=new_database(pg_server, created))
+    deployment = Deployment.create(
+        tmp_path / "dep", database_url=new_database(pg_server, created, migrated=True)
+    )
+    seed_default_shard(deployment, pg_server)
     ref = reference_connection(sample)
     try:
         migrate.upgrade(deployment)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
-import pgserver
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,6 +28,8 @@ from tests.catalog_fixtures import (
     reference,
     reference_connection,
 )
+from tests.hypothesis_profiles import examples
+from tests.pg_support import control_database, drop_database, seed_default_shard, shard_database
 
 CONFIGS = ("duckdb-1", "duckdb-3", "postgres-2", "dask")
 
@@ -86,35 +87,42 @@ def _load(deployment: Deployment, sample: Sample, storage: str, replicas: int = 
 
 
 @pytest.fixture(scope="module")
-def deployments(sample: Sample, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Deployment]]:
+def deployments(
+    sample: Sample, pg_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Deployment]]:
+    """Three deployments (control databases on the session's server): one DuckDB shard, three DuckDB shards
+    with two replicas of each chunk, and two PostgreSQL shards."""
     from dms import migrate
 
     made: dict[str, Deployment] = {}
-    servers = []
-    one = Deployment.create(tmp_path_factory.mktemp("d1"))
+    created: list[str] = []
+
+    def deployment(directory: str) -> Deployment:
+        created.append(control_database(pg_server, directory))
+        url = pg_server.get_uri(created[-1])
+        new = Deployment.create(tmp_path_factory.mktemp(directory), database_url=url)
+        seed_default_shard(new, pg_server)
+        return new
+
+    one = deployment("d1")
     migrate.upgrade(one)
     _load(one, sample, "duckdb")
     made["duckdb-1"] = one
-    three = Deployment.create(tmp_path_factory.mktemp("d3"))
+    three = deployment("d3")
     for name in ("shard1", "shard2"):
         three.add_shard(ShardConfig(name=name, kind="duckdb", path=f"catalog/{name}.duckdb"))
     migrate.upgrade(three)
     _load(three, sample, "duckdb", replicas=2)  # every chunk on two of the three shards
     made["duckdb-3"] = three
-    pg = Deployment.create(tmp_path_factory.mktemp("dp"))
-    for i in range(2):
-        server = pgserver.get_server(
-            Path(tmp_path_factory.mktemp(f"pgs{i}", numbered=True)), cleanup_mode="delete"
-        )
-        servers.append(server)
-    add_postgres_shards(pg, [s.get_uri() for s in servers])
+    pg = deployment("dp")
+    created += [shard_database(pg_server, "dps") for _ in range(2)]
+    add_postgres_shards(pg, [pg_server.get_uri(name) for name in created[-2:]])
     _load(pg, sample, "postgres", replicas=2)
     made["postgres-2"] = pg
     yield made
-    for deployment in made.values():
-        deployment.stop()
-    for server in servers:
-        server.cleanup()
+    for each in made.values():
+        each.dispose()
+    drop_database(pg_server, *created)
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +331,9 @@ def generated_queries(draw: st.DrawFn) -> str:
 def test_generated_queries_equal_unpartitioned_copy(
     engines: dict[str, QueryEngine], ref: object, config: str
 ) -> None:
-    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @settings(
+        max_examples=examples(25), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
+    )
     @given(generated_queries())
     def check(sql: str) -> None:
         expected = reference(ref, sql)  # type: ignore[arg-type]

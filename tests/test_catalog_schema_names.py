@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -22,15 +23,20 @@ from dms.loaders.samples import write_parquet
 from dms.query.adql.frames import collect_notes
 from dms.query.engine import QueryEngine
 from dms.schema.catalog import CatalogError, new_table_name
+from tests.pg_support import control_database, drop_database, seed_default_shard
 
 
 @pytest.fixture()
-def deployment(tmp_path: Path) -> Iterator[Deployment]:
-    dep = Deployment.create(tmp_path / "dep")
+def deployment(tmp_path: Path, pg_server: Any) -> Iterator[Deployment]:
+    """Two DuckDB shards; the control database on the session's server (a copy at head, as is shard0)."""
+    name = control_database(pg_server, "names")
+    dep = Deployment.create(tmp_path / "dep", database_url=pg_server.get_uri(name))
+    seed_default_shard(dep, pg_server)
     dep.add_shard(ShardConfig(name="shard1", kind="duckdb", path="catalog/shard1.duckdb"))
     migrate.upgrade(dep)
     yield dep
-    dep.stop()
+    dep.dispose()
+    drop_database(pg_server, name)
 
 
 def stars(n: int, seed: int) -> pa.Table:

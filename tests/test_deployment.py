@@ -10,6 +10,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
+from psycopg import sql
 
 from dms.cli import main
 from dms.deployment import Deployment
@@ -150,12 +151,13 @@ def external_url() -> Iterator[str]:
             pytest.fail(f"no external PostgreSQL service at {admin}: {exc}")
         pytest.skip(f"no external PostgreSQL service at {admin}: {exc}")
     name = f"dms_ext_{os.getpid()}"
+    drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
     with conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(drop)
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     yield admin.rsplit("/", 1)[0] + f"/{name}"
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(drop)
 
 
 @pytest.mark.external

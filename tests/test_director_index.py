@@ -28,6 +28,7 @@ from dms.loaders.samples import gaia_table
 from dms.query.director import DirectorIndex
 from dms.query.engine import QueryEngine
 from tests.answers_support import drop_databases, new_database
+from tests.pg_support import seed_default_shard
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,10 @@ def test_duplicate_ids_are_refused(gaia: pa.Table, tmp_path: Path, memory_rows: 
 @pytest.fixture()
 def deployment(pg_server: Any, tmp_path: Path) -> Iterator[Deployment]:
     created: list[str] = []
-    deployment = Deployment.create(tmp_path / "dep", database_url=new_database(pg_server, created))
+    deployment = Deployment.create(
+        tmp_path / "dep", database_url=new_database(pg_server, created, migrated=True)
+    )
+    seed_default_shard(deployment, pg_server)
     try:
         migrate.upgrade(deployment)
         yield deployment

@@ -18,6 +18,7 @@ from dms.loaders.efd import ingest, transform
 from dms.loaders.efd.errors import EFDTransformError
 from dms.loaders.efd.topics import Field, register_topic
 from tests.efd_support import INSTRUMENT, add_exposure, efd_conn, efd_deployment, reset
+from tests.hypothesis_profiles import examples
 
 __all__ = ["efd_conn", "efd_deployment"]
 
@@ -191,7 +192,9 @@ sample = st.tuples(
 )
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(15), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     samples=st.lists(sample, max_size=60, unique_by=lambda s: (s[0], s[1])),
     windows=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 150)), min_size=1, max_size=5),

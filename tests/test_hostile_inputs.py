@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,8 @@ from dms.deployment import Deployment
 from dms.loaders.catalog import TableOptions, load_files
 from dms.loaders.samples import gaia_table, write_parquet
 from dms.services.vo.server import running_server
+from tests.hypothesis_profiles import examples
+from tests.pg_support import control_database, drop_database, seed_default_shard
 from tests.vo_support import publish_test_data
 
 
@@ -42,12 +43,10 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    name = f"ho_{uuid.uuid4().hex[:12]}"
-    admin = pg_server.get_uri()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = control_database(pg_server, "ho")
     directory = tmp_path_factory.mktemp("hostile")
     deployment = Deployment.create(directory / "dep", database_url=pg_server.get_uri(name))
+    seed_default_shard(deployment, pg_server)
     try:
         migrate.upgrade(deployment)
         publish_test_data(deployment)
@@ -59,8 +58,7 @@ def live(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
             yield Live(url, deployment, pg_server.get_uri(name))
     finally:
         deployment.dispose()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(pg_server, name)
 
 
 # ---- what must not change ----------------------------------------------------------------------------------
@@ -218,7 +216,9 @@ def client(live: Live) -> Iterator[httpx.Client]:
         yield http
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(
+    max_examples=examples(100), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
+)
 @given(data=st.data())
 def test_every_endpoint_and_parameter_answers_clearly(
     data: st.DataObject, live: Live, client: httpx.Client
@@ -267,7 +267,7 @@ def test_hostile_uploads_are_refused(document: str, live: Live, client: httpx.Cl
         assert host.read_text().strip() not in response.text
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(
     part=st.sampled_from([*JOB_PARTS, *PATHS]),
     value=hostile_text,

@@ -27,6 +27,7 @@ from dms.schema import (
     control_metadata,
     schema_info_rows,
 )
+from tests.pg_support import control_database, database, drop_database, seed_default_shard
 
 DMS_NAMESPACES = ", ".join(f"'{n}'" for n in CONTROL_NAMESPACES)
 
@@ -37,7 +38,7 @@ def dms(deployment: Deployment, *args: str) -> Result:
 
 
 @pytest.fixture()
-def deployment(tmp_path: Path, pg_database: str) -> Iterator[Deployment]:
+def embedded(tmp_path: Path, pg_database: str) -> Iterator[Deployment]:
     """An embedded deployment with three shards: the default DuckDB one, a second DuckDB one, and a
     PostgreSQL shard on another server (the session's pgserver)."""
     dep = Deployment.create(tmp_path / "dep")
@@ -45,6 +46,18 @@ def deployment(tmp_path: Path, pg_database: str) -> Iterator[Deployment]:
     dep.add_shard(ShardConfig(name="pg1", kind="postgres", url=pg_database))
     yield dep
     dep.stop()
+
+
+@pytest.fixture()
+def deployment(tmp_path: Path, pg_server: Any) -> Iterator[Deployment]:
+    """The same three shards with an empty control database on the session's server (an embedded server of
+    its own, started for each test, would only add its start-up: the embedded test above has one)."""
+    with database(pg_server, "mig") as control, database(pg_server, "mig") as shard:
+        dep = Deployment.create(tmp_path / "dep", database_url=control)
+        dep.add_shard(ShardConfig(name="wide1", kind="duckdb", path="catalog/wide1.duckdb"))
+        dep.add_shard(ShardConfig(name="pg1", kind="postgres", url=shard))
+        yield dep
+        dep.dispose()
 
 
 def control_inventory(dep: Deployment) -> tuple[int, int, int]:
@@ -91,7 +104,8 @@ def shard_inventory(dep: Deployment) -> dict[str, tuple[str | None, int]]:
     return result
 
 
-def test_upgrade_downgrade_upgrade_every_database(deployment: Deployment) -> None:
+def test_upgrade_downgrade_upgrade_every_database(embedded: Deployment) -> None:
+    deployment = embedded
     heads = migrate.heads()
     up = dms(deployment, "db", "upgrade")
     assert up.exit_code == 0, up.output
@@ -309,3 +323,59 @@ def test_unreachable_shard_is_named_and_the_rest_is_kept(deployment: Deployment)
     assert current.exit_code == 1 and "shard gone: cannot connect" in current.output
     status = dms(deployment, "status")
     assert status.exit_code == 0 and "unreachable" in status.output
+
+
+def test_a_copy_of_the_session_template_is_a_database_migrated_from_base(
+    deployment: Deployment, pg_server: Any, tmp_path: Path
+) -> None:
+    """The suites' control databases and default shards are copies of ones migrated once per session
+    (tests/pg_support.py): a copy must be what migrating from base makes."""
+    migrate.upgrade(deployment)
+    name = control_database(pg_server, "copy")
+    copy = Deployment.create(tmp_path / "copy", database_url=pg_server.get_uri(name))
+    seed_default_shard(copy, pg_server)
+    try:
+
+        def schema(dep: Deployment) -> tuple[object, ...]:
+            with dep.engine().connect() as conn:
+                columns = conn.execute(
+                    sa.text(
+                        "SELECT table_schema, table_name, column_name, data_type, is_nullable "
+                        f"FROM information_schema.columns WHERE table_schema IN ({DMS_NAMESPACES}) "
+                        "ORDER BY 1, 2, 3"
+                    )
+                ).all()
+                functions = conn.execute(
+                    sa.text("SELECT proname, pg_get_function_arguments(oid) FROM pg_proc ORDER BY 1, 2")
+                ).all()
+                info = conn.execute(sa.text("SELECT key, value FROM dms.schema_info ORDER BY key")).all()
+                version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
+            return columns, functions, info, version
+
+        assert schema(copy) == schema(deployment)
+        assert control_inventory(copy) == control_inventory(deployment)
+        shards = shard_inventory(deployment)
+        assert shard_inventory(copy) == {"shard0": shards["shard0"]}
+        heads = migrate.heads()
+        assert migrate.current(copy) == [("control", heads["control"]), ("shard shard0", heads["shard"])]
+    finally:
+        copy.dispose()
+        drop_database(pg_server, name)
+
+
+def test_an_upgrade_builds_no_felis_metadata(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only autogenerate compares against the Felis metadata, which takes seconds to build: `dms db upgrade`
+    (run by every deployment the tests make) must not build it."""
+    import dms.schema
+
+    built: list[int] = []
+
+    def counted() -> sa.MetaData:
+        built.append(1)
+        return control_metadata()
+
+    monkeypatch.setattr(dms.schema, "control_metadata", counted)
+    migrate.upgrade(deployment)
+    migrate.upgrade(deployment)
+    assert built == []
+    assert control_inventory(deployment)[0] == len(control_metadata().tables)

@@ -33,6 +33,7 @@ from dms.services.minibroker.delivery import feed_topic
 from dms.services.minibroker.errors import FilterError, NotYoursError
 from dms.services.minibroker.evaluate import FilterSpec, evaluate_visit, run_filters
 from dms.services.minibroker.filters import compile_filter
+from tests.hypothesis_profiles import examples
 
 pytest_plugins = ["apdb_support"]  # the apdb_deployment fixture
 
@@ -106,7 +107,9 @@ def test_filter_selects_what_pandas_selects(
     assert sorted(_run(world, where)["alert_id"].tolist()) == expected
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     flux=st.floats(-2000, 8000, allow_nan=False),
     snr=st.floats(0, 100, allow_nan=False),

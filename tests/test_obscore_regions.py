@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +14,6 @@ import astropy.units as u
 import duckdb
 import httpx
 import numpy as np
-import psycopg
 import pyarrow as pa
 import pytest
 import pyvo
@@ -32,6 +30,7 @@ from dms.schema import felis_schema
 from dms.services.vo.server import running_server
 from dms.services.vo.tap_schema import sync
 from dms.udfs import register_duckdb
+from tests.pg_support import control_database, create_database, drop_database, seed_default_shard
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +77,11 @@ def _insert(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
 
 @pytest.fixture(scope="module")
 def service(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    name = f"regions_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server.get_uri(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = control_database(pg_server, "regions")
     deployment = Deployment.create(
         tmp_path_factory.mktemp("regions") / "dep", database_url=pg_server.get_uri(name)
     )
+    seed_default_shard(deployment, pg_server)
     try:
         migrate.upgrade(deployment)
         with deployment.engine().begin() as conn:
@@ -100,8 +98,7 @@ def service(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             yield Service(url, deployment)
     finally:
         deployment.dispose()
-        with psycopg.connect(pg_server.get_uri(), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(pg_server, name)
 
 
 def _expected(region: list[float]) -> tuple[set[str], set[str]]:
@@ -309,9 +306,7 @@ def test_duckdb_copy_returns_the_same_rows(service: Service) -> None:
 
 
 def test_migration_backfills_rows_written_before_it(pg_server: Any, tmp_path: Any) -> None:
-    name = f"backfill_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server.get_uri(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = create_database(pg_server, "backfill")
     deployment = Deployment.create(tmp_path / "dep", database_url=pg_server.get_uri(name))
     try:
         migrate.upgrade(deployment, "c0020")
@@ -354,5 +349,4 @@ def test_migration_backfills_rows_written_before_it(pg_server: Any, tmp_path: An
             assert list(columns) == ["s_region"]
     finally:
         deployment.dispose()
-        with psycopg.connect(pg_server.get_uri(), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(pg_server, name)

@@ -15,6 +15,7 @@ from dms.loaders.qc import api
 from dms.loaders.qc.api import Measurement
 from dms.loaders.qc.errors import QCError, QCUnitError
 from tests.efd_support import efd_conn, efd_deployment, reset
+from tests.hypothesis_profiles import examples
 
 __all__ = ["efd_conn", "efd_deployment"]
 
@@ -106,7 +107,9 @@ OPERATORS = {"<": float.__lt__, "<=": float.__le__, ">": float.__gt__, ">=": flo
 UNITS = ["arcsec", "mas", "arcmin", "deg"]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     operator=st.sampled_from(sorted(OPERATORS)),
     threshold=st.floats(0.1, 10),

@@ -5,7 +5,6 @@ through the query engine), and a breached specification raises an alarm that rea
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from dms.deployment import Deployment
 from dms.loaders.catalog import TableOptions, load_files
 from dms.loaders.samples import gaia_table, write_parquet
 from dms.services.qc import level2
+from tests.pg_support import control_database, drop_database, seed_default_shard
 
 CENTRE = (56.75, 24.12)  # the Pleiades: many Gaia stars with G < 10
 RADIUS_DEG = 2.0
@@ -150,12 +150,10 @@ def make_survey(directory: Path, seed: int = 5) -> Survey:
 
 @pytest.fixture(scope="module")
 def release(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Deployment, Survey]]:
-    admin = pg_server.get_uri()
-    name = f"qc2_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = control_database(pg_server, "qc2")
     root = tmp_path_factory.mktemp("qc2")
     dep = Deployment.create(root / "dep", database_url=pg_server.get_uri(name))
+    seed_default_shard(dep, pg_server)
     migrate.upgrade(dep)
     survey = make_survey(root)
     gaia_file = write_parquet(pa.Table.from_pandas(survey.gaia, preserve_index=False), root / "gaia.parquet")
@@ -190,8 +188,7 @@ def release(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         load_files(dep, table, [path], create=options, progress=False)
     yield dep, survey
     dep.dispose()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(pg_server, name)
 
 
 def _conn(dep: Deployment) -> psycopg.Connection:

@@ -31,6 +31,7 @@ from dms.query.mysql_semantics import mysql_semantics  # noqa: F401 - the module
 from tests.answers_support import drop_databases, new_database
 from tests.catalog_fixtures import add_postgres_shards
 from tests.mariadb_support import load_database, mariadb_rows, mariadb_server
+from tests.pg_support import seed_default_shard
 from tests.qserv_data import QservTables, make_qserv_tables
 
 QUERIES = yaml.safe_load((Path(__file__).parent / "data" / "qserv_queries.yaml").read_text())
@@ -75,16 +76,20 @@ def engines(
     made: dict[str, QueryEngine] = {}
     try:
         duck = Deployment.create(
-            tmp_path_factory.mktemp("qd") / "dep", database_url=new_database(pg_server, created)
+            tmp_path_factory.mktemp("qd") / "dep",
+            database_url=new_database(pg_server, created, migrated=True),
         )
+        seed_default_shard(duck, pg_server)
         migrate.upgrade(duck)
         deployments["duckdb"] = duck
         _load(duck, qserv_tables, "duckdb")
         pg = Deployment.create(
-            tmp_path_factory.mktemp("qp") / "dep", database_url=new_database(pg_server, created)
+            tmp_path_factory.mktemp("qp") / "dep",
+            database_url=new_database(pg_server, created, migrated=True),
         )
+        seed_default_shard(pg, pg_server)
         deployments["postgres"] = pg
-        add_postgres_shards(pg, [new_database(pg_server, created) for _ in range(2)])
+        add_postgres_shards(pg, [new_database(pg_server, created, shard=True) for _ in range(2)])
         _load(pg, qserv_tables, "postgres")
         made = {name: QueryEngine(d) for name, d in deployments.items()}
         yield made

@@ -15,7 +15,6 @@ import http.client
 import io
 import tempfile
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,12 @@ from dms.services.vo.server import running_server
 from dms.services.vo.tap_schema import sync
 from dms.shards.parquet.backend import DuckDBShard
 from dms.shards.postgres.transfer import PostgresConnection
+from tests.pg_support import (
+    control_database,
+    drop_database,
+    seed_default_shard,
+    shard_database,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BREAKOUT = 'a"" integer); {sql}; CREATE TEMP TABLE ""zz"" (""b'
@@ -60,16 +65,14 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    name = f"sec_{uuid.uuid4().hex[:10]}"
-    admin = pg_server.get_uri()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}_s"')
+    name = control_database(pg_server, "sec")
+    shard = shard_database(pg_server, "sec_s")
     directory = tmp_path_factory.mktemp("sec")
     deployment = Deployment.create(directory / "dep", database_url=pg_server.get_uri(name))
+    seed_default_shard(deployment, pg_server)
     gaia = gaia_table().take(pa.array(np.arange(0, 482_176, 100)))
     try:
-        deployment.add_shard(ShardConfig(name="pg0", kind="postgres", url=pg_server.get_uri(f"{name}_s")))
+        deployment.add_shard(ShardConfig(name="pg0", kind="postgres", url=pg_server.get_uri(shard)))
         migrate.upgrade(deployment)
         path = write_parquet(gaia, directory / "gaia.parquet")
         for table, storage in (("gaia", "duckdb"), ("pgaia", "postgres")):
@@ -87,13 +90,11 @@ def live(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
         with running_server(deployment) as url:
             # /tmp: the database server may run as another user than the tests
             marker = Path(tempfile.gettempdir()) / f"{name}_program_ran"
-            yield Live(url, deployment, pg_server.get_uri(name), pg_server.get_uri(f"{name}_s"), gaia, marker)
+            yield Live(url, deployment, pg_server.get_uri(name), pg_server.get_uri(shard), gaia, marker)
     finally:
         (Path(tempfile.gettempdir()) / f"{name}_program_ran").unlink(missing_ok=True)
         deployment.dispose()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}_s" WITH (FORCE)')
+        drop_database(pg_server, name, shard)
 
 
 def _tap(live: Live, query: str, lang: str = "PostgreSQL", **extra: Any) -> httpx.Response:

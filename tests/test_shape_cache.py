@@ -39,6 +39,7 @@ from tests.catalog_fixtures import (
     reference_connection,
     sample_deployment,
 )
+from tests.hypothesis_profiles import examples
 
 TABLES = ("gaia", "gaia_pg")  # the same rows on a DuckDB/Parquet shard and on a PostgreSQL shard
 
@@ -159,7 +160,9 @@ def test_repeated_cones_bind_and_answer_as_the_unpartitioned_copy(world: World, 
     assert fast == 25  # no cone of 1.5 deg is empty sky: every one is a bind (on one shard or two)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     st.sampled_from(TABLES),
     st.floats(0, 360, allow_nan=False),

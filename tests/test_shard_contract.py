@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -39,6 +38,7 @@ from dms.shards import (
     ShardUnavailable,
     backend_for,
 )
+from tests.pg_support import control_database, create_database, seed_default_shard, shard_database
 
 CHUNK_ORDER = 2
 
@@ -49,18 +49,21 @@ class Shards:
     backends: dict[str, ShardBackend]
 
 
-def _database(server: object) -> str:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server.get_uri(), autocommit=True) as conn:  # type: ignore[attr-defined]
-        conn.execute(f'CREATE DATABASE "{name}"')
+def _database(server: object, *, migrated: bool = False, shard: bool = False) -> str:
+    if shard:
+        return server.get_uri(shard_database(server))  # type: ignore[attr-defined,no-any-return]
+    name = control_database(server) if migrated else create_database(server)
     return server.get_uri(name)  # type: ignore[attr-defined,no-any-return]
 
 
 @pytest.fixture(scope="module")
 def shards(pg_server: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shards]:
     """A deployment (control database on the session server) with one shard of every kind, migrated."""
-    deployment = Deployment.create(tmp_path_factory.mktemp("contract"), database_url=_database(pg_server))
-    deployment.add_shard(ShardConfig(name="pg", kind="postgres", url=_database(pg_server)))
+    deployment = Deployment.create(
+        tmp_path_factory.mktemp("contract"), database_url=_database(pg_server, migrated=True)
+    )
+    seed_default_shard(deployment, pg_server)
+    deployment.add_shard(ShardConfig(name="pg", kind="postgres", url=_database(pg_server, shard=True)))
     list(migrate.upgrade(deployment))
     backends = {b.kind: b for b in deployment.shards()}
     assert set(backends) == set(KINDS), "the deployment must have one shard of every registered kind"

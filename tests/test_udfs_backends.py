@@ -9,7 +9,6 @@ works, DuckDB macros persist in a database file.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from dms.udfs import FUNCTIONS, install_postgres, postgres_drop_sql, postgres_install_sql, register_duckdb
+from tests.pg_support import create_database, drop_database
 
 Column = Sequence[Any] | np.ndarray
 
@@ -117,16 +117,13 @@ class DuckDBUDFs:
 @contextmanager
 def open_postgres(pg_server: Any) -> Iterator[PostgresUDFs]:
     """A fresh database on the session's server with the functions installed; dropped afterwards."""
-    name = f"udf_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server.get_uri(), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+    name = create_database(pg_server, "udf")
     try:
         with psycopg.connect(pg_server.get_uri(name), autocommit=True) as conn:
             install_postgres(conn)
             yield PostgresUDFs(conn)
     finally:
-        with psycopg.connect(pg_server.get_uri(), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(pg_server, name)
 
 
 @contextmanager

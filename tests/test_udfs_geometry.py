@@ -20,7 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_udfs_backends import UDFBackend, open_duckdb, open_postgres
 
-SETTINGS = settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+from tests.hypothesis_profiles import examples
+
+SETTINGS = settings(deadline=None, max_examples=examples(40), suppress_health_check=[HealthCheck.too_slow])
 MARGIN = 1e-9
 
 

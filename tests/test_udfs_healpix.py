@@ -12,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_udfs_backends import UDFBackend, open_duckdb, open_postgres
 
+from tests.hypothesis_profiles import examples
+
 
 @pytest.fixture(scope="module", params=["postgres", "duckdb"])
 def backend(request: pytest.FixtureRequest, pg_server: Any) -> Iterator[UDFBackend]:
@@ -69,7 +71,7 @@ def test_matches_healpy_at_every_order(backend: UDFBackend) -> None:
     _assert_matches_healpy(backend, order, np.tile(ra, 30), np.tile(dec, 30))
 
 
-@settings(deadline=None, max_examples=60)
+@settings(deadline=None, max_examples=examples(60))
 @given(
     rows=st.lists(
         st.tuples(

@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_udfs_backends import UDFBackend, open_duckdb, open_postgres
 
+from tests.hypothesis_profiles import examples
+
 
 @pytest.fixture(scope="module", params=["postgres", "duckdb"])
 def backend(request: pytest.FixtureRequest, pg_server: Any) -> Iterator[UDFBackend]:
@@ -104,7 +106,7 @@ def test_photometry_matches_scisql_formulas(backend: UDFBackend, function: str) 
     abs_tolerance = 1e-12 if function.endswith("AbMag") else 0.0
     rows = st.lists(st.tuples(*(STRATEGY[k] for k in kinds)), min_size=1, max_size=60)
 
-    @settings(deadline=None, max_examples=25)
+    @settings(deadline=None, max_examples=examples(25))
     @given(rows=rows)
     def check(rows: list[tuple[float, ...]]) -> None:
         columns = {f"a{i}": np.array(c, dtype=float) for i, c in enumerate(zip(*rows, strict=True))}

@@ -3,7 +3,6 @@ independent answer (spherical-geometry) on LSSTCam detector footprints, circles 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from regions_support import meets, visit_footprints
 
 from dms.udfs import install_postgres, register_duckdb
+from tests.pg_support import create_database, drop_database
 
 Shape = list[float]
 
@@ -52,9 +52,7 @@ PAIRS = _pairs()
 
 @pytest.fixture(scope="module")
 def postgres_answers(pg_server: Any) -> list[int | None]:
-    name = f"regions_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server.get_uri(), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+    name = create_database(pg_server, "regions")
     try:
         with psycopg.connect(pg_server.get_uri(name), autocommit=True) as conn:
             install_postgres(conn)
@@ -65,8 +63,7 @@ def postgres_answers(pg_server: Any) -> list[int | None]:
                 )
             return [r[0] for r in conn.execute("SELECT adql_intersects(a, b) FROM pairs ORDER BY i")]
     finally:
-        with psycopg.connect(pg_server.get_uri(), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(pg_server, name)
 
 
 @pytest.fixture(scope="module")

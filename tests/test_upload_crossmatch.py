@@ -5,13 +5,11 @@ astropy (issue 11, item 19)."""
 from __future__ import annotations
 
 import io
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import numpy as np
-import psycopg
 import pyarrow as pa
 import pytest
 from astropy import units as u
@@ -24,6 +22,12 @@ from dms import migrate
 from dms.deployment import Deployment
 from dms.query.engine import QueryEngine
 from tests.catalog_fixtures import Sample, add_postgres_shards, load_sample, make_sample, reference_connection
+from tests.pg_support import (
+    control_database,
+    drop_database,
+    seed_default_shard,
+    shard_database,
+)
 
 RADIUS_ARCSEC = 36.0
 ADQL = (
@@ -71,12 +75,9 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Sample:
 def engine(
     request: pytest.FixtureRequest, sample: Sample, pg_server: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[QueryEngine]:
-    admin = pg_server.get_uri()
-    names = [f"xm_{uuid.uuid4().hex[:10]}" for _ in range(2)]
-    with psycopg.connect(admin, autocommit=True) as conn:
-        for name in names:
-            conn.execute(f'CREATE DATABASE "{name}"')
+    names = [control_database(pg_server, "xm"), shard_database(pg_server, "xm")]  # control, shard
     deployment = Deployment.create(tmp_path_factory.mktemp("xm"), database_url=pg_server.get_uri(names[0]))
+    seed_default_shard(deployment, pg_server)
     try:
         migrate.upgrade(deployment)
         if request.param == "postgres":
@@ -87,9 +88,7 @@ def engine(
             yield made
     finally:
         deployment.dispose()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            for name in names:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(pg_server, *names)
 
 
 @pytest.mark.parametrize("query", [ADQL, CONTAINS])

@@ -4,14 +4,12 @@ through pyvo against a live server, checked against astropy on the same rows."""
 from __future__ import annotations
 
 import io
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import numpy as np
-import psycopg
 import pyarrow as pa
 import pytest
 import pyvo
@@ -22,6 +20,7 @@ from dms.deployment import Deployment
 from dms.loaders.catalog import TableOptions, load_files
 from dms.loaders.samples import gaia_table, write_parquet
 from dms.services.vo.server import running_server
+from tests.pg_support import control_database, drop_database, seed_default_shard
 
 
 @dataclass
@@ -32,12 +31,10 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    name = f"vc_{uuid.uuid4().hex[:12]}"
-    admin = pg_server.get_uri()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = control_database(pg_server, "vc")
     directory = tmp_path_factory.mktemp("vocat")
     deployment = Deployment.create(directory / "dep", database_url=pg_server.get_uri(name))
+    seed_default_shard(deployment, pg_server)
     gaia = gaia_table().take(pa.array(np.arange(0, 482_176, 20)))
     try:
         migrate.upgrade(deployment)
@@ -53,8 +50,7 @@ def live(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
             yield Live(url, gaia)
     finally:
         deployment.dispose()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(pg_server, name)
 
 
 def _inside(gaia: pa.Table, ra: float, dec: float, radius: float) -> set[int]:

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from vo_support import publish_test_data
 
 from dms import migrate
 from dms.deployment import Deployment
 from dms.services.vo.server import running_server
+from tests.pg_support import create_database
 
 SLOW = (
     "SELECT COUNT(*) FROM survey.obj AS a, survey.obj AS b, survey.obj AS c "
@@ -45,9 +45,9 @@ def stop(server: Any) -> None:
 
 
 def test_a_stopped_database_is_a_503_and_a_running_job_ends_in_error(own_server: Any, tmp_path: Path) -> None:
-    with psycopg.connect(own_server.get_uri(), autocommit=True) as conn:
-        conn.execute('CREATE DATABASE "outage"')
-    deployment = Deployment.create(tmp_path / "dep", database_url=own_server.get_uri("outage"))
+    deployment = Deployment.create(
+        tmp_path / "dep", database_url=own_server.get_uri(create_database(own_server, "outage"))
+    )
     migrate.upgrade(deployment)
     publish_test_data(deployment)
     with running_server(deployment) as url:

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -39,6 +37,7 @@ from dms.deployment import Deployment
 from dms.loaders.catalog import TableOptions, load_files
 from dms.services.vo.server import _no_delay
 from dms.services.vo.uws import job_tag
+from tests.pg_support import control_database, drop_database, seed_default_shard
 
 DMS = str(Path(sys.executable).parent / "dms")
 ROWS = 5000
@@ -152,12 +151,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    name = f"vow_{uuid.uuid4().hex[:12]}"
-    admin = pg_server.get_uri()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = control_database(pg_server, "vow")
     root = tmp_path_factory.mktemp("vow")
     deployment = Deployment.create(root / "dep", database_url=pg_server.get_uri(name))
+    seed_default_shard(deployment, pg_server)
     process = None
     try:
         migrate.upgrade(deployment)
@@ -206,8 +203,7 @@ def served(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             process.terminate()
             process.wait(timeout=60)
         deployment.dispose()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(pg_server, name)
 
 
 def tap_rows(client: httpx.Client, url: str, query: str) -> list[tuple[Any, ...]]:

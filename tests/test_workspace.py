@@ -29,6 +29,7 @@ from dms.deployment import Deployment
 from dms.loaders.samples import hipparcos_table
 from dms.services.auth import issue_token
 from dms.services.workspace.visibility import CACHE_SECONDS
+from tests.hypothesis_profiles import examples
 
 TIMEOUT = 120
 
@@ -500,7 +501,7 @@ def _state(deployment: Deployment) -> tuple[object, ...]:
         )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(data=st.data())
 def test_hostile_api_input_answers_clearly_and_changes_nothing(
     data: st.DataObject, meta_vo: MetaVO, tokens: dict[str, str]

@@ -4,14 +4,12 @@ directory, one remote), and a Gaia sample loaded with `dms load` as cat.gaia."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psycopg
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
@@ -23,6 +21,7 @@ from dms.deployment import Deployment
 from dms.loaders.catalog import TableOptions, load_files
 from dms.loaders.samples import gaia_table, write_parquet
 from dms.services.vo.server import running_server
+from tests.pg_support import control_database, drop_database, seed_default_shard
 
 
 @dataclass
@@ -80,12 +79,10 @@ def _objects_fits(path: Path) -> Path:
 
 @pytest.fixture(scope="module", name="meta_vo")
 def meta_vo_fixture(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetaVO]:
-    name = f"vm_{uuid.uuid4().hex[:12]}"
-    admin = pg_server.get_uri()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = control_database(pg_server, "vm")
     directory = tmp_path_factory.mktemp("vometa")
     deployment = Deployment.create(directory / "dep", database_url=pg_server.get_uri(name))
+    seed_default_shard(deployment, pg_server)
     gaia = gaia_table().take(pa.array(np.arange(0, 482_176, 40)))
     try:
         migrate.upgrade(deployment)
@@ -120,5 +117,4 @@ def meta_vo_fixture(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) ->
             yield MetaVO(url, deployment, gaia, images, files)
     finally:
         deployment.dispose()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(pg_server, name)

@@ -3,14 +3,12 @@ catalog (tests/data/vo_catalog.yaml), ObsCore rows, and the services on a free l
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psycopg
 import pytest
 import sqlalchemy as sa
 from felis.datamodel import Schema
@@ -19,6 +17,7 @@ from dms import migrate
 from dms.deployment import Deployment
 from dms.services.vo.server import running_server
 from dms.services.vo.tap_schema import sync
+from tests.pg_support import control_database, drop_database, seed_default_shard
 
 N_ROWS = 3000
 CATALOG_YAML = Path(__file__).parent / "data" / "vo_catalog.yaml"
@@ -100,13 +99,11 @@ def publish_test_data(deployment: Deployment) -> None:
 
 @pytest.fixture(scope="module", name="live_vo")
 def live_vo_fixture(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveVO]:
-    name = f"vo_{uuid.uuid4().hex[:12]}"
-    admin = pg_server.get_uri()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    name = control_database(pg_server, "vo")
     deployment = Deployment.create(
         tmp_path_factory.mktemp("vo") / "dep", database_url=pg_server.get_uri(name)
     )
+    seed_default_shard(deployment, pg_server)
     try:
         migrate.upgrade(deployment)
         publish_test_data(deployment)
@@ -115,5 +112,4 @@ def live_vo_fixture(pg_server: Any, tmp_path_factory: pytest.TempPathFactory) ->
             yield LiveVO(url, deployment, ra, dec, mag, IMAGES)
     finally:
         deployment.dispose()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(pg_server, name)

@@ -128,13 +128,17 @@ DUCKDB_CASES = {"polygon-across-ra0", "circle-near-pole", "point-equator"}
 
 
 # DuckDB binds adql_intersects' nested macros slowly (seconds per query and chunk file): it answers fewer
-CASES = [("postgres", *q) for q in QUERIES] + [("duckdb", *q) for q in QUERIES if q[0] in DUCKDB_CASES]
-CASE_IDS = [f"{c[0]}-{c[1]}" for c in CASES]
+# the DuckDB polygon and near-pole cases take ~100 s each: run under -m slow; the normal run keeps the
+# point case on DuckDB shards and every case on PostgreSQL shards (the same SQL functions, tested equal)
+DUCKDB_SLOW = {"polygon-across-ra0", "circle-near-pole"}
+CASES = [pytest.param("postgres", *q, id=f"postgres-{q[0]}") for q in QUERIES] + [
+    pytest.param("duckdb", *q, id=f"duckdb-{q[0]}", marks=[pytest.mark.slow] if q[0] in DUCKDB_SLOW else [])
+    for q in QUERIES
+    if q[0] in DUCKDB_CASES
+]
 
 
-@pytest.mark.parametrize(
-    ("storage", "name", "condition", "region"), CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES]
-)
+@pytest.mark.parametrize(("storage", "name", "condition", "region"), CASES)
 def test_dms_query_returns_the_footprints_spherical_geometry_finds(
     deployment: Deployment, storage: str, name: str, condition: str, region: list[float]
 ) -> None:

@@ -201,7 +201,7 @@ def test_results_of_numbers_are_the_documents_astropy_writes(rows: list[tuple], 
     columns = {"ra": Column("ra", "double", unit="deg", ucd="pos.eq.ra", description="RA <ICRS> & more")}
     infos = {"COORDSYS": "ICRS"}
     written = b"".join(result_chunks(table, columns, infos=infos, overflow=True, batch_rows=batch_rows))
-    whole = _Describer(table, columns, infos, None, {}).document(table, "tabledata")
+    whole = _Describer(table.schema, columns, infos, None, {}).document(table, "tabledata")
     at = whole.rfind(b"</RESOURCE>")
     assert written == whole[:at] + b'<INFO name="QUERY_STATUS" value="OVERFLOW"/>\n' + whole[at:]
 

@@ -148,7 +148,20 @@ class _AggregateSplitter:
         self.distinct_keys: list[exp.Expression] = []
         self.partials: list[exp.Expression] = []
 
+    def _shard_side(self, expression: exp.Expression) -> exp.Expression:
+        """`expression` as a shard computes it: `final` put the group keys' `_g<i>` columns in place of the
+        keys before the aggregates were split, and a shard's SELECT cannot name its own output column."""
+        keys = {f"_g{i}": key for i, key in enumerate(self.group_keys)}
+
+        def restore(node: exp.Expression) -> exp.Expression:
+            if isinstance(node, exp.Column) and not node.table and node.name in keys:
+                return keys[node.name].copy()
+            return node
+
+        return expression.transform(restore)
+
     def _partial(self, expression: exp.Expression) -> exp.Column:
+        expression = self._shard_side(expression)
         for i, existing in enumerate(self.partials):
             if existing == expression:
                 return exp.column(f"_a{i}")
@@ -156,6 +169,7 @@ class _AggregateSplitter:
         return exp.column(f"_a{len(self.partials) - 1}")
 
     def _distinct_key(self, expression: exp.Expression) -> exp.Column:
+        expression = self._shard_side(expression)
         for i, existing in enumerate(self.distinct_keys):
             if existing == expression:
                 return exp.column(f"_d{i}")

@@ -64,6 +64,10 @@ QUERIES = [
     "BY extendedness",
     "SELECT uNumObs AS nObs, AVG(rFlux_PS) AS r FROM Object GROUP BY uNumObs ORDER BY uNumObs LIMIT 5",
     "SELECT COUNT(DISTINCT objectId) AS n FROM Source WHERE filterId < 2",
+    # an aggregate over the group key itself (hypothesis found PostgreSQL shards given `_g0 AS _d0`)
+    "SELECT uNumObs, COUNT(DISTINCT uNumObs) AS a0 FROM Object GROUP BY uNumObs",
+    "SELECT uNumObs, COUNT(DISTINCT uNumObs) AS n, SUM(uNumObs) AS s, MAX(uNumObs + 1) AS m FROM Object "
+    "GROUP BY uNumObs ORDER BY uNumObs",
     "SELECT * FROM Object WHERE objectId = 430209694171150",
     # joins: director-child, child-child, near-neighbour self-join, crossmatch of two directors
     "SELECT o.objectId, s.sourceId, s.psfFlux FROM Object o JOIN Source s ON s.objectId = o.objectId "

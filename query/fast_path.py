@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +31,7 @@ from dms.query.registry import Snapshot
 from dms.query.restrict import RestrictionFinder
 from dms.query.rewrite import Decomposition
 from dms.query.shape import Literal, Shape
+from dms.query.shape_memo import ShapeMemo
 from dms.query.shard_plan import ChunkKey, QueryPlan
 from dms.query.sources import ShardSql
 from dms.query.validate import TableRef
@@ -224,41 +223,9 @@ def _other_number(literal: Literal) -> str:
     return literal.text[:-1] + str((int(last) + 3) % 10)
 
 
-class TemplateCache:
+class TemplateCache(ShapeMemo[ShapeTemplate]):
     """A thread-safe LRU map of (shape, result cap, registry generation) to templates; emptied when the
     generation changes (a load, drop or placement change), since no older key can be asked again."""
 
     def __init__(self, size: int = TEMPLATE_CACHE_SIZE) -> None:
-        self.size = size
-        self._templates: OrderedDict[Hashable, ShapeTemplate] = OrderedDict()
-        self._generation: int | None = None
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable, generation: int) -> ShapeTemplate | None:
-        with self._lock:
-            if generation != self._generation:
-                self._templates.clear()
-                self._generation = generation
-                return None
-            template = self._templates.get(key)
-            if template is not None:
-                self._templates.move_to_end(key)
-            return template
-
-    def put(self, key: Hashable, generation: int, template: ShapeTemplate) -> None:
-        with self._lock:
-            if generation != self._generation:
-                self._templates.clear()
-                self._generation = generation
-            self._templates[key] = template
-            self._templates.move_to_end(key)
-            while len(self._templates) > self.size:
-                self._templates.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._templates.clear()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._templates)
+        super().__init__(size)

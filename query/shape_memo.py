@@ -56,6 +56,10 @@ class ShapeMemo(Generic[V]):
             while len(self._values) > self.size:
                 self._values.popitem(last=False)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._values)

@@ -138,8 +138,13 @@ def result_chunks(
         raise ValueError(f"serialization {serialization!r}: valid are {', '.join(_DATA_MARKERS)}")
     stream = ResultStream.of_table(result, overflow) if isinstance(result, pa.Table) else result
     known = result if isinstance(result, pa.Table) else stream.table
-    plain = known is not None and known.num_rows > 0 and _plain(known.schema)
-    if serialization == "tabledata" and datalink is None and known is not None and plain:
+    if (
+        serialization == "tabledata"
+        and datalink is None
+        and known is not None
+        and known.num_rows > 0
+        and _plain(known.schema)
+    ):
         # numbers and booleans only: the rows are written around astropy's frame
         yield from _plain_chunks(known, columns or {}, stream.overflow, infos or {}, batch_rows)
         return

@@ -535,10 +535,13 @@ def _query_errors(cancel: threading.Event | None, timeout: float | None) -> Iter
 
 
 def _cancel_when_set(conn: psycopg.Connection[Any], cancel: threading.Event, done: threading.Event) -> None:
+    """Cancel the connection's statement once `cancel` is set, and again until `done`: a cancel that
+    reaches the server between two statements (the cursor's DECLARE and its MOVE) cancels nothing."""
     while not done.is_set():
         if cancel.wait(0.05):
-            if not done.is_set():
+            while not done.is_set():
                 conn.cancel_safe()
+                done.wait(0.25)
             return
 
 
